@@ -1,0 +1,173 @@
+"""Input checks and log-space building blocks shared by every divergence.
+
+Everything here works on log-probabilities over the last dimension and keeps the
+convention ``0 * log 0 = 0``: positions outside a distribution's support (log-prob
+``-inf``) contribute exactly zero, with finite gradients, instead of ``nan``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Above this log-ratio, log((1 - w) + w * exp(d)) is evaluated as a logaddexp instead of
+# log1p(w * expm1(d)), whose expm1 would lose range (exp(20) ~ 5e8 is far from fp32 overflow).
+_LOG_RATIO_CAP = 20.0
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is a finite number > 0."""
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(
+            f"temperature must be finite and > 0, got {temperature}; use 1.0 for no softening"
+        )
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= value <= 1``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def check_finite_logits(name: str, tensor: Tensor) -> None:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or +inf (-inf is a valid banned token)."""
+    if not torch.is_floating_point(tensor):
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if not bool((tensor < math.inf).all()):  # NaN < inf is False, so this catches both
+        kind = "NaN" if bool(torch.isnan(tensor).any()) else "+inf"
+        raise ValueError(
+            f"{name} contains {kind}; logits must be finite or -inf (for banned tokens). "
+            "Check the model's forward pass (overflow in low precision is a common cause)."
+        )
+
+
+def check_same_shape(logits: Tensor, target_logits: Tensor) -> None:
+    """Raise ``ValueError`` with a vocabulary-specific message if the shapes differ."""
+    if logits.dim() == 0 or target_logits.dim() == 0:
+        raise ValueError("logits and target_logits need at least one (vocabulary) dimension")
+    if logits.shape[-1] != target_logits.shape[-1]:
+        raise ValueError(
+            f"vocabulary-size mismatch: logits have V={logits.shape[-1]} but target_logits have "
+            f"V={target_logits.shape[-1]}. If both models share one tokenizer and one side pads "
+            "its embedding matrix, slice the padded side to the tokenizer's size first; if the "
+            "tokenizers differ, use a cross-tokenizer loss instead."
+        )
+    if logits.shape != target_logits.shape:
+        raise ValueError(
+            f"shape mismatch: logits {tuple(logits.shape)} vs target_logits "
+            f"{tuple(target_logits.shape)}; they must match exactly (no broadcasting)"
+        )
+    if logits.shape[-1] == 0:
+        raise ValueError("the vocabulary dimension is empty (size 0)")
+
+
+def math_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp32 for half/bfloat16/fp32 inputs, fp64 if any input is fp64."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def log_softmax_checked(name: str, logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    """``log_softmax(logits / temperature)`` in ``dtype``; rejects rows that are all ``-inf``."""
+    log_probs = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
+    if bool(torch.isnan(log_probs).any()):
+        raise ValueError(
+            f"{name} has a row where every entry is -inf, which is not a distribution; "
+            "at least one token per position must have a finite logit"
+        )
+    return log_probs
+
+
+def prepare_log_probs(
+    logits: Tensor, target_logits: Tensor, temperature: float, dim: int = -1
+) -> tuple[Tensor, Tensor]:
+    """Validate a (model, target) logit pair and return their tempered log-probs.
+
+    Returns ``(log_q, log_p)`` with the distribution dimension moved last, in fp32
+    (fp64 if either input is fp64).
+    """
+    check_temperature(temperature)
+    check_same_shape(logits, target_logits)
+    check_finite_logits("logits", logits)
+    check_finite_logits("target_logits", target_logits)
+    logits, target_logits = logits.movedim(dim, -1), target_logits.movedim(dim, -1)
+    dtype = math_dtype(logits, target_logits)
+    log_q = log_softmax_checked("logits", logits, temperature, dtype)
+    log_p = log_softmax_checked("target_logits", target_logits, temperature, dtype)
+    return log_q, log_p
+
+
+def kl_from_log_probs(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``sum_i a_i (log a_i - log b_i)`` over the last dim, with ``0 log 0 = 0``.
+
+    ``+inf`` where ``a`` has mass that ``b`` lacks (the true value).
+    """
+    support = log_a > -math.inf
+    log_a_on = torch.where(support, log_a, 0.0)
+    log_b_on = torch.where(support, log_b, 0.0)
+    terms = torch.where(support, log_a_on.exp() * (log_a_on - log_b_on), 0.0)
+    return terms.sum(-1)
+
+
+def _log_mixture_ratio(d: Tensor, w: float) -> Tensor:
+    """``log((1 - w) + w * exp(d))`` elementwise, accurate for every ``d`` and ``w in [0, 1]``.
+
+    Near zero (small ``w`` or small ``d``) it is ``log1p(w * expm1(d))``, which keeps full
+    relative precision; elsewhere a ``logaddexp``, which never overflows. Both branches
+    are kept finite where unselected so that gradients carry no ``nan``.
+    """
+    x = w * torch.expm1(d.clamp(max=_LOG_RATIO_CAP))
+    use_log1p = (d <= _LOG_RATIO_CAP) & (x.abs() < 0.5)
+    near_zero = torch.log1p(torch.where(use_log1p, x, 0.0))
+    log_w = math.log(w) if w > 0 else -math.inf
+    log_one_minus_w = math.log1p(-w) if w < 1 else -math.inf
+    far = torch.logaddexp(
+        torch.full_like(d, log_one_minus_w), log_w + torch.where(use_log1p, 0.0, d)
+    )
+    return torch.where(use_log1p, near_zero, far)
+
+
+def _log_ratio_on_support(log_a: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(support of a, a on its support (1 elsewhere), log(b / a) on it (0 elsewhere))``."""
+    support = log_a > -math.inf
+    log_a_on = torch.where(support, log_a, 0.0)
+    d = torch.where(support, log_b - log_a_on, 0.0)
+    return support, log_a_on.exp(), d
+
+
+def kl_to_mixture(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
+    """``KL(a || (1 - w) a + w b)`` over the last dim, accurate for every ``w in [0, 1]``.
+
+    .. math:: -\\sum_{i: a_i > 0} a_i \\log\\big((1 - w) + w\\, b_i / a_i\\big)
+
+    ``w = 1`` gives ``KL(a || b)``; ``w = 0`` gives 0.
+    """
+    support, a, d = _log_ratio_on_support(log_a, log_b)
+    terms = torch.where(support, -a * _log_mixture_ratio(d, w), 0.0)
+    return terms.sum(-1)
+
+
+def kl_to_mixture_over_w(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
+    """``KL(a || (1 - w) a + w b) / w``, continuous at ``w = 0``.
+
+    The limit at ``w -> 0`` is ``sum_{a_i > 0} (a_i - b_i)``: zero when ``b``'s support lies
+    inside ``a``'s, else the mass of ``b`` outside it.
+    """
+    if w > 0:
+        return kl_to_mixture(log_a, log_b, w) / w
+    support = log_a > -math.inf
+    return torch.where(support, log_a.exp() - log_b.exp(), 0.0).sum(-1)
+
+
+def logsumexp_or_neg_inf(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """``logsumexp`` that returns ``-inf`` for an all ``-inf`` slice with zero (not nan) gradient."""
+    empty = (x == -math.inf).all(dim, keepdim=True)
+    result = torch.logsumexp(torch.where(empty, 0.0, x), dim, keepdim=True)
+    result = torch.where(empty, -math.inf, result)
+    return result if keepdim else result.squeeze(dim)

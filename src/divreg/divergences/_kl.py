@@ -1,0 +1,70 @@
+"""Forward and reverse Kullback-Leibler divergence between tempered softmaxes."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import kl_from_log_probs, prepare_log_probs
+
+
+def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
+    r"""Forward KL, :math:`\mathrm{KL}(p \,\|\, q)`: mean-seeking, the classic distillation loss.
+
+    .. math::
+        \mathrm{KL}(p \| q) = \sum_i p_i (\log p_i - \log q_i),\quad
+        q = \mathrm{softmax}(\text{logits} / T),\ p = \mathrm{softmax}(\text{target\_logits} / T)
+
+    with :math:`0 \log 0 = 0`. It is ``+inf`` where the target puts mass on a token the
+    model bans (``-inf`` logit), which is the true value.
+
+    Args:
+        logits: (..., V) the model being trained (student / policy), distribution q.
+        target_logits: (..., V) what it is pulled toward (teacher / reference), distribution p.
+        temperature: T > 0, divides both logits before the softmax. No T^2 factor is applied.
+        dim: the vocabulary dimension.
+
+    Returns:
+        Tensor of shape ``logits.shape`` without ``dim``: one value per position, unreduced,
+        in fp32 (fp64 for fp64 inputs).
+
+    References:
+        Hinton, Vinyals, Dean. "Distilling the Knowledge in a Neural Network", 2015,
+        arXiv 1503.02531.
+
+    Example:
+        >>> import torch
+        >>> forward_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
+        tensor([0.])
+    """
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    return kl_from_log_probs(log_p, log_q)
+
+
+def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
+    r"""Reverse KL, :math:`\mathrm{KL}(q \,\|\, p)`: mode-seeking (the RLHF penalty direction).
+
+    .. math::
+        \mathrm{KL}(q \| p) = \sum_i q_i (\log q_i - \log p_i)
+
+    with :math:`0 \log 0 = 0`; ``+inf`` where the model puts mass on a token the target bans.
+
+    Args:
+        logits: (..., V) the model being trained, distribution q.
+        target_logits: (..., V) the target, distribution p.
+        temperature: T > 0, divides both logits before the softmax.
+        dim: the vocabulary dimension.
+
+    Returns:
+        Tensor of shape ``logits.shape`` without ``dim``, unreduced.
+
+    References:
+        Gu, Dong, Wei, Huang. "MiniLLM: Knowledge Distillation of Large Language Models",
+        2023, arXiv 2306.08543.
+
+    Example:
+        >>> import torch
+        >>> reverse_kl(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]))
+        tensor(0.)
+    """
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    return kl_from_log_probs(log_q, log_p)

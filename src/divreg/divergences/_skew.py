@@ -1,0 +1,65 @@
+"""Skew KL and skew reverse KL (DistiLLM)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ._common import check_unit_interval, kl_to_mixture, prepare_log_probs
+
+
+def skew_kl(
+    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1
+) -> Tensor:
+    r"""Skew KL: forward KL from the target to a target-model mixture.
+
+    .. math:: \mathrm{SKL}^{(\alpha)}(p, q) = \mathrm{KL}\big(p \,\|\, \alpha p + (1 - \alpha) q\big)
+
+    The full divergence value (not only its cross-entropy part). ``alpha = 0`` is
+    :math:`\mathrm{KL}(p \| q)`; ``alpha = 1`` is 0. Skewing bounds the value by
+    :math:`-\log \alpha` and keeps the gradient finite where q has no mass.
+
+    Args:
+        logits: (..., V) model being trained, distribution q.
+        target_logits: (..., V) target, distribution p.
+        alpha: skew in [0, 1] (paper default 0.1).
+        temperature: T > 0, divides both logits before the softmax.
+        dim: the vocabulary dimension.
+
+    Returns:
+        Tensor of shape ``logits.shape`` without ``dim``, unreduced.
+
+    References:
+        Ko, Kim, Chen, Yun. "DistiLLM: Towards Streamlined Distillation for Large Language
+        Models", 2024, arXiv 2402.03898, eq. (4).
+    """
+    check_unit_interval("alpha", alpha)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    return kl_to_mixture(log_p, log_q, 1.0 - alpha)
+
+
+def skew_reverse_kl(
+    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1
+) -> Tensor:
+    r"""Skew reverse KL: reverse KL from the model to a target-model mixture.
+
+    .. math:: \mathrm{SRKL}^{(\alpha)}(p, q) = \mathrm{KL}\big(q \,\|\, (1 - \alpha) p + \alpha q\big)
+
+    ``alpha = 0`` is :math:`\mathrm{KL}(q \| p)`; ``alpha = 1`` is 0.
+
+    Args:
+        logits: (..., V) model being trained, distribution q.
+        target_logits: (..., V) target, distribution p.
+        alpha: skew in [0, 1] (paper default 0.1).
+        temperature: T > 0, divides both logits before the softmax.
+        dim: the vocabulary dimension.
+
+    Returns:
+        Tensor of shape ``logits.shape`` without ``dim``, unreduced.
+
+    References:
+        Ko, Kim, Chen, Yun. "DistiLLM: Towards Streamlined Distillation for Large Language
+        Models", 2024, arXiv 2402.03898, eq. (5).
+    """
+    check_unit_interval("alpha", alpha)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    return kl_to_mixture(log_q, log_p, 1.0 - alpha)

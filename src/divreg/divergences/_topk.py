@@ -1,0 +1,91 @@
+"""KL divergence restricted to the target's top-k tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
+
+TAIL_POLICIES = ("bucket", "renormalize")
+
+
+def check_k(k: int, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless ``1 <= k <= vocab_size``."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= vocab_size:
+        raise ValueError(f"k must be an integer in [1, V={vocab_size}], got {k!r}")
+
+
+def topk_kl(
+    logits: Tensor,
+    target_logits: Tensor,
+    *,
+    k: int,
+    tail: str = "bucket",
+    temperature: float = 1.0,
+    dim: int = -1,
+) -> Tensor:
+    r"""Forward KL over the target's top-k tokens, with an explicit policy for the rest.
+
+    Let :math:`S` be the k tokens of highest target probability (ties broken by
+    ``torch.topk``).
+
+    ``tail="bucket"``: every other token of each side is collapsed into one tail bucket,
+    and the result is the exact KL between these coarsened (k + 1)-outcome distributions,
+
+    .. math::
+        \sum_{i \in S} p_i \log\frac{p_i}{q_i} + p_{\bar S} \log\frac{p_{\bar S}}{q_{\bar S}},
+        \qquad p_{\bar S} = \sum_{i \notin S} p_i,
+
+    a lower bound of the full :math:`\mathrm{KL}(p \| q)` (data processing), equal to it at
+    k = V. The tail masses are log-sum-exps of the left-out log-probs, never ``1 - sum``.
+
+    ``tail="renormalize"``: both sides are renormalized over S and compared there
+    (the KL-Top loss of OSTQuant), :math:`\mathrm{KL}(\tilde p \| \tilde q)` with
+    :math:`\tilde p_i = p_i / \sum_{j \in S} p_j`.
+
+    Args:
+        logits: (..., V) model being trained, distribution q.
+        target_logits: (..., V) target, distribution p (its top-k picks S).
+        k: number of target tokens kept, 1 <= k <= V.
+        tail: ``"bucket"`` or ``"renormalize"``.
+        temperature: T > 0, divides both logits before the softmax.
+        dim: the vocabulary dimension.
+
+    Returns:
+        Tensor of shape ``logits.shape`` without ``dim``, unreduced.
+
+    References:
+        Hu et al. "OSTQuant: Refining Large Language Model Quantization with Orthogonal and
+        Scaling Transformations for Better Distribution Fitting", 2025, arXiv 2501.13987
+        (KL-Top, the renormalized form).
+
+    Example:
+        >>> import torch
+        >>> from divreg.divergences import forward_kl
+        >>> q, p = torch.randn(3, 8), torch.randn(3, 8)
+        >>> bool(torch.allclose(topk_kl(q, p, k=8), forward_kl(q, p)))
+        True
+    """
+    if tail not in TAIL_POLICIES:
+        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    check_k(k, log_p.shape[-1])
+    top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
+    top_log_q = log_q.gather(-1, top_index)  # (..., k)
+    if tail == "renormalize":
+        # Renormalize from the tempered logits, not from log_q: log-probs far below 0 carry
+        # an absolute rounding error that the renormalization would turn into a relative one.
+        top_scaled_q = logits.movedim(dim, -1).to(log_q.dtype).gather(-1, top_index) / temperature
+        top_scaled_p = target_logits.movedim(dim, -1).to(log_p.dtype).gather(-1, top_index) / temperature
+        no_mass_q = (top_scaled_q == -torch.inf).all(-1, keepdim=True)  # q has no mass on S
+        renormalized_log_q = torch.where(
+            no_mass_q, -torch.inf, torch.log_softmax(torch.where(no_mass_q, 0.0, top_scaled_q), -1)
+        )
+        return kl_from_log_probs(torch.log_softmax(top_scaled_p, -1), renormalized_log_q)
+    if k == log_p.shape[-1]:
+        return kl_from_log_probs(top_log_p, top_log_q)
+    in_top = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, top_index, True)
+    tail_log_p = logsumexp_or_neg_inf(log_p.masked_fill(in_top, -torch.inf), -1, keepdim=True)
+    tail_log_q = logsumexp_or_neg_inf(log_q.masked_fill(in_top, -torch.inf), -1, keepdim=True)
+    return kl_from_log_probs(torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1))

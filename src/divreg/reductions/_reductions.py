@@ -1,0 +1,133 @@
+"""Reducers: turn per-position loss values into one scalar, masking ignored positions.
+
+Every reducer returns a zero that keeps the autograd graph when no position is valid
+(``loss.backward()`` works and gives zero gradients), never ``nan``; values at masked
+positions are never read (they may be ``inf`` or ``nan``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sequence_mean", "sum", "none")
+
+
+def mask_from_labels(labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Boolean mask of the positions whose label is not ``ignore_index``.
+
+    Args:
+        labels: (...) integer labels.
+        ignore_index: label value that marks a position to leave out.
+
+    Returns:
+        Bool tensor of the same shape.
+    """
+    if torch.is_floating_point(labels):
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    return labels != ignore_index
+
+
+def _masked(values: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(values with masked positions set to 0, bool mask), after checking shapes."""
+    if mask is None:
+        return values, torch.ones_like(values, dtype=torch.bool)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}; use labels != ignore_index")
+    if mask.shape != values.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match values shape {tuple(values.shape)}"
+        )
+    return torch.where(mask, values, 0.0), mask
+
+
+def masked_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    r"""Mean over the valid positions: :math:`\sum_i m_i v_i / \max(1, \sum_i m_i)`.
+
+    Args:
+        values: (...) per-position values.
+        mask: (...) bool, True where a position counts; None counts all.
+
+    Returns:
+        Scalar tensor; 0 (with graph) when nothing is valid.
+    """
+    kept, mask = _masked(values, mask)
+    return kept.sum() / mask.sum().clamp(min=1)
+
+
+def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    r"""Mean over each sequence's valid positions, then mean over sequences.
+
+    .. math:: \frac{1}{|B'|} \sum_{b \in B'} \frac{\sum_t m_{bt} v_{bt}}{\sum_t m_{bt}}
+
+    where :math:`B'` are the sequences with at least one valid position (the others are
+    left out of the batch mean rather than counted as zero). Every sequence weighs the same,
+    whatever its length.
+
+    Args:
+        values: (B, T, ...) per-position values; dim 0 is the sequence.
+        mask: same shape, bool; None counts all.
+
+    Returns:
+        Scalar tensor; 0 (with graph) when nothing is valid.
+    """
+    if values.dim() < 2:
+        raise ValueError(f"per_sequence_mean needs values of shape (B, T, ...), got {tuple(values.shape)}")
+    kept, mask = _masked(values, mask)
+    counts = mask.flatten(1).sum(1)  # (B,)
+    sequence_means = kept.flatten(1).sum(1) / counts.clamp(min=1)  # (B,)
+    return sequence_means.sum() / (counts > 0).sum().clamp(min=1)
+
+
+def sum_over_items(
+    values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Union[int, float, Tensor, None] = None
+) -> Tensor:
+    r"""Sum over valid positions divided by ``num_items_in_batch``.
+
+    With ``num_items_in_batch`` the number of valid positions in the *global* batch (all
+    gradient-accumulation micro-batches and all processes), summing these per micro-batch
+    losses gives exactly the token mean of the global batch, so gradients do not depend on
+    how the batch was split. (Under DDP, which averages gradients over processes, multiply
+    the loss by the number of processes.) Without it, this is the plain masked sum.
+
+    Args:
+        values: (...) per-position values.
+        mask: (...) bool, True where a position counts; None counts all.
+        num_items_in_batch: positive count (int or scalar tensor) to divide by.
+
+    Returns:
+        Scalar tensor; 0 (with graph) when nothing is valid.
+    """
+    kept, _ = _masked(values, mask)
+    total = kept.sum()
+    if num_items_in_batch is None:
+        return total
+    count = torch.as_tensor(num_items_in_batch, device=total.device)
+    if count.numel() != 1 or not bool(count > 0):
+        raise ValueError(f"num_items_in_batch must be one positive number, got {num_items_in_batch!r}")
+    return total / count.to(total.dtype)
+
+
+def reduce(
+    values: Tensor,
+    mask: Optional[Tensor] = None,
+    reduction: str = "mean",
+    num_items_in_batch: Union[int, float, Tensor, None] = None,
+) -> Tensor:
+    """Apply a named reduction: ``"mean"`` (token mean), ``"sequence_mean"``, ``"sum"``
+    (divided by ``num_items_in_batch`` when given) or ``"none"`` (values with masked
+    positions set to 0).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if num_items_in_batch is not None and reduction != "sum":
+        raise ValueError(f"num_items_in_batch only applies to reduction='sum', got reduction={reduction!r}")
+    if reduction == "mean":
+        return masked_mean(values, mask)
+    if reduction == "sequence_mean":
+        return per_sequence_mean(values, mask)
+    if reduction == "sum":
+        return sum_over_items(values, mask, num_items_in_batch)
+    return _masked(values, mask)[0]
