@@ -66,4 +66,8 @@ def generalized_jsd(
         if beta == 1.0:
             return kl_to_mixture_over_w(log_p, log_q, 0.0) + kl_from_log_probs(log_q, log_p)
         return kl_to_mixture_over_w(log_p, log_q, 1.0 - beta) + kl_to_mixture_over_w(log_q, log_p, beta)
+    if beta == 0.0:  # m = q: the value is KL(q || q) = 0 for all inputs (no 0 * inf)
+        return kl_to_mixture(log_q, log_p, 0.0)
+    if beta == 1.0:
+        return kl_to_mixture(log_p, log_q, 0.0)
     return beta * kl_to_mixture(log_p, log_q, 1.0 - beta) + (1.0 - beta) * kl_to_mixture(log_q, log_p, beta)

@@ -33,6 +33,16 @@ def _log_ratio(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return logprobs.to(dtype) - ref_logprobs.to(dtype)
 
 
+def _k3_from_log_ratio(r: Tensor) -> Tensor:
+    """``exp(-r) - 1 + r`` with full relative precision: for |r| < 0.05 its Taylor series to
+    r^8 (truncation error < 1e-14 relative, gradient included), where the direct form
+    would cancel to 0."""
+    inner = 1 / 120 - r * (1 / 720 - r * (1 / 5040 - r / 40320))
+    series = r.square() * (1 / 2 - r * (1 / 6 - r * (1 / 24 - r * inner)))
+    small = r.abs() < 0.05
+    return torch.where(small, series, torch.expm1(-torch.where(small, 0.0, r)) + r)
+
+
 def k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     r"""k1 = r = log pi(x) - log pi_ref(x).
 
@@ -75,7 +85,7 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     r"""k3 = exp(-r) - 1 + r = pi_ref/pi - 1 - log(pi_ref/pi) (GRPO's penalty).
 
     Value: unbiased for :math:`\mathrm{KL}(\pi \| \pi_{ref})`, >= 0 per sample, low variance.
-    Computed as ``expm1(-r) + r``.
+    Computed as ``expm1(-r) + r``, or its Taylor series for |r| < 0.05 (no cancellation).
 
     Used as a loss: :math:`E_\pi[(1 - \pi_{ref}/\pi)\nabla\log\pi] = -E_{\pi_{ref}}[\nabla\log\pi]
     = \nabla \mathrm{KL}(\pi_{ref} \| \pi)`, the *forward*-KL gradient, not the reverse KL
@@ -88,8 +98,7 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     Returns:
         Tensor of the same shape.
     """
-    r = _log_ratio(logprobs, ref_logprobs)
-    return torch.expm1(-r) + r
+    return _k3_from_log_ratio(_log_ratio(logprobs, ref_logprobs))
 
 
 def k3_k2grad(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
@@ -109,4 +118,4 @@ def k3_k2grad(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """
     r = _log_ratio(logprobs, ref_logprobs)
     half_square = 0.5 * r.square()
-    return half_square - half_square.detach() + (torch.expm1(-r) + r).detach()
+    return half_square - half_square.detach() + _k3_from_log_ratio(r).detach()

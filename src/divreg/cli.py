@@ -1,0 +1,65 @@
+"""Command line: ``divreg <command> [config.yaml] [key=value ...]``.
+
+Each command is a recipe with a dataclass config; the optional YAML file and the
+``key=value`` overrides are merged onto its defaults (see :mod:`divreg.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NamedTuple, Optional, Sequence
+
+
+class Command(NamedTuple):
+    help: str
+    load: Callable[[], tuple[type, Callable]]  # imported lazily: heavy recipes load only when run
+
+
+def _mode_fitting():
+    from .recipes.mode_fitting import ModeFittingConfig, run
+
+    return ModeFittingConfig, run
+
+
+COMMANDS = {
+    "demo": Command("the main job on built-in data (currently: mode fitting)", _mode_fitting),
+    "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence", _mode_fitting),
+}
+
+
+def _split_arguments(arguments: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """``[config.yaml] [key=value ...]`` -> (config path or None, overrides)."""
+    config_path, overrides = None, []
+    for position, argument in enumerate(arguments):
+        if "=" not in argument and position == 0:
+            config_path = argument
+        elif "=" in argument:
+            overrides.append(argument)
+        else:
+            raise ValueError(f"unexpected argument {argument!r}: give at most one config file, first, then key=value")
+    return config_path, overrides
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="divreg", description="Divergence-regularized training.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        sub.add_argument("arguments", nargs="*", metavar="[config.yaml] [key=value ...]")
+    parsed = parser.parse_args(argv)
+    from .config import load_config, to_yaml
+
+    schema, run = COMMANDS[parsed.command].load()
+    try:
+        config_path, overrides = _split_arguments(parsed.arguments)
+        config = load_config(schema, config_path, overrides)
+    except ValueError as error:
+        parser.exit(2, f"divreg {parsed.command}: error: {error}\n")
+    print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

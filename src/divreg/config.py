@@ -1,0 +1,45 @@
+"""Configs: dataclass defaults in code, optionally a YAML file, then ``key=value`` overrides,
+merged and type-checked by OmegaConf."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Optional, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overrides: Iterable[str] = ()) -> ConfigT:
+    """Build a ``schema`` dataclass from its defaults, a YAML file, then ``key=value`` overrides.
+
+    Unknown keys, wrong types and values rejected by the dataclass's ``__post_init__`` raise
+    ``ValueError`` naming the key.
+    """
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+    try:
+        merged = OmegaConf.structured(schema)
+        if config_path is not None:
+            if not os.path.isfile(config_path):
+                raise ValueError(f"config file {config_path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or getattr(error, "key", None)
+        message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
+        raise ValueError(f"invalid config key {key!r}: {message}") from error
+
+
+def to_yaml(config) -> str:
+    """The fully resolved config as YAML."""
+    if not dataclasses.is_dataclass(config):
+        raise ValueError(f"expected a dataclass config, got {type(config).__name__}")
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

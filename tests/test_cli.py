@@ -1,0 +1,53 @@
+"""The command line: subcommands, YAML configs, key=value overrides, clear errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from divreg.cli import main
+from divreg.config import load_config, to_yaml
+from divreg.recipes.mode_fitting import ModeFittingConfig
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("steps: 7\nlr: 0.1\nmode_centers: [-1.0, 1.0]\n")
+    config = load_config(ModeFittingConfig, str(path), ["lr=0.2"])
+    assert (config.steps, config.lr, config.mode_centers, config.bins) == (7, 0.2, [-1.0, 1.0], 100)
+    assert load_config(ModeFittingConfig, None, [f"steps={config.steps}"]).steps == 7
+    assert "steps: 7" in to_yaml(config)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["nope=1"], "invalid config key 'nope'"),
+    (["steps=abc"], "invalid config key 'steps'"),
+    (["steps"], "not of the form key=value"),
+    (["steps=0"], "steps must be >= 1"),
+])
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(ModeFittingConfig, None, overrides)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(ModeFittingConfig, str(tmp_path / "missing.yaml"))
+
+
+def test_main_runs_and_rejects(tmp_path, capsys):
+    assert main(["mode-fitting", "steps=2", f"output_dir={tmp_path}"]) == 0
+    assert (tmp_path / "mode_fitting.png").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "steps=-3"])
+    assert exit_info.value.code == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_console_script_is_installed(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "divreg")
+    result = subprocess.run([script, "demo", "steps=2", f"output_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| minimized" in result.stdout

@@ -1,0 +1,37 @@
+"""Pins the public import surface: adding or removing a public name must be deliberate."""
+
+import types
+
+import divreg
+import divreg.divergences
+import divreg.estimators
+import divreg.reductions
+
+EXPECTED = {
+    divreg: {"__version__", "divergences", "estimators", "reductions"},
+    divreg.divergences: {
+        "alpha_divergence", "forward_kl", "generalized_jsd", "reverse_kl", "skew_kl",
+        "skew_reverse_kl", "topk_kl", "total_variation",
+    },
+    divreg.estimators: {"k1", "k2", "k3", "k3_k2grad"},
+    divreg.reductions: {
+        "REDUCTIONS", "mask_from_labels", "masked_mean", "per_sequence_mean", "reduce", "sum_over_items",
+    },
+}
+
+
+def test_all_is_pinned_and_importable():
+    for module, names in EXPECTED.items():
+        assert set(module.__all__) == names, module.__name__
+        for name in names:
+            assert hasattr(module, name), (module.__name__, name)
+
+
+def test_no_unlisted_public_names():
+    """Everything public that is not a private submodule (``_kl`` etc.) is in ``__all__``."""
+    for module, names in EXPECTED.items():
+        public = {
+            name for name, value in vars(module).items()
+            if not name.startswith("_") and not (isinstance(value, types.ModuleType) and name not in names)
+        }
+        assert public <= names | {"__version__"}, (module.__name__, public - names)
