@@ -48,7 +48,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub = subparsers.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("arguments", nargs="*", metavar="[config.yaml] [key=value ...]")
     parsed = parser.parse_args(argv)
-    from .config import load_config, to_yaml
+    try:
+        from .config import load_config, to_yaml
+    except ImportError as error:
+        parser.exit(1, f"divreg: the command line needs the 'cli' extra ({error.name} is missing): "
+                       "pip install 'divreg[cli]'\n")
 
     schema, run = COMMANDS[parsed.command].load()
     try:

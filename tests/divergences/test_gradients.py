@@ -20,8 +20,9 @@ def test_gradcheck_random_logits(name, fn, reference, temperature):
     )
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("name,fn,reference", CASES, ids=CASE_IDS)
-def test_gradcheck_extreme_logits(name, fn, reference):
+def test_gradcheck_extreme_logits(name, fn, reference, temperature):
     if name.startswith("alpha_") and name not in ("alpha_0.5", "alpha_0.2"):
         pytest.skip("alpha outside (0, 1) is astronomically large (exp(1e4)) on these inputs")
     logits = torch.tensor([[1e4, -1e4, 0.3, 3.0, -2.0], [5.0, 1e4, 1e4 - 1.0, 0.0, 1.0]], dtype=torch.float64)
@@ -29,7 +30,8 @@ def test_gradcheck_extreme_logits(name, fn, reference):
                                  dtype=torch.float64)
     logits.requires_grad_()
     target_logits.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, y: fn(x, y), (logits, target_logits), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(lambda x, y: fn(x, y, temperature=temperature), (logits, target_logits),
+                                    eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,fn,reference", CASES, ids=CASE_IDS)
