@@ -4,27 +4,32 @@ from __future__ import annotations
 
 from functools import partial
 
-from divreg import divergences as D
+from divreg.divergences._registry import get_divergence
 
 from .. import reference as ref
 
-# (id, divreg function with its options bound, reference taking (p, q))
+# (id, registered name, options, reference taking (p, q) with the same options)
+SPECS = [
+    ("forward_kl", "forward_kl", {}, ref.forward_kl),
+    ("reverse_kl", "reverse_kl", {}, ref.reverse_kl),
+    ("jsd_beta0.5", "generalized_jsd", {"beta": 0.5}, ref.generalized_jsd),
+    ("jsd_beta0.1", "generalized_jsd", {"beta": 0.1}, ref.generalized_jsd),
+    ("jsd_beta0.9_scaled", "generalized_jsd", {"beta": 0.9, "scaled": True}, ref.generalized_jsd),
+    ("skew_kl", "skew_kl", {"alpha": 0.1}, ref.skew_kl),
+    ("skew_kl_0.5", "skew_kl", {"alpha": 0.5}, ref.skew_kl),
+    ("skew_reverse_kl", "skew_reverse_kl", {"alpha": 0.1}, ref.skew_reverse_kl),
+    ("total_variation", "total_variation", {}, ref.total_variation),
+    ("alpha_0.5", "alpha_divergence", {"alpha": 0.5}, ref.alpha_divergence),
+    ("alpha_0.2", "alpha_divergence", {"alpha": 0.2}, ref.alpha_divergence),
+    ("alpha_1.5", "alpha_divergence", {"alpha": 1.5}, ref.alpha_divergence),
+    ("alpha_-0.5", "alpha_divergence", {"alpha": -0.5}, ref.alpha_divergence),
+    ("topk_bucket", "topk_kl", {"k": 3}, partial(ref.topk_kl, tail="bucket")),
+    ("topk_renorm", "topk_kl", {"k": 3, "tail": "renormalize"}, ref.topk_kl),
+]
+
+# (id, divreg function with its options bound, reference with its options bound)
 CASES = [
-    ("forward_kl", D.forward_kl, ref.forward_kl),
-    ("reverse_kl", D.reverse_kl, ref.reverse_kl),
-    ("jsd_beta0.5", partial(D.generalized_jsd, beta=0.5), partial(ref.generalized_jsd, beta=0.5)),
-    ("jsd_beta0.1", partial(D.generalized_jsd, beta=0.1), partial(ref.generalized_jsd, beta=0.1)),
-    ("jsd_beta0.9_scaled", partial(D.generalized_jsd, beta=0.9, scaled=True),
-     partial(ref.generalized_jsd, beta=0.9, scaled=True)),
-    ("skew_kl", partial(D.skew_kl, alpha=0.1), partial(ref.skew_kl, alpha=0.1)),
-    ("skew_kl_0.5", partial(D.skew_kl, alpha=0.5), partial(ref.skew_kl, alpha=0.5)),
-    ("skew_reverse_kl", partial(D.skew_reverse_kl, alpha=0.1), partial(ref.skew_reverse_kl, alpha=0.1)),
-    ("total_variation", D.total_variation, ref.total_variation),
-    ("alpha_0.5", partial(D.alpha_divergence, alpha=0.5), partial(ref.alpha_divergence, alpha=0.5)),
-    ("alpha_0.2", partial(D.alpha_divergence, alpha=0.2), partial(ref.alpha_divergence, alpha=0.2)),
-    ("alpha_1.5", partial(D.alpha_divergence, alpha=1.5), partial(ref.alpha_divergence, alpha=1.5)),
-    ("alpha_-0.5", partial(D.alpha_divergence, alpha=-0.5), partial(ref.alpha_divergence, alpha=-0.5)),
-    ("topk_bucket", partial(D.topk_kl, k=3), partial(ref.topk_kl, k=3, tail="bucket")),
-    ("topk_renorm", partial(D.topk_kl, k=3, tail="renormalize"), partial(ref.topk_kl, k=3, tail="renormalize")),
+    (case_id, partial(get_divergence(name).on_logits, **options), partial(reference, **options))
+    for case_id, name, options, reference in SPECS
 ]
 CASE_IDS = [case[0] for case in CASES]

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from ._common import kl_from_log_probs, prepare_log_probs
+from ._common import kl_from_log_probs, on_support, power_terms, prepare_log_probs, project_to_logits
+from ._kl import forward_kl_with_grad, reverse_kl_with_grad
 
 
-def _power_sum_minus_one(log_a: Tensor, log_b: Tensor, s: float) -> Tensor:
-    """``sum_i a_i^(1-s) b_i^s - 1`` summed over ``a``'s support, for ``s != 0``.
-
-    Each term is ``a_i * expm1(s * log(b_i / a_i))``, which keeps full precision when the
-    sum is near zero (s near 0, or a close to b); large exponents switch to a direct
-    ``exp``, which cannot overflow for s in (0, 1).
-    """
-    support = log_a > -math.inf
-    log_a_on = torch.where(support, log_a, 0.0)
-    z = torch.where(support, s * (log_b - log_a_on), 0.0)
-    near_zero = z.abs() < 1.0  # False for +-inf as well
-    via_expm1 = log_a_on.exp() * torch.expm1(torch.where(near_zero, z, 0.0))
-    via_exp = torch.exp(log_a_on + torch.where(near_zero, 0.0, z)) - log_a_on.exp()
-    return torch.where(support, torch.where(near_zero, via_expm1, via_exp), 0.0).sum(-1)
+def _check_alpha(alpha: float) -> None:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite real number, got {alpha!r}")
 
 
 def alpha_divergence(
@@ -65,14 +54,31 @@ def alpha_divergence(
         >>> bool(torch.allclose(alpha_divergence(q, p, alpha=1.0), forward_kl(q, p)))
         True
     """
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite real number, got {alpha!r}")
+    _check_alpha(alpha)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     if alpha == 1.0:
         return kl_from_log_probs(log_p, log_q)
     if alpha == 0.0:
         return kl_from_log_probs(log_q, log_p)
     scale = 1.0 / (alpha * (alpha - 1.0))
+    if alpha >= 0.5:  # sum p^alpha q^(1-alpha) - 1 = sum over p's support of p * expm1(...)
+        return scale * power_terms(log_p, log_q, 1.0 - alpha).sum(-1)
+    return scale * power_terms(log_q, log_p, alpha).sum(-1)
+
+
+def alpha_divergence_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float) -> tuple[Tensor, Tensor]:
+    r"""``(D_alpha, dD_alpha/dz)``: :math:`\partial D_\alpha / \partial \log q_i = -p_i^\alpha q_i^{1-\alpha}/\alpha`;
+    the part proportional to q (cancelled by the softmax) is dropped, leaving
+    :math:`-q_i\,\mathrm{expm1}(\alpha \log(p_i/q_i))/\alpha`, finite as alpha -> 0."""
+    _check_alpha(alpha)
+    if alpha == 1.0:
+        return forward_kl_with_grad(log_q, log_p)
+    if alpha == 0.0:
+        return reverse_kl_with_grad(log_q, log_p)
+    scale = 1.0 / (alpha * (alpha - 1.0))
     if alpha >= 0.5:
-        return scale * _power_sum_minus_one(log_p, log_q, 1.0 - alpha)
-    return scale * _power_sum_minus_one(log_q, log_p, alpha)
+        value = scale * power_terms(log_p, log_q, 1.0 - alpha).sum(-1)
+    else:
+        value = scale * power_terms(log_q, log_p, alpha).sum(-1)
+    _, _, q = on_support(log_q)
+    return value, project_to_logits(-power_terms(log_q, log_p, alpha) / alpha, q)

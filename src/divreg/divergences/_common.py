@@ -103,16 +103,24 @@ def prepare_log_probs(
     return log_q, log_p
 
 
+def on_support(log_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(support, log a there (0 elsewhere), a there (0 elsewhere))`` for log-probs ``log_a``.
+
+    Substituting 0 off the support keeps every later operation finite, so gradients never
+    meet ``0 * inf``.
+    """
+    support = log_a > -math.inf
+    log_a_on = torch.where(support, log_a, 0.0)
+    return support, log_a_on, torch.where(support, log_a_on.exp(), 0.0)
+
+
 def kl_from_log_probs(log_a: Tensor, log_b: Tensor) -> Tensor:
     """``sum_i a_i (log a_i - log b_i)`` over the last dim, with ``0 log 0 = 0``.
 
     ``+inf`` where ``a`` has mass that ``b`` lacks (the true value).
     """
-    support = log_a > -math.inf
-    log_a_on = torch.where(support, log_a, 0.0)
-    log_b_on = torch.where(support, log_b, 0.0)
-    terms = torch.where(support, log_a_on.exp() * (log_a_on - log_b_on), 0.0)
-    return terms.sum(-1)
+    support, log_a_on, a = on_support(log_a)
+    return (a * (log_a_on - torch.where(support, log_b, 0.0))).sum(-1)
 
 
 def _log_mixture_ratio(d: Tensor, w: float) -> Tensor:
@@ -133,12 +141,14 @@ def _log_mixture_ratio(d: Tensor, w: float) -> Tensor:
     return torch.where(use_log1p, near_zero, far)
 
 
-def _log_ratio_on_support(log_a: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(support of a, a on its support (1 elsewhere), log(b / a) on it (0 elsewhere))``."""
-    support = log_a > -math.inf
-    log_a_on = torch.where(support, log_a, 0.0)
-    d = torch.where(support, log_b - log_a_on, 0.0)
-    return support, log_a_on.exp(), d
+def log_ratio_to_mixture(log_a: Tensor, log_b: Tensor, w: float) -> tuple[Tensor, Tensor]:
+    """``(a, log(a / m))`` elementwise, ``m = (1 - w) a + w b``, both 0 off ``a``'s support.
+
+    ``log(a / m) = -log((1 - w) + w b / a)``, accurate for every ``w in [0, 1]``.
+    """
+    support, log_a_on, a = on_support(log_a)
+    d = torch.where(support, log_b - log_a_on, 0.0)  # log(b / a); 0 gives log-ratio 0
+    return a, -_log_mixture_ratio(d, w)
 
 
 def kl_to_mixture(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
@@ -148,9 +158,8 @@ def kl_to_mixture(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
 
     ``w = 1`` gives ``KL(a || b)``; ``w = 0`` gives 0.
     """
-    support, a, d = _log_ratio_on_support(log_a, log_b)
-    terms = torch.where(support, -a * _log_mixture_ratio(d, w), 0.0)
-    return terms.sum(-1)
+    a, log_a_over_m = log_ratio_to_mixture(log_a, log_b, w)
+    return (a * log_a_over_m).sum(-1)
 
 
 def kl_to_mixture_over_w(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
@@ -161,8 +170,29 @@ def kl_to_mixture_over_w(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
     """
     if w > 0:
         return kl_to_mixture(log_a, log_b, w) / w
-    support = log_a > -math.inf
-    return torch.where(support, log_a.exp() - log_b.exp(), 0.0).sum(-1)
+    support, _, a = on_support(log_a)
+    return (a - torch.where(support, log_b.exp(), 0.0)).sum(-1)
+
+
+def power_terms(log_a: Tensor, log_b: Tensor, s: float) -> Tensor:
+    """``a_i^(1-s) b_i^s - a_i`` elementwise on ``a``'s support (0 elsewhere), ``s != 0``.
+
+    Evaluated as ``a_i * expm1(s * log(b_i / a_i))``, which keeps full precision when the
+    term is near zero; large exponents switch to a direct ``exp``, which cannot overflow
+    for s in (0, 1).
+    """
+    support, log_a_on, a = on_support(log_a)
+    z = torch.where(support, s * (log_b - log_a_on), 0.0)
+    near_zero = z.abs() < 1.0  # False for +-inf as well
+    via_expm1 = a * torch.expm1(torch.where(near_zero, z, 0.0))
+    via_exp = torch.exp(log_a_on + torch.where(near_zero, 0.0, z)) - a
+    return torch.where(support, torch.where(near_zero, via_expm1, via_exp), 0.0)
+
+
+def project_to_logits(grad_log_q: Tensor, q: Tensor) -> Tensor:
+    """Chain rule through ``log_softmax``: from ``g = dD/dlog q`` to ``dD/dz = g - q sum(g)``
+    (for the tempered logits ``z = logits / T``; divide by T for the raw logits)."""
+    return grad_log_q - q * grad_log_q.sum(-1, keepdim=True)
 
 
 def logsumexp_or_neg_inf(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ._common import check_unit_interval, kl_from_log_probs, kl_to_mixture, kl_to_mixture_over_w, prepare_log_probs
+from ._common import (
+    check_unit_interval,
+    kl_from_log_probs,
+    kl_to_mixture,
+    kl_to_mixture_over_w,
+    log_ratio_to_mixture,
+    prepare_log_probs,
+)
+from ._kl import forward_kl_with_grad, reverse_kl_with_grad
 
 
 def generalized_jsd(
@@ -71,3 +80,28 @@ def generalized_jsd(
     if beta == 1.0:
         return kl_to_mixture(log_p, log_q, 0.0)
     return beta * kl_to_mixture(log_p, log_q, 1.0 - beta) + (1.0 - beta) * kl_to_mixture(log_q, log_p, beta)
+
+
+def generalized_jsd_with_grad(
+    log_q: Tensor, log_p: Tensor, *, beta: float = 0.5, scaled: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""``(JSD_beta, dJSD/dz)`` from log-probs, z the tempered logits of q.
+
+    With :math:`m = \beta p + (1 - \beta) q`, :math:`\partial \mathrm{JSD}_\beta / \partial \log q_i
+    = (1 - \beta)\, q_i \log(q_i / m_i)`, so :math:`dz = (1 - \beta)\, q\,(\log(q/m) - \mathrm{KL}(q \| m))`.
+    """
+    check_unit_interval("beta", beta)
+    if beta in (0.0, 1.0):
+        if scaled:  # the limits: KL(p || q) and KL(q || p) (plus any mass outside a support)
+            value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
+            extra = kl_to_mixture_over_w(log_q, log_p, 0.0) if beta == 0.0 else kl_to_mixture_over_w(log_p, log_q, 0.0)
+            return value + extra, grad
+        return torch.zeros_like(log_q[..., 0]), torch.zeros_like(log_q)
+    q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, beta)
+    p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - beta)
+    kl_q_m = (q * log_q_over_m).sum(-1)
+    kl_p_m = (p * log_p_over_m).sum(-1)
+    grad = q * (log_q_over_m - kl_q_m.unsqueeze(-1))
+    if scaled:
+        return kl_p_m / (1.0 - beta) + kl_q_m / beta, grad / beta
+    return beta * kl_p_m + (1.0 - beta) * kl_q_m, (1.0 - beta) * grad

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ._common import kl_from_log_probs, prepare_log_probs
+from ._common import kl_from_log_probs, on_support, prepare_log_probs
 
 
 def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
@@ -68,3 +69,17 @@ def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
     """
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     return kl_from_log_probs(log_q, log_p)
+
+
+def forward_kl_with_grad(log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+    """``(KL(p || q), dKL/dz)`` from log-probs, z the tempered logits of q: ``dz = q - p``."""
+    q = log_q.exp()
+    return kl_from_log_probs(log_p, log_q), q - log_p.exp()
+
+
+def reverse_kl_with_grad(log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+    """``(KL(q || p), dKL/dz)``: ``dz = q (log q - log p - KL)``, 0 where q = 0."""
+    support, log_q_on, q = on_support(log_q)
+    log_ratio = log_q_on - torch.where(support, log_p, 0.0)
+    value = (q * log_ratio).sum(-1)
+    return value, q * (log_ratio - value.unsqueeze(-1))

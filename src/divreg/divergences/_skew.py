@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ._common import check_unit_interval, kl_to_mixture, prepare_log_probs
+from ._common import check_unit_interval, kl_to_mixture, log_ratio_to_mixture, prepare_log_probs, project_to_logits
 
 
 def skew_kl(
@@ -63,3 +64,22 @@ def skew_reverse_kl(
     check_unit_interval("alpha", alpha)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     return kl_to_mixture(log_q, log_p, 1.0 - alpha)
+
+
+def skew_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+    r"""``(SKL, dSKL/dz)``: with :math:`m = \alpha p + (1 - \alpha) q`,
+    :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`."""
+    check_unit_interval("alpha", alpha)
+    p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - alpha)
+    q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, alpha)  # m / q = (1 - alpha) + alpha p / q
+    grad_log_q = -(1.0 - alpha) * p * torch.where(log_q > -torch.inf, log_q_over_m.exp(), 0.0)
+    return (p * log_p_over_m).sum(-1), project_to_logits(grad_log_q, q)
+
+
+def skew_reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+    r"""``(SRKL, dSRKL/dz)``: with :math:`m = (1 - \alpha) p + \alpha q`,
+    :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
+    check_unit_interval("alpha", alpha)
+    q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, 1.0 - alpha)
+    grad_log_q = q * (log_q_over_m + 1.0 - alpha * log_q_over_m.exp())
+    return (q * log_q_over_m).sum(-1), project_to_logits(grad_log_q, q)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._common import prepare_log_probs
+from ._common import prepare_log_probs, project_to_logits
 
 
 def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
@@ -34,3 +34,10 @@ def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float
     """
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def total_variation_with_grad(log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+    """``(TV, dTV/dz)``: ``dTV/dlog q_i = q_i sign(q_i - p_i) / 2`` (0 at ties)."""
+    q, p = log_q.exp(), log_p.exp()
+    difference = q - p
+    return 0.5 * difference.abs().sum(-1), project_to_logits(0.5 * q * difference.sign(), q)

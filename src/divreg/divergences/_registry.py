@@ -1,0 +1,38 @@
+"""Name -> (divergence on logits, value-and-gradient on log-probs), for code that evaluates a
+divergence by name (the fused kernel, configs)."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from ._alpha import alpha_divergence, alpha_divergence_with_grad
+from ._jsd import generalized_jsd, generalized_jsd_with_grad
+from ._kl import forward_kl, forward_kl_with_grad, reverse_kl, reverse_kl_with_grad
+from ._skew import skew_kl, skew_kl_with_grad, skew_reverse_kl, skew_reverse_kl_with_grad
+from ._topk import topk_kl, topk_kl_with_grad
+from ._total_variation import total_variation, total_variation_with_grad
+
+
+class Divergence(NamedTuple):
+    on_logits: Callable  # (logits, target_logits, *, temperature, dim, **options) -> values
+    # (log_q, log_p, **options) -> (values, gradient w.r.t. the tempered logits of q)
+    with_grad: Callable
+
+
+DIVERGENCES: dict[str, Divergence] = {
+    "forward_kl": Divergence(forward_kl, forward_kl_with_grad),
+    "reverse_kl": Divergence(reverse_kl, reverse_kl_with_grad),
+    "generalized_jsd": Divergence(generalized_jsd, generalized_jsd_with_grad),
+    "skew_kl": Divergence(skew_kl, skew_kl_with_grad),
+    "skew_reverse_kl": Divergence(skew_reverse_kl, skew_reverse_kl_with_grad),
+    "total_variation": Divergence(total_variation, total_variation_with_grad),
+    "alpha_divergence": Divergence(alpha_divergence, alpha_divergence_with_grad),
+    "topk_kl": Divergence(topk_kl, topk_kl_with_grad),
+}
+
+
+def get_divergence(name: str) -> Divergence:
+    """Look a divergence up by name; ``ValueError`` listing the known names otherwise."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")
+    return DIVERGENCES[name]

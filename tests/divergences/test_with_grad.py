@@ -1,0 +1,70 @@
+"""The analytic value-and-gradient forms (used by the fused kernel) against autograd of the
+public functions, in float64: random, extreme and banned-token inputs, several temperatures,
+plus the endpoint options (JSD beta in {0, 1}, alpha in {0, 1}, top-k with k = V)."""
+
+import math
+
+import pytest
+import torch
+
+from divreg.divergences._registry import get_divergence
+
+from .cases import SPECS
+
+EXTRA_SPECS = [
+    ("jsd_beta0", "generalized_jsd", {"beta": 0.0}),
+    ("jsd_beta1", "generalized_jsd", {"beta": 1.0}),
+    ("jsd_beta0_scaled", "generalized_jsd", {"beta": 0.0, "scaled": True}),
+    ("jsd_beta1_scaled", "generalized_jsd", {"beta": 1.0, "scaled": True}),
+    ("jsd_beta1e-7_scaled", "generalized_jsd", {"beta": 1e-7, "scaled": True}),
+    ("alpha_0", "alpha_divergence", {"alpha": 0.0}),
+    ("alpha_1", "alpha_divergence", {"alpha": 1.0}),
+    ("alpha_1e-7", "alpha_divergence", {"alpha": 1e-7}),
+    ("topk_full", "topk_kl", {"k": 6}),
+    ("topk_full_renorm", "topk_kl", {"k": 6, "tail": "renormalize"}),
+    ("skew_kl_0", "skew_kl", {"alpha": 0.0}),
+    ("skew_reverse_kl_1", "skew_reverse_kl", {"alpha": 1.0}),
+]
+ALL_SPECS = [spec[:3] for spec in SPECS] + EXTRA_SPECS
+IDS = [spec[0] for spec in ALL_SPECS]
+
+
+def _check(name, options, logits, target_logits, temperature, finite_only=None):
+    divergence = get_divergence(name)
+    logits = logits.clone().requires_grad_()
+    expected = divergence.on_logits(logits, target_logits, temperature=temperature, **options)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    log_q = torch.log_softmax(logits.detach() / temperature, -1)
+    log_p = torch.log_softmax(target_logits / temperature, -1)
+    value, grad = divergence.with_grad(log_q, log_p, **options)
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-10, atol=1e-12)
+    mask = torch.ones_like(grad, dtype=torch.bool) if finite_only is None else finite_only
+    torch.testing.assert_close((grad / temperature)[mask], expected_grad[mask], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("case_id,name,options", ALL_SPECS, ids=IDS)
+def test_random_logits(case_id, name, options, temperature):
+    generator = torch.Generator().manual_seed(5)
+    logits = 2 * torch.randn(3, 4, 6, generator=generator, dtype=torch.float64)
+    target_logits = 2 * torch.randn(3, 4, 6, generator=generator, dtype=torch.float64)
+    _check(name, options, logits, target_logits, temperature)
+
+
+@pytest.mark.parametrize("case_id,name,options", ALL_SPECS, ids=IDS)
+def test_extreme_logits(case_id, name, options):
+    if name == "alpha_divergence" and not 0 <= options["alpha"] <= 1:
+        pytest.skip("alpha outside [0, 1] is exp(1e4) on these inputs")
+    logits = torch.tensor([[1e4, -1e4, 0.3, 3.0, -2.0, 1.0], [5.0, 1e4, 1e4 - 1.0, 0.0, 1.0, -1e4]],
+                          dtype=torch.float64)
+    target_logits = torch.tensor([[1e4 - 0.5, 1e4, -1e4, 1.0, 2.0, 0.0], [0.0, 1e4 - 2.0, 1e4, 1.0, 2.5, 1e4]],
+                                 dtype=torch.float64)
+    _check(name, options, logits, target_logits, 1.0)
+
+
+@pytest.mark.parametrize("case_id,name,options", ALL_SPECS, ids=IDS)
+def test_banned_tokens(case_id, name, options):
+    inf = math.inf
+    logits = torch.tensor([[0.3, -inf, 1.0, 0.2, -0.5, 1.5]], dtype=torch.float64)
+    target_logits = torch.tensor([[1.2, -inf, -0.7, 0.9, 0.1, -1.0]], dtype=torch.float64)
+    _check(name, options, logits, target_logits, 1.0, finite_only=torch.isfinite(logits))
