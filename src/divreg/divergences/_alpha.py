@@ -66,7 +66,7 @@ def alpha_divergence(
     return scale * power_terms(log_q, log_p, alpha).sum(-1)
 
 
-def alpha_divergence_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float) -> tuple[Tensor, Tensor]:
+def alpha_divergence_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
     r"""``(D_alpha, dD_alpha/dz)``: :math:`\partial D_\alpha / \partial \log q_i = -p_i^\alpha q_i^{1-\alpha}/\alpha`;
     the part proportional to q (cancelled by the softmax) is dropped, leaving
     :math:`-q_i\,\mathrm{expm1}(\alpha \log(p_i/q_i))/\alpha`, finite as alpha -> 0."""

@@ -189,6 +189,11 @@ def power_terms(log_a: Tensor, log_b: Tensor, s: float) -> Tensor:
     return torch.where(support, torch.where(near_zero, via_expm1, via_exp), 0.0)
 
 
+def row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` without an ``a * b`` temporary (a batched BLAS dot)."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(a.shape[:-1])
+
+
 def project_to_logits(grad_log_q: Tensor, q: Tensor) -> Tensor:
     """Chain rule through ``log_softmax``: from ``g = dD/dlog q`` to ``dD/dz = g - q sum(g)``
     (for the tempered logits ``z = logits / T``; divide by T for the raw logits)."""

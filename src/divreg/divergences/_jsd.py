@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ._common import (
     check_unit_interval,
+    row_dot,
     kl_from_log_probs,
     kl_to_mixture,
     kl_to_mixture_over_w,
@@ -83,7 +86,7 @@ def generalized_jsd(
 
 
 def generalized_jsd_with_grad(
-    log_q: Tensor, log_p: Tensor, *, beta: float = 0.5, scaled: bool = False
+    log_q: Tensor, log_p: Tensor, *, beta: float = 0.5, scaled: bool = False, overwrite_inputs: bool = False
 ) -> tuple[Tensor, Tensor]:
     r"""``(JSD_beta, dJSD/dz)`` from log-probs, z the tempered logits of q.
 
@@ -93,15 +96,42 @@ def generalized_jsd_with_grad(
     check_unit_interval("beta", beta)
     if beta in (0.0, 1.0):
         if scaled:  # the limits: KL(p || q) and KL(q || p) (plus any mass outside a support)
-            value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
             extra = kl_to_mixture_over_w(log_q, log_p, 0.0) if beta == 0.0 else kl_to_mixture_over_w(log_p, log_q, 0.0)
+            value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
             return value + extra, grad
         return torch.zeros_like(log_q[..., 0]), torch.zeros_like(log_q)
-    q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, beta)
-    p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - beta)
-    kl_q_m = (q * log_q_over_m).sum(-1)
-    kl_p_m = (p * log_p_over_m).sum(-1)
-    grad = q * (log_q_over_m - kl_q_m.unsqueeze(-1))
+    kl_p_m, kl_q_m, grad = _jsd_parts(log_q, log_p, beta, overwrite_inputs)
     if scaled:
         return kl_p_m / (1.0 - beta) + kl_q_m / beta, grad / beta
     return beta * kl_p_m + (1.0 - beta) * kl_q_m, (1.0 - beta) * grad
+
+
+# Between these, log m = logaddexp(log p + log beta, log q + log(1 - beta)) is as accurate as the
+# log-probs it is made from; nearer the endpoints the log1p/expm1 form keeps relative precision.
+_LEAN_BETA_RANGE = (0.05, 0.95)
+
+
+def _jsd_parts(log_q: Tensor, log_p: Tensor, beta: float, overwrite_inputs: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(KL(p || m), KL(q || m), q (log(q/m) - KL(q || m)))`` for ``beta in (0, 1)``."""
+    if not _LEAN_BETA_RANGE[0] <= beta <= _LEAN_BETA_RANGE[1]:
+        q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, beta)
+        p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - beta)
+        kl_q_m = (q * log_q_over_m).sum(-1)
+        kl_p_m = (p * log_p_over_m).sum(-1)
+        return kl_p_m, kl_q_m, q * (log_q_over_m - kl_q_m.unsqueeze(-1))
+    log_m = log_p + math.log(beta)
+    torch.logaddexp(log_m, log_q + math.log1p(-beta), out=log_m)
+    p = log_p.exp()
+    log_p_over_m = log_p.sub_(log_m) if overwrite_inputs else log_p - log_m
+    kl_p_m = row_dot(p, log_p_over_m)
+    if bool(torch.isnan(kl_p_m).any()):  # -inf log-probs: 0 * log 0
+        kl_p_m = torch.where(p > 0, p * log_p_over_m, 0.0).sum(-1)
+    del p, log_p_over_m
+    q = log_q.exp()
+    log_q_over_m = log_q.sub_(log_m) if overwrite_inputs else torch.sub(log_q, log_m, out=log_m)
+    kl_q_m = row_dot(q, log_q_over_m)
+    meets_zero = bool(torch.isnan(kl_q_m).any())
+    if meets_zero:
+        kl_q_m = torch.where(q > 0, q * log_q_over_m, 0.0).sum(-1)
+    grad = log_q_over_m.sub_(kl_q_m.unsqueeze(-1)).mul_(q)
+    return kl_p_m, kl_q_m, torch.where(q > 0, grad, 0.0) if meets_zero else grad

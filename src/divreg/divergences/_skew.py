@@ -66,7 +66,7 @@ def skew_reverse_kl(
     return kl_to_mixture(log_q, log_p, 1.0 - alpha)
 
 
-def skew_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+def skew_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
     r"""``(SKL, dSKL/dz)``: with :math:`m = \alpha p + (1 - \alpha) q`,
     :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`."""
     check_unit_interval("alpha", alpha)
@@ -76,7 +76,7 @@ def skew_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1) -> tu
     return (p * log_p_over_m).sum(-1), project_to_logits(grad_log_q, q)
 
 
-def skew_reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1) -> tuple[Tensor, Tensor]:
+def skew_reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
     r"""``(SRKL, dSRKL/dz)``: with :math:`m = (1 - \alpha) p + \alpha q`,
     :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
     check_unit_interval("alpha", alpha)

@@ -99,7 +99,7 @@ def _bucket_log_probs(
     return torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1)
 
 
-def topk_kl_with_grad(log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket") -> tuple[Tensor, Tensor]:
+def topk_kl_with_grad(log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket", overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
     r"""``(top-k KL, d/dz)`` from log-probs, z the tempered logits of q.
 
     Bucket: :math:`dz_i = q_i - p_i` on the top-k set S and :math:`q_i (1 - p_{\bar S} / q_{\bar S})`

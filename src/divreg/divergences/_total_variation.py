@@ -36,7 +36,7 @@ def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
-def total_variation_with_grad(log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+def total_variation_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
     """``(TV, dTV/dz)``: ``dTV/dlog q_i = q_i sign(q_i - p_i) / 2`` (0 at ties)."""
     q, p = log_q.exp(), log_p.exp()
     difference = q - p

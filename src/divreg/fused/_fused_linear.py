@@ -65,20 +65,23 @@ def _scale(plan: _Plan, count: int) -> float:
 def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: _Plan,
                 grads: Optional[tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]],
                 scale: float) -> _Totals:
-    """The chunk loop. ``grads`` = preallocated (dX (n, Hs), dW (V, Hs) fp32+, db (V,)) buffers,
+    """The chunk loop. ``grads`` = preallocated (dX (N, Hs), dW (V, Hs) fp32+, db (V,)) buffers,
     filled in place, or None for values only."""
     dtype = math_dtype(weight, flat.target_weight, flat.hidden)
-    count = flat.hidden.shape[0]
+    count = flat.count
     chunk = choose_chunk_size(plan.chunk_size, weight.shape[0], count, plan.memory_budget_mb)
+    # Finite biases make finite logits, so the divergence may reuse the log-prob buffers.
+    overwrite = all(b is None or bool(torch.isfinite(b).all()) for b in (bias, flat.target_bias))
     temperature = plan.temperature
     divergence_total = torch.zeros((), dtype=dtype, device=weight.device)
     ce_total = torch.zeros((), dtype=dtype, device=weight.device)
     per_token = torch.empty(count, dtype=dtype, device=weight.device) if plan.reduction == "none" else None
     for start in range(0, count, chunk):
         end = min(start + chunk, count)
-        hidden = flat.hidden[start:end]  # (c, Hs)
+        hidden = flat.rows_of(flat.hidden, start, end)  # (c, Hs)
         logits = _linear(hidden, weight, bias, dtype)  # (c, V)
-        target_logits = _linear(flat.target_hidden[start:end], flat.target_weight, flat.target_bias, dtype)
+        target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
+                                dtype)  # (c, V)
         token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
         ce_grad = None
         if plan.ce_weight:
@@ -91,20 +94,21 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
         if temperature != 1.0:
             logits.div_(temperature)
             target_logits.div_(temperature)
-        log_q = torch.log_softmax(logits, -1)  # (c, V)
-        del logits
-        log_p = torch.log_softmax(target_logits, -1)  # (c, V)
-        del target_logits
-        values, grad = plan.with_grad(log_q, log_p, **plan.options)  # (c,), (c, V)
+        log_q, log_p = _log_softmax_in_place(logits), _log_softmax_in_place(target_logits)  # (c, V) each
+        del logits, target_logits
+        values, grad = plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, **plan.options)  # (c,), (c, V)
         del log_q, log_p
         weighted = values if token_weight is None else values * token_weight
         divergence_total += weighted.sum()
         if per_token is not None:
             per_token[start:end] = plan.divergence_weight * weighted + (plan.ce_weight * ce if plan.ce_weight else 0)
         if grads is not None:
-            grad_hidden, grad_weight, grad_bias = grads
-            chunk_grads = (None if grad_hidden is None else grad_hidden[start:end], grad_weight, grad_bias)
-            _accumulate_grads(chunk_grads, grad, ce_grad, hidden, weight, token_weight, plan, scale)
+            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, plan, scale)
+            if grad_hidden_rows is not None:
+                if flat.rows is None:
+                    grads[0][start:end] = grad_hidden_rows.to(grads[0].dtype)
+                else:
+                    grads[0].index_copy_(0, flat.rows[start:end], grad_hidden_rows.to(grads[0].dtype))
     if plan.reduction != "none" and bool(torch.isnan(divergence_total + ce_total)):
         raise ValueError(
             "the fused divergence is NaN: hidden states, weights or biases contain NaN or +-inf "
@@ -113,10 +117,18 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
     return _Totals(divergence_total, ce_total, per_token, count)
 
 
+def _log_softmax_in_place(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the last dim, reusing the buffer of ``logits`` on CPU (whose kernel
+    reads each row before writing it); elsewhere a new tensor."""
+    if logits.device.type == "cpu":
+        return torch.log_softmax(logits, -1, out=logits)
+    return torch.log_softmax(logits, -1)
+
+
 def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Tensor, weight: Tensor,
-                      token_weight: Optional[Tensor], plan: _Plan, scale: float) -> None:
-    """Turn one chunk's gradient w.r.t. the tempered logits into dX (this chunk's rows), dW
-    and db, in place."""
+                      token_weight: Optional[Tensor], plan: _Plan, scale: float) -> Optional[Tensor]:
+    """Turn one chunk's gradient w.r.t. the tempered logits into dW and db (accumulated in
+    place) and return this chunk's dX rows (or None)."""
     grad_hidden, grad_weight, grad_bias = grads
     row_scale = torch.full((grad.shape[0], 1), plan.divergence_weight * scale / plan.temperature,
                            dtype=grad.dtype, device=grad.device)  # (c, 1)
@@ -125,14 +137,17 @@ def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Te
     if ce_grad is not None:  # one combined logit gradient, scaled per row
         grad.mul_(row_scale).add_(ce_grad, alpha=plan.ce_weight * scale)
         row_scale = None
+    grad_hidden_rows = None
     if grad_hidden is not None:
-        grad_hidden.copy_(torch.mm(grad.to(weight.dtype), weight) if row_scale is None
-                          else torch.mm(grad.to(weight.dtype), weight).mul_(row_scale))
+        grad_hidden_rows = torch.mm(grad.to(weight.dtype), weight)  # (c, Hs)
+        if row_scale is not None:
+            grad_hidden_rows.mul_(row_scale.to(grad_hidden_rows.dtype))
     scaled_hidden = hidden.to(grad.dtype) if row_scale is None else hidden.to(grad.dtype) * row_scale  # (c, Hs)
     if grad_weight is not None:
         grad_weight.addmm_(grad.t(), scaled_hidden)  # (V, Hs) += (V, c) @ (c, Hs)
     if grad_bias is not None:
         grad_bias.add_(grad.sum(0) if row_scale is None else torch.mv(grad.t(), row_scale.squeeze(-1)))
+    return grad_hidden_rows
 
 
 class _FusedLinearDivergenceFunction(torch.autograd.Function):
@@ -141,14 +156,13 @@ class _FusedLinearDivergenceFunction(torch.autograd.Function):
                 plan: _Plan):
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
                               token_weights, plan.ignore_index, plan.target_vocab_slice)
-        count = flat.hidden.shape[0]
-        scale = _scale(plan, count)
+        scale = _scale(plan, flat.count)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grads = None
         if need_hidden or need_weight or need_bias:
             grad_dtype = torch.promote_types(weight.dtype, torch.float32)
             grads = (
-                torch.empty_like(flat.hidden) if need_hidden else None,
+                (torch.empty_like if flat.rows is None else torch.zeros_like)(flat.hidden) if need_hidden else None,
                 torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_weight else None,
                 torch.zeros(bias.shape, dtype=grad_dtype, device=weight.device) if need_bias else None,
             )
@@ -158,25 +172,23 @@ class _FusedLinearDivergenceFunction(torch.autograd.Function):
         grad_hidden = grad_weight = grad_bias = None
         if grads is not None:
             grad_hidden, grad_weight, grad_bias = grads
-            if grad_hidden is not None and flat.valid is not None:
-                full = torch.zeros((flat.num_rows, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
-                grad_hidden = full.index_put_((flat.valid,), grad_hidden)
             if grad_hidden is not None:
                 grad_hidden = grad_hidden.reshape(hidden.shape)
             grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        # Kept as attributes, not saved tensors, so that backward hands over the only reference
+        # and autograd can adopt the buffers as .grad instead of copying them.
+        ctx.grads = [grad_hidden, grad_weight, grad_bias]
         ctx.mark_non_differentiable(divergence, cross_entropy)
         return loss.to(torch.promote_types(weight.dtype, torch.float32)), divergence, cross_entropy
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_divergence, _grad_cross_entropy):
-        grads = []
-        for saved in ctx.saved_tensors:
-            if saved is None or bool(grad_loss == 1):
-                grads.append(saved)
-            else:
-                grads.append(saved * grad_loss.to(saved.dtype))
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_divergence: backward called twice on the same result")
+        grads, ctx.grads = ctx.grads, None
+        if not bool(grad_loss == 1):
+            grads = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
         return (*grads, None, None, None, None, None, None)
 
 
@@ -301,7 +313,7 @@ def _per_token_values(hidden, weight, bias, target_hidden, target_weight, target
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
                               token_weights, plan.ignore_index, plan.target_vocab_slice)
         totals = _run_chunks(flat, weight, bias, plan, None, 1.0)
-        if flat.valid is None:
+        if flat.rows is None:
             return totals.per_token.reshape(hidden.shape[:-1])
-        full = torch.zeros(flat.num_rows, dtype=totals.per_token.dtype, device=weight.device)
-        return full.index_put_((flat.valid,), totals.per_token).reshape(hidden.shape[:-1])
+        full = torch.zeros(flat.hidden.shape[0], dtype=totals.per_token.dtype, device=weight.device)
+        return full.index_copy_(0, flat.rows, totals.per_token).reshape(hidden.shape[:-1])

@@ -10,24 +10,30 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# Live fp32 [chunk x V] buffers at the peak of one chunk (student logits, teacher logits, their
-# log-probs, the logit gradient and one divergence temporary); sets the chunk from a budget.
-_BUFFERS_PER_ROW = 6
+# Live fp32 [chunk x V] buffers at the peak of one chunk: the two log-prob blocks, the logit
+# gradient and the divergence's temporaries (5 for forward KL, up to 8 for the mixtures).
+_BUFFERS_PER_ROW = 8
 DEFAULT_MEMORY_BUDGET_MB = 128
+# Fewer rows than this make the chunk matmuls inefficient; the budget yields below it.
+_MIN_ROWS = 64
 
 
 @dataclass
 class FlatInputs:
-    """Valid rows only (ignored tokens dropped before any matmul)."""
+    """Flattened inputs and the valid rows (ignored tokens are never fed to a matmul)."""
 
-    hidden: Tensor  # (n, Hs)
-    target_hidden: Tensor  # (n, Ht)
+    hidden: Tensor  # (N, Hs), all rows (a view when possible, never a copy of the valid ones)
+    target_hidden: Tensor  # (N, Ht)
     target_weight: Tensor  # (V, Ht), sliced to the student's vocabulary when asked
     target_bias: Optional[Tensor]  # (V,)
-    labels: Optional[Tensor]  # (n,)
-    token_weights: Optional[Tensor]  # (n,)
-    valid: Optional[Tensor]  # (N,) bool over all rows, None when every row is valid
-    num_rows: int  # N, before dropping
+    labels: Optional[Tensor]  # (n,) labels of the valid rows
+    token_weights: Optional[Tensor]  # (n,) weights of the valid rows
+    rows: Optional[Tensor]  # (n,) indices of the valid rows, None when every row is valid
+    count: int  # n, the number of valid rows
+
+    def rows_of(self, tensor: Tensor, start: int, end: int) -> Tensor:
+        """Valid rows ``start:end`` (in valid-row numbering) of an (N, ...) tensor."""
+        return tensor[start:end] if self.rows is None else tensor.index_select(0, self.rows[start:end])
 
 
 def resolve_target_vocab(
@@ -111,21 +117,22 @@ def flatten_inputs(
     if labels is not None and torch.is_floating_point(labels):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     token_weights = None if token_weights is None else token_weights.reshape(num_rows).detach()
-    valid = None
+    rows = None
     if labels is not None:
         valid = labels != ignore_index
-        if bool(valid.all()):
-            valid = None
-        else:
-            hidden, target_hidden, labels = hidden[valid], target_hidden[valid], labels[valid]
-            token_weights = None if token_weights is None else token_weights[valid]
+        if not bool(valid.all()):
+            rows = valid.nonzero().squeeze(-1)  # (n,)
+            labels = labels[rows]
+            token_weights = None if token_weights is None else token_weights[rows]
     if labels is not None and labels.numel() and not bool(((labels >= 0) & (labels < weight.shape[0])).all()):
         raise ValueError(f"labels must be in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}")
-    return FlatInputs(hidden, target_hidden, target_weight, target_bias, labels, token_weights, valid, num_rows)
+    count = num_rows if rows is None else rows.numel()
+    return FlatInputs(hidden, target_hidden, target_weight, target_bias, labels, token_weights, rows, count)
 
 
 def choose_chunk_size(chunk_size: Optional[int], vocab: int, num_rows: int, memory_budget_mb: float) -> int:
-    """The given chunk size, or the largest that keeps the chunk buffers within the budget."""
+    """The given chunk size, or the largest multiple of 32 whose chunk buffers fit the budget
+    (at least 64 rows)."""
     if chunk_size is not None:
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -133,4 +140,5 @@ def choose_chunk_size(chunk_size: Optional[int], vocab: int, num_rows: int, memo
     if not memory_budget_mb > 0:
         raise ValueError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
     rows = int(memory_budget_mb * 2**20) // (vocab * 4 * _BUFFERS_PER_ROW)
-    return max(1, min(rows, max(num_rows, 1)))
+    rows = max(_MIN_ROWS, rows // 32 * 32)  # multiples of 32 keep the matmuls efficient
+    return max(1, min(rows, num_rows))

@@ -1,0 +1,215 @@
+"""Benchmark: fused, chunked divergence vs the naive full-logits computation.
+
+Each measurement runs in its own subprocess (``torch.set_num_threads(2)``); peak extra memory
+is the process's high-water RSS minus its RSS just before the call; naive and fused runs are
+interleaved and each is repeated; the table shows medians and the ratios naive / fused. The
+achieved GFLOP/s of each variant is compared with a plain fp32 matmul of the same shapes,
+measured in the same run (the physical limit on this machine).
+
+The naive baseline is what common trainers write: full student and teacher logits,
+``log_softmax``, the divergence formula on the full ``[N x V]`` tensors (``F.kl_div`` for the
+KLs, TRL's stacked-``logsumexp`` mixture for the JSD, DistiLLM's probability mixture for the
+skew KLs), masked mean, autograd.
+
+    python benchmarks/fused_divergence.py                       # the full grid of the issue
+    python benchmarks/fused_divergence.py --vocab 32000 --divergences forward_kl --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DIVERGENCES = {  # name -> options
+    "forward_kl": {},
+    "reverse_kl": {},
+    "generalized_jsd": {"beta": 0.5},
+    "skew_kl": {"alpha": 0.1},
+    "skew_reverse_kl": {"alpha": 0.1},
+    "total_variation": {},
+    "alpha_divergence": {"alpha": 0.5},
+    "topk_kl": {"k": 32},
+}
+
+
+# ----------------------------------------------------------------------------- worker side
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _naive_values(name, options, logits, target_logits, temperature):
+    """Per-token divergence, written the way common trainers write it (full tensors)."""
+    import torch
+    import torch.nn.functional as F
+
+    log_q = F.log_softmax(logits / temperature, -1)
+    log_p = F.log_softmax(target_logits / temperature, -1)
+    if name == "forward_kl":
+        return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    if name == "reverse_kl":
+        return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+    if name == "generalized_jsd":  # TRL's generalized_jsd_loss
+        beta = options["beta"]
+        log_m = torch.logsumexp(torch.stack([log_q + math.log(1 - beta), log_p + math.log(beta)]), dim=0)
+        kl_p = F.kl_div(log_m, log_p, log_target=True, reduction="none").sum(-1)
+        kl_q = F.kl_div(log_m, log_q, log_target=True, reduction="none").sum(-1)
+        return beta * kl_p + (1 - beta) * kl_q
+    p, q = log_p.exp(), log_q.exp()
+    if name == "skew_kl":  # DistiLLM: KL(p || a p + (1 - a) q)
+        alpha = options["alpha"]
+        return (p * (log_p - torch.log(alpha * p + (1 - alpha) * q))).sum(-1)
+    if name == "skew_reverse_kl":
+        alpha = options["alpha"]
+        return (q * (log_q - torch.log((1 - alpha) * p + alpha * q))).sum(-1)
+    if name == "total_variation":
+        return 0.5 * (p - q).abs().sum(-1)
+    if name == "alpha_divergence":
+        alpha = options["alpha"]
+        return (torch.exp(alpha * log_p + (1 - alpha) * log_q).sum(-1) - 1) / (alpha * (alpha - 1))
+    if name == "topk_kl":  # bucket form
+        top_log_p, index = log_p.topk(options["k"], -1)
+        top_log_q = log_q.gather(-1, index)
+        tail_p = torch.log1p(-top_log_p.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
+        tail_q = torch.log1p(-top_log_q.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))
+        coarse_p, coarse_q = torch.cat([top_log_p, tail_p], -1), torch.cat([top_log_q, tail_q], -1)
+        return (coarse_p.exp() * (coarse_p - coarse_q)).sum(-1)
+    raise ValueError(name)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    n, vocab, hs, ht = spec["n"], spec["vocab"], spec["hs"], spec["ht"]
+    hidden = torch.randn(n, hs).requires_grad_()
+    weight = (torch.randn(vocab, hs) / math.sqrt(hs)).requires_grad_()
+    target_hidden = torch.randn(n, ht)
+    target_weight = 2 * torch.randn(vocab, ht) / math.sqrt(ht)
+    labels = torch.randint(0, vocab, (n,))
+    labels[torch.rand(n) < spec["ignored"]] = -100
+    valid = int((labels != -100).sum())
+    name, options, temperature = spec["divergence"], DIVERGENCES[spec["divergence"]], spec["temperature"]
+
+    if spec["variant"] == "matmul":  # the physical limit: one plain fp32 matmul, (n x Hs) @ (Hs x V)
+        x = hidden.detach()[:valid].contiguous()
+        torch.mm(x, weight.detach().t())
+        start = time.perf_counter()
+        for _ in range(3):
+            torch.mm(x, weight.detach().t())
+        seconds = (time.perf_counter() - start) / 3
+        return {"gflops": 2 * valid * vocab * hs / seconds / 1e9}
+
+    def naive():
+        logits = hidden @ weight.t()  # (N, V)
+        with torch.no_grad():
+            target_logits = target_hidden @ target_weight.t()  # (N, V)
+        mask = labels != -100
+        loss = _naive_values(name, options, logits, target_logits, temperature)[mask].mean()
+        loss.backward()
+        return loss
+
+    from divreg.fused import fused_linear_divergence  # imported before the memory baseline
+
+    def fused():
+        loss = fused_linear_divergence(hidden, weight, target_hidden, target_weight, labels=labels,
+                                       divergence=name, temperature=temperature, **options)
+        loss.backward()
+        return loss
+
+    run = naive if spec["variant"] == "naive" else fused
+    rss_before = _rss_bytes()
+    start = time.perf_counter()
+    loss = run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    flops = 2 * valid * vocab * (3 * hs + ht)  # student fwd + teacher fwd + dX + dW, useful tokens only
+    return {"seconds": seconds, "peak_mb": peak / 2**20, "loss": float(loss), "gflops": flops / seconds / 1e9}
+
+
+# ----------------------------------------------------------------------------- driver side
+def _measure(spec: dict) -> dict:
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"worker failed for {spec}:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _grid(args) -> list[dict]:
+    shapes = [(vocab, 512, 512) for vocab in args.vocab]
+    if args.mixed_hidden:
+        shapes.append((args.vocab[0], 512, 1024))
+    grid = []
+    for vocab, hs, ht in shapes:
+        for divergence in args.divergences:
+            for temperature in args.temperatures:
+                grid.append(dict(n=args.tokens, vocab=vocab, hs=hs, ht=ht, ignored=0.1, divergence=divergence,
+                                 temperature=temperature, fused_only=vocab in args.fused_only_vocab))
+    for vocab in args.fused_only_vocab:
+        grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence="forward_kl",
+                         temperature=1.0, fused_only=True))
+    return grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 128000])
+    parser.add_argument("--fused-only-vocab", type=int, nargs="*", default=[256000])
+    parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=list(DIVERGENCES))
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--no-mixed-hidden", dest="mixed_hidden", action="store_false",
+                        help="skip the Hs=512, Ht=1024 rows")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the raw measurements here")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    rows, raw = [], []
+    matmul_cache: dict[tuple, float] = {}
+    header = ("| V | Hs/Ht | divergence | T | naive s | fused s | speed-up | naive MB | fused MB | memory ratio "
+              "| fused GFLOP/s | % of matmul | loss rel. diff |")
+    print(header)
+    print("|" + "---|" * 13)
+    for spec in _grid(args):
+        shape_key = (spec["n"], spec["vocab"], spec["hs"])
+        if shape_key not in matmul_cache:
+            matmul_cache[shape_key] = statistics.median(
+                _measure({**spec, "variant": "matmul"})["gflops"] for _ in range(args.repeats))
+        runs = {"naive": [], "fused": []}
+        for _ in range(args.repeats):  # interleaved
+            for variant in ("fused",) if spec["fused_only"] else ("naive", "fused"):
+                runs[variant].append(_measure({**spec, "variant": variant}))
+        raw.append({"spec": spec, "runs": runs, "matmul_gflops": matmul_cache[shape_key]})
+        med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "gflops", "loss")}
+               for v, rs in runs.items() if rs}
+        fused, naive = med["fused"], med.get("naive")
+        cells = [spec["vocab"], f"{spec['hs']}/{spec['ht']}", spec["divergence"], spec["temperature"],
+                 f"{naive['seconds']:.2f}" if naive else "-", f"{fused['seconds']:.2f}",
+                 f"{naive['seconds'] / fused['seconds']:.2f}x" if naive else "-",
+                 f"{naive['peak_mb']:.0f}" if naive else "-", f"{fused['peak_mb']:.0f}",
+                 f"{naive['peak_mb'] / fused['peak_mb']:.1f}x" if naive else "-",
+                 f"{fused['gflops']:.0f}", f"{100 * fused['gflops'] / matmul_cache[shape_key]:.0f}%",
+                 f"{abs(naive['loss'] - fused['loss']) / abs(naive['loss']):.1e}" if naive else "-"]
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+    print(f"\nplain fp32 matmul (N x Hs) @ (Hs x V), GFLOP/s: "
+          + ", ".join(f"V={k[1]}: {v:.0f}" for k, v in matmul_cache.items()))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(raw, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
