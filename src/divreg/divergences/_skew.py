@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ._common import check_unit_interval, kl_to_mixture, log_ratio_to_mixture, prepare_log_probs, project_to_logits
+from ._common import (
+    check_unit_interval,
+    kl_to_mixture,
+    log_ratio_to_mixture,
+    prepare_log_probs,
+    project_to_logits,
+    row_dot,
+)
 
 
 def skew_kl(
@@ -66,20 +75,51 @@ def skew_reverse_kl(
     return kl_to_mixture(log_q, log_p, 1.0 - alpha)
 
 
-def skew_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
+# Between these, log m = logaddexp(...) is as accurate as the log-probs it is made from; nearer
+# the endpoints the log1p/expm1 form keeps relative precision.
+_LEAN_ALPHA_RANGE = (0.05, 0.95)
+
+
+def _log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float) -> Tensor:
+    """``log((1 - weight_b) a + weight_b b)`` by logaddexp, for 0 < weight_b < 1."""
+    log_m = log_b + math.log(weight_b)
+    return torch.logaddexp(log_m, log_a + math.log1p(-weight_b), out=log_m)
+
+
+def skew_kl_with_grad(
+    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False
+) -> tuple[Tensor, Tensor]:
     r"""``(SKL, dSKL/dz)``: with :math:`m = \alpha p + (1 - \alpha) q`,
-    :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`."""
+    :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`.
+    (``overwrite_inputs`` is accepted for the common interface; inputs are left intact.)"""
     check_unit_interval("alpha", alpha)
+    if _LEAN_ALPHA_RANGE[0] <= alpha <= _LEAN_ALPHA_RANGE[1]:
+        log_m = _log_mixture(log_q, log_p, alpha)
+        p = log_p.exp()
+        value = row_dot(p, log_p - log_m)
+        grad_log_q = torch.sub(log_q, log_m, out=log_m).exp_().mul_(p).mul_(-(1.0 - alpha))  # -(1-a) p q / m
+        if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
+            return value, project_to_logits(grad_log_q, log_q.exp())
     p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - alpha)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, alpha)  # m / q = (1 - alpha) + alpha p / q
     grad_log_q = -(1.0 - alpha) * p * torch.where(log_q > -torch.inf, log_q_over_m.exp(), 0.0)
     return (p * log_p_over_m).sum(-1), project_to_logits(grad_log_q, q)
 
 
-def skew_reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
+def skew_reverse_kl_with_grad(
+    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False
+) -> tuple[Tensor, Tensor]:
     r"""``(SRKL, dSRKL/dz)``: with :math:`m = (1 - \alpha) p + \alpha q`,
     :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
     check_unit_interval("alpha", alpha)
+    if _LEAN_ALPHA_RANGE[0] <= alpha <= _LEAN_ALPHA_RANGE[1]:
+        log_m = _log_mixture(log_p, log_q, alpha)
+        log_q_over_m = torch.sub(log_q, log_m, out=log_m)
+        q = log_q.exp()
+        value = row_dot(q, log_q_over_m)
+        grad_log_q = log_q_over_m.exp().mul_(-alpha).add_(log_q_over_m).add_(1.0).mul_(q)
+        if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
+            return value, project_to_logits(grad_log_q, q)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, 1.0 - alpha)
     grad_log_q = q * (log_q_over_m + 1.0 - alpha * log_q_over_m.exp())
     return (q * log_q_over_m).sum(-1), project_to_logits(grad_log_q, q)
