@@ -132,7 +132,7 @@ def worker(spec: dict) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     flops = 2 * valid * vocab * (3 * hs + ht)  # student fwd + teacher fwd + dX + dW, useful tokens only
-    return {"seconds": seconds, "peak_mb": peak / 2**20, "loss": float(loss), "gflops": flops / seconds / 1e9}
+    return {"seconds": seconds, "peak_mb": peak / 2**20, "loss": float(loss.detach()), "gflops": flops / seconds / 1e9}
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -145,15 +145,16 @@ def _measure(spec: dict) -> dict:
 
 
 def _grid(args) -> list[dict]:
-    shapes = [(vocab, 512, 512) for vocab in args.vocab]
-    if args.mixed_hidden:
-        shapes.append((args.vocab[0], 512, 1024))
     grid = []
-    for vocab, hs, ht in shapes:
+    for vocab in args.vocab:
         for divergence in args.divergences:
             for temperature in args.temperatures:
-                grid.append(dict(n=args.tokens, vocab=vocab, hs=hs, ht=ht, ignored=0.1, divergence=divergence,
-                                 temperature=temperature, fused_only=vocab in args.fused_only_vocab))
+                grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence=divergence,
+                                 temperature=temperature, fused_only=False))
+    if args.mixed_hidden:  # a teacher wider than the student: Hs=512, Ht=1024, at T=1
+        for divergence in args.divergences:
+            grid.append(dict(n=args.tokens, vocab=args.vocab[0], hs=512, ht=1024, ignored=0.1,
+                             divergence=divergence, temperature=1.0, fused_only=False))
     for vocab in args.fused_only_vocab:
         grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence="forward_kl",
                          temperature=1.0, fused_only=True))
