@@ -5,12 +5,25 @@ import types
 import divreg
 import divreg.divergences
 import divreg.estimators
+import divreg.fused
+import divreg.losses
+import divreg.metrics
 import divreg.reductions
+import divreg.schedules
+import divreg.targets
 
 EXPECTED = {
-    divreg: {"__version__", "divergences", "estimators", "reductions"},
+    divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
+             "targets"},
+    divreg.fused: {"FusedLinearDivergence", "FusedOutput", "fused_linear_divergence"},
+    divreg.losses: {"KDLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL"},
+    divreg.metrics: {"accuracy", "aurc", "brier_score", "classification_metrics", "e_aurc",
+                     "expected_calibration_error", "nll"},
+    divreg.schedules: {"Constant", "LinearRamp"},
+    divreg.targets: {"PastPredictions"},
     divreg.divergences: {
-        "alpha_divergence", "forward_kl", "generalized_jsd", "reverse_kl", "skew_kl",
+        "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
+        "sinkhorn_plan", "skew_kl",
         "skew_reverse_kl", "topk_kl", "total_variation",
     },
     divreg.estimators: {"k1", "k2", "k3", "k3_k2grad"},

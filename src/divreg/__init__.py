@@ -1,11 +1,13 @@
 """divreg: divergence-regularized training with verified divergences.
 
-Subpackages: :mod:`divreg.divergences` (pure per-position divergences),
-:mod:`divreg.estimators` (KL estimators from sampled tokens), :mod:`divreg.reductions`.
+Layers, bottom up: :mod:`divreg.divergences`, :mod:`divreg.estimators`, :mod:`divreg.reductions`
+(pure functions on tensors); :mod:`divreg.fused` (chunked evaluation from hidden states);
+:mod:`divreg.targets`, :mod:`divreg.schedules`; :mod:`divreg.losses`; :mod:`divreg.metrics`;
+recipes and the command line (``divreg.recipes``, ``divreg.cli``), imported on demand.
 """
 
-from . import divergences, estimators, reductions
+from . import divergences, estimators, fused, losses, metrics, reductions, schedules, targets
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "divergences", "estimators", "reductions"]
+__all__ = ["__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules", "targets"]

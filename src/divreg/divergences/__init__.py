@@ -3,20 +3,27 @@
 Every function is pure, takes ``(logits, target_logits, *, temperature=1.0, dim=-1, ...)``,
 and returns one unreduced value per position (shape ``logits.shape`` without ``dim``), computed
 in fp32 (fp64 for fp64 inputs) in log space. Reduce with :mod:`divreg.reductions`.
+``sinkhorn_plan`` / ``sinkhorn_distance`` are batch-level: entropic optimal transport between
+two sets of samples given their cost matrix.
 """
 
 from ._alpha import alpha_divergence
+from ._cross_entropy import cross_entropy
 from ._jsd import generalized_jsd
 from ._kl import forward_kl, reverse_kl
+from ._sinkhorn import sinkhorn_distance, sinkhorn_plan
 from ._skew import skew_kl, skew_reverse_kl
 from ._topk import topk_kl
 from ._total_variation import total_variation
 
 __all__ = [
     "alpha_divergence",
+    "cross_entropy",
     "forward_kl",
     "generalized_jsd",
     "reverse_kl",
+    "sinkhorn_distance",
+    "sinkhorn_plan",
     "skew_kl",
     "skew_reverse_kl",
     "topk_kl",

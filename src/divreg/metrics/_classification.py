@@ -1,0 +1,108 @@
+"""Classification and calibration metrics on predicted probabilities.
+
+Every function takes ``probs`` (N, C), rows on the simplex, and integer ``labels`` (N,), and
+returns a Python float.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    if probs.dim() != 2 or labels.shape != probs.shape[:1]:
+        raise ValueError(f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError("no samples: metrics need at least one")
+    if torch.is_floating_point(labels) or not bool(((labels >= 0) & (labels < probs.shape[1])).all()):
+        raise ValueError(f"labels must be integers in [0, {probs.shape[1]})")
+    probs = probs.detach().double()
+    if bool(torch.isnan(probs).any()) or bool((probs < 0).any()) or bool(((probs.sum(1) - 1).abs() > 1e-4).any()):
+        raise ValueError("probs must be non-negative rows summing to 1 (pass softmax(logits), not logits)")
+    return probs, labels.long()
+
+
+def accuracy(probs: Tensor, labels: Tensor) -> float:
+    """Fraction of samples whose arg-max class is the label."""
+    probs, labels = _check(probs, labels)
+    return float((probs.argmax(1) == labels).double().mean())
+
+
+def nll(probs: Tensor, labels: Tensor) -> float:
+    r"""Negative log-likelihood :math:`-\frac1N \sum_i \log p_{i, y_i}`; a probability of exactly 0
+    is clamped to the smallest positive float64 (about 2.2e-308), so the value stays finite."""
+    probs, labels = _check(probs, labels)
+    picked = probs.gather(1, labels[:, None]).squeeze(1).clamp(min=torch.finfo(torch.float64).tiny)
+    return float(-picked.log().mean())
+
+
+def brier_score(probs: Tensor, labels: Tensor) -> float:
+    r"""Multi-class Brier score :math:`\frac1N \sum_i \sum_c (p_{ic} - [y_i = c])^2`, in [0, 2]
+    (Brier 1950; not divided by the number of classes)."""
+    probs, labels = _check(probs, labels)
+    one_hot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+    return float((probs - one_hot).square().sum(1).mean())
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) -> float:
+    r"""Expected calibration error with ``n_bins`` equal-width bins of the confidence
+    (max probability), :math:`\sum_b \frac{|B_b|}{N} |\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|`.
+
+    Bin b holds confidences in ((b-1)/n, b/n] (the first also holds 0).
+
+    References:
+        Guo, Pleiss, Sun, Weinberger. "On Calibration of Modern Neural Networks", ICML 2017,
+        arXiv 1706.04599.
+    """
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    probs, labels = _check(probs, labels)
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).double()
+    bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)  # (N,)
+    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(confidence))
+    gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct - confidence)
+    return float(gap.abs().sum() / probs.shape[0]) if bool((count > 0).any()) else 0.0
+
+
+def _risks_by_coverage(probs: Tensor, labels: Tensor) -> Tensor:
+    """Risk (error rate) among the k most confident samples, k = 1..N (stable sort)."""
+    confidence, predicted = probs.max(1)
+    order = torch.sort(confidence, descending=True, stable=True).indices
+    errors = (predicted[order] != labels[order]).double()
+    return errors.cumsum(0) / torch.arange(1, probs.shape[0] + 1, dtype=torch.float64)
+
+
+def aurc(probs: Tensor, labels: Tensor) -> float:
+    r"""Area under the risk-coverage curve: samples sorted by confidence (max probability),
+    :math:`\frac1N \sum_{k=1}^N \mathrm{risk}(k)`, a fraction (not scaled by 1000).
+
+    References:
+        Geifman, Uziel, El-Yaniv. "Bias-Reduced Uncertainty Estimation for Deep Neural
+        Classifiers", ICLR 2019, arXiv 1805.08206; as computed in PS-KD (arXiv 2006.12000).
+    """
+    probs, labels = _check(probs, labels)
+    return float(_risks_by_coverage(probs, labels).mean())
+
+
+def e_aurc(probs: Tensor, labels: Tensor) -> float:
+    r"""Excess AURC: AURC minus the AURC of an ideal confidence ranking with the same error rate
+    r, :math:`r + (1 - r)\log(1 - r)` (the form used by PS-KD's evaluation code)."""
+    probs, labels = _check(probs, labels)
+    risks = _risks_by_coverage(probs, labels)
+    r = float(risks[-1])
+    optimum = r + ((1 - r) * torch.log(torch.tensor(1 - r, dtype=torch.float64)).item() if r < 1 else 0.0)
+    return float(risks.mean()) - optimum
+
+
+def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
+    """All of the above, keyed ``accuracy``, ``nll``, ``brier``, ``ece``, ``aurc``, ``e_aurc``."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "brier": brier_score(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "aurc": aurc(probs, labels),
+        "e_aurc": e_aurc(probs, labels),
+    }

@@ -1,0 +1,79 @@
+"""Matplotlib figures for classifier results: reliability diagrams, metric bars, curves."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def reliability_diagrams(predictions: Mapping[str, tuple[Tensor, Tensor]], path: str, n_bins: int = 10) -> None:
+    """One reliability diagram per entry (name -> (probs (N, C), labels (N,))), in a grid."""
+    plt = _pyplot()
+    columns = min(4, len(predictions))
+    rows = math.ceil(len(predictions) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat[len(predictions):]:
+        axis.set_visible(False)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    for axis, (name, (probs, labels)) in zip(axes.flat, predictions.items()):
+        confidence, predicted = probs.double().max(1)
+        correct = (predicted == labels).double()
+        bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+        accuracy = [float(correct[bins == b].mean()) if bool((bins == b).any()) else 0.0 for b in range(n_bins)]
+        axis.bar(edges[:-1].numpy(), accuracy, width=1 / n_bins, align="edge", edgecolor="k", alpha=0.7, label="accuracy")
+        axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        axis.set_title(name)
+        axis.set_xlabel("confidence")
+        axis.set_ylabel("accuracy")
+    axes.flat[0].legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def metric_bars(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str], path: str) -> None:
+    """Bar chart of ``summary[method][metric] = {"mean", "std"}`` for each metric."""
+    plt = _pyplot()
+    names = list(summary)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.8))
+    for axis, metric in zip(axes, metrics):
+        means = [summary[name][metric]["mean"] for name in names]
+        stds = [summary[name][metric]["std"] for name in names]
+        axis.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(names))])
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        axis.set_title(metric)
+        low = min(m - s for m, s in zip(means, stds))
+        high = max(m + s for m, s in zip(means, stds))
+        axis.set_ylim(max(0.0, low - 0.1 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> None:
+    """``curves[run][series] = values per epoch``; one panel per series, one line per run."""
+    plt = _pyplot()
+    series = sorted({key for run in curves.values() for key in run})
+    figure, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), squeeze=False)
+    for axis, key in zip(axes.flat, series):
+        for run, values in curves.items():
+            if key in values:
+                axis.plot(range(1, len(values[key]) + 1), values[key], label=run)
+        axis.set_title(key)
+        axis.set_xlabel("epoch")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

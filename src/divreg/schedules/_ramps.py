@@ -1,0 +1,46 @@
+"""Weight schedules: a value as a function of the step (or epoch) counter."""
+
+from __future__ import annotations
+
+import math
+
+
+class Constant:
+    """``value`` at every step."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Constant({self.value})"
+
+
+class LinearRamp:
+    r"""Linear ramp reaching ``final_value`` at the last of ``total_steps`` steps:
+
+    .. math:: w_t = w_T \cdot \min\big(1, (t + 1) / T\big),\quad t = 0, 1, \ldots
+
+    (PS-KD's :math:`\alpha_t = \alpha_T (t + 1) / T` over epochs; it is never 0, even at t = 0.)
+
+    References:
+        Kim et al. "Self-Knowledge Distillation with Progressive Refinement of Targets",
+        ICCV 2021, arXiv 2006.12000, eq. (6).
+    """
+
+    def __init__(self, final_value: float, total_steps: int):
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if not math.isfinite(final_value):
+            raise ValueError(f"final_value must be finite, got {final_value!r}")
+        self.final_value, self.total_steps = float(final_value), total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return self.final_value * min(1.0, (step + 1) / self.total_steps)
+
+    def __repr__(self) -> str:
+        return f"LinearRamp(final_value={self.final_value}, total_steps={self.total_steps})"

@@ -1,0 +1,117 @@
+"""Loss modules against hand-written references (torch.nn.functional, POT), plus the
+target memory and the ramp schedule."""
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from divreg.losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
+from divreg.schedules import Constant, LinearRamp
+from divreg.targets import PastPredictions
+
+
+def _batch(seed=0, batch=8, classes=5):
+    generator = torch.Generator().manual_seed(seed)
+    logits = (2 * torch.randn(batch, classes, generator=generator, dtype=torch.float64)).requires_grad_()
+    teacher = 2 * torch.randn(batch, classes, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    return logits, teacher, labels
+
+
+@pytest.mark.parametrize("temperature,weight", [(1.0, 0.5), (4.0, 0.9), (2.0, 1.0), (3.0, 0.0)])
+def test_kd_forward_kl_matches_hinton_formula(temperature, weight):
+    logits, teacher, labels = _batch()
+    loss = KDLoss("forward_kl", temperature=temperature, kd_weight=weight)(logits, teacher, labels)
+    kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                  log_target=True, reduction="batchmean")
+    expected = (1 - weight) * F.cross_entropy(logits, labels) + weight * temperature**2 * kl
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_kd_any_divergence_ignore_index_and_no_t_squared():
+    logits, teacher, labels = _batch(seed=1)
+    labels[2] = -100
+    loss = KDLoss("reverse_kl", temperature=2.0, kd_weight=0.7, t_squared=False)(logits, teacher, labels)
+    keep = labels != -100
+    rkl = F.kl_div(F.log_softmax(teacher[keep] / 2, -1), F.log_softmax(logits[keep] / 2, -1), log_target=True,
+                   reduction="batchmean")
+    expected = 0.3 * F.cross_entropy(logits[keep], labels[keep]) + 0.7 * rkl
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    jsd = KDLoss("generalized_jsd", beta=0.3, temperature=1.0, kd_weight=1.0)(logits, teacher)
+    assert jsd.item() > 0
+    with pytest.raises(ValueError, match="kd_weight"):
+        KDLoss(kd_weight=1.5)
+    with pytest.raises(ValueError, match="unknown divergence"):
+        KDLoss("kl")
+
+
+def test_past_predictions_memory():
+    labels = torch.tensor([2, 0, 1, 2])
+    memory = PastPredictions(labels, num_classes=3)
+    torch.testing.assert_close(memory.lookup(torch.tensor([0, 1])), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
+    memory.update(torch.tensor([1]), torch.tensor([[0.2, 0.5, 0.3]]))
+    torch.testing.assert_close(memory.lookup(torch.tensor([1, 3])), torch.tensor([[0.2, 0.5, 0.3], [0.0, 0, 1]]))
+    restored = PastPredictions(torch.zeros(4, dtype=torch.long), num_classes=3)
+    restored.load_state_dict(memory.state_dict())
+    torch.testing.assert_close(restored.memory, memory.memory)
+    with pytest.raises(ValueError, match="labels must lie"):
+        PastPredictions(torch.tensor([3]), num_classes=3)
+    with pytest.raises(ValueError, match="probs must have shape"):
+        memory.update(torch.tensor([0]), torch.ones(1, 4))
+
+
+def test_linear_ramp_is_pskd_alpha_schedule():
+    ramp = LinearRamp(0.8, total_steps=200)
+    assert [ramp(t) for t in (0, 99, 199, 250)] == pytest.approx([0.8 / 200, 0.4, 0.8, 0.8], abs=1e-15)
+    assert Constant(0.3)(12) == 0.3
+    with pytest.raises(ValueError):
+        LinearRamp(0.8, total_steps=0)
+    with pytest.raises(ValueError):
+        ramp(-1)
+
+
+def test_pskd_target_mixes_label_and_last_epoch_prediction():
+    logits, _, labels = _batch(seed=2, batch=4, classes=3)
+    indices = torch.tensor([3, 0, 2, 1])
+    memory = PastPredictions(torch.tensor([0, 1, 2, 0]), num_classes=3)
+    previous = torch.softmax(torch.randn(4, 3, dtype=torch.float64), -1)
+    memory.update(torch.arange(4), previous)
+    loss_fn = PSKDLoss(memory, LinearRamp(0.8, total_steps=10))
+    loss = loss_fn(logits, labels, indices, epoch=4)
+    alpha = 0.8 * 5 / 10
+    target = (1 - alpha) * F.one_hot(labels, 3).double() + alpha * previous.float().double()[indices]
+    expected = -(target * F.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)  # memory is float32
+    loss_fn.remember(indices, logits)
+    torch.testing.assert_close(memory.lookup(indices), torch.softmax(logits.detach(), -1).float())
+
+
+def test_sinkd_is_kd_plus_beta_times_pot_transport_cost():
+    logits, teacher, labels = _batch(seed=3, batch=6)
+    loss_fn = SinKDLoss(temperature=2.0, kd_weight=0.9, sinkhorn_weight=0.8, epsilon=0.1, n_iters=20)
+    student_probs = torch.softmax(logits.detach() / 2, -1).numpy()
+    teacher_probs = torch.softmax(teacher / 2, -1).numpy()
+    cost = np.abs(student_probs[:, None, :] - teacher_probs[None, :, :]).sum(-1)
+    weights = np.full(6, 1 / 6)
+    expected_ot = ot.sinkhorn2(weights, weights, cost, reg=0.1, method="sinkhorn_log", numItermax=20, stopThr=0.0,
+                               warn=False)
+    kd = KDLoss("forward_kl", temperature=2.0, kd_weight=0.9, t_squared=False)(logits, teacher, labels)
+    loss = loss_fn(logits, teacher, labels)
+    assert abs(loss.item() - (kd.item() + 0.8 * float(expected_ot))) < 1e-6
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_two_view_kl():
+    view1, view2, _ = _batch(seed=4)
+    view2 = view2.requires_grad_()
+    loss = TwoViewKL(weight=0.5, temperature=2.0)(view1, view2)
+    expected = 0.5 * F.kl_div(F.log_softmax(view2 / 2, -1), F.log_softmax(view1 / 2, -1), log_target=True,
+                              reduction="batchmean")
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
+    grads = torch.autograd.grad(loss, (view1, view2))
+    assert all(g.abs().sum() > 0 for g in grads)  # both views are trained
+    with pytest.raises(ValueError, match="weight"):
+        TwoViewKL(weight=-1.0)
