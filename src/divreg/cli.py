@@ -7,6 +7,7 @@ Each command is a recipe with a dataclass config; the optional YAML file and the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -22,8 +23,16 @@ def _mode_fitting():
     return ModeFittingConfig, run
 
 
+def _distill_classifier():
+    from .recipes.classifier_distillation import DistillClassifierConfig, run
+
+    return DistillClassifierConfig, run
+
+
 COMMANDS = {
-    "demo": Command("the main job on built-in data (currently: mode fitting)", _mode_fitting),
+    "demo": Command("the main job on built-in data: classifier distillation on the digits", _distill_classifier),
+    "distill-classifier": Command("distill a classifier teacher into students with each method, several seeds",
+                                  _distill_classifier),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence", _mode_fitting),
 }
 
@@ -60,7 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_config(schema, config_path, overrides)
     except ValueError as error:
         parser.exit(2, f"divreg {parsed.command}: error: {error}\n")
-    print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
+    if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
+        print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
     run(config)
     return 0
 

@@ -1,0 +1,127 @@
+"""Classifier distillation: a teacher, then one student per method and seed, all evaluated for
+accuracy and calibration.
+
+``divreg distill-classifier [config.yaml] [key=value ...]``, or ``run(DistillClassifierConfig())``.
+Shaped setup -> train -> report. The same command runs in one process or under
+``accelerate launch --num_processes N`` (the global batch is split across processes).
+Writes to ``output_dir``: ``config.yaml``, ``metrics.json`` (per method, mean and std over
+seeds), ``metrics.jsonl`` (per epoch and run), ``reliability.png``, ``metrics.png``,
+``curves.png`` and ``checkpoints/`` (atomic; ``resume=true`` continues a killed run exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .._table import format_table
+from ..config import to_yaml
+from ..data import load_classification_data
+from ..metrics import _plots, classification_metrics
+from ._classifier_config import DistillClassifierConfig  # noqa: F401  (the command's config)
+from ._classifier_methods import Method, make_method
+from ._classifier_models import build_model
+from ._classifier_training import RunSpec, Trainer, predict, remove_run_checkpoints
+
+METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "e_aurc")
+
+
+def _summarize(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def setup(config: DistillClassifierConfig):
+    """Accelerator, data, output folders, and a fresh start unless resuming."""
+    # Accelerate runs a multi-process job on CPUs (gloo) only when asked for the CPU explicitly.
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+    data = load_classification_data(config.data, label_column=config.label_column,
+                                    test_fraction=config.test_fraction, seed=config.seed)
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+    log_path = os.path.join(config.output_dir, "metrics.jsonl")
+    if accelerator.is_main_process:
+        os.makedirs(checkpoints, exist_ok=True)
+        if not config.resume:
+            remove_run_checkpoints(checkpoints)
+            if os.path.exists(log_path):
+                os.remove(log_path)
+        with open(os.path.join(config.output_dir, "config.yaml"), "w") as handle:
+            handle.write(to_yaml(config))
+    accelerator.wait_for_everyone()
+    trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
+                      config.ece_bins, log_path)
+    return accelerator, data, trainer, checkpoints
+
+
+def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[torch.nn.Module, dict]:
+    """Train the teacher with cross-entropy, or load its state dict from ``teacher_checkpoint``."""
+    set_seed(config.seed)
+    teacher = build_model(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
+    if config.teacher_checkpoint:
+        state = torch.load(config.teacher_checkpoint, map_location="cpu", weights_only=False)
+        teacher.load_state_dict(state["model"] if "model" in state else state)
+        probs = predict(teacher, data.x_test)
+        return teacher, {"metrics": classification_metrics(probs, data.y_test, config.ece_bins), "test_probs": probs,
+                         "position": {"history": {}}}
+    spec = RunSpec("teacher", "ce", config.seed, config.teacher_epochs, os.path.join(checkpoints, "teacher.pt"))
+    state = trainer.run(spec, teacher, Method(), None)
+    teacher.load_state_dict(state["model"])
+    return teacher.eval(), state
+
+
+def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, accelerator) -> dict[str, list[dict]]:
+    """One student per (method, seed); returns method -> list of final states."""
+    results: dict[str, list[dict]] = {}
+    runs = [(method, seed) for method in config.methods for seed in config.seeds]
+    for method_name, seed in tqdm(runs, desc="students", disable=not accelerator.is_local_main_process):
+        set_seed(seed)
+        student = build_model(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
+        name = f"{method_name}-seed{seed}"
+        spec = RunSpec(name, method_name, seed, config.epochs, os.path.join(checkpoints, f"{name}.pt"))
+        state = trainer.run(spec, student, make_method(method_name, config, data), teacher)
+        results.setdefault(method_name, []).append(state)
+    return results
+
+
+def report(config, data, teacher_state: dict, results: dict[str, list[dict]]) -> dict:
+    """metrics.json, the printed table and the plots."""
+    summary = {"teacher": {m: _summarize([teacher_state["metrics"][m]]) for m in METRICS}}
+    for method, states in results.items():
+        summary[method] = {m: _summarize([s["metrics"][m] for s in states]) for m in METRICS}
+    with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    rows = [{"method": name, **{m: f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRICS}}
+            for name, v in summary.items()]
+    print(format_table(rows, ["method", *METRICS]))
+    first = {"teacher": teacher_state, **{method: states[0] for method, states in results.items()}}
+    _plots.reliability_diagrams({name: (s["test_probs"], data.y_test) for name, s in first.items()},
+                                os.path.join(config.output_dir, "reliability.png"), config.ece_bins)
+    _plots.metric_bars(summary, ["accuracy", "ece", "nll"], os.path.join(config.output_dir, "metrics.png"))
+    _plots.training_curves({name: s["position"]["history"] for name, s in first.items() if s["position"]["history"]},
+                           os.path.join(config.output_dir, "curves.png"))
+    return summary
+
+
+def run(config: DistillClassifierConfig) -> dict:
+    """Train and evaluate everything; returns the summary written to ``metrics.json``."""
+    started = time.perf_counter()
+    accelerator, data, trainer, checkpoints = setup(config)
+    teacher, teacher_state = train_teacher(config, data, trainer, checkpoints)
+    results = train_students(config, data, trainer, teacher, checkpoints, accelerator)
+    summary = None
+    if accelerator.is_main_process:
+        summary = report(config, data, teacher_state, results)
+        print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.data} "
+              f"({len(data.y_train)} train / {len(data.y_test)} test), {accelerator.num_processes} process(es), "
+              f"{accelerator.device}, in {time.perf_counter() - started:.0f} s; "
+              f"outputs in {config.output_dir}: metrics.json, reliability.png, metrics.png, curves.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary

@@ -1,0 +1,202 @@
+"""The classifier-distillation recipe end to end: outputs, data sources, models, the teacher
+checkpoint, two processes vs one, and exact resume after a real SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from divreg.config import load_config
+from divreg.data import augment, load_classification_data
+from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
+
+METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "aurc", "e_aurc"}
+TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]"]
+
+
+def _config(tmp_path, *overrides):
+    return load_config(DistillClassifierConfig, None, [f"output_dir={tmp_path}", *TINY, *overrides])
+
+
+def test_run_writes_config_metrics_logs_plots_and_checkpoints(tmp_path, capsys):
+    methods = "[ce,kd_forward_kl,kd_tv,sinkd,pskd,label_smoothing,two_view]"
+    config = _config(tmp_path, f"methods={methods}", "seeds=[0,1]")
+    summary = run(config)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == summary
+    assert list(saved) == ["teacher", "ce", "kd_forward_kl", "kd_tv", "sinkd", "pskd", "label_smoothing", "two_view"]
+    for entry in saved.values():
+        assert set(entry) == METRIC_KEYS
+        assert all(set(v) == {"mean", "std"} and np.isfinite(v["mean"]) for v in entry.values())
+        assert 0.0 <= entry["accuracy"]["mean"] <= 1.0
+    assert saved["teacher"]["accuracy"]["std"] == 0.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 + 7 * 2 * 2  # teacher epochs + methods x seeds x epochs
+    assert {"run", "method", "seed", "epoch", "train_loss", "test_accuracy", "test_ece"} <= set(records[-1])
+    for name in ("reliability.png", "metrics.png", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 5_000
+    assert load_config(DistillClassifierConfig, str(tmp_path / "config.yaml")) == config
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1 + 7 * 2
+    assert "| method" in capsys.readouterr().out
+
+
+def test_npz_features_train_an_mlp_and_datasets_folders_load(tmp_path):
+    digits = load_classification_data("digits")
+    flat = {key: value.flatten(1).numpy() if key.startswith("x") else value.numpy()
+            for key, value in (("x_train", digits.x_train), ("y_train", digits.y_train),
+                               ("x_test", digits.x_test), ("y_test", digits.y_test))}
+    path = tmp_path / "digits.npz"
+    np.savez(path, **flat)
+    summary = run(_config(tmp_path / "npz", f"data={path}", "methods=[kd_forward_kl]"))
+    assert set(summary) == {"teacher", "kd_forward_kl"}
+    state = torch.load(tmp_path / "npz" / "checkpoints" / "teacher.pt", weights_only=False)
+    assert state["model"]["net.1.weight"].shape == (8, 64)  # auto picked the MLP: Flatten, Linear(64 -> 8)
+
+    import datasets
+
+    folder = tmp_path / "hf"
+    raw = np.asarray(flat["x_train"]).reshape(-1, 8, 8)
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image": raw[:400].tolist(), "label": flat["y_train"][:400].tolist()}),
+        "test": datasets.Dataset.from_dict({"image": raw[400:600].tolist(), "label": flat["y_train"][400:600].tolist()}),
+    }).save_to_disk(str(folder))
+    loaded = load_classification_data(str(folder))
+    assert loaded.x_train.shape == (400, 1, 8, 8) and loaded.x_test.shape == (200, 1, 8, 8)
+    tabular = tmp_path / "tabular"
+    datasets.Dataset.from_dict({"a": [0.0, 1.0, 2.0, 3.0] * 5, "b": [1.0, 0.0, 1.0, 0.0] * 5,
+                                "label": [0, 1, 0, 1] * 5}).save_to_disk(str(tabular))
+    loaded = load_classification_data(str(tabular), test_fraction=0.25)
+    assert loaded.x_train.shape == (15, 2) and loaded.x_test.shape == (5, 2) and loaded.num_classes == 2
+
+
+def test_dotted_model_path_and_teacher_checkpoint(tmp_path):
+    first = _config(tmp_path / "a", "methods=[ce]")
+    run(first)
+    teacher_path = tmp_path / "a" / "checkpoints" / "teacher.pt"
+    second = _config(tmp_path / "b", "methods=[kd_jsd]", f"teacher_checkpoint={teacher_path}",
+                     "student.kind=divreg.recipes._classifier_models.MLP")
+    summary = run(second)
+    first_summary = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert summary["teacher"] == first_summary["teacher"]  # the same teacher, loaded not retrained
+    assert not (tmp_path / "b" / "checkpoints" / "teacher.pt").exists()
+
+
+def test_bad_inputs_are_clear(tmp_path):
+    for overrides, message in [(["methods=[kd_nope]"], "methods: unknown method 'kd_nope'"),
+                               (["methods=[]"], "methods must list"), (["kd_weight=2"], "kd_weight"),
+                               (["seeds=[1,1]"], "seeds"), (["sinkd.epsilon=0"], "sinkd.epsilon"),
+                               (["epochs=0"], "epochs must be > 0")]:
+        with pytest.raises(ValueError, match=message):
+            _config(tmp_path, *overrides)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_classification_data(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "partial.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match="lacks the arrays"):
+        load_classification_data(str(tmp_path / "partial.npz"))
+    with pytest.raises(ValueError, match="model 'cnn' needs image inputs"):
+        np.savez(tmp_path / "flat.npz", x_train=np.random.rand(80, 3), y_train=np.arange(80) % 2,
+                 x_test=np.random.rand(20, 3), y_test=np.arange(20) % 2)
+        run(_config(tmp_path / "c", f"data={tmp_path / 'flat.npz'}", "student.kind=cnn", "methods=[ce]"))
+    with pytest.raises(ValueError, match="batch_size=4096 exceeds"):
+        run(_config(tmp_path / "d", "batch_size=4096", "methods=[ce]"))
+
+
+def test_augment_is_deterministic_and_shifts_images():
+    x = torch.arange(2 * 64, dtype=torch.float32).view(2, 1, 8, 8)
+    first = augment(x, torch.Generator().manual_seed(3), max_shift=1, noise_std=0.0)
+    second = augment(x, torch.Generator().manual_seed(3), max_shift=1, noise_std=0.0)
+    assert torch.equal(first, second)
+    for shifted, original in zip(first, x):
+        # a shift by (dy, dx) in [-1, 1]^2 keeps a 7x7 block of the original, zero-padded
+        matches = [torch.equal(torch.nn.functional.pad(original, (1, 1, 1, 1))[:, 1 + dy:9 + dy, 1 + dx:9 + dx], shifted)
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        assert any(matches)
+
+
+def _launch(arguments, processes=1):
+    if processes == 1:
+        command = [sys.executable, "-m", "divreg.cli", "distill-classifier", *arguments]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "divreg.cli", "distill-classifier", *arguments]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_match_one_process_for_the_same_global_batch(tmp_path):
+    arguments = ["methods=[ce,kd_forward_kl,pskd]", "teacher_epochs=3", "epochs=3", "seeds=[0]", "batch_size=64"]
+    one = _launch([f"output_dir={tmp_path / 'one'}", *arguments])
+    two = _launch([f"output_dir={tmp_path / 'two'}", *arguments], processes=2)
+    outputs = [process.communicate(timeout=300) for process in (one, two)]
+    for process, (out, err) in zip((one, two), outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outputs[1][0] and "1 process(es)" in outputs[0][0]
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    double = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for method in single:
+        # same data, same global batches, gradients averaged over the two halves: only the
+        # floating-point summation order differs
+        assert abs(single[method]["accuracy"]["mean"] - double[method]["accuracy"]["mean"]) <= 2 / 539
+        assert abs(single[method]["nll"]["mean"] - double[method]["nll"]["mean"]) <= 1e-3 * single[method]["nll"]["mean"]
+
+
+def _final_weights(directory):
+    return {path.name: torch.load(path, weights_only=False)["model"] for path in sorted(directory.glob("*.pt"))}
+
+
+def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
+    arguments = ["methods=[pskd,kd_forward_kl]", "seeds=[0]", "teacher_epochs=2", "epochs=8", "checkpoint_every=5",
+                 "teacher.widths=[8,8]", "student.widths=[4,4]"]
+    reference = _launch([f"output_dir={tmp_path / 'reference'}", *arguments])
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    victim = _launch([f"output_dir={killed_dir}", *arguments])
+    target = killed_dir / "checkpoints" / "pskd-seed0.pt"
+    deadline, state = time.time() + 120, None
+    while time.time() < deadline and victim.poll() is None:
+        if target.exists():
+            state = torch.load(target, weights_only=False)
+            if not state["done"] and state["position"]["step"] > 0 and state["position"]["epoch"] > 0:
+                break  # a mid-epoch checkpoint of a student exists: kill now
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert state is not None and not state["done"] and state["position"]["step"] > 0
+
+    resumed = _launch([f"output_dir={killed_dir}", *arguments, "resume=true"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    expected, got = _final_weights(tmp_path / "reference" / "checkpoints"), _final_weights(killed_dir / "checkpoints")
+    assert expected.keys() == got.keys() == {"teacher.pt", "pskd-seed0.pt", "kd_forward_kl-seed0.pt"}
+    for name in expected:
+        for key, tensor in expected[name].items():
+            assert torch.equal(tensor, got[name][key]), (name, key)
+    assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
+        (killed_dir / "metrics.json").read_text())
+
+
+def test_every_shipped_config_loads_and_validates():
+    from divreg.cli import COMMANDS
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    found = 0
+    for command in sorted(os.listdir(root)):
+        schema, _ = COMMANDS[command].load()
+        for name in sorted(os.listdir(os.path.join(root, command))):
+            path = os.path.join(root, command, name)
+            config = load_config(schema, path)
+            with open(path) as handle:
+                written = yaml.safe_load(handle)
+            assert all(hasattr(config, key) for key in written), path
+            found += 1
+    assert found >= 3
