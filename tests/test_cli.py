@@ -40,14 +40,17 @@ def test_main_runs_and_rejects(tmp_path, capsys):
     assert main(["mode-fitting", "steps=2", f"output_dir={tmp_path}"]) == 0
     assert (tmp_path / "mode_fitting.png").exists()
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "steps=-3"])
+        main(["mode-fitting", "steps=-3"])
     assert exit_info.value.code == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "epochs=0"])
+    assert "epochs must be > 0" in capsys.readouterr().err
 
 
 def test_console_script_is_installed(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "divreg")
-    result = subprocess.run([script, "demo", "steps=2", f"output_dir={tmp_path}"],
+    result = subprocess.run([script, "mode-fitting", "steps=2", f"output_dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| minimized" in result.stdout
