@@ -23,7 +23,7 @@ EXPECTED = {
     divreg.targets: {"PastPredictions"},
     divreg.divergences: {
         "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
-        "sinkhorn_plan", "skew_kl",
+        "sinkhorn_plan", "skew_kl", "sparse_kl",
         "skew_reverse_kl", "topk_kl", "total_variation",
     },
     divreg.estimators: {"k1", "k2", "k3", "k3_k2grad"},

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from ._common import kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
-
-TAIL_POLICIES = ("bucket", "renormalize")
+from ._sparse import TAIL_POLICIES, sparse_kl_with_grad
 
 
 def check_k(k: int, vocab_size: int) -> None:
@@ -99,32 +98,15 @@ def _bucket_log_probs(
     return torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1)
 
 
-def topk_kl_with_grad(log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket", overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
-    r"""``(top-k KL, d/dz)`` from log-probs, z the tempered logits of q.
-
-    Bucket: :math:`dz_i = q_i - p_i` on the top-k set S and :math:`q_i (1 - p_{\bar S} / q_{\bar S})`
-    off it. Renormalize: :math:`dz_i = \tilde q_i - \tilde p_i` on S, 0 off it.
-    """
+def topk_kl_with_grad(
+    log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket", overwrite_inputs: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(top-k KL, d/dz)`` from log-probs: the target's top-k as a sparse target (see
+    :func:`divreg.divergences.sparse_kl_with_grad`), its tail mass taken from the dense ``log_p``."""
     if tail not in TAIL_POLICIES:
         raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
     check_k(k, log_p.shape[-1])
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
-    top_log_q = log_q.gather(-1, top_index)  # (..., k)
-    if tail == "renormalize":
-        renormalized_log_p = torch.log_softmax(top_log_p, -1)
-        no_mass_q = (top_log_q == -torch.inf).all(-1, keepdim=True)
-        renormalized_log_q = torch.where(
-            no_mass_q, -torch.inf, torch.log_softmax(torch.where(no_mass_q, 0.0, top_log_q), -1)
-        )
-        grad_top = renormalized_log_q.exp() - renormalized_log_p.exp()
-        value = kl_from_log_probs(renormalized_log_p, renormalized_log_q)
-        return value, torch.zeros_like(log_q).scatter_(-1, top_index, grad_top)
-    coarse_log_p, coarse_log_q = _bucket_log_probs(log_q, log_p, top_log_q, top_log_p, top_index)
-    value = kl_from_log_probs(coarse_log_p, coarse_log_q)
-    if k == log_p.shape[-1]:
-        return value, log_q.exp() - log_p.exp()
-    tail_log_p, tail_log_q = coarse_log_p[..., -1:], coarse_log_q[..., -1:]
-    tail_ratio = torch.where(tail_log_p > -torch.inf, (tail_log_p - tail_log_q).exp(), 0.0)  # p_tail / q_tail
-    q = log_q.exp()
-    grad = q * (1.0 - tail_ratio)
-    return value, grad.scatter_(-1, top_index, q.gather(-1, top_index) - top_log_p.exp())
+    in_top = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, top_index, True)
+    tail_log_p = logsumexp_or_neg_inf(log_p.masked_fill(in_top, -torch.inf), -1)  # (...)
+    return sparse_kl_with_grad(log_q, top_index, top_log_p, tail_log_p, tail=tail)
