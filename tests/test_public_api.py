@@ -15,7 +15,7 @@ import divreg.targets
 EXPECTED = {
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
              "targets"},
-    divreg.fused: {"FusedLinearDivergence", "FusedOutput", "fused_linear_divergence"},
+    divreg.fused: {"FusedLinearDivergence", "FusedOutput", "fused_linear_divergence", "fused_linear_sparse_divergence"},
     divreg.losses: {"KDLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL"},
     divreg.metrics: {"accuracy", "aurc", "brier_score", "classification_metrics", "e_aurc",
                      "expected_calibration_error", "nll"},

@@ -246,3 +246,29 @@ def test_float32_at_scale():
     assert abs(fused.item() - plain.item()) <= 1e-5 * plain.item()
     for fused_grad, plain_grad in zip(fused_grads, plain_grads):
         assert (fused_grad.double() - plain_grad).abs().max() <= 1e-4 * plain_grad.abs().max()
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sparse_target_matches_plain_sparse_kl(tail, temperature):
+    """A cached teacher's top-k signal, fused: the same values and gradients as sparse_kl on
+    the full logits."""
+    from divreg.divergences import sparse_kl
+    from divreg.fused import fused_linear_sparse_divergence
+
+    hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights = _inputs(seed=14)
+    log_p = torch.log_softmax((target_hidden @ target_weight.T) / temperature, -1)
+    top_log_p, ids = log_p.topk(8, -1)
+    tail_mass = torch.logsumexp(log_p.scatter(-1, ids, -math.inf), -1)
+    mask = labels != -100
+    logits = hidden @ weight.T + bias
+    values = sparse_kl(logits, ids, top_log_p, tail_mass, tail=tail, temperature=temperature) * token_weights
+    plain = (0.7 * values[mask].sum() + 0.3 * F.cross_entropy(logits[mask], labels[mask], reduction="sum")) / 50.0
+    for chunk_size in (1, 7, None):
+        fused = fused_linear_sparse_divergence(
+            hidden, weight, ids, top_log_p, tail_mass, tail=tail, temperature=temperature, labels=labels, bias=bias,
+            token_weights=token_weights, chunk_size=chunk_size, reduction="sum", num_items_in_batch=50,
+            divergence_weight=0.7, ce_weight=0.3)
+        _compare(fused, plain, (hidden, weight, bias))
+    with pytest.raises(ValueError, match="token ids in"):
+        fused_linear_sparse_divergence(hidden, weight, ids + V, top_log_p)

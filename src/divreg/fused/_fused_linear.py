@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..divergences._common import check_temperature, math_dtype
 from ..divergences._registry import get_divergence
+from ..divergences._sparse import TAIL_POLICIES, sparse_kl_with_grad
 from ._inputs import DEFAULT_MEMORY_BUDGET_MB, FlatInputs, choose_chunk_size, flatten_inputs
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -67,7 +68,7 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
                 scale: float) -> _Totals:
     """The chunk loop. ``grads`` = preallocated (dX (N, Hs), dW (V, Hs) fp32+, db (V,)) buffers,
     filled in place, or None for values only."""
-    dtype = math_dtype(weight, flat.target_weight, flat.hidden)
+    dtype = math_dtype(weight, flat.hidden, *(() if flat.target_weight is None else (flat.target_weight,)))
     count = flat.count
     chunk = choose_chunk_size(plan.chunk_size, weight.shape[0], count, plan.memory_budget_mb)
     # Finite biases make finite logits, so the divergence may reuse the log-prob buffers.
@@ -80,8 +81,6 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
         end = min(start + chunk, count)
         hidden = flat.rows_of(flat.hidden, start, end)  # (c, Hs)
         logits = _linear(hidden, weight, bias, dtype)  # (c, V)
-        target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
-                                dtype)  # (c, V)
         token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
         ce_grad = None
         if plan.ce_weight:
@@ -93,11 +92,10 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
                 ce_grad = torch.exp(logits - log_z).scatter_add_(-1, labels, -torch.ones_like(log_z))  # (c, V)
         if temperature != 1.0:
             logits.div_(temperature)
-            target_logits.div_(temperature)
-        log_q, log_p = _log_softmax_in_place(logits), _log_softmax_in_place(target_logits)  # (c, V) each
-        del logits, target_logits
-        values, grad = plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, **plan.options)  # (c,), (c, V)
-        del log_q, log_p
+        log_q = _log_softmax_in_place(logits)  # (c, V)
+        del logits
+        values, grad = _target_divergence(flat, log_q, start, end, plan, dtype, overwrite)  # (c,), (c, V)
+        del log_q
         weighted = values if token_weight is None else values * token_weight
         divergence_total += weighted.sum()
         if per_token is not None:
@@ -115,6 +113,20 @@ def _run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: 
             "(a common cause is overflow in low precision)"
         )
     return _Totals(divergence_total, ce_total, per_token, count)
+
+
+def _target_divergence(flat: FlatInputs, log_q: Tensor, start: int, end: int, plan: _Plan, dtype: torch.dtype,
+                       overwrite: bool) -> tuple[Tensor, Tensor]:
+    """Values and logit gradient of the chunk's divergence to the dense or sparse target."""
+    if flat.sparse is not None:
+        ids, logprobs, tail = (None if t is None else flat.rows_of(t, start, end) for t in flat.sparse)
+        return sparse_kl_with_grad(log_q, ids, logprobs, tail, tail=plan.options.get("tail", "bucket"))
+    target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
+                            dtype)  # (c, V)
+    if plan.temperature != 1.0:
+        target_logits.div_(plan.temperature)
+    log_p = _log_softmax_in_place(target_logits)  # (c, V)
+    return plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, **plan.options)
 
 
 def _log_softmax_in_place(logits: Tensor) -> Tensor:
@@ -153,9 +165,10 @@ def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Te
 class _FusedLinearDivergenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights,
-                plan: _Plan):
+                plan: _Plan, target_ids, target_logprobs, target_tail_logmass):
+        sparse = None if target_ids is None else (target_ids, target_logprobs, target_tail_logmass)
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
-                              token_weights, plan.ignore_index, plan.target_vocab_slice)
+                              token_weights, plan.ignore_index, plan.target_vocab_slice, sparse)
         scale = _scale(plan, flat.count)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grads = None
@@ -189,7 +202,7 @@ class _FusedLinearDivergenceFunction(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if not bool(grad_loss == 1):
             grads = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 class FusedOutput(NamedTuple):
@@ -281,6 +294,58 @@ def fused_linear_divergence(
         >>> bool(torch.allclose(fused, forward_kl(h @ w.T, ht @ wt.T).mean()))
         True
     """
+    plan = _make_plan(get_divergence(divergence).with_grad, divergence_kwargs, temperature, chunk_size,
+                      memory_budget_mb, ignore_index, target_vocab_slice, reduction, num_items_in_batch,
+                      divergence_weight, ce_weight, labels)
+    return _evaluate(plan, return_parts, hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
+                     token_weights, None)
+
+
+def fused_linear_sparse_divergence(
+    hidden: Tensor,
+    weight: Tensor,
+    target_ids: Tensor,
+    target_logprobs: Tensor,
+    target_tail_logmass: Optional[Tensor] = None,
+    *,
+    tail: str = "bucket",
+    temperature: float = 1.0,
+    labels: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    token_weights: Optional[Tensor] = None,
+    reduction: str = "mean",
+    num_items_in_batch: Union[int, float, Tensor, None] = None,
+    divergence_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    return_parts: bool = False,
+) -> Union[Tensor, FusedOutput]:
+    r""":func:`divreg.divergences.sparse_kl` to a sparse target (top-k ids and log-probs per
+    position, as a teacher cache stores them), computed from the student's hidden states and
+    output layer in chunks, like :func:`fused_linear_divergence` (same reductions, weights, CE
+    term and gradients). ``temperature`` divides the student's logits only; the target's
+    log-probs must be at that temperature already.
+
+    Args:
+        hidden: (..., Hs); weight: (V, Hs).
+        target_ids, target_logprobs: (..., k) per position.
+        target_tail_logmass: (...) log of the target's mass outside ``target_ids`` (optional).
+        tail: ``"bucket"`` (exact KL of the coarsened distributions) or ``"renormalize"``.
+        Other arguments: as for :func:`fused_linear_divergence`.
+    """
+    if tail not in TAIL_POLICIES:
+        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    plan = _make_plan(None, {"tail": tail}, temperature, chunk_size, memory_budget_mb, ignore_index, None, reduction,
+                      num_items_in_batch, divergence_weight, ce_weight, labels)
+    return _evaluate(plan, return_parts, hidden, weight, bias, None, None, None, labels, token_weights,
+                     (target_ids, target_logprobs, target_tail_logmass))
+
+
+def _make_plan(with_grad, options, temperature, chunk_size, memory_budget_mb, ignore_index, target_vocab_slice,
+               reduction, num_items_in_batch, divergence_weight, ce_weight, labels) -> _Plan:
+    """Validate the options shared by the dense and sparse entry points."""
     check_temperature(temperature)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -291,19 +356,24 @@ def fused_linear_divergence(
     for name, value in (("ce_weight", ce_weight), ("divergence_weight", divergence_weight)):
         if not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    with_grad = get_divergence(divergence).with_grad
-    plan = _Plan(with_grad, divergence_kwargs, float(temperature), chunk_size, memory_budget_mb, ignore_index,
+    return _Plan(with_grad, options, float(temperature), chunk_size, memory_budget_mb, ignore_index,
                  target_vocab_slice, reduction, num_items_in_batch, float(divergence_weight), float(ce_weight))
-    if reduction == "none":
+
+
+def _evaluate(plan, return_parts, hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
+              token_weights, sparse):
+    if plan.reduction == "none":
         return _per_token_values(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
-                                 token_weights, plan)
+                                 token_weights, plan, sparse)
+    ids, logprobs, tail = (None, None, None) if sparse is None else sparse
     output = FusedOutput(*_FusedLinearDivergenceFunction.apply(
-        hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights, plan))
+        hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights, plan, ids, logprobs,
+        tail))
     return output if return_parts else output.loss
 
 
 def _per_token_values(hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights,
-                      plan: _Plan) -> Tensor:
+                      plan: _Plan, sparse) -> Tensor:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
         raise ValueError(
             "reduction='none' returns per-token values without gradients; call it under torch.no_grad(), "
@@ -311,7 +381,7 @@ def _per_token_values(hidden, weight, bias, target_hidden, target_weight, target
         )
     with torch.no_grad():
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
-                              token_weights, plan.ignore_index, plan.target_vocab_slice)
+                              token_weights, plan.ignore_index, plan.target_vocab_slice, sparse)
         totals = _run_chunks(flat, weight, bias, plan, None, 1.0)
         if flat.rows is None:
             return totals.per_token.reshape(hidden.shape[:-1])

@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..divergences._sparse import check_sparse_target
+
 # Live fp32 [chunk x V] buffers at the peak of one chunk: the two log-prob blocks, the logit
 # gradient and the divergence's temporaries (5 for forward KL, up to 8 for the mixtures).
 _BUFFERS_PER_ROW = 8
@@ -23,9 +25,10 @@ class FlatInputs:
     """Flattened inputs and the valid rows (ignored tokens are never fed to a matmul)."""
 
     hidden: Tensor  # (N, Hs), all rows (a view when possible, never a copy of the valid ones)
-    target_hidden: Tensor  # (N, Ht)
-    target_weight: Tensor  # (V, Ht), sliced to the student's vocabulary when asked
+    target_hidden: Optional[Tensor]  # (N, Ht); None for a sparse target
+    target_weight: Optional[Tensor]  # (V, Ht), sliced to the student's vocabulary when asked
     target_bias: Optional[Tensor]  # (V,)
+    sparse: Optional[tuple]  # (ids (N, k), logprobs (N, k), tail log-mass (N,) or None) of a sparse target
     labels: Optional[Tensor]  # (n,) labels of the valid rows
     token_weights: Optional[Tensor]  # (n,) weights of the valid rows
     rows: Optional[Tensor]  # (n,) indices of the valid rows, None when every row is valid
@@ -78,41 +81,58 @@ def _check_vector(name: str, tensor: Optional[Tensor], size: int) -> None:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(tensor.shape)}")
 
 
-def flatten_inputs(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    target_hidden: Tensor,
-    target_weight: Tensor,
-    target_bias: Optional[Tensor],
-    labels: Optional[Tensor],
-    token_weights: Optional[Tensor],
-    ignore_index: int,
-    target_vocab_slice: Optional[int],
-) -> FlatInputs:
-    """Check shapes, apply the vocabulary policy, flatten leading dims and drop ignored rows."""
-    for name, tensor in (("hidden", hidden), ("weight", weight), ("target_hidden", target_hidden),
-                         ("target_weight", target_weight)):
-        if not torch.is_floating_point(tensor):
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if hidden.dim() < 1 or target_hidden.dim() < 1:
-        raise ValueError("hidden and target_hidden must have shape (..., H)")
-    _check_matrix("weight", weight, columns=hidden.shape[-1])
+def _check_dense_target(hidden, weight, target_hidden, target_weight, target_bias, target_vocab_slice):
+    if not torch.is_floating_point(target_hidden) or not torch.is_floating_point(target_weight):
+        raise ValueError("target_hidden and target_weight must be floating-point tensors")
+    if target_hidden.dim() < 1:
+        raise ValueError("target_hidden must have shape (..., H)")
     _check_matrix("target_weight", target_weight, columns=target_hidden.shape[-1])
     if hidden.shape[:-1] != target_hidden.shape[:-1]:
         raise ValueError(
             f"hidden {tuple(hidden.shape)} and target_hidden {tuple(target_hidden.shape)} must have the same "
             "leading (token) dimensions"
         )
-    _check_vector("bias", bias, weight.shape[0])
     _check_vector("target_bias", target_bias, target_weight.shape[0])
-    target_weight, target_bias = resolve_target_vocab(weight, target_weight, target_bias, target_vocab_slice)
+    return resolve_target_vocab(weight, target_weight, target_bias, target_vocab_slice)
+
+
+def flatten_inputs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    target_hidden: Optional[Tensor],
+    target_weight: Optional[Tensor],
+    target_bias: Optional[Tensor],
+    labels: Optional[Tensor],
+    token_weights: Optional[Tensor],
+    ignore_index: int,
+    target_vocab_slice: Optional[int],
+    sparse: Optional[tuple] = None,
+) -> FlatInputs:
+    """Check shapes, apply the vocabulary policy, flatten leading dims and drop ignored rows.
+    The target is dense (``target_hidden``, ``target_weight``) or ``sparse`` (ids, logprobs, tail)."""
+    for name, tensor in (("hidden", hidden), ("weight", weight)):
+        if not torch.is_floating_point(tensor):
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape (..., H)")
+    _check_matrix("weight", weight, columns=hidden.shape[-1])
+    _check_vector("bias", bias, weight.shape[0])
     leading = hidden.shape[:-1]
     num_rows = math.prod(leading)
+    if sparse is None:
+        target_weight, target_bias = _check_dense_target(hidden, weight, target_hidden, target_weight, target_bias,
+                                                         target_vocab_slice)
+        target_hidden = target_hidden.reshape(num_rows, -1)
+    else:
+        ids, logprobs, tail = sparse
+        check_sparse_target(torch.Size([*leading, weight.shape[0]]), ids, logprobs, tail)
+        sparse = (ids.reshape(num_rows, -1).long(), logprobs.reshape(num_rows, -1),
+                  None if tail is None else tail.reshape(num_rows))
     for name, tensor in (("labels", labels), ("token_weights", token_weights)):
         if tensor is not None and tensor.shape != leading:
             raise ValueError(f"{name} must have shape {tuple(leading)} (hidden's leading dims), got {tuple(tensor.shape)}")
-    hidden, target_hidden = hidden.reshape(num_rows, -1), target_hidden.reshape(num_rows, -1)
+    hidden = hidden.reshape(num_rows, -1)
     labels = None if labels is None else labels.reshape(num_rows)
     if labels is not None and torch.is_floating_point(labels):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
@@ -127,7 +147,7 @@ def flatten_inputs(
     if labels is not None and labels.numel() and not bool(((labels >= 0) & (labels < weight.shape[0])).all()):
         raise ValueError(f"labels must be in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}")
     count = num_rows if rows is None else rows.numel()
-    return FlatInputs(hidden, target_hidden, target_weight, target_bias, labels, token_weights, rows, count)
+    return FlatInputs(hidden, target_hidden, target_weight, target_bias, sparse, labels, token_weights, rows, count)
 
 
 def choose_chunk_size(chunk_size: Optional[int], vocab: int, num_rows: int, memory_budget_mb: float) -> int:
