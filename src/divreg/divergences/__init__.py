@@ -13,6 +13,7 @@ from ._jsd import generalized_jsd
 from ._kl import forward_kl, reverse_kl
 from ._sinkhorn import sinkhorn_distance, sinkhorn_plan
 from ._skew import skew_kl, skew_reverse_kl
+from ._sorted import sorted_probability_l1
 from ._sparse import sparse_kl
 from ._topk import topk_kl
 from ._total_variation import total_variation
@@ -27,6 +28,7 @@ __all__ = [
     "sinkhorn_plan",
     "skew_kl",
     "skew_reverse_kl",
+    "sorted_probability_l1",
     "sparse_kl",
     "topk_kl",
     "total_variation",

@@ -4,5 +4,6 @@ from ._consistency import TwoViewKL
 from ._kd import KDLoss
 from ._pskd import PSKDLoss
 from ._sinkd import SinKDLoss
+from ._uld import ULDLoss, align_answer_positions
 
-__all__ = ["KDLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL"]
+__all__ = ["KDLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions"]
