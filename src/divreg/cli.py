@@ -29,10 +29,24 @@ def _distill_classifier():
     return DistillClassifierConfig, run
 
 
+def _distill_lm():
+    from .recipes.lm_distillation import DistillLMConfig, run
+
+    return DistillLMConfig, run
+
+
+def _cache_teacher():
+    from .recipes.teacher_cache import CacheTeacherConfig, run
+
+    return CacheTeacherConfig, run
+
+
 COMMANDS = {
     "demo": Command("the main job on built-in data: classifier distillation on the digits", _distill_classifier),
     "distill-classifier": Command("distill a classifier teacher into students with each method, several seeds",
                                   _distill_classifier),
+    "distill-lm": Command("distill a teacher causal LM into students, one per method", _distill_lm),
+    "cache-teacher": Command("store a teacher's top-k log-probs per position for later distillation", _cache_teacher),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence", _mode_fitting),
 }
 

@@ -2,8 +2,9 @@
 
 from ._consistency import TwoViewKL
 from ._kd import KDLoss
+from ._lm_distill import LMDistillLoss
 from ._pskd import PSKDLoss
 from ._sinkd import SinKDLoss
 from ._uld import ULDLoss, align_answer_positions
 
-__all__ = ["KDLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions"]
+__all__ = ["KDLoss", "LMDistillLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions"]

@@ -31,3 +31,11 @@ def load_if_exists(path: str) -> Optional[Any]:
     if not os.path.exists(path):
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def remove_run_checkpoints(directory: str) -> None:
+    """Forget previous runs' checkpoints in ``directory`` (a fresh start without ``resume``)."""
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".pt") or ".pt.tmp-" in name:
+                os.remove(os.path.join(directory, name))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import ClassificationData
 from ..metrics import classification_metrics
-from ._checkpoint import load_if_exists, save_atomic
+from ._checkpoint import load_if_exists, remove_run_checkpoints, save_atomic  # noqa: F401
 from ._classifier_methods import Batch, Method
 
 
@@ -149,11 +149,3 @@ class Trainer:
             position["history"].setdefault(key, []).append(record[key])
         position.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
         return record
-
-
-def remove_run_checkpoints(directory: str) -> None:
-    """Forget previous runs (a fresh start without ``resume``)."""
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if name.endswith(".pt") or ".pt.tmp-" in name:
-                os.remove(os.path.join(directory, name))

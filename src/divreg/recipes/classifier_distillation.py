@@ -28,7 +28,8 @@ from ..metrics import _plots, classification_metrics
 from ._classifier_config import DistillClassifierConfig  # noqa: F401  (the command's config)
 from ._classifier_methods import Method, make_method
 from ._classifier_models import build_model
-from ._classifier_training import RunSpec, Trainer, predict, remove_run_checkpoints
+from ._checkpoint import remove_run_checkpoints
+from ._classifier_training import RunSpec, Trainer, predict
 
 METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "e_aurc")
 

@@ -1,0 +1,145 @@
+"""Text data for language-model recipes: the built-in corpus (Python's own documentation
+topics, shipped in the standard library's ``pydoc_data``), a BPE tokenizer trained on it,
+JSONL / ``datasets`` records, and tokenization into prompt-completion examples."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TextExample:
+    example_id: int  # stable id: the cache key of a teacher's signal
+    input_ids: list[int]
+    labels: list[int]  # input_ids with IGNORE_INDEX on prompt positions
+    prompt_length: int
+
+
+def builtin_corpus(held_out_every: int = 10) -> tuple[list[str], list[str]]:
+    """(train, held-out) documents: the ``pydoc_data`` topics in name order, every
+    ``held_out_every``-th one held out. No download: it ships with Python."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    train = [topics[name] for i, name in enumerate(names) if i % held_out_every]
+    held_out = [topics[name] for i, name in enumerate(names) if not i % held_out_every]
+    return train, held_out
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained on ``texts`` (deterministic), with ``<pad>`` and
+    ``<eos>``, as a ``transformers`` fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(list(texts), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+
+
+def chunk_texts(texts: Sequence[str], tokenizer, seq_len: int, prompt_len: int, first_id: int = 0) -> list[TextExample]:
+    """Cut the token stream of ``texts`` (documents separated by EOS) into examples of
+    ``seq_len`` tokens; the first ``prompt_len`` of each are the prompt (not in the loss)."""
+    if not 0 < prompt_len < seq_len:
+        raise ValueError(f"need 0 < prompt_len < seq_len, got prompt_len={prompt_len}, seq_len={seq_len}")
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    examples = []
+    for start in range(0, len(stream) - seq_len + 1, seq_len):
+        ids = stream[start:start + seq_len]
+        examples.append(TextExample(first_id + len(examples), ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:],
+                                    prompt_len))
+    return examples
+
+
+def load_text_records(source) -> list[dict]:
+    """Records from a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its ``train`` split if
+    it has several), or an in-memory ``datasets.Dataset``. Each record has ``prompt`` and
+    ``completion``, or ``text``, or chat ``messages``."""
+    if isinstance(source, str) and source.endswith(".jsonl"):
+        if not os.path.isfile(source):
+            raise ValueError(f"data file {source!r} does not exist")
+        with open(source) as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    elif isinstance(source, str):
+        if not os.path.isdir(source):
+            raise ValueError(f"data must be 'builtin', a .jsonl file or a datasets folder; got {source!r}")
+        import datasets
+
+        loaded = datasets.load_from_disk(source)
+        records = list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
+    else:
+        records = list(source)
+    for index, record in enumerate(records):
+        if not ({"prompt", "completion"} <= set(record) or "text" in record or "messages" in record):
+            raise ValueError(f"record {index} has keys {sorted(record)}; expected prompt+completion, text or messages")
+    return records
+
+
+def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int]]:
+    if "messages" in record:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat 'messages' need a tokenizer with a chat template")
+        messages = record["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("the last chat message must be the assistant's (the completion)")
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=True)
+        return list(prompt), list(full[len(prompt):])
+    if "text" in record:
+        return [], tokenizer(record["text"])["input_ids"]
+    prompt = record["prompt"]
+    if getattr(tokenizer, "chat_template", None):
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=True)
+    else:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+    return list(prompt_ids), tokenizer(record["completion"])["input_ids"]
+
+
+def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt_len: int,
+                     first_id: int = 0) -> list[TextExample]:
+    """Prompt-completion examples (completion followed by EOS), truncated to ``max_length``.
+    ``text`` records use their first ``prompt_len`` tokens as the prompt."""
+    examples = []
+    for record in records:
+        prompt, completion = _prompt_and_completion(record, tokenizer)
+        if not prompt:
+            prompt, completion = completion[:prompt_len], completion[prompt_len:]
+        ids = (prompt + completion + [tokenizer.eos_token_id])[:max_length]
+        if len(ids) <= len(prompt):
+            continue  # nothing left to learn after truncation
+        examples.append(TextExample(first_id + len(examples), ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):],
+                                    len(prompt)))
+    if not examples:
+        raise ValueError("no example has completion tokens within max_length")
+    return examples
+
+
+def collate(examples: Sequence[TextExample], pad_token_id: int, length: Optional[int] = None) -> dict[str, Tensor]:
+    """Right-padded batch: ``input_ids``, ``attention_mask``, ``labels`` (B, L) and
+    ``example_ids`` (B,)."""
+    length = length or max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+            "example_ids": torch.tensor([e.example_id for e in examples])}

@@ -1,0 +1,115 @@
+"""Configuration of the language-model distillation recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..divergences._registry import DIVERGENCES
+from ..targets import VOCAB_POLICIES
+
+
+def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str, Any]:
+    return {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": heads, "intermediate_size": intermediate, "max_position_embeddings": 256,
+            "tie_word_embeddings": True}
+
+
+@dataclass
+class ModelSource:
+    path: Optional[str] = None  # local path or hub id of an AutoModelForCausalLM; None: build from `config`
+    config: dict[str, Any] = field(default_factory=dict)  # transformers config fields (with model_type) to build from
+    tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer
+
+
+@dataclass
+class LMMethod:
+    name: str = "forward_kl"  # label in tables, plots and checkpoint names
+    divergence: str = "forward_kl"  # any name of divreg.divergences
+    beta: float = 0.5  # beta of generalized_jsd
+    alpha: float = 0.1  # alpha of skew_kl / skew_reverse_kl / alpha_divergence
+    lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
+    adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
+
+    def divergence_options(self) -> dict[str, Any]:
+        return {"generalized_jsd": {"beta": self.beta}, "skew_kl": {"alpha": self.alpha},
+                "skew_reverse_kl": {"alpha": self.alpha}, "alpha_divergence": {"alpha": self.alpha}}.get(
+            self.divergence, {})
+
+
+def _default_methods() -> list[LMMethod]:
+    return [LMMethod("forward_kl", "forward_kl"), LMMethod("reverse_kl", "reverse_kl"),
+            LMMethod("jsd", "generalized_jsd", beta=0.5), LMMethod("on_policy_jsd", "generalized_jsd", beta=0.5, lmbda=1.0)]
+
+
+@dataclass
+class DistillLMConfig:
+    data: str = "builtin"  # "builtin" (Python's pydoc topics), a .jsonl file, or a datasets folder
+    held_out: Optional[str] = None  # held-out data for evaluation (same forms); builtin/None: a split of `data`
+    tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text; else a path or hub id
+    vocab_size: int = 1024  # size of the builtin tokenizer
+    teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(64, 2, 4, 172)))
+    teacher_train_steps: int = 600  # a teacher built from a config is first trained with CE for this many steps
+    teacher_lr: float = 0.003  # its learning rate
+    student: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(32, 1, 2, 86)))
+    methods: list[LMMethod] = field(default_factory=_default_methods)  # one student per method
+    temperature: float = 1.0  # T of the divergence (both sides)
+    t_squared: bool = False  # scale the divergence by T^2
+    ce_weight: float = 0.0  # weight of the student's own CE on the labels
+    fused: str = "auto"  # "auto" (fused when the vocabulary has >= 32768 entries), "true" or "false"
+    vocab_policy: str = "strict"  # "strict" (same tokenizer; padded embeddings sliced) or "uld" (cross-tokenizer)
+    teacher_cache: Optional[str] = None  # a divreg cache-teacher folder: train without the teacher in memory
+    cache_tail: str = "bucket"  # how a cached top-k signal's tail is used ("bucket" or "renormalize")
+    seq_len: int = 64  # tokens per example (builtin data) or maximum length (records)
+    prompt_len: int = 16  # prompt tokens of builtin examples (never in the loss)
+    max_new_tokens: int = 48  # length of on-policy student generations
+    steps: int = 300  # optimizer steps per student
+    batch_size: int = 16  # global batch (examples), split over processes and accumulation
+    grad_accum: int = 1  # micro-batches per step and process
+    lr: float = 0.003  # AdamW learning rate of the students
+    replay_capacity: int = 64  # DistiLLM replay buffer size (examples)
+    replay_init: float = 0.0  # DistiLLM's initial probability of student-generated data (paper: 0.0)
+    replay_loss_eps: float = 0.1  # its validation-loss increase that raises the probability by 0.1
+    eval_every: int = 50  # steps between held-out evaluations
+    eval_examples: int = 64  # held-out examples per evaluation
+    checkpoint_every: int = 50  # steps between checkpoints (0: only at the end)
+    seed: int = 0  # seeds data order, models and generations
+    output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
+    resume: bool = False  # continue from the checkpoints in output_dir
+    cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ValueError("methods must list at least one method")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"methods: names must be distinct, got {names}")
+        for method in self.methods:
+            if method.divergence not in DIVERGENCES:
+                raise ValueError(f"methods.{method.name}.divergence: unknown {method.divergence!r}; "
+                                 f"choose one of {sorted(DIVERGENCES)}")
+            if not 0.0 <= method.lmbda <= 1.0:
+                raise ValueError(f"methods.{method.name}.lmbda must be in [0, 1], got {method.lmbda}")
+        for key in ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size", "grad_accum",
+                    "lr", "temperature", "eval_every", "eval_examples", "replay_capacity"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.prompt_len >= self.seq_len:
+            raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
+        if self.fused not in ("auto", "true", "false"):
+            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        if self.vocab_policy not in VOCAB_POLICIES:
+            raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {self.vocab_policy!r}")
+        if self.cache_tail not in ("bucket", "renormalize"):
+            raise ValueError(f"cache_tail must be 'bucket' or 'renormalize', got {self.cache_tail!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if self.ce_weight < 0 or self.teacher_train_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("ce_weight, teacher_train_steps and checkpoint_every must be >= 0")
+        if self.teacher_cache and any(m.lmbda > 0 or m.adaptive_off_policy for m in self.methods):
+            raise ValueError("teacher_cache holds the teacher's signal on the dataset only; on-policy methods "
+                             "(lmbda > 0, adaptive_off_policy) need a live teacher")
+        if self.vocab_policy == "uld" and (self.teacher_cache or any(m.lmbda > 0 or m.adaptive_off_policy
+                                                                     for m in self.methods)):
+            raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
+                             "the text); it supports neither teacher_cache nor on-policy methods")

@@ -1,0 +1,187 @@
+"""Language-model distillation: a teacher (live, cached, or with another tokenizer) into one
+student per method (any divergence; off-policy, on-policy with GKD's lambda, or DistiLLM's
+adaptive replay), evaluated for held-out perplexity and KL to the teacher.
+
+``divreg distill-lm [config.yaml] [key=value ...]`` or ``run(DistillLMConfig())``; shaped
+setup -> train -> report. Built-in default: a byte-level BPE tokenizer trained on Python's
+documentation topics (``pydoc_data``), a tiny Llama teacher trained on them, then four
+students (forward KL, reverse KL, JSD, on-policy JSD). Writes ``config.yaml``,
+``metrics.json``, ``metrics.jsonl``, ``curves.png``, ``tokenizer/``, ``teacher/`` and
+``checkpoints/`` to ``output_dir``; ``resume=true`` continues a killed run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .._table import format_table
+from ..config import to_yaml
+from ..data._text import IGNORE_INDEX, builtin_corpus, chunk_texts, load_text_records, tokenize_records
+from ..data._text import train_bpe_tokenizer
+from ..losses import LMDistillLoss
+from ..metrics import _plots
+from ..targets import TeacherCache, shared_vocab_size, tokenizer_fingerprint
+from ._checkpoint import remove_run_checkpoints
+from ._lm_config import DistillLMConfig, LMMethod  # noqa: F401  (the command's config)
+from ._lm_models import CausalLM, build_model, load_tokenizer
+from ._lm_teacher import CrossTokenizerTeacher, TeacherSignal, student_arguments
+from ._lm_training import LMRun, LMTrainer
+
+FUSED_AUTO_VOCAB = 32768
+
+
+def load_examples(data: str, held_out: Optional[str], tokenizer, seq_len: int, prompt_len: int):
+    """(train, held-out) examples with stable example ids (the keys of a teacher cache)."""
+    if data == "builtin":
+        train_texts, held_out_texts = builtin_corpus()
+        train = chunk_texts(train_texts, tokenizer, seq_len, prompt_len)
+        return train, chunk_texts(held_out_texts, tokenizer, seq_len, prompt_len, first_id=len(train))
+    train = tokenize_records(load_text_records(data), tokenizer, seq_len, prompt_len)
+    if held_out is None:
+        cut = max(1, len(train) // 10)
+        return train[cut:], train[:cut]
+    return train, tokenize_records(load_text_records(held_out), tokenizer, seq_len, prompt_len, first_id=len(train))
+
+
+def setup(config: DistillLMConfig):
+    """Accelerator, tokenizer (trained or loaded), examples and output folders."""
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+    if config.tokenizer == "builtin":
+        if config.data != "builtin":
+            raise ValueError("tokenizer=builtin is trained on the builtin corpus; give a tokenizer path for other data")
+        tokenizer = train_bpe_tokenizer(builtin_corpus()[0], config.vocab_size)
+    else:
+        tokenizer = load_tokenizer(config.tokenizer)
+    train, held_out = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+    log_path = os.path.join(config.output_dir, "metrics.jsonl")
+    if accelerator.is_main_process:
+        os.makedirs(checkpoints, exist_ok=True)
+        if not config.resume:
+            remove_run_checkpoints(checkpoints)
+            if os.path.exists(log_path):
+                os.remove(log_path)
+        with open(os.path.join(config.output_dir, "config.yaml"), "w") as handle:
+            handle.write(to_yaml(config))
+        tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
+    accelerator.wait_for_everyone()
+    return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)
+
+
+def ce_loss(model, batch, num_items):
+    """The teacher's pre-training loss: next-token CE summed and divided by the global count."""
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+    loss = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
+                           reduction="sum") / num_items
+    return loss, {"loss": loss, "ce": loss}
+
+
+def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, accelerator):
+    """The teacher model and tokenizer: loaded, or built and first trained with CE (saved to
+    ``output_dir/teacher``)."""
+    teacher_tokenizer = load_tokenizer(config.teacher.tokenizer) if config.teacher.tokenizer else tokenizer
+    if config.teacher.path is None and config.teacher_cache and not config.teacher_train_steps:
+        return None, teacher_tokenizer  # a cache without a model: no KL-to-teacher metric
+    model = CausalLM(build_model(config.teacher, teacher_tokenizer, config.seed))
+    if config.teacher.path is None and config.teacher_train_steps:
+        if teacher_tokenizer is not tokenizer:
+            raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
+        run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
+                    os.path.join(config.output_dir, "checkpoints", "teacher.pt"))
+        trainer.run(run, model, ce_loss, None, None)
+        if accelerator.is_main_process:
+            model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
+    return model.eval().requires_grad_(False).to(accelerator.device), teacher_tokenizer
+
+
+def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teacher_tokenizer, tokenizer,
+                      student_rows: int, teacher_rows: int):
+    """``loss_fn(model, batch, num_items)`` of one method, after the vocabulary policy."""
+    shared = shared_vocab_size(tokenizer, teacher_tokenizer, student_rows, teacher_rows, config.vocab_policy)
+    if shared is None:  # cross-tokenizer: CE on the student's labels + ULD to the teacher
+        cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature)
+
+        def uld_loss(model, batch, num_items):
+            logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+            ce = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
+                                 reduction="sum") / num_items
+            distance = cross.loss(logits, batch)
+            return ce + distance, {"loss": ce + distance, "divergence": distance, "ce": ce}
+
+        return uld_loss, None
+    fused = config.fused == "true" or (config.fused == "auto" and shared >= FUSED_AUTO_VOCAB)
+    cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
+    if cache is not None:
+        check_cache(cache, config, tokenizer)
+    signal = TeacherSignal(teacher, cache, shared, fused)
+    loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
+                                ce_weight=config.ce_weight, fused=fused, tail=config.cache_tail,
+                                **method.divergence_options())
+
+    def distill_loss(model, batch, num_items):
+        out = loss_module(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
+                          **student_arguments(model, batch, fused, shared), **signal.arguments(batch))
+        return out.loss, {"loss": out.loss, "divergence": out.divergence, "ce": out.cross_entropy}
+
+    return distill_loss, shared
+
+
+def check_cache(cache: TeacherCache, config: DistillLMConfig, tokenizer) -> None:
+    """The cache must have been written for this tokenizer, data layout and temperature."""
+    expected = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
+                "prompt_len": config.prompt_len}
+    for key, value in expected.items():
+        if cache.manifest.get(key) != value:
+            raise ValueError(f"teacher_cache was written with {key}={cache.manifest.get(key)!r}, this run has {value!r}")
+    if abs(cache.temperature - config.temperature) > 1e-12:
+        raise ValueError(f"teacher_cache holds log-probs at temperature {cache.temperature}, this run uses "
+                         f"temperature={config.temperature}; write a cache at this temperature")
+
+
+def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
+    summary = ({"teacher": teacher_metrics} if teacher_metrics else {}) | {n: s["metrics"] for n, s in results.items()}
+    with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    columns = ["run", "perplexity", "kl_to_teacher"]
+    print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-")}
+                        for name, m in summary.items()], columns))
+    curves = {name: {key: [r[key] for r in s["position"]["history"] if key in r] for key in ("perplexity", "kl_to_teacher")}
+              for name, s in results.items()}
+    _plots.training_curves(curves, os.path.join(config.output_dir, "curves.png"))
+    return summary
+
+
+def run(config: DistillLMConfig) -> dict:
+    started = time.perf_counter()
+    accelerator, tokenizer, train, held_out, trainer = setup(config)
+    teacher, teacher_tokenizer = prepare_teacher(config, tokenizer, trainer, accelerator)
+    teacher_metrics = None
+    if teacher is not None and teacher_tokenizer is tokenizer:
+        teacher_metrics = {k: v for k, v in trainer._evaluate(teacher, None, None, held_out).items()}
+    results = {}
+    for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
+        student = CausalLM(build_model(config.student, tokenizer, config.seed + 1))
+        teacher_rows = teacher.output_weight.shape[0] if teacher is not None else len(tokenizer)
+        loss_fn, shared = make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer,
+                                            student.output_weight.shape[0], teacher_rows)
+        run_spec = LMRun(method.name, method, config.steps, config.lr,
+                         os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))
+        eval_teacher = teacher if shared is not None else None
+        results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher, shared)
+    summary = None
+    if accelerator.is_main_process:
+        summary = report(config, teacher_metrics, results)
+        print(f"{len(config.methods)} students on {config.data} ({len(train)} train / {len(held_out)} held-out "
+              f"examples), {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
+              f"outputs in {config.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary

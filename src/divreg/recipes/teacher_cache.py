@@ -1,0 +1,62 @@
+"""``divreg cache-teacher``: run a teacher once over a dataset and store its top-k log-probs
+and tail mass per position, keyed by example id, so that distillation can run later without
+the teacher in memory (``divreg distill-lm teacher_cache=DIR``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data._text import collate
+from ..targets import TeacherCacheWriter, tokenizer_fingerprint
+from ._lm_config import ModelSource
+from ._lm_models import CausalLM, build_model, load_tokenizer
+
+
+@dataclass
+class CacheTeacherConfig:
+    teacher: str = "outputs/distill_lm/teacher"  # the teacher: a local folder or hub id
+    tokenizer: str = "outputs/distill_lm/tokenizer"  # the tokenizer the students will use
+    data: str = "builtin"  # "builtin", a .jsonl file or a datasets folder (as in distill-lm)
+    held_out: Optional[str] = None  # as in distill-lm: decides which examples are training examples
+    seq_len: int = 64  # as in distill-lm
+    prompt_len: int = 16  # as in distill-lm
+    top_k: int = 32  # log-probs kept per position (plus the tail mass)
+    temperature: float = 1.0  # the log-probs are of softmax(logits / temperature)
+    batch_size: int = 16  # examples per teacher forward
+    output_dir: str = "outputs/teacher_cache"  # the cache folder
+
+    def __post_init__(self):
+        for key in ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+
+
+@torch.no_grad()
+def run(config: CacheTeacherConfig) -> str:
+    from .lm_distillation import load_examples
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(config.tokenizer)
+    train, _ = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    teacher = CausalLM(build_model(ModelSource(path=config.teacher), tokenizer, 0)).eval()
+    if config.top_k > teacher.output_weight.shape[0]:
+        raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
+    manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
+                "prompt_len": config.prompt_len, "teacher": config.teacher, "examples": len(train)}
+    writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
+    for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):
+        examples = train[start:start + config.batch_size]
+        batch = collate(examples, tokenizer.pad_token_id)
+        logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1, : len(tokenizer)]  # (B, L-1, V)
+        for row, example in enumerate(examples):
+            writer.add(example.example_id, logits[row, : len(example.input_ids) - 1])
+    writer.close()
+    print(f"cached top-{config.top_k} of {len(train)} examples in {config.output_dir} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return config.output_dir
