@@ -23,6 +23,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/divreg demo
+	$(BIN)/divreg distill-lm
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

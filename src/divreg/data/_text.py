@@ -83,6 +83,8 @@ def load_text_records(source) -> list[dict]:
         records = list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
     else:
         records = list(source)
+    # a datasets table gives every row every column: drop the empty ones
+    records = [{key: value for key, value in record.items() if value is not None} for record in records]
     for index, record in enumerate(records):
         if not ({"prompt", "completion"} <= set(record) or "text" in record or "messages" in record):
             raise ValueError(f"record {index} has keys {sorted(record)}; expected prompt+completion, text or messages")

@@ -1,0 +1,161 @@
+"""The distill-lm and cache-teacher commands end to end, on seconds-long settings."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import pytest
+import torch
+
+from divreg.config import load_config
+from divreg.data._text import IGNORE_INDEX, load_text_records, tokenize_records
+from divreg.recipes.lm_distillation import DistillLMConfig, run
+from divreg.recipes.teacher_cache import CacheTeacherConfig
+from divreg.recipes.teacher_cache import run as cache_teacher
+
+from . import lm_fixtures as fx
+
+
+def _config(output_dir, *extra, **overrides):
+    return load_config(DistillLMConfig, None, [*fx.tiny_config_overrides(output_dir, **overrides), *extra])
+
+
+def test_builtin_run_writes_everything_and_the_teacher_reloads(tmp_path, capsys):
+    summary = run(_config(tmp_path / "a"))
+    assert list(summary) == ["teacher", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"]
+    for name, metrics in summary.items():
+        assert metrics["perplexity"] > 1 and (name == "teacher" or metrics["kl_to_teacher"] >= 0)
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved == summary
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["run"] for r in records} == {"teacher", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"}
+    assert {r["source"] for r in records if r["run"] == "on_policy_jsd"} == {"generate"}  # lmbda = 1
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 5000
+    # the real loading code: the saved teacher and tokenizer, by path
+    reloaded = run(_config(tmp_path / "b", "methods=[{name: fkl, divergence: forward_kl}]",
+                           f"teacher.path={tmp_path / 'a' / 'teacher'}", f"tokenizer={tmp_path / 'a' / 'tokenizer'}",
+                           "teacher_train_steps=0"))
+    assert reloaded["teacher"]["perplexity"] == pytest.approx(summary["teacher"]["perplexity"], rel=1e-6)
+    assert "| run" in capsys.readouterr().out
+
+
+def test_cached_teacher_and_distillm_adaptive(tmp_path):
+    first = tmp_path / "first"
+    run(_config(first, "methods=[{name: fkl, divergence: forward_kl}]"))
+    cache_config = load_config(CacheTeacherConfig, None, [
+        f"teacher={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "seq_len=24", "prompt_len=6", "top_k=8",
+        f"output_dir={tmp_path / 'cache'}"])
+    cache_teacher(cache_config)
+    common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={first / 'teacher'}", "teacher_train_steps=0"]
+    cached = run(_config(tmp_path / "cached", *common, f"teacher_cache={tmp_path / 'cache'}",
+                         "methods=[{name: cached_fkl, divergence: forward_kl}]"))
+    assert cached["cached_fkl"]["kl_to_teacher"] >= 0
+    with pytest.raises(ValueError, match="temperature"):
+        run(_config(tmp_path / "hot", *common, f"teacher_cache={tmp_path / 'cache'}", "temperature=2.0",
+                    "methods=[{name: fkl, divergence: forward_kl}]"))
+    with pytest.raises(ValueError, match="need a live teacher"):
+        _config(tmp_path / "x", f"teacher_cache={tmp_path / 'cache'}",
+                "methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]")
+    adaptive = run(_config(tmp_path / "adaptive", *common, "replay_init=0.5", "replay_capacity=8",
+                           "methods=[{name: distillm, divergence: skew_kl, alpha: 0.1, adaptive_off_policy: true}]"))
+    records = [json.loads(line) for line in (tmp_path / "adaptive" / "metrics.jsonl").read_text().splitlines()]
+    assert "replay_threshold" in records[-1] and adaptive["distillm"]["perplexity"] > 1
+
+
+def test_cross_tokenizer_teacher_needs_uld(tmp_path):
+    other = fx.tokenizer(280)
+    other.save_pretrained(tmp_path / "other_tokenizer")
+    teacher = fx.model(seed=3, vocab_size=280)
+    teacher.model.save_pretrained(tmp_path / "other_teacher")
+    first = tmp_path / "first"
+    run(_config(first, "methods=[{name: fkl, divergence: forward_kl}]"))
+    common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={tmp_path / 'other_teacher'}",
+              f"teacher.tokenizer={tmp_path / 'other_tokenizer'}", "teacher_train_steps=0",
+              "methods=[{name: uld, divergence: forward_kl}]"]
+    with pytest.raises(ValueError, match=r"differ.*vocab_policy=uld"):
+        run(_config(tmp_path / "strict", *common))
+    summary = run(_config(tmp_path / "uld", *common, "vocab_policy=uld"))
+    assert summary["uld"]["perplexity"] > 1 and "kl_to_teacher" not in summary["uld"]
+
+
+def test_jsonl_and_datasets_records_and_chat_templates(tmp_path):
+    tokenizer = fx.tokenizer()
+    records = [{"prompt": "def f(x):", "completion": " return x"}, {"text": "assert statements are debugging aids"}]
+    examples = tokenize_records(records, tokenizer, max_length=64, prompt_len=3)
+    prompt_ids = tokenizer("def f(x):")["input_ids"]
+    assert examples[0].labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    assert examples[0].input_ids[-1] == tokenizer.eos_token_id and examples[1].prompt_length == 3
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records * 20))
+    first = tmp_path / "first"
+    run(_config(first, "methods=[{name: fkl, divergence: forward_kl}]"))
+    common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={first / 'teacher'}", "teacher_train_steps=0",
+              "methods=[{name: fkl, divergence: forward_kl}]", "batch_size=4"]
+    assert run(_config(tmp_path / "jsonl", *common, f"data={path}"))["fkl"]["perplexity"] > 1
+    datasets.Dataset.from_list([records[1]] * 40).save_to_disk(str(tmp_path / "hf"))  # one schema per table
+    assert run(_config(tmp_path / "hf_run", *common, f"data={tmp_path / 'hf'}"))["fkl"]["perplexity"] > 1
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}" \
+                              "{% if add_generation_prompt %}<assistant>{% endif %}"
+    chat = tokenize_records([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
+                            tokenizer, 64, 3)[0]
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                           tokenize=True)
+    assert chat.prompt_length == len(prompt) and chat.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="expected prompt\\+completion, text or messages"):
+        load_text_records([{"question": "?"}])
+
+
+def _launch(arguments, processes=1):
+    prefix = [sys.executable, "-m", "divreg.cli"] if processes == 1 else [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "divreg.cli"]
+    return subprocess.Popen([*prefix, "distill-lm", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    arguments = fx.tiny_config_overrides("OUT", steps=24, checkpoint_every=3, eval_every=6)
+    arguments.append("methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]")
+    reference = _launch([a.replace("OUT", str(tmp_path / "reference")) for a in arguments])
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+    killed = tmp_path / "killed"
+    victim = _launch([a.replace("OUT", str(killed)) for a in arguments])
+    target = killed / "checkpoints" / "gkd.pt"
+    deadline, state = time.time() + 200, None
+    while time.time() < deadline and victim.poll() is None:
+        if target.exists():
+            state = torch.load(target, weights_only=False)
+            if not state["done"] and state["position"]["step"] >= 6:
+                break
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert state is not None and not state["done"]
+    resumed = _launch([a.replace("OUT", str(killed)) for a in arguments] + ["resume=true"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    for name in ("teacher.pt", "gkd.pt"):
+        expected = torch.load(tmp_path / "reference" / "checkpoints" / name, weights_only=False)["model"]
+        got = torch.load(killed / "checkpoints" / name, weights_only=False)["model"]
+        assert all(torch.equal(expected[key], got[key]) for key in expected), name
+
+
+def test_two_processes_match_one(tmp_path):
+    arguments = fx.tiny_config_overrides("OUT") + ["methods=[{name: fkl, divergence: forward_kl}]"]
+    one = _launch([a.replace("OUT", str(tmp_path / "one")) for a in arguments])
+    two = _launch([a.replace("OUT", str(tmp_path / "two")) for a in arguments], processes=2)
+    for process in (one, two):
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    double = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for name in single:  # the same global batches and token normalization: only summation order differs
+        assert double[name]["perplexity"] == pytest.approx(single[name]["perplexity"], rel=1e-3)
+        assert double[name].get("kl_to_teacher", 0) == pytest.approx(single[name].get("kl_to_teacher", 0), rel=1e-2,
+                                                                     abs=1e-4)
