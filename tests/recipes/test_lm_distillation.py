@@ -25,13 +25,15 @@ def _config(output_dir, *extra, **overrides):
 
 def test_builtin_run_writes_everything_and_the_teacher_reloads(tmp_path, capsys):
     summary = run(_config(tmp_path / "a"))
-    assert list(summary) == ["teacher", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"]
+    assert list(summary) == ["teacher", "ce_only", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"]
     for name, metrics in summary.items():
         assert metrics["perplexity"] > 1 and (name == "teacher" or metrics["kl_to_teacher"] >= 0)
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved == summary
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert {r["run"] for r in records} == {"teacher", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"}
+    assert {r["run"] for r in records} == {"teacher", "ce_only", "forward_kl", "reverse_kl", "jsd", "on_policy_jsd"}
+    assert all(r["divergence"] > 0 and r["ce"] == 0 for r in records if r["run"] == "forward_kl")
+    assert all(r["ce"] > 0 and r["loss"] == pytest.approx(r["ce"]) for r in records if r["run"] == "ce_only")
     assert {r["source"] for r in records if r["run"] == "on_policy_jsd"} == {"generate"}  # lmbda = 1
     assert (tmp_path / "a" / "curves.png").stat().st_size > 5000
     # the real loading code: the saved teacher and tokenizer, by path

@@ -30,6 +30,8 @@ class LMMethod:
     alpha: float = 0.1  # alpha of skew_kl / skew_reverse_kl / alpha_divergence
     lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
     adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
+    divergence_weight: float = 1.0  # weight of the divergence (0 with ce_weight 1: a student trained on labels only)
+    ce_weight: Optional[float] = None  # weight of the CE on the labels; None: the run's ce_weight
 
     def divergence_options(self) -> dict[str, Any]:
         return {"generalized_jsd": {"beta": self.beta}, "skew_kl": {"alpha": self.alpha},
@@ -38,7 +40,8 @@ class LMMethod:
 
 
 def _default_methods() -> list[LMMethod]:
-    return [LMMethod("forward_kl", "forward_kl"), LMMethod("reverse_kl", "reverse_kl"),
+    return [LMMethod("ce_only", divergence_weight=0.0, ce_weight=1.0), LMMethod("forward_kl", "forward_kl"),
+            LMMethod("reverse_kl", "reverse_kl"),
             LMMethod("jsd", "generalized_jsd", beta=0.5), LMMethod("on_policy_jsd", "generalized_jsd", beta=0.5, lmbda=1.0)]
 
 
@@ -90,6 +93,8 @@ class DistillLMConfig:
                                  f"choose one of {sorted(DIVERGENCES)}")
             if not 0.0 <= method.lmbda <= 1.0:
                 raise ValueError(f"methods.{method.name}.lmbda must be in [0, 1], got {method.lmbda}")
+            if method.divergence_weight < 0 or (method.ce_weight is not None and method.ce_weight < 0):
+                raise ValueError(f"methods.{method.name}: weights must be >= 0")
         for key in ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size", "grad_accum",
                     "lr", "temperature", "eval_every", "eval_examples", "replay_capacity"):
             if not getattr(self, key) > 0:

@@ -122,9 +122,10 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
     if cache is not None:
         check_cache(cache, config, tokenizer)
     signal = TeacherSignal(teacher, cache, shared, fused)
+    ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
     loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
-                                ce_weight=config.ce_weight, fused=fused, tail=config.cache_tail,
-                                **method.divergence_options())
+                                divergence_weight=method.divergence_weight, ce_weight=ce_weight, fused=fused,
+                                tail=config.cache_tail, **method.divergence_options())
 
     def distill_loss(model, batch, num_items):
         out = loss_module(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
