@@ -161,3 +161,16 @@ def test_two_processes_match_one(tmp_path):
         assert double[name]["perplexity"] == pytest.approx(single[name]["perplexity"], rel=1e-3)
         assert double[name].get("kl_to_teacher", 0) == pytest.approx(single[name].get("kl_to_teacher", 0), rel=1e-2,
                                                                      abs=1e-4)
+
+
+def test_sequence_kd_padded_teacher_embedding_low_precision_teacher_and_fused_path(tmp_path):
+    """Sequence-level KD (teacher generations), a teacher whose embedding has 16 padding rows
+    past the tokenizer (sliced off by the vocabulary policy), a bfloat16 live teacher and the
+    fused student path, together."""
+    summary = run(_config(tmp_path, "teacher.config.vocab_size=316", "teacher_dtype=bfloat16", "fused=true",
+                          "methods=[{name: seqkd, divergence: forward_kl, sequence_kd: true}]"))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in records if r["run"] == "seqkd"} == {"teacher"}
+    assert summary["seqkd"]["kl_to_teacher"] >= 0 and summary["seqkd"]["perplexity"] > 1
+    teacher_state = torch.load(tmp_path / "checkpoints" / "teacher.pt", weights_only=False)["model"]
+    assert teacher_state["model.lm_head.weight"].shape[0] == 316

@@ -29,6 +29,7 @@ class LMMethod:
     beta: float = 0.5  # beta of generalized_jsd
     alpha: float = 0.1  # alpha of skew_kl / skew_reverse_kl / alpha_divergence
     lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
+    sequence_kd: bool = False  # train on the teacher's generations from the prompts (sequence-level KD)
     adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
     divergence_weight: float = 1.0  # weight of the divergence (0 with ce_weight 1: a student trained on labels only)
     ce_weight: Optional[float] = None  # weight of the CE on the labels; None: the run's ce_weight
@@ -54,6 +55,7 @@ class DistillLMConfig:
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(64, 2, 4, 172)))
     teacher_train_steps: int = 600  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
+    teacher_dtype: str = "float32"  # the live teacher's precision during distillation: float32, bfloat16 or float16
     student: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(32, 1, 2, 86)))
     methods: list[LMMethod] = field(default_factory=_default_methods)  # one student per method
     temperature: float = 1.0  # T of the divergence (both sides)
@@ -101,6 +103,9 @@ class DistillLMConfig:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
+        if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
+        self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         if self.fused not in ("auto", "true", "false"):
             raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
         if self.vocab_policy not in VOCAB_POLICIES:
@@ -111,10 +116,10 @@ class DistillLMConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.ce_weight < 0 or self.teacher_train_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("ce_weight, teacher_train_steps and checkpoint_every must be >= 0")
-        if self.teacher_cache and any(m.lmbda > 0 or m.adaptive_off_policy for m in self.methods):
-            raise ValueError("teacher_cache holds the teacher's signal on the dataset only; on-policy methods "
-                             "(lmbda > 0, adaptive_off_policy) need a live teacher")
-        if self.vocab_policy == "uld" and (self.teacher_cache or any(m.lmbda > 0 or m.adaptive_off_policy
-                                                                     for m in self.methods)):
+        if self.teacher_cache and any(m.lmbda > 0 or m.adaptive_off_policy or m.sequence_kd for m in self.methods):
+            raise ValueError("teacher_cache holds the teacher's signal on the dataset only; methods on generated "
+                             "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
+        if self.vocab_policy == "uld" and (self.teacher_cache or any(m.lmbda > 0 or m.adaptive_off_policy or
+                                                                     m.sequence_kd for m in self.methods)):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")

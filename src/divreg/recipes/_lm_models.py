@@ -33,9 +33,9 @@ def build_model(source: ModelSource, tokenizer, seed: int):
     fields = dict(source.config)
     if "model_type" not in fields:
         raise ValueError("a model built from a config needs config.model_type (e.g. llama, gpt2)")
-    config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=len(tokenizer),
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  bos_token_id=tokenizer.bos_token_id, **fields)
+    fields.setdefault("vocab_size", len(tokenizer))  # larger: an embedding padded past the tokenizer
+    config = AutoConfig.for_model(fields.pop("model_type"), pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **fields)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config)

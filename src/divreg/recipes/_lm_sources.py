@@ -26,11 +26,14 @@ def generate_examples(model, prompts: list[list[int]], tokenizer, max_new_tokens
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt):] = torch.tensor(prompt)
         attention[row, width - len(prompt):] = 1
+    from transformers import LogitsProcessorList
+
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                                    top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id).cpu()
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   logits_processor=LogitsProcessorList([_TokenizerVocabulary(len(tokenizer))])).cpu()
     model.train(was_training)
     examples = []
     for row, prompt in enumerate(prompts):
@@ -40,6 +43,20 @@ def generate_examples(model, prompts: list[list[int]], tokenizer, max_new_tokens
         ids = prompt + completion
         examples.append(TextExample(-1, ids, [IGNORE_INDEX] * len(prompt) + completion, len(prompt)))
     return examples
+
+
+class _TokenizerVocabulary:
+    """Logits processor: no probability for output rows past the tokenizer (a padded
+    embedding's rows are not tokens, and the other model could not even embed them)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if scores.shape[-1] > self.size:
+            scores = scores.clone()
+            scores[..., self.size:] = -torch.inf
+        return scores
 
 
 class AdaptiveOffPolicy:

@@ -70,6 +70,7 @@ class LMTrainer:
     def __init__(self, accelerator: Accelerator, config: DistillLMConfig, tokenizer, train: list[TextExample],
                  held_out: list[TextExample], log_path: str):
         self.accelerator, self.config, self.tokenizer = accelerator, config, tokenizer
+        self.teacher_model = None  # set by the recipe: generates the data of sequence-level KD
         self.train, self.held_out, self.log_path = train, held_out, log_path
         self.eval_subset = held_out[: config.eval_examples]
         if config.batch_size % (accelerator.num_processes * config.grad_accum):
@@ -93,6 +94,10 @@ class LMTrainer:
         r = draw(config.seed, step)
         source = replay.choose(r, step) if replay is not None else ("generate" if r < method.lmbda else "dataset")
         seed = (config.seed * 1_000_003 + step) * 64 + accelerator.process_index
+        if source == "dataset" and method.sequence_kd:
+            prompts = [e.input_ids[: e.prompt_length] for e in examples]
+            return generate_examples(self.teacher_model.model, prompts, self.tokenizer, config.max_new_tokens,
+                                     seed), "teacher"
         if source == "generate":
             prompts = [e.input_ids[: e.prompt_length] for e in examples]
             core = accelerator.unwrap_model(model).model

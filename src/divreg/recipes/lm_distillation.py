@@ -99,7 +99,8 @@ def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, acce
         trainer.run(run, model, ce_loss, None, None)
         if accelerator.is_main_process:
             model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
-    return model.eval().requires_grad_(False).to(accelerator.device), teacher_tokenizer
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
+    return model.eval().requires_grad_(False).to(accelerator.device, dtype), teacher_tokenizer
 
 
 def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teacher_tokenizer, tokenizer,
@@ -154,8 +155,8 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
     columns = ["run", "perplexity", "kl_to_teacher"]
     print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-")}
                         for name, m in summary.items()], columns))
-    curves = {name: {key: [r[key] for r in s["position"]["history"] if key in r] for key in ("perplexity", "kl_to_teacher")}
-              for name, s in results.items()}
+    curves = {name: {key: [r[key] for r in s["position"]["history"] if key in r]
+                     for key in ("loss", "perplexity", "kl_to_teacher")} for name, s in results.items()}
     _plots.training_curves(curves, os.path.join(config.output_dir, "curves.png"))
     return summary
 
@@ -164,6 +165,7 @@ def run(config: DistillLMConfig) -> dict:
     started = time.perf_counter()
     accelerator, tokenizer, train, held_out, trainer = setup(config)
     teacher, teacher_tokenizer = prepare_teacher(config, tokenizer, trainer, accelerator)
+    trainer.teacher_model = teacher
     teacher_metrics = None
     if teacher is not None and teacher_tokenizer is tokenizer:
         teacher_metrics = {k: v for k, v in trainer._evaluate(teacher, None, None, held_out).items()}
