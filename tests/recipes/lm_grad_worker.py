@@ -49,6 +49,8 @@ def main(out_path: str, cache_dir: str, micro_batches: int) -> None:
     if accelerator.is_main_process:
         torch.save({"grads": fx.grads(accelerator.unwrap_model(student)), "cache_ok": oks,
                     "processes": accelerator.num_processes}, out_path)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # tear the process group down before exit (else gloo may abort at exit)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from divreg.config import load_config
 from divreg.data import augment, load_classification_data
 from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 
+from ..launch import accelerate_prefix
+
 METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "aurc", "e_aurc"}
 TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]"]
 
@@ -124,9 +126,7 @@ def _launch(arguments, processes=1):
     if processes == 1:
         command = [sys.executable, "-m", "divreg.cli", "distill-classifier", *arguments]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "divreg.cli", "distill-classifier", *arguments]
+        command = [*accelerate_prefix(processes), "-m", "divreg.cli", "distill-classifier", *arguments]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

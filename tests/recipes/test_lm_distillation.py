@@ -16,6 +16,7 @@ from divreg.recipes.lm_distillation import DistillLMConfig, run
 from divreg.recipes.teacher_cache import CacheTeacherConfig
 from divreg.recipes.teacher_cache import run as cache_teacher
 
+from ..launch import accelerate_prefix
 from . import lm_fixtures as fx
 
 
@@ -112,9 +113,8 @@ def test_jsonl_and_datasets_records_and_chat_templates(tmp_path):
 
 
 def _launch(arguments, processes=1):
-    prefix = [sys.executable, "-m", "divreg.cli"] if processes == 1 else [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "divreg.cli"]
+    prefix = [sys.executable, "-m", "divreg.cli"] if processes == 1 else [*accelerate_prefix(processes), "-m",
+                                                                           "divreg.cli"]
     return subprocess.Popen([*prefix, "distill-lm", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

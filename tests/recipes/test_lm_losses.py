@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from divreg.data._text import IGNORE_INDEX, collate
+
+from ..launch import accelerate_prefix
 from divreg.losses import LMDistillLoss
 from divreg.recipes._lm_sources import AdaptiveOffPolicy, generate_examples
 from divreg.recipes._lm_teacher import TeacherSignal, student_arguments
@@ -132,8 +134,7 @@ def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     _write_cache(cache_dir, fx.model(seed=2).eval(), fx.examples(8))
     out = tmp_path / "grads.pt"
     worker = os.path.join(os.path.dirname(__file__), "lm_grad_worker.py")
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", worker,
+    result = subprocess.run([*accelerate_prefix(2), worker,
                              str(out), str(cache_dir), "1"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=False)
