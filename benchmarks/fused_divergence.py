@@ -137,8 +137,12 @@ def worker(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- driver side
 def _measure(spec: dict) -> dict:
+    """One measurement in a fresh process; ``{"failed": reason}`` if the process died (the
+    naive path can exceed this machine's memory: the kernel's OOM killer sends SIGKILL)."""
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == -9:
+        return {"failed": "OOM"}
     if result.returncode != 0:
         raise RuntimeError(f"worker failed for {spec}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -146,7 +150,7 @@ def _measure(spec: dict) -> dict:
 
 def _grid(args) -> list[dict]:
     grid = []
-    for vocab in args.vocab:
+    for vocab in [] if args.mixed_hidden_only else args.vocab:
         for divergence in args.divergences:
             for temperature in args.temperatures:
                 grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence=divergence,
@@ -171,6 +175,7 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--no-mixed-hidden", dest="mixed_hidden", action="store_false",
                         help="skip the Hs=512, Ht=1024 rows")
+    parser.add_argument("--mixed-hidden-only", action="store_true", help="only the Hs=512, Ht=1024 rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the raw measurements here")
     args = parser.parse_args()
@@ -193,14 +198,17 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved
             for variant in ("fused",) if spec["fused_only"] else ("naive", "fused"):
                 runs[variant].append(_measure({**spec, "variant": variant}))
+                if "failed" in runs[variant][-1]:
+                    spec["fused_only"], runs[variant] = True, []  # the naive path cannot run here: stop trying
         raw.append({"spec": spec, "runs": runs, "matmul_gflops": matmul_cache[shape_key]})
         med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "gflops", "loss")}
                for v, rs in runs.items() if rs}
         fused, naive = med["fused"], med.get("naive")
+        missing = "OOM" if spec["fused_only"] and spec["vocab"] not in args.fused_only_vocab else "-"
         cells = [spec["vocab"], f"{spec['hs']}/{spec['ht']}", spec["divergence"], spec["temperature"],
-                 f"{naive['seconds']:.2f}" if naive else "-", f"{fused['seconds']:.2f}",
+                 f"{naive['seconds']:.2f}" if naive else missing, f"{fused['seconds']:.2f}",
                  f"{naive['seconds'] / fused['seconds']:.2f}x" if naive else "-",
-                 f"{naive['peak_mb']:.0f}" if naive else "-", f"{fused['peak_mb']:.0f}",
+                 f"{naive['peak_mb']:.0f}" if naive else missing, f"{fused['peak_mb']:.0f}",
                  f"{naive['peak_mb'] / fused['peak_mb']:.1f}x" if naive else "-",
                  f"{fused['gflops']:.0f}", f"{100 * fused['gflops'] / matmul_cache[shape_key]:.0f}%",
                  f"{abs(naive['loss'] - fused['loss']) / abs(naive['loss']):.1e}" if naive else "-"]

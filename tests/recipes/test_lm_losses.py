@@ -147,6 +147,7 @@ def test_vocabulary_policy():
     tok, other = fx.tokenizer(300), fx.tokenizer(280)
     assert shared_vocab_size(tok, tok, len(tok), len(tok)) == len(tok)
     assert shared_vocab_size(tok, tok, len(tok), len(tok) + 64) == len(tok)  # padded teacher embedding
+    assert shared_vocab_size(tok, tok, len(tok) + 8, len(tok) + 8) == len(tok)  # both padded: still only tokens
     with pytest.raises(ValueError, match=r"differ.*vocab_policy=uld"):
         shared_vocab_size(tok, other, len(tok), len(other))
     assert shared_vocab_size(tok, other, len(tok), len(other), policy="uld") is None

@@ -136,12 +136,26 @@ def sparse_kl_with_grad(
         grad_top = renormalized_q.exp() - renormalized_p.exp()
         return (kl_from_log_probs(renormalized_p, renormalized_q),
                 torch.zeros_like(log_q).scatter_(-1, target_ids, grad_top))
-    coarse_p, coarse_q = _coarse(log_q, target_ids, top_log_p, _tail_of_target(top_log_p, target_tail_logmass))
-    value = kl_from_log_probs(coarse_p, coarse_q)
     if target_ids.shape[-1] == log_q.shape[-1]:
+        value = kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids))
         return value, torch.zeros_like(log_q).scatter_(-1, target_ids, log_q.gather(-1, target_ids).exp() - top_log_p.exp())
-    tail_log_p, tail_log_q = coarse_p[..., -1:], coarse_q[..., -1:]
+    top_log_q = log_q.gather(-1, target_ids)  # (..., k)
+    off_support = log_q.exp().scatter_(-1, target_ids, 0.0)  # (..., V): q off S (the gradient's base below)
+    tail_log_q = _tail_log_mass(off_support, log_q, target_ids)  # (..., 1)
+    tail_log_p = _tail_of_target(top_log_p, target_tail_logmass)  # (..., 1)
+    value = kl_from_log_probs(torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1))
     tail_ratio = torch.where(tail_log_p > -torch.inf, (tail_log_p - tail_log_q).exp(), 0.0)  # p_tail / q_tail
-    q = log_q.exp()
-    grad = q * (1.0 - tail_ratio)
-    return value, grad.scatter_(-1, target_ids, q.gather(-1, target_ids) - top_log_p.exp())
+    grad = off_support.mul_(1.0 - tail_ratio)
+    return value, grad.scatter_(-1, target_ids, top_log_q.exp() - top_log_p.exp())
+
+
+def _tail_log_mass(off_support: Tensor, log_q: Tensor, target_ids: Tensor) -> Tensor:
+    """log of q's mass off S, summed in probability space (no cancellation); rows whose tail is
+    so small that its terms underflow are redone in log space."""
+    tail = off_support.sum(-1, keepdim=True)  # (..., 1)
+    tail_log = tail.log()
+    tiny = (tail < torch.finfo(tail.dtype).tiny * log_q.shape[-1]).squeeze(-1)  # (...)
+    if bool(tiny.any()):
+        exact = logsumexp_or_neg_inf(log_q[tiny].scatter(-1, target_ids[tiny], -torch.inf), -1, keepdim=True)
+        tail_log = tail_log.masked_scatter(tiny.unsqueeze(-1), exact)
+    return tail_log

@@ -41,8 +41,9 @@ def global_token_count(batches: list[dict], accelerator: Accelerator) -> torch.T
 
 @torch.no_grad()
 def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[TextExample], pad_token_id: int,
-             shared_vocab: Optional[int], batch_size: int = 16) -> dict[str, float]:
-    """Held-out perplexity of the student and its mean per-token KL(teacher || student)."""
+             shared_vocab: Optional[int], vocab_size: Optional[int] = None, batch_size: int = 16) -> dict[str, float]:
+    """Held-out perplexity of the student (over its first ``vocab_size`` logits: rows of a padded
+    embedding are not tokens) and its mean per-token KL(teacher || student)."""
     was_training = student.training
     student.eval()
     nll_sum, kl_sum, tokens = 0.0, 0.0, 0
@@ -51,7 +52,7 @@ def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[Text
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX
-        logits = student(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+        logits = student(batch["input_ids"], batch["attention_mask"])[:, :-1, :vocab_size].float()
         nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         nll_sum, tokens = nll_sum + float(nll), tokens + int(mask.sum())
         if teacher is not None:
@@ -174,4 +175,4 @@ class LMTrainer:
 
     def _evaluate(self, model, teacher, shared_vocab, examples=None) -> dict[str, float]:
         return evaluate(self.accelerator.unwrap_model(model), teacher, examples or self.eval_subset,
-                        self.tokenizer.pad_token_id, shared_vocab)
+                        self.tokenizer.pad_token_id, shared_vocab, len(self.tokenizer))

@@ -26,10 +26,9 @@ def shared_vocab_size(student_tokenizer, teacher_tokenizer, student_rows: int, t
     """How many leading logit columns student and teacher share, or None for a
     cross-tokenizer loss (``policy="uld"``).
 
-    Same tokenizer and same number of output rows: all of them. Same tokenizer, one model's
-    embedding padded to more rows (e.g. 152064 vs 151936): the tokenizer's size, dropping the
-    padded columns of both (their logits are not tokens). Different tokenizers: a
-    ``ValueError`` naming both, unless ``policy="uld"``.
+    Same tokenizer: its size, which is all the rows when neither model pads its embedding, and
+    drops the padded columns otherwise (e.g. 152064 vs 151936 rows: their logits are not
+    tokens). Different tokenizers: a ``ValueError`` naming both, unless ``policy="uld"``.
     """
     if policy not in VOCAB_POLICIES:
         raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {policy!r}")
@@ -47,4 +46,4 @@ def shared_vocab_size(student_tokenizer, teacher_tokenizer, student_rows: int, t
     if student_rows < size or teacher_rows < size:
         raise ValueError(f"a model has fewer output rows (student {student_rows}, teacher {teacher_rows}) than its "
                          f"tokenizer has tokens ({size})")
-    return student_rows if student_rows == teacher_rows else size
+    return size  # rows past the tokenizer (a padded embedding, on either side) are not tokens
