@@ -230,22 +230,38 @@ def test_bad_inputs():
         call(hidden=bad)
 
 
-def test_float32_at_scale():
+AT_SCALE = [("forward_kl", {}), ("reverse_kl", {}), ("generalized_jsd", {"beta": 0.5}), ("skew_kl", {"alpha": 0.1}),
+            ("skew_reverse_kl", {"alpha": 0.1}), ("total_variation", {}), ("alpha_divergence", {"alpha": 0.5}),
+            ("topk_kl", {"k": 64})]
+
+
+@pytest.mark.parametrize("name,options", AT_SCALE, ids=[name for name, _ in AT_SCALE])
+def test_float32_at_scale(name, options):
     """N=512, V=32000 in float32 against the float64 plain path: relative error below 1e-5 on
-    the loss and 1e-4 (of the largest entry) on the gradients."""
+    the loss and 1e-4 (of the largest entry) on the gradients. Total variation's gradient
+    (a sign of q - p, discontinuous at ties) is as far from float64 in the plain float32 path
+    (about 1.4e-4 here): for it the bound is twice that path's own error."""
     hidden, weight, bias, target_hidden, target_weight, _, labels, _ = _inputs(
         seed=13, dtype=torch.float32, n=512, vocab=32000, target_vocab=32000, hs=64, ht=48, scale=4.0)
     fused = fused_linear_divergence(hidden, weight, target_hidden, target_weight, labels=labels, bias=bias,
-                                    temperature=2.0, divergence="generalized_jsd", beta=0.5)
+                                    temperature=2.0, divergence=name, **options)
     fused_grads = torch.autograd.grad(fused, (hidden, weight, bias))
     leaves64 = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
     plain = _plain(leaves64[0], leaves64[1], leaves64[2], target_hidden.double(), target_weight.double(), None,
-                   labels, None, name="generalized_jsd", options={"beta": 0.5}, temperature=2.0)
+                   labels, None, name=name, options=options, temperature=2.0)
     plain_grads = torch.autograd.grad(plain, leaves64)
     assert fused.dtype == torch.float32
     assert abs(fused.item() - plain.item()) <= 1e-5 * plain.item()
-    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
-        assert (fused_grad.double() - plain_grad).abs().max() <= 1e-4 * plain_grad.abs().max()
+    bounds = [1e-4] * 3
+    if name == "total_variation":
+        plain32 = _plain(hidden, weight, bias, target_hidden, target_weight, None, labels, None, name=name,
+                         options=options, temperature=2.0)
+        plain32_grads = torch.autograd.grad(plain32, (hidden, weight, bias))
+        bounds = [2 * float((g32.double() - g64).abs().max() / g64.abs().max())
+                  for g32, g64 in zip(plain32_grads, plain_grads)]
+        assert max(bounds) <= 1e-3
+    for fused_grad, plain_grad, bound in zip(fused_grads, plain_grads, bounds):
+        assert (fused_grad.double() - plain_grad).abs().max() <= bound * plain_grad.abs().max()
 
 
 @pytest.mark.parametrize("tail", ["bucket", "renormalize"])

@@ -1,0 +1,202 @@
+"""The chunk loop and autograd function behind :mod:`divreg.fused`.
+
+For a chunk of tokens at a time: both logit blocks (one matmul each), their log-softmaxes,
+the divergence and its analytic gradient with respect to the student logits, then the
+gradient's two matmuls (dX into a preallocated buffer, dW accumulated in place with
+``addmm_``). Peak extra memory is O(chunk x V + V x Hs), never O(N x V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..divergences._common import math_dtype
+from ..divergences._sparse import sparse_kl_with_grad
+from ._inputs import FlatInputs, choose_chunk_size, flatten_inputs
+
+
+@dataclass
+class Plan:
+    """Everything the chunk loop needs besides the tensors."""
+
+    with_grad: Callable  # (log_q, log_p, **options) -> (values, d/d tempered logits)
+    options: dict
+    temperature: float
+    chunk_size: Optional[int]
+    memory_budget_mb: float
+    ignore_index: int
+    target_vocab_slice: Optional[int]
+    reduction: str
+    num_items_in_batch: Union[int, float, Tensor, None]
+    divergence_weight: float
+    ce_weight: float
+
+
+class Totals(NamedTuple):
+    divergence: Tensor  # sum over valid tokens of token_weight * D
+    cross_entropy: Tensor  # sum over valid tokens of CE (0 when not asked)
+    per_token: Optional[Tensor]  # (n,) weighted combination, for reduction="none"
+    count: int  # number of valid tokens
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    out = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def _scale(plan: Plan, count: int) -> float:
+    """The factor that turns sums over tokens into the requested reduction."""
+    if plan.reduction == "mean":
+        return 1.0 / max(count, 1)
+    if plan.num_items_in_batch is None:
+        return 1.0
+    items = torch.as_tensor(plan.num_items_in_batch)
+    if items.numel() != 1 or not bool(items > 0):
+        raise ValueError(f"num_items_in_batch must be one positive number, got {plan.num_items_in_batch!r}")
+    return 1.0 / float(items)
+
+
+def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: Plan,
+                grads: Optional[tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]],
+                scale: float) -> Totals:
+    """The chunk loop. ``grads`` = preallocated (dX (N, Hs), dW (V, Hs) fp32+, db (V,)) buffers,
+    filled in place, or None for values only."""
+    dtype = math_dtype(weight, flat.hidden, *(() if flat.target_weight is None else (flat.target_weight,)))
+    count = flat.count
+    chunk = choose_chunk_size(plan.chunk_size, weight.shape[0], count, plan.memory_budget_mb)
+    # Finite biases make finite logits, so the divergence may reuse the log-prob buffers.
+    overwrite = all(b is None or bool(torch.isfinite(b).all()) for b in (bias, flat.target_bias))
+    temperature = plan.temperature
+    divergence_total = torch.zeros((), dtype=dtype, device=weight.device)
+    ce_total = torch.zeros((), dtype=dtype, device=weight.device)
+    per_token = torch.empty(count, dtype=dtype, device=weight.device) if plan.reduction == "none" else None
+    for start in range(0, count, chunk):
+        end = min(start + chunk, count)
+        hidden = flat.rows_of(flat.hidden, start, end)  # (c, Hs)
+        logits = _linear(hidden, weight, bias, dtype)  # (c, V)
+        token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
+        ce_grad = None
+        if plan.ce_weight:
+            labels = flat.labels[start:end, None]  # (c, 1)
+            log_z = torch.logsumexp(logits, -1, keepdim=True)  # (c, 1), at temperature 1
+            ce = (log_z - logits.gather(-1, labels)).squeeze(-1)  # (c,)
+            ce_total += ce.sum()
+            if grads is not None:
+                ce_grad = torch.exp(logits - log_z).scatter_add_(-1, labels, -torch.ones_like(log_z))  # (c, V)
+        if temperature != 1.0:
+            logits.div_(temperature)
+        log_q = _log_softmax_in_place(logits)  # (c, V)
+        del logits
+        values, grad = _target_divergence(flat, log_q, start, end, plan, dtype, overwrite)  # (c,), (c, V)
+        del log_q
+        weighted = values if token_weight is None else values * token_weight
+        divergence_total += weighted.sum()
+        if per_token is not None:
+            per_token[start:end] = plan.divergence_weight * weighted + (plan.ce_weight * ce if plan.ce_weight else 0)
+        if grads is not None:
+            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, plan, scale)
+            if grad_hidden_rows is not None:
+                if flat.rows is None:
+                    grads[0][start:end] = grad_hidden_rows.to(grads[0].dtype)
+                else:
+                    grads[0].index_copy_(0, flat.rows[start:end], grad_hidden_rows.to(grads[0].dtype))
+    if plan.reduction != "none" and bool(torch.isnan(divergence_total + ce_total)):
+        raise ValueError(
+            "the fused divergence is NaN: hidden states, weights or biases contain NaN or +-inf "
+            "(a common cause is overflow in low precision)"
+        )
+    return Totals(divergence_total, ce_total, per_token, count)
+
+
+def _target_divergence(flat: FlatInputs, log_q: Tensor, start: int, end: int, plan: Plan, dtype: torch.dtype,
+                       overwrite: bool) -> tuple[Tensor, Tensor]:
+    """Values and logit gradient of the chunk's divergence to the dense or sparse target."""
+    if flat.sparse is not None:
+        ids, logprobs, tail = (None if t is None else flat.rows_of(t, start, end) for t in flat.sparse)
+        return sparse_kl_with_grad(log_q, ids, logprobs, tail, tail=plan.options.get("tail", "bucket"))
+    target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
+                            dtype)  # (c, V)
+    if plan.temperature != 1.0:
+        target_logits.div_(plan.temperature)
+    log_p = _log_softmax_in_place(target_logits)  # (c, V)
+    return plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, **plan.options)
+
+
+def _log_softmax_in_place(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the last dim, reusing the buffer of ``logits`` on CPU (whose kernel
+    reads each row before writing it); elsewhere a new tensor."""
+    if logits.device.type == "cpu":
+        return torch.log_softmax(logits, -1, out=logits)
+    return torch.log_softmax(logits, -1)
+
+
+def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Tensor, weight: Tensor,
+                      token_weight: Optional[Tensor], plan: Plan, scale: float) -> Optional[Tensor]:
+    """Turn one chunk's gradient w.r.t. the tempered logits into dW and db (accumulated in
+    place) and return this chunk's dX rows (or None)."""
+    grad_hidden, grad_weight, grad_bias = grads
+    row_scale = torch.full((grad.shape[0], 1), plan.divergence_weight * scale / plan.temperature,
+                           dtype=grad.dtype, device=grad.device)  # (c, 1)
+    if token_weight is not None:
+        row_scale = row_scale * token_weight[:, None]
+    if ce_grad is not None:  # one combined logit gradient, scaled per row
+        grad.mul_(row_scale).add_(ce_grad, alpha=plan.ce_weight * scale)
+        row_scale = None
+    grad_hidden_rows = None
+    if grad_hidden is not None:
+        grad_hidden_rows = torch.mm(grad.to(weight.dtype), weight)  # (c, Hs)
+        if row_scale is not None:
+            grad_hidden_rows.mul_(row_scale.to(grad_hidden_rows.dtype))
+    scaled_hidden = hidden.to(grad.dtype) if row_scale is None else hidden.to(grad.dtype) * row_scale  # (c, Hs)
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t(), scaled_hidden)  # (V, Hs) += (V, c) @ (c, Hs)
+    if grad_bias is not None:
+        grad_bias.add_(grad.sum(0) if row_scale is None else torch.mv(grad.t(), row_scale.squeeze(-1)))
+    return grad_hidden_rows
+
+
+class FusedLinearDivergenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target_hidden, target_weight, target_bias, labels, token_weights,
+                plan: Plan, target_ids, target_logprobs, target_tail_logmass):
+        sparse = None if target_ids is None else (target_ids, target_logprobs, target_tail_logmass)
+        flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
+                              token_weights, plan.ignore_index, plan.target_vocab_slice, sparse)
+        scale = _scale(plan, flat.count)
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grads = None
+        if need_hidden or need_weight or need_bias:
+            grad_dtype = torch.promote_types(weight.dtype, torch.float32)
+            grads = (
+                (torch.empty_like if flat.rows is None else torch.zeros_like)(flat.hidden) if need_hidden else None,
+                torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_weight else None,
+                torch.zeros(bias.shape, dtype=grad_dtype, device=weight.device) if need_bias else None,
+            )
+        totals = run_chunks(flat, weight, bias, plan, grads, scale)
+        loss = (plan.divergence_weight * totals.divergence + plan.ce_weight * totals.cross_entropy) * scale
+        divergence, cross_entropy = totals.divergence * scale, totals.cross_entropy * scale
+        grad_hidden = grad_weight = grad_bias = None
+        if grads is not None:
+            grad_hidden, grad_weight, grad_bias = grads
+            if grad_hidden is not None:
+                grad_hidden = grad_hidden.reshape(hidden.shape)
+            grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+            grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        # Kept as attributes, not saved tensors, so that backward hands over the only reference
+        # and autograd can adopt the buffers as .grad instead of copying them.
+        ctx.grads = [grad_hidden, grad_weight, grad_bias]
+        ctx.mark_non_differentiable(divergence, cross_entropy)
+        return loss.to(torch.promote_types(weight.dtype, torch.float32)), divergence, cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_divergence, _grad_cross_entropy):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_divergence: backward called twice on the same result")
+        grads, ctx.grads = ctx.grads, None
+        if not bool(grad_loss == 1):
+            grads = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
+        return (*grads, None, None, None, None, None, None, None, None, None)
