@@ -62,17 +62,19 @@ def metric_bars(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metric
     plt.close(figure)
 
 
-def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> None:
-    """``curves[run][series] = values per epoch``; one panel per series, one line per run."""
+def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str, x_key: str | None = None) -> None:
+    """``curves[run][series] = values per epoch``; one panel per series, one line per run. With
+    ``x_key``, ``curves[run][x_key]`` holds the x values (e.g. the training step) instead."""
     plt = _pyplot()
-    series = sorted({key for run in curves.values() for key in run})
+    series = sorted({key for run in curves.values() for key in run} - {x_key})
     figure, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), squeeze=False)
     for axis, key in zip(axes.flat, series):
         for run, values in curves.items():
             if key in values:
-                axis.plot(range(1, len(values[key]) + 1), values[key], label=run)
+                xs = values[x_key] if x_key else range(1, len(values[key]) + 1)
+                axis.plot(xs, values[key], label=run)
         axis.set_title(key)
-        axis.set_xlabel("epoch")
+        axis.set_xlabel(x_key or "epoch")
     axes.flat[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -155,9 +155,10 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
     columns = ["run", "perplexity", "kl_to_teacher"]
     print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-")}
                         for name, m in summary.items()], columns))
-    curves = {name: {key: [r[key] for r in s["position"]["history"] if key in r]
-                     for key in ("loss", "perplexity", "kl_to_teacher")} for name, s in results.items()}
-    _plots.training_curves(curves, os.path.join(config.output_dir, "curves.png"))
+    curves = {name: {key: [r[key] for r in s["position"]["history"]]  # keys every evaluation has
+                     for key in ("step", "loss", "perplexity", "kl_to_teacher")
+                     if all(key in r for r in s["position"]["history"])} for name, s in results.items()}
+    _plots.training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step")
     return summary
 
 
