@@ -52,7 +52,7 @@ class DistillLMConfig:
     held_out: Optional[str] = None  # held-out data for evaluation (same forms); builtin/None: a split of `data`
     tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text; else a path or hub id
     vocab_size: int = 1024  # size of the builtin tokenizer
-    teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(64, 2, 4, 172)))
+    teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 600  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
     teacher_dtype: str = "float32"  # the live teacher's precision during distillation: float32, bfloat16 or float16
