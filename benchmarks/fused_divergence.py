@@ -183,7 +183,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    rows, raw = [], []
+    raw = []
     matmul_cache: dict[tuple, float] = {}
     header = ("| V | Hs/Ht | divergence | T | naive s | fused s | speed-up | naive MB | fused MB | memory ratio "
               "| fused GFLOP/s | % of matmul | loss rel. diff |")
@@ -213,7 +213,7 @@ def main() -> None:
                  f"{fused['gflops']:.0f}", f"{100 * fused['gflops'] / matmul_cache[shape_key]:.0f}%",
                  f"{abs(naive['loss'] - fused['loss']) / abs(naive['loss']):.1e}" if naive else "-"]
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
-    print(f"\nplain fp32 matmul (N x Hs) @ (Hs x V), GFLOP/s: "
+    print("\nplain fp32 matmul (N x Hs) @ (Hs x V), GFLOP/s: "
           + ", ".join(f"V={k[1]}: {v:.0f}" for k, v in matmul_cache.items()))
     if args.json:
         with open(args.json, "w") as handle:

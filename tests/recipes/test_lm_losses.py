@@ -4,7 +4,6 @@ the teacher cache returns the right rows, and the vocabulary policy."""
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch

@@ -9,8 +9,6 @@ checkpoint (model, optimizer, method state, position) replays exactly what it wo
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ..data import ClassificationData
 from ..metrics import classification_metrics
-from ._checkpoint import load_if_exists, remove_run_checkpoints, save_atomic  # noqa: F401
+from ._checkpoint import load_if_exists, save_atomic
 from ._classifier_methods import Batch, Method
+from ._runs import append_record, epoch_batches
 
 
 @dataclass
@@ -36,14 +35,6 @@ class RunSpec:
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (((seed * 1_000_003 + epoch) * 1_000_003 + step) * 257 + rank) % (2**63 - 1)
-
-
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> Tensor:
-    """(num_batches, batch_size) dataset indices of one epoch: a seeded permutation, last
-    incomplete batch dropped."""
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    num_batches = num_examples // batch_size
-    return order[: num_batches * batch_size].view(num_batches, batch_size)
 
 
 @torch.no_grad()
@@ -70,11 +61,6 @@ class Trainer:
         self.accelerator, self.data = accelerator, data
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.checkpoint_every, self.ece_bins, self.log_path = checkpoint_every, ece_bins, log_path
-
-    def _log(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
 
     def _save(self, state: dict, path: str) -> None:
         if self.accelerator.is_main_process:
@@ -144,7 +130,7 @@ class Trainer:
         record = {"run": spec.name, "method": spec.method_name, "seed": spec.seed, "epoch": epoch + 1,
                   "train_loss": position["loss_sum"] / max(position["loss_count"], 1),
                   **{f"test_{key}": value for key, value in metrics.items()}}
-        self._log(record)
+        append_record(self.accelerator, self.log_path, record)
         for key in ("train_loss", "test_accuracy", "test_nll", "test_ece"):
             position["history"].setdefault(key, []).append(record[key])
         position.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..data._text import IGNORE_INDEX, TextExample
+from ._runs import epoch_batches
 
 
 @torch.no_grad()
@@ -118,10 +119,10 @@ def draw(seed: int, step: int, salt: int = 0) -> float:
 
 
 def step_order(num_examples: int, batch_size: int, seed: int, step: int) -> Tensor:
-    """Dataset indices of step ``step``'s global batch: epoch-wise seeded permutations."""
-    per_epoch = num_examples // batch_size
+    """Dataset indices of step ``step``'s global batch: the epochs' seeded batch orders, one
+    after another."""
+    per_epoch = num_examples // batch_size if batch_size >= 1 else 0
     if per_epoch < 1:
-        raise ValueError(f"batch_size={batch_size} exceeds the {num_examples} training examples")
+        raise ValueError(f"batch_size={batch_size} must be between 1 and the {num_examples} training examples")
     epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size]
+    return epoch_batches(num_examples, batch_size, seed, epoch)[position]

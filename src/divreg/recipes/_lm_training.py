@@ -4,7 +4,6 @@ resume (all randomness is a function of the seed and the step)."""
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ._checkpoint import load_if_exists, save_atomic
 from ._lm_config import DistillLMConfig, LMMethod
 from ._lm_models import CausalLM
 from ._lm_sources import AdaptiveOffPolicy, draw, generate_examples, step_order
+from ._runs import append_record
 
 
 @dataclass
@@ -77,11 +77,6 @@ class LMTrainer:
         if config.batch_size % (accelerator.num_processes * config.grad_accum):
             raise ValueError(f"batch_size={config.batch_size} must be divisible by processes x grad_accum "
                              f"({accelerator.num_processes} x {config.grad_accum})")
-
-    def _log(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
 
     def _local_examples(self, run: LMRun, step: int, model, replay: Optional[AdaptiveOffPolicy]) -> tuple[list, str]:
         """This process's examples for ``step`` and where they came from."""
@@ -166,7 +161,7 @@ class LMTrainer:
                     replay.observe_validation(record["nll"])
                     record["replay_threshold"] = replay.threshold
                 position["history"].append(record)
-                self._log(record)
+                append_record(self.accelerator, self.log_path, record)
                 progress.set_postfix(ppl=f"{record['perplexity']:.1f}")
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < run.steps:
                 checkpoint()

@@ -22,14 +22,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .._table import format_table
-from ..config import to_yaml
 from ..data import load_classification_data
 from ..metrics import _plots, classification_metrics
 from ._classifier_config import DistillClassifierConfig  # noqa: F401  (the command's config)
 from ._classifier_methods import Method, make_method
 from ._classifier_models import build_model
-from ._checkpoint import remove_run_checkpoints
 from ._classifier_training import RunSpec, Trainer, predict
+from ._runs import prepare_run_folder
 
 METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "e_aurc")
 
@@ -45,17 +44,7 @@ def setup(config: DistillClassifierConfig):
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     data = load_classification_data(config.data, label_column=config.label_column,
                                     test_fraction=config.test_fraction, seed=config.seed)
-    checkpoints = os.path.join(config.output_dir, "checkpoints")
-    log_path = os.path.join(config.output_dir, "metrics.jsonl")
-    if accelerator.is_main_process:
-        os.makedirs(checkpoints, exist_ok=True)
-        if not config.resume:
-            remove_run_checkpoints(checkpoints)
-            if os.path.exists(log_path):
-                os.remove(log_path)
-        with open(os.path.join(config.output_dir, "config.yaml"), "w") as handle:
-            handle.write(to_yaml(config))
-    accelerator.wait_for_everyone()
+    checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)
     return accelerator, data, trainer, checkpoints

@@ -23,17 +23,16 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .._table import format_table
-from ..config import to_yaml
 from ..data._text import IGNORE_INDEX, builtin_corpus, chunk_texts, load_text_records, tokenize_records
 from ..data._text import train_bpe_tokenizer
 from ..losses import LMDistillLoss
 from ..metrics import _plots
 from ..targets import TeacherCache, shared_vocab_size, tokenizer_fingerprint
-from ._checkpoint import remove_run_checkpoints
 from ._lm_config import DistillLMConfig, LMMethod  # noqa: F401  (the command's config)
 from ._lm_models import CausalLM, build_model, load_tokenizer
 from ._lm_teacher import CrossTokenizerTeacher, TeacherSignal, student_arguments
 from ._lm_training import LMRun, LMTrainer
+from ._runs import prepare_run_folder
 
 FUSED_AUTO_VOCAB = 32768
 
@@ -61,26 +60,21 @@ def setup(config: DistillLMConfig):
     else:
         tokenizer = load_tokenizer(config.tokenizer)
     train, held_out = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    checkpoints = os.path.join(config.output_dir, "checkpoints")
-    log_path = os.path.join(config.output_dir, "metrics.jsonl")
+    _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
     if accelerator.is_main_process:
-        os.makedirs(checkpoints, exist_ok=True)
-        if not config.resume:
-            remove_run_checkpoints(checkpoints)
-            if os.path.exists(log_path):
-                os.remove(log_path)
-        with open(os.path.join(config.output_dir, "config.yaml"), "w") as handle:
-            handle.write(to_yaml(config))
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
-    accelerator.wait_for_everyone()
     return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)
 
 
-def ce_loss(model, batch, num_items):
-    """The teacher's pre-training loss: next-token CE summed and divided by the global count."""
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
-    loss = F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
+def next_token_ce(logits, batch, num_items):
+    """Next-token CE on the batch's labels, summed and divided by the global token count."""
+    return F.cross_entropy(logits.float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
                            reduction="sum") / num_items
+
+
+def ce_loss(model, batch, num_items):
+    """The teacher's pre-training loss."""
+    loss = next_token_ce(model(batch["input_ids"], batch["attention_mask"])[:, :-1], batch, num_items)
     return loss, {"loss": loss, "ce": loss}
 
 
@@ -112,8 +106,7 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
 
         def uld_loss(model, batch, num_items):
             logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
-            ce = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
-                                 reduction="sum") / num_items
+            ce = next_token_ce(logits, batch, num_items)
             distance = cross.loss(logits, batch)
             return ce + distance, {"loss": ce + distance, "divergence": distance, "ce": ce}
 

@@ -4,7 +4,6 @@ the teacher in memory (``divreg distill-lm teacher_cache=DIR``)."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Optional
