@@ -27,7 +27,7 @@ def main(out_path: str, cache_dir: str, micro_batches: int) -> None:
     local = examples[accelerator.process_index::accelerator.num_processes]
     student, teacher = fx.model(seed=1), fx.model(seed=2).eval()
     student = accelerator.prepare(student)
-    signal = TeacherSignal(teacher, None, None, fused=False)
+    signal = TeacherSignal(teacher, None, fused=False)
     loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=2.0, ce_weight=0.5)
     micro = [collate(local[i::micro_batches], fx.tokenizer().pad_token_id, length=24) for i in range(micro_batches)]
     num_items = global_token_count(micro, accelerator)
@@ -35,7 +35,7 @@ def main(out_path: str, cache_dir: str, micro_batches: int) -> None:
         context = accelerator.no_sync(student) if index < len(micro) - 1 else torch.enable_grad()
         with context:
             out = loss_fn(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
-                          **student_arguments(student, batch, False, None), **signal.arguments(batch))
+                          **student_arguments(student, batch, False), **signal.arguments(batch))
             accelerator.backward(out.loss * accelerator.num_processes)
     cache = TeacherCache(cache_dir)
     batch = collate(local, fx.tokenizer().pad_token_id, length=24)

@@ -12,6 +12,8 @@ from divreg.data._text import IGNORE_INDEX, collate
 
 from ..launch import accelerate_prefix
 from divreg.losses import LMDistillLoss
+from divreg.recipes._lm_config import ModelSource
+from divreg.recipes._lm_models import CausalLM, build_model
 from divreg.recipes._lm_sources import AdaptiveOffPolicy, generate_examples
 from divreg.recipes._lm_teacher import TeacherSignal, student_arguments
 from divreg.targets import TeacherCache, TeacherCacheWriter, shared_vocab_size
@@ -42,8 +44,8 @@ def test_fused_path_equals_plain_path_on_a_real_model(divergence, options):
         loss_fn = LMDistillLoss(divergence, temperature=2.0, t_squared=True, ce_weight=0.4, fused=fused, chunk_size=7,
                                 **options)
         out = loss_fn(labels=batch["labels"][:, 1:], num_items_in_batch=37,
-                      **student_arguments(student, batch, fused, None),
-                      **TeacherSignal(teacher, None, None, fused).arguments(batch))
+                      **student_arguments(student, batch, fused),
+                      **TeacherSignal(teacher, None, fused).arguments(batch))
         out.loss.backward()
         results.append((out, fx.grads(student)))
     (plain, plain_grads), (fused_out, fused_grads) = results
@@ -97,12 +99,12 @@ def test_cached_signal_trains_like_the_live_teacher_topk(tmp_path):
         student = fx.model(seed=1)
         if source == "live":
             loss_fn = LMDistillLoss("topk_kl", k=5, fused=fused)
-            teacher_args = TeacherSignal(teacher, None, None, False).arguments(batch)
+            teacher_args = TeacherSignal(teacher, None, False).arguments(batch)
         else:
             loss_fn = LMDistillLoss(fused=fused)
-            teacher_args = TeacherSignal(None, cache, None, fused).arguments(batch)
+            teacher_args = TeacherSignal(None, cache, fused).arguments(batch)
         out = loss_fn(labels=batch["labels"][:, 1:], num_items_in_batch=40,
-                      **student_arguments(student, batch, fused, None), **teacher_args)
+                      **student_arguments(student, batch, fused), **teacher_args)
         out.loss.backward()
         outputs.append((out.loss, fx.grads(student)))
     for loss, grads in outputs[1:]:
@@ -119,8 +121,8 @@ def _accumulated_grads(micro_batches: int):
     num_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
     for batch in micro:
         loss_fn(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
-                **student_arguments(student, batch, False, None),
-                **TeacherSignal(teacher, None, None, False).arguments(batch)).loss.backward()
+                **student_arguments(student, batch, False),
+                **TeacherSignal(teacher, None, False).arguments(batch)).loss.backward()
     return fx.grads(student)
 
 
@@ -154,11 +156,38 @@ def test_vocabulary_policy():
         shared_vocab_size(tok, tok, len(tok) - 1, len(tok))
 
 
+def test_wrapper_keeps_only_the_tokenizer_rows_of_a_padded_embedding():
+    """A model whose output layer has 16 rows past its tokenizer: logits and output weight
+    cover the tokenizer's tokens only (the padded model's first rows), generations never sample a
+    padded row even when those rows are the likeliest, and fewer rows than tokens is refused."""
+    tok = fx.tokenizer()
+    raw = build_model(ModelSource(config={**fx.TINY_LLAMA, "vocab_size": len(tok) + 16}), tok, 3)
+    wrapped = CausalLM(raw, len(tok))
+    batch = _batch(4)
+    full = raw(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V + 16)
+    logits = wrapped(batch["input_ids"], batch["attention_mask"])
+    assert full.shape[-1] == len(tok) + 16 and logits.shape[-1] == len(tok)
+    assert torch.equal(logits, full[..., : len(tok)])
+    assert wrapped.output_weight.shape[0] == len(tok)
+    hidden = wrapped(batch["input_ids"], batch["attention_mask"], hidden=True)  # (B, L, H)
+    torch.testing.assert_close(hidden @ wrapped.output_weight.T, logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # padded rows along the mean hidden state: they dominate every softmax
+        raw.get_output_embeddings().weight[len(tok):] = 100.0 * hidden.mean((0, 1))
+    prompts = [e.input_ids[:6] for e in fx.examples(4)]
+    unguarded = raw.generate(input_ids=torch.tensor(prompts), do_sample=True, max_new_tokens=6,
+                             pad_token_id=tok.pad_token_id)
+    assert int(unguarded[:, 6:].max()) >= len(tok)  # without the guard the padded rows are sampled
+    generated = generate_examples(wrapped, prompts, tok, max_new_tokens=6, seed=1)
+    assert all(max(e.input_ids) < len(tok) for e in generated)
+    with pytest.raises(ValueError, match="fewer than the"):
+        CausalLM(raw, len(tok) + 17)
+
+
 def test_generated_examples_never_put_prompts_in_the_loss():
     student = fx.model(seed=1)
     prompts = [e.input_ids[: e.prompt_length] for e in fx.examples(4)]
-    first = generate_examples(student.model, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
-    again = generate_examples(student.model, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
+    first = generate_examples(student, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
+    again = generate_examples(student, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
     assert [e.input_ids for e in first] == [e.input_ids for e in again]  # reproducible from the seed
     for example, prompt in zip(first, prompts):
         assert example.input_ids[: len(prompt)] == prompt

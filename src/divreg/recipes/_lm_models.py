@@ -44,21 +44,33 @@ def build_model(source: ModelSource, tokenizer, seed: int):
 class CausalLM(nn.Module):
     """``forward`` returns logits, or the final hidden states (what the output layer reads)
     when ``hidden=True``; ``output_weight`` is that layer's weight. The fused path assumes
-    ``logits = hidden @ output_weight.T`` (Llama, GPT-2, Qwen, Mistral; a test checks it)."""
+    ``logits = hidden @ output_weight.T`` (Llama, GPT-2, Qwen, Mistral; a test checks it).
 
-    def __init__(self, model):
+    ``vocab_size`` (the size of the model's tokenizer) is where the vocabulary policy acts once
+    for every consumer: logits, output weight and bias keep only the first ``vocab_size`` rows,
+    so the rows of an embedding padded past the tokenizer (e.g. 152064 rows for 151936 tokens)
+    are never trained on, compared, evaluated or sampled. None keeps every row."""
+
+    def __init__(self, model, vocab_size: Optional[int] = None):
         super().__init__()
         self.model = model
+        rows = model.get_output_embeddings().weight.shape[0]
+        if vocab_size is not None and not 0 < vocab_size <= rows:
+            raise ValueError(f"the model has {rows} output rows, fewer than the {vocab_size} tokens of its "
+                             "tokenizer: it cannot predict every token; give the model that goes with this tokenizer")
+        self.vocab_size = rows if vocab_size is None else vocab_size
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
         if hidden:
             return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return logits[..., : self.vocab_size]
 
     @property
     def output_weight(self) -> Tensor:
-        return self.model.get_output_embeddings().weight
+        return self.model.get_output_embeddings().weight[: self.vocab_size]
 
     @property
     def output_bias(self) -> Optional[Tensor]:
-        return getattr(self.model.get_output_embeddings(), "bias", None)
+        bias = getattr(self.model.get_output_embeddings(), "bias", None)
+        return None if bias is None else bias[: self.vocab_size]

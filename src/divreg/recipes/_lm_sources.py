@@ -14,9 +14,12 @@ from ._runs import epoch_batches
 
 
 @torch.no_grad()
-def generate_examples(model, prompts: list[list[int]], tokenizer, max_new_tokens: int, seed: int) -> list[TextExample]:
-    """Sample a completion for each prompt from ``model`` (a ``transformers`` causal LM),
-    reproducibly given ``seed``; the completion up to and including the first EOS is the label."""
+def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int,
+                      seed: int) -> list[TextExample]:
+    """Sample a completion for each prompt from ``causal_lm`` (a :class:`CausalLM`, over its
+    tokenizer's tokens only), reproducibly given ``seed``; the completion up to and including
+    the first EOS is the label."""
+    model = causal_lm.model
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -34,7 +37,7 @@ def generate_examples(model, prompts: list[list[int]], tokenizer, max_new_tokens
         sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                                    top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   logits_processor=LogitsProcessorList([_TokenizerVocabulary(len(tokenizer))])).cpu()
+                                   logits_processor=LogitsProcessorList([_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
     model.train(was_training)
     examples = []
     for row, prompt in enumerate(prompts):

@@ -15,15 +15,11 @@ from ._lm_models import CausalLM
 
 
 class TeacherSignal:
-    """Turns a batch into the teacher arguments of :class:`divreg.losses.LMDistillLoss`.
+    """Turns a batch into the teacher arguments of :class:`divreg.losses.LMDistillLoss`
+    (a live teacher's logits or hidden states, or a cache's top-k)."""
 
-    ``shared_vocab`` is the number of leading logit columns both sides share (the vocabulary
-    policy's answer); student and teacher are sliced to it.
-    """
-
-    def __init__(self, teacher: Optional[CausalLM], cache: Optional[TeacherCache], shared_vocab: Optional[int],
-                 fused: bool):
-        self.teacher, self.cache, self.shared_vocab, self.fused = teacher, cache, shared_vocab, fused
+    def __init__(self, teacher: Optional[CausalLM], cache: Optional[TeacherCache], fused: bool):
+        self.teacher, self.cache, self.fused = teacher, cache, fused
 
     @torch.no_grad()
     def arguments(self, batch: dict[str, Tensor]) -> dict:
@@ -34,18 +30,17 @@ class TeacherSignal:
             return {"teacher_sparse": (ids.to(device), logprobs.to(device), tail.to(device))}
         if self.fused:
             hidden = self.teacher(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]
-            return {"teacher_hidden": hidden, "teacher_weight": self.teacher.output_weight[: self.shared_vocab]}
-        logits = self.teacher(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.shared_vocab]
-        return {"teacher_logits": logits}
+            return {"teacher_hidden": hidden, "teacher_weight": self.teacher.output_weight}
+        return {"teacher_logits": self.teacher(batch["input_ids"], batch["attention_mask"])[:, :-1]}
 
 
-def student_arguments(model, batch: dict[str, Tensor], fused: bool, shared_vocab: Optional[int]) -> dict:
+def student_arguments(model, batch: dict[str, Tensor], fused: bool) -> dict:
     """The student arguments of :class:`divreg.losses.LMDistillLoss` (``model`` may be DDP-wrapped)."""
     if fused:
         core = model.module if hasattr(model, "module") else model
         return {"student_hidden": model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1],
-                "student_weight": core.output_weight[:shared_vocab]}
-    return {"student_logits": model(batch["input_ids"], batch["attention_mask"])[:, :-1, :shared_vocab]}
+                "student_weight": core.output_weight}
+    return {"student_logits": model(batch["input_ids"], batch["attention_mask"])[:, :-1]}
 
 
 class CrossTokenizerTeacher:

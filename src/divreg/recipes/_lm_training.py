@@ -41,9 +41,9 @@ def global_token_count(batches: list[dict], accelerator: Accelerator) -> torch.T
 
 @torch.no_grad()
 def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[TextExample], pad_token_id: int,
-             shared_vocab: Optional[int], vocab_size: Optional[int] = None, batch_size: int = 16) -> dict[str, float]:
-    """Held-out perplexity of the student (over its first ``vocab_size`` logits: rows of a padded
-    embedding are not tokens) and its mean per-token KL(teacher || student)."""
+             batch_size: int = 16) -> dict[str, float]:
+    """Held-out perplexity of the student and its mean per-token KL(teacher || student) (both
+    over the tokenizer's tokens, see :class:`CausalLM`)."""
     was_training = student.training
     student.eval()
     nll_sum, kl_sum, tokens = 0.0, 0.0, 0
@@ -52,12 +52,12 @@ def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[Text
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX
-        logits = student(batch["input_ids"], batch["attention_mask"])[:, :-1, :vocab_size].float()
+        logits = student(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
         nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         nll_sum, tokens = nll_sum + float(nll), tokens + int(mask.sum())
         if teacher is not None:
-            teacher_logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1, :shared_vocab].float()
-            kl_sum += float(forward_kl(logits[..., :shared_vocab], teacher_logits)[mask].sum())
+            teacher_logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+            kl_sum += float(forward_kl(logits, teacher_logits)[mask].sum())
     student.train(was_training)
     result = {"perplexity": math.exp(nll_sum / tokens), "nll": nll_sum / tokens}
     if teacher is not None:
@@ -92,20 +92,18 @@ class LMTrainer:
         seed = (config.seed * 1_000_003 + step) * 64 + accelerator.process_index
         if source == "dataset" and method.sequence_kd:
             prompts = [e.input_ids[: e.prompt_length] for e in examples]
-            return generate_examples(self.teacher_model.model, prompts, self.tokenizer, config.max_new_tokens,
+            return generate_examples(self.teacher_model, prompts, self.tokenizer, config.max_new_tokens,
                                      seed), "teacher"
         if source == "generate":
             prompts = [e.input_ids[: e.prompt_length] for e in examples]
-            core = accelerator.unwrap_model(model).model
-            examples = generate_examples(core, prompts, self.tokenizer, config.max_new_tokens, seed)
+            examples = generate_examples(accelerator.unwrap_model(model), prompts, self.tokenizer, config.max_new_tokens, seed)
             if replay is not None:
                 replay.add(examples)
         elif source == "replay":
             examples = replay.sample(len(examples), seed)
         return examples, source
 
-    def run(self, run: LMRun, model: CausalLM, loss_fn: Callable, teacher: Optional[CausalLM],
-            shared_vocab: Optional[int]) -> dict:
+    def run(self, run: LMRun, model: CausalLM, loss_fn: Callable, teacher: Optional[CausalLM]) -> dict:
         saved = load_if_exists(run.checkpoint_path)
         if saved is not None and saved["done"]:
             model.load_state_dict(saved["model"])
@@ -123,7 +121,7 @@ class LMTrainer:
             if replay is not None:
                 replay.load_state_dict(saved["replay"][accelerator.process_index])
         elif replay is not None:  # DistiLLM starts from the validation loss before training
-            replay.observe_validation(self._evaluate(model, None, shared_vocab)["nll"])
+            replay.observe_validation(self._evaluate(model, None)["nll"])
 
         def checkpoint(done: bool = False, **extra) -> dict:
             replays = accelerator.gather_for_metrics([replay.state_dict() if replay else None], use_gather_object=True)
@@ -156,7 +154,7 @@ class LMTrainer:
             position["step"] = step + 1
             if (step + 1) % config.eval_every == 0 or step + 1 == run.steps:
                 record = {"run": run.name, "step": step + 1, "source": source, **totals,
-                          **self._evaluate(model, teacher, shared_vocab)}
+                          **self._evaluate(model, teacher)}
                 if replay is not None:
                     replay.observe_validation(record["nll"])
                     record["replay_threshold"] = replay.threshold
@@ -165,9 +163,9 @@ class LMTrainer:
                 progress.set_postfix(ppl=f"{record['perplexity']:.1f}")
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < run.steps:
                 checkpoint()
-        metrics = self._evaluate(model, teacher, shared_vocab, examples=self.held_out)
+        metrics = self._evaluate(model, teacher, examples=self.held_out)
         return checkpoint(done=True, metrics=metrics)
 
-    def _evaluate(self, model, teacher, shared_vocab, examples=None) -> dict[str, float]:
+    def _evaluate(self, model, teacher, examples=None) -> dict[str, float]:
         return evaluate(self.accelerator.unwrap_model(model), teacher, examples or self.eval_subset,
-                        self.tokenizer.pad_token_id, shared_vocab, len(self.tokenizer))
+                        self.tokenizer.pad_token_id)

@@ -84,23 +84,24 @@ def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, acce
     teacher_tokenizer = load_tokenizer(config.teacher.tokenizer) if config.teacher.tokenizer else tokenizer
     if config.teacher.path is None and config.teacher_cache and not config.teacher_train_steps:
         return None, teacher_tokenizer  # a cache without a model: no KL-to-teacher metric
-    model = CausalLM(build_model(config.teacher, teacher_tokenizer, config.seed))
+    model = CausalLM(build_model(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer))
     if config.teacher.path is None and config.teacher_train_steps:
         if teacher_tokenizer is not tokenizer:
             raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"))
-        trainer.run(run, model, ce_loss, None, None)
+        trainer.run(run, model, ce_loss, None)
         if accelerator.is_main_process:
             model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
     return model.eval().requires_grad_(False).to(accelerator.device, dtype), teacher_tokenizer
 
 
-def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teacher_tokenizer, tokenizer,
-                      student_rows: int, teacher_rows: int):
-    """``loss_fn(model, batch, num_items)`` of one method, after the vocabulary policy."""
-    shared = shared_vocab_size(tokenizer, teacher_tokenizer, student_rows, teacher_rows, config.vocab_policy)
+def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teacher_tokenizer, tokenizer):
+    """``loss_fn(model, batch, num_items)`` of one method, after the vocabulary policy. Each
+    CausalLM already keeps only its tokenizer's rows, so the policy compares the tokenizers."""
+    shared = shared_vocab_size(tokenizer, teacher_tokenizer, len(tokenizer), len(teacher_tokenizer),
+                               config.vocab_policy)
     if shared is None:  # cross-tokenizer: CE on the student's labels + ULD to the teacher
         cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature)
 
@@ -115,7 +116,7 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
     cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
     if cache is not None:
         check_cache(cache, config, tokenizer)
-    signal = TeacherSignal(teacher, cache, shared, fused)
+    signal = TeacherSignal(teacher, cache, fused)
     ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
     loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
                                 divergence_weight=method.divergence_weight, ce_weight=ce_weight, fused=fused,
@@ -123,7 +124,7 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
 
     def distill_loss(model, batch, num_items):
         out = loss_module(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
-                          **student_arguments(model, batch, fused, shared), **signal.arguments(batch))
+                          **student_arguments(model, batch, fused), **signal.arguments(batch))
         return out.loss, {"loss": out.loss, "divergence": out.divergence, "ce": out.cross_entropy}
 
     return distill_loss, shared
@@ -162,17 +163,15 @@ def run(config: DistillLMConfig) -> dict:
     trainer.teacher_model = teacher
     teacher_metrics = None
     if teacher is not None and teacher_tokenizer is tokenizer:
-        teacher_metrics = {k: v for k, v in trainer._evaluate(teacher, None, None, held_out).items()}
+        teacher_metrics = {k: v for k, v in trainer._evaluate(teacher, None, held_out).items()}
     results = {}
     for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
-        student = CausalLM(build_model(config.student, tokenizer, config.seed + 1))
-        teacher_rows = teacher.output_weight.shape[0] if teacher is not None else len(tokenizer)
-        loss_fn, shared = make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer,
-                                            student.output_weight.shape[0], teacher_rows)
+        student = CausalLM(build_model(config.student, tokenizer, config.seed + 1), len(tokenizer))
+        loss_fn, shared = make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
         run_spec = LMRun(method.name, method, config.steps, config.lr,
                          os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))
         eval_teacher = teacher if shared is not None else None
-        results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher, shared)
+        results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher)
     summary = None
     if accelerator.is_main_process:
         summary = report(config, teacher_metrics, results)

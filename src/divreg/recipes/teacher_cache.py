@@ -43,7 +43,7 @@ def run(config: CacheTeacherConfig) -> str:
     started = time.perf_counter()
     tokenizer = load_tokenizer(config.tokenizer)
     train, _ = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    teacher = CausalLM(build_model(ModelSource(path=config.teacher), tokenizer, 0)).eval()
+    teacher = CausalLM(build_model(ModelSource(path=config.teacher), tokenizer, 0), len(tokenizer)).eval()
     if config.top_k > teacher.output_weight.shape[0]:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
     manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
@@ -52,7 +52,7 @@ def run(config: CacheTeacherConfig) -> str:
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):
         examples = train[start:start + config.batch_size]
         batch = collate(examples, tokenizer.pad_token_id)
-        logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1, : len(tokenizer)]  # (B, L-1, V)
+        logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, L-1, V)
         for row, example in enumerate(examples):
             writer.add(example.example_id, logits[row, : len(example.input_ids) - 1])
     writer.close()
