@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import kl_from_log_probs, on_support, power_terms, prepare_log_probs, project_to_logits
+from ._common import LEAN_WEIGHT_RANGE, kl_from_log_probs, on_support, power_terms, prepare_log_probs, project_to_logits
 from ._kl import forward_kl_with_grad, reverse_kl_with_grad
 
 
@@ -67,11 +67,6 @@ def alpha_divergence(
     return scale * power_terms(log_q, log_p, alpha).sum(-1)
 
 
-# Between these, the direct sum of p^alpha q^(1-alpha) is as accurate as the log-probs it is made
-# from; nearer the KL endpoints the expm1 form keeps relative precision.
-_LEAN_ALPHA_RANGE = (0.05, 0.95)
-
-
 def alpha_divergence_with_grad(
     log_q: Tensor, log_p: Tensor, *, alpha: float, overwrite_inputs: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -85,7 +80,7 @@ def alpha_divergence_with_grad(
     if alpha == 0.0:
         return reverse_kl_with_grad(log_q, log_p)
     scale = 1.0 / (alpha * (alpha - 1.0))
-    if _LEAN_ALPHA_RANGE[0] <= alpha <= _LEAN_ALPHA_RANGE[1]:
+    if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
         power = torch.lerp(log_q, log_p, alpha).exp_()  # p^alpha q^(1-alpha), (..., V)
         total = power.sum(-1, keepdim=True)  # (..., 1)
         if not bool(torch.isnan(total).any()):

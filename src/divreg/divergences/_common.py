@@ -194,6 +194,28 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(a.shape[:-1])
 
 
+def expected_log_ratio(a: Tensor, log_ratio: Tensor) -> tuple[Tensor, bool]:
+    """``sum_i a_i log_ratio_i`` per row by a batched dot, with ``0 * log 0 = 0``: rows where a
+    zero of ``a`` meets an infinite ratio (NaN in the dot) are re-summed with the mask. Returns
+    the sums and whether any row needed that (the caller masks its gradient the same way)."""
+    value = row_dot(a, log_ratio)
+    if not bool(torch.isnan(value).any()):
+        return value, False
+    return torch.where(a > 0, a * log_ratio, 0.0).sum(-1), True
+
+
+# Mixture weights in this range let the fused kernels use the direct log-space forms (logaddexp
+# mixture, p^a q^(1-a) sums), as accurate as the log-probs they start from; nearer 0 or 1 the
+# log1p/expm1 forms above keep relative precision.
+LEAN_WEIGHT_RANGE = (0.05, 0.95)
+
+
+def log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float) -> Tensor:
+    """``log((1 - weight_b) a + weight_b b)`` by logaddexp, for 0 < weight_b < 1 (new tensor)."""
+    log_m = log_b + math.log(weight_b)
+    return torch.logaddexp(log_m, log_a + math.log1p(-weight_b), out=log_m)
+
+
 def project_to_logits(grad_log_q: Tensor, q: Tensor) -> Tensor:
     """Chain rule through ``log_softmax``: from ``g = dD/dlog q`` to ``dD/dz = g - q sum(g)``
     (for the tempered logits ``z = logits / T``; divide by T for the raw logits)."""

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ._common import (
+    LEAN_WEIGHT_RANGE,
     check_unit_interval,
-    row_dot,
+    expected_log_ratio,
     kl_from_log_probs,
     kl_to_mixture,
     kl_to_mixture_over_w,
+    log_mixture,
     log_ratio_to_mixture,
     prepare_log_probs,
 )
@@ -106,32 +106,21 @@ def generalized_jsd_with_grad(
     return beta * kl_p_m + (1.0 - beta) * kl_q_m, (1.0 - beta) * grad
 
 
-# Between these, log m = logaddexp(log p + log beta, log q + log(1 - beta)) is as accurate as the
-# log-probs it is made from; nearer the endpoints the log1p/expm1 form keeps relative precision.
-_LEAN_BETA_RANGE = (0.05, 0.95)
-
-
 def _jsd_parts(log_q: Tensor, log_p: Tensor, beta: float, overwrite_inputs: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(KL(p || m), KL(q || m), q (log(q/m) - KL(q || m)))`` for ``beta in (0, 1)``."""
-    if not _LEAN_BETA_RANGE[0] <= beta <= _LEAN_BETA_RANGE[1]:
+    if not LEAN_WEIGHT_RANGE[0] <= beta <= LEAN_WEIGHT_RANGE[1]:
         q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, beta)
         p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - beta)
         kl_q_m = (q * log_q_over_m).sum(-1)
         kl_p_m = (p * log_p_over_m).sum(-1)
         return kl_p_m, kl_q_m, q * (log_q_over_m - kl_q_m.unsqueeze(-1))
-    log_m = log_p + math.log(beta)
-    torch.logaddexp(log_m, log_q + math.log1p(-beta), out=log_m)
+    log_m = log_mixture(log_q, log_p, beta)  # m = beta p + (1 - beta) q
     p = log_p.exp()
     log_p_over_m = log_p.sub_(log_m) if overwrite_inputs else log_p - log_m
-    kl_p_m = row_dot(p, log_p_over_m)
-    if bool(torch.isnan(kl_p_m).any()):  # -inf log-probs: 0 * log 0
-        kl_p_m = torch.where(p > 0, p * log_p_over_m, 0.0).sum(-1)
+    kl_p_m, _ = expected_log_ratio(p, log_p_over_m)
     del p, log_p_over_m
     q = log_q.exp()
     log_q_over_m = log_q.sub_(log_m) if overwrite_inputs else torch.sub(log_q, log_m, out=log_m)
-    kl_q_m = row_dot(q, log_q_over_m)
-    meets_zero = bool(torch.isnan(kl_q_m).any())
-    if meets_zero:
-        kl_q_m = torch.where(q > 0, q * log_q_over_m, 0.0).sum(-1)
+    kl_q_m, meets_zero = expected_log_ratio(q, log_q_over_m)
     grad = log_q_over_m.sub_(kl_q_m.unsqueeze(-1)).mul_(q)
     return kl_p_m, kl_q_m, torch.where(q > 0, grad, 0.0) if meets_zero else grad

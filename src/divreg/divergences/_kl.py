@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import kl_from_log_probs, prepare_log_probs, row_dot
+from ._common import expected_log_ratio, kl_from_log_probs, prepare_log_probs
 
 
 def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
@@ -80,9 +80,7 @@ def forward_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool
     """
     p = log_p.exp()
     difference = log_p.sub_(log_q) if overwrite_inputs else log_p - log_q  # log(p / q)
-    value = row_dot(p, difference)
-    if bool(torch.isnan(value).any()):
-        value = torch.where(p > 0, p * difference, 0.0).sum(-1)
+    value, _ = expected_log_ratio(p, difference)
     grad = log_q.exp_() if overwrite_inputs else log_q.exp()
     return value, grad.sub_(p)
 
@@ -94,9 +92,6 @@ def reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool
     """
     q = log_q.exp()
     log_ratio = log_q.sub_(log_p) if overwrite_inputs else log_q - log_p
-    value = row_dot(q, log_ratio)
-    meets_zero = bool(torch.isnan(value).any())
-    if meets_zero:
-        value = torch.where(q > 0, q * log_ratio, 0.0).sum(-1)
+    value, meets_zero = expected_log_ratio(q, log_ratio)
     grad = log_ratio.sub_(value.unsqueeze(-1)).mul_(q)
     return value, torch.where(q > 0, grad, 0.0) if meets_zero else grad

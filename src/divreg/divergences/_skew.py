@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from ._common import (
+    LEAN_WEIGHT_RANGE,
     check_unit_interval,
     kl_to_mixture,
+    log_mixture,
     log_ratio_to_mixture,
     prepare_log_probs,
     project_to_logits,
@@ -75,17 +75,6 @@ def skew_reverse_kl(
     return kl_to_mixture(log_q, log_p, 1.0 - alpha)
 
 
-# Between these, log m = logaddexp(...) is as accurate as the log-probs it is made from; nearer
-# the endpoints the log1p/expm1 form keeps relative precision.
-_LEAN_ALPHA_RANGE = (0.05, 0.95)
-
-
-def _log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float) -> Tensor:
-    """``log((1 - weight_b) a + weight_b b)`` by logaddexp, for 0 < weight_b < 1."""
-    log_m = log_b + math.log(weight_b)
-    return torch.logaddexp(log_m, log_a + math.log1p(-weight_b), out=log_m)
-
-
 def skew_kl_with_grad(
     log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -93,8 +82,8 @@ def skew_kl_with_grad(
     :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`.
     (``overwrite_inputs`` is accepted for the common interface; inputs are left intact.)"""
     check_unit_interval("alpha", alpha)
-    if _LEAN_ALPHA_RANGE[0] <= alpha <= _LEAN_ALPHA_RANGE[1]:
-        log_m = _log_mixture(log_q, log_p, alpha)
+    if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
+        log_m = log_mixture(log_q, log_p, alpha)
         p = log_p.exp()
         value = row_dot(p, log_p - log_m)
         grad_log_q = torch.sub(log_q, log_m, out=log_m).exp_().mul_(p).mul_(-(1.0 - alpha))  # -(1-a) p q / m
@@ -112,8 +101,8 @@ def skew_reverse_kl_with_grad(
     r"""``(SRKL, dSRKL/dz)``: with :math:`m = (1 - \alpha) p + \alpha q`,
     :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
     check_unit_interval("alpha", alpha)
-    if _LEAN_ALPHA_RANGE[0] <= alpha <= _LEAN_ALPHA_RANGE[1]:
-        log_m = _log_mixture(log_p, log_q, alpha)
+    if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
+        log_m = log_mixture(log_p, log_q, alpha)
         log_q_over_m = torch.sub(log_q, log_m, out=log_m)
         q = log_q.exp()
         value = row_dot(q, log_q_over_m)

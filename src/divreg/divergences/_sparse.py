@@ -44,7 +44,7 @@ def _tail_of_target(target_logprobs: Tensor, target_tail_logmass: Optional[Tenso
     return torch.where(covered < 1, torch.log1p(-covered.clamp(max=1.0)), -torch.inf)
 
 
-def _coarse(log_q: Tensor, target_ids: Tensor, top_log_p: Tensor, tail_log_p: Tensor) -> tuple[Tensor, Tensor]:
+def coarse_log_probs(log_q: Tensor, target_ids: Tensor, top_log_p: Tensor, tail_log_p: Tensor) -> tuple[Tensor, Tensor]:
     """(k + 1)-outcome log-probs ``(target's, model's)``: the listed tokens, then the rest
     (no rest when every token is listed: a derived tail would only be rounding)."""
     top_log_q = log_q.gather(-1, target_ids)  # (..., k)
@@ -54,7 +54,7 @@ def _coarse(log_q: Tensor, target_ids: Tensor, top_log_p: Tensor, tail_log_p: Te
     return torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1)
 
 
-def _renormalized(top_log: Tensor) -> Tensor:
+def renormalized_log_probs(top_log: Tensor) -> Tensor:
     """log-softmax over the listed tokens; all ``-inf`` stays ``-inf`` (no mass there)."""
     empty = (top_log == -torch.inf).all(-1, keepdim=True)
     return torch.where(empty, -torch.inf, torch.log_softmax(torch.where(empty, 0.0, top_log), -1))
@@ -67,8 +67,8 @@ def sparse_kl_from_log_probs(
     """:func:`sparse_kl` on the model's log-probabilities ``log_q`` (..., V)."""
     top_log_p = target_logprobs.to(log_q.dtype)
     if tail == "renormalize":
-        return kl_from_log_probs(_renormalized(top_log_p), _renormalized(log_q.gather(-1, target_ids)))
-    return kl_from_log_probs(*_coarse(log_q, target_ids, top_log_p, _tail_of_target(top_log_p, target_tail_logmass)))
+        return kl_from_log_probs(renormalized_log_probs(top_log_p), renormalized_log_probs(log_q.gather(-1, target_ids)))
+    return kl_from_log_probs(*coarse_log_probs(log_q, target_ids, top_log_p, _tail_of_target(top_log_p, target_tail_logmass)))
 
 
 def sparse_kl(
@@ -132,7 +132,7 @@ def sparse_kl_with_grad(
     target_ids = target_ids.long()
     top_log_p = target_logprobs.to(log_q.dtype)
     if tail == "renormalize":
-        renormalized_p, renormalized_q = _renormalized(top_log_p), _renormalized(log_q.gather(-1, target_ids))
+        renormalized_p, renormalized_q = renormalized_log_probs(top_log_p), renormalized_log_probs(log_q.gather(-1, target_ids))
         grad_top = renormalized_q.exp() - renormalized_p.exp()
         return (kl_from_log_probs(renormalized_p, renormalized_q),
                 torch.zeros_like(log_q).scatter_(-1, target_ids, grad_top))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._common import kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
-from ._sparse import TAIL_POLICIES, sparse_kl_with_grad
+from ._sparse import TAIL_POLICIES, coarse_log_probs, renormalized_log_probs, sparse_kl_with_grad
 
 
 def check_k(k: int, vocab_size: int) -> None:
@@ -71,31 +71,15 @@ def topk_kl(
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     check_k(k, log_p.shape[-1])
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
-    top_log_q = log_q.gather(-1, top_index)  # (..., k)
     if tail == "renormalize":
         # Renormalize from the tempered logits, not from log_q: log-probs far below 0 carry
         # an absolute rounding error that the renormalization would turn into a relative one.
         top_scaled_q = logits.movedim(dim, -1).to(log_q.dtype).gather(-1, top_index) / temperature
         top_scaled_p = target_logits.movedim(dim, -1).to(log_p.dtype).gather(-1, top_index) / temperature
-        no_mass_q = (top_scaled_q == -torch.inf).all(-1, keepdim=True)  # q has no mass on S
-        renormalized_log_q = torch.where(
-            no_mass_q, -torch.inf, torch.log_softmax(torch.where(no_mass_q, 0.0, top_scaled_q), -1)
-        )
-        return kl_from_log_probs(torch.log_softmax(top_scaled_p, -1), renormalized_log_q)
-    return kl_from_log_probs(*_bucket_log_probs(log_q, log_p, top_log_q, top_log_p, top_index))
-
-
-def _bucket_log_probs(
-    log_q: Tensor, log_p: Tensor, top_log_q: Tensor, top_log_p: Tensor, top_index: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The (k + 1)-outcome coarsened log-probs ``(p's, q's)``: the top-k, then the tail bucket
-    (a log-sum-exp of the left-out log-probs; dropped when k = V)."""
-    if top_index.shape[-1] == log_p.shape[-1]:
-        return top_log_p, top_log_q
-    in_top = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, top_index, True)
-    tail_log_p = logsumexp_or_neg_inf(log_p.masked_fill(in_top, -torch.inf), -1, keepdim=True)
-    tail_log_q = logsumexp_or_neg_inf(log_q.masked_fill(in_top, -torch.inf), -1, keepdim=True)
-    return torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1)
+        return kl_from_log_probs(torch.log_softmax(top_scaled_p, -1), renormalized_log_probs(top_scaled_q))
+    # the target's tail as a log-sum-exp of its left-out log-probs (exact), never 1 - sum
+    tail_log_p = logsumexp_or_neg_inf(log_p.scatter(-1, top_index, -torch.inf), -1, keepdim=True)  # (..., 1)
+    return kl_from_log_probs(*coarse_log_probs(log_q, top_index, top_log_p, tail_log_p))
 
 
 def topk_kl_with_grad(

@@ -96,7 +96,8 @@ class LMTrainer:
                                      seed), "teacher"
         if source == "generate":
             prompts = [e.input_ids[: e.prompt_length] for e in examples]
-            examples = generate_examples(accelerator.unwrap_model(model), prompts, self.tokenizer, config.max_new_tokens, seed)
+            examples = generate_examples(accelerator.unwrap_model(model), prompts, self.tokenizer,
+                                         config.max_new_tokens, seed)
             if replay is not None:
                 replay.add(examples)
         elif source == "replay":
