@@ -142,9 +142,10 @@ def test_two_processes_match_one_process_for_the_same_global_batch(tmp_path):
     double = json.loads((tmp_path / "two" / "metrics.json").read_text())
     for method in single:
         # same data, same global batches, gradients averaged over the two halves: only the
-        # floating-point summation order differs
-        assert abs(single[method]["accuracy"]["mean"] - double[method]["accuracy"]["mean"]) <= 2 / 539
-        assert abs(single[method]["nll"]["mean"] - double[method]["nll"]["mean"]) <= 1e-3 * single[method]["nll"]["mean"]
+        # floating-point summation order differs (measured: equal accuracy, NLL within 3e-7
+        # relative); one test prediction may flip on a near-tie
+        assert abs(single[method]["accuracy"]["mean"] - double[method]["accuracy"]["mean"]) <= 1 / 539
+        assert abs(single[method]["nll"]["mean"] - double[method]["nll"]["mean"]) <= 1e-5 * single[method]["nll"]["mean"]
 
 
 def _final_weights(directory):
