@@ -22,6 +22,11 @@ class TextExample:
     labels: list[int]  # input_ids with IGNORE_INDEX on prompt positions
     prompt_length: int
 
+    @classmethod
+    def with_prompt(cls, example_id: int, input_ids: list[int], prompt_length: int) -> "TextExample":
+        """The example whose first ``prompt_length`` tokens are the prompt (never in the loss)."""
+        return cls(example_id, input_ids, [IGNORE_INDEX] * prompt_length + input_ids[prompt_length:], prompt_length)
+
 
 def builtin_corpus(held_out_every: int = 10) -> tuple[list[str], list[str]]:
     """(train, held-out) documents: the ``pydoc_data`` topics in name order, every
@@ -60,8 +65,7 @@ def chunk_texts(texts: Sequence[str], tokenizer, seq_len: int, prompt_len: int, 
     examples = []
     for start in range(0, len(stream) - seq_len + 1, seq_len):
         ids = stream[start:start + seq_len]
-        examples.append(TextExample(first_id + len(examples), ids, [IGNORE_INDEX] * prompt_len + ids[prompt_len:],
-                                    prompt_len))
+        examples.append(TextExample.with_prompt(first_id + len(examples), ids, prompt_len))
     return examples
 
 
@@ -124,8 +128,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt
         ids = (prompt + completion + [tokenizer.eos_token_id])[:max_length]
         if len(ids) <= len(prompt):
             continue  # nothing left to learn after truncation
-        examples.append(TextExample(first_id + len(examples), ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):],
-                                    len(prompt)))
+        examples.append(TextExample.with_prompt(first_id + len(examples), ids, len(prompt)))
     if not examples:
         raise ValueError("no example has completion tokens within max_length")
     return examples

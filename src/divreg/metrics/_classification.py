@@ -1,6 +1,6 @@
 """Classification and calibration metrics on predicted probabilities.
 
-Every function takes ``probs`` (N, C), rows on the simplex, and integer ``labels`` (N,), and
+Every metric takes ``probs`` (N, C), rows on the simplex, and integer ``labels`` (N,), and
 returns a Python float.
 """
 
@@ -55,15 +55,23 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
         Guo, Pleiss, Sun, Weinberger. "On Calibration of Modern Neural Networks", ICML 2017,
         arXiv 1706.04599.
     """
+    count, correct, confidence = calibration_bins(probs, labels, n_bins)
+    return float((correct - confidence).abs().sum() / count.sum())
+
+
+def calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 10) -> tuple[Tensor, Tensor, Tensor]:
+    """Per equal-width confidence bin (as in :func:`expected_calibration_error`): the number of
+    samples, the number of correct ones and the sum of their confidences, each (n_bins,) float64."""
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     probs, labels = _check(probs, labels)
     confidence, predicted = probs.max(1)
-    correct = (predicted == labels).double()
     bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)  # (N,)
-    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(confidence))
-    gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct - confidence)
-    return float(gap.abs().sum() / probs.shape[0]) if bool((count > 0).any()) else 0.0
+
+    def per_bin(values: Tensor) -> Tensor:
+        return torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, values.double())
+
+    return per_bin(torch.ones_like(confidence)), per_bin(predicted == labels), per_bin(confidence)
 
 
 def _risks_by_coverage(probs: Tensor, labels: Tensor) -> Tensor:

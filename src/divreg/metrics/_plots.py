@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ._classification import calibration_bins
+
 
 def _pyplot():
     import matplotlib
@@ -28,10 +30,8 @@ def reliability_diagrams(predictions: Mapping[str, tuple[Tensor, Tensor]], path:
         axis.set_visible(False)
     edges = torch.linspace(0, 1, n_bins + 1)
     for axis, (name, (probs, labels)) in zip(axes.flat, predictions.items()):
-        confidence, predicted = probs.double().max(1)
-        correct = (predicted == labels).double()
-        bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
-        accuracy = [float(correct[bins == b].mean()) if bool((bins == b).any()) else 0.0 for b in range(n_bins)]
+        count, correct, _ = calibration_bins(probs, labels, n_bins)
+        accuracy = (correct / count.clamp(min=1)).numpy()  # 0 in empty bins
         axis.bar(edges[:-1].numpy(), accuracy, width=1 / n_bins, align="edge", edgecolor="k", alpha=0.7, label="accuracy")
         axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
         axis.set_title(name)

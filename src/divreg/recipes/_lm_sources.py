@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..data._text import IGNORE_INDEX, TextExample
+from ..data._text import TextExample
 from ._runs import epoch_batches
 
 
@@ -44,8 +44,7 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
         completion = sequences[row, width:].tolist()
         if tokenizer.eos_token_id in completion:
             completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
-        ids = prompt + completion
-        examples.append(TextExample(-1, ids, [IGNORE_INDEX] * len(prompt) + completion, len(prompt)))
+        examples.append(TextExample.with_prompt(-1, prompt + completion, len(prompt)))
     return examples
 
 
