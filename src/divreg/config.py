@@ -43,3 +43,13 @@ def to_yaml(config) -> str:
     if not dataclasses.is_dataclass(config):
         raise ValueError(f"expected a dataclass config, got {type(config).__name__}")
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def require_positive(config, keys: Iterable[str]) -> None:
+    """``ValueError`` naming the first of ``keys`` (dotted paths into ``config``) that is not > 0."""
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..config import require_positive
 from ..divergences._registry import DIVERGENCES
 
 # Short names accepted after "kd_" besides the registered divergence names.
@@ -83,10 +84,8 @@ class DistillClassifierConfig:
             raise ValueError(f"methods lists a method twice: {self.methods}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
-        positive = ("teacher_epochs", "epochs", "batch_size", "lr", "kd_temperature", "ece_bins")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        require_positive(self, ("teacher_epochs", "epochs", "batch_size", "lr", "kd_temperature", "ece_bins",
+                                "sinkd.epsilon", "sinkd.temperature", "sinkd.n_iters"))
         for key in ("kd_weight", "jsd_beta", "pskd_alpha", "label_smoothing", "sinkd.kd_weight"):
             value = self.sinkd.kd_weight if key == "sinkd.kd_weight" else getattr(self, key)
             if not 0.0 <= value <= 1.0:
@@ -94,8 +93,6 @@ class DistillClassifierConfig:
         for key in ("weight_decay", "two_view_weight", "augment_noise", "augment_shift", "checkpoint_every"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.sinkd.epsilon <= 0 or self.sinkd.n_iters < 1 or self.sinkd.temperature <= 0:
-            raise ValueError("sinkd.epsilon and sinkd.temperature must be > 0 and sinkd.n_iters >= 1")
         if self.sinkd.sinkhorn_weight < 0:
             raise ValueError(f"sinkd.sinkhorn_weight must be >= 0, got {self.sinkd.sinkhorn_weight}")
         if not 0.0 < self.test_fraction < 1.0:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..config import require_positive
 from ..divergences._registry import DIVERGENCES
+from ..divergences._sparse import TAIL_POLICIES
 from ..targets import VOCAB_POLICIES
 
 
@@ -97,10 +99,8 @@ class DistillLMConfig:
                 raise ValueError(f"methods.{method.name}.lmbda must be in [0, 1], got {method.lmbda}")
             if method.divergence_weight < 0 or (method.ce_weight is not None and method.ce_weight < 0):
                 raise ValueError(f"methods.{method.name}: weights must be >= 0")
-        for key in ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size", "grad_accum",
-                    "lr", "temperature", "eval_every", "eval_examples", "replay_capacity"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size",
+                                "grad_accum", "lr", "temperature", "eval_every", "eval_examples", "replay_capacity"))
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
@@ -110,16 +110,16 @@ class DistillLMConfig:
             raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
         if self.vocab_policy not in VOCAB_POLICIES:
             raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {self.vocab_policy!r}")
-        if self.cache_tail not in ("bucket", "renormalize"):
-            raise ValueError(f"cache_tail must be 'bucket' or 'renormalize', got {self.cache_tail!r}")
+        if self.cache_tail not in TAIL_POLICIES:
+            raise ValueError(f"cache_tail must be one of {TAIL_POLICIES}, got {self.cache_tail!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.ce_weight < 0 or self.teacher_train_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("ce_weight, teacher_train_steps and checkpoint_every must be >= 0")
-        if self.teacher_cache and any(m.lmbda > 0 or m.adaptive_off_policy or m.sequence_kd for m in self.methods):
+        on_generated_text = any(m.lmbda > 0 or m.adaptive_off_policy or m.sequence_kd for m in self.methods)
+        if self.teacher_cache and on_generated_text:
             raise ValueError("teacher_cache holds the teacher's signal on the dataset only; methods on generated "
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
-        if self.vocab_policy == "uld" and (self.teacher_cache or any(m.lmbda > 0 or m.adaptive_off_policy or
-                                                                     m.sequence_kd for m in self.methods)):
+        if self.vocab_policy == "uld" and (self.teacher_cache or on_generated_text):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..config import require_positive
 from ..data._text import collate
 from ..targets import TeacherCacheWriter, tokenizer_fingerprint
 from ._lm_config import ModelSource
@@ -31,9 +32,7 @@ class CacheTeacherConfig:
     output_dir: str = "outputs/teacher_cache"  # the cache folder
 
     def __post_init__(self):
-        for key in ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        require_positive(self, ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"))
 
 
 @torch.no_grad()
