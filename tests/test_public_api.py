@@ -3,33 +3,49 @@
 import types
 
 import divreg
+import divreg.data
 import divreg.divergences
+import divreg.divergences.kernels
 import divreg.estimators
 import divreg.fused
 import divreg.losses
 import divreg.metrics
+import divreg.models
 import divreg.reductions
 import divreg.schedules
 import divreg.targets
+import divreg.training
 
 EXPECTED = {
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
              "targets"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "fused_linear_divergence", "fused_linear_sparse_divergence"},
-    divreg.losses: {"KDLoss", "LMDistillLoss", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions"},
-    divreg.metrics: {"accuracy", "aurc", "brier_score", "classification_metrics", "e_aurc",
-                     "expected_calibration_error", "nll"},
-    divreg.schedules: {"Constant", "LinearRamp"},
-    divreg.targets: {"PastPredictions", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES", "shared_vocab_size",
-                     "tokenizer_fingerprint"},
+    divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
+                    "align_answer_positions"},
+    divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",
+                     "expected_calibration_error", "metric_bars", "nll", "reliability_diagrams", "training_curves"},
+    divreg.schedules: {"AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"},
+    divreg.targets: {"DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy",
+                     "SampledLogprobs", "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES",
+                     "as_logits", "detached", "shared_vocab_size", "tokenizer_fingerprint"},
+    divreg.data: {"ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts",
+                  "collate", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
+                  "train_bpe_tokenizer"},
+    divreg.models: {"CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
+                    "generate_examples", "load_tokenizer", "next_token_signal", "predict_probabilities"},
+    divreg.training: {"RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
+                      "derive_seed", "epoch_batches", "global_token_count", "load_if_exists", "prepare_run_folder",
+                      "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
+    divreg.divergences.kernels: {"check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"},
     divreg.divergences: {
-        "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
+        "DIVERGENCES", "Divergence", "TAIL_POLICIES", "check_tail_policy", "get_divergence", "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
         "sinkhorn_plan", "skew_kl", "sorted_probability_l1", "sparse_kl",
         "skew_reverse_kl", "topk_kl", "total_variation",
     },
     divreg.estimators: {"k1", "k2", "k3", "k3_k2grad"},
     divreg.reductions: {
-        "REDUCTIONS", "mask_from_labels", "masked_mean", "per_sequence_mean", "reduce", "sum_over_items",
+        "REDUCTIONS", "get_reduction", "mask_from_labels", "masked_mean", "per_sequence_mean", "position_weights",
+        "reduce", "sum_over_items",
     },
 }
 

@@ -1,9 +1,11 @@
 """divreg: divergence-regularized training with verified divergences.
 
 Layers, bottom up: :mod:`divreg.divergences`, :mod:`divreg.estimators`, :mod:`divreg.reductions`
-(pure functions on tensors); :mod:`divreg.fused` (chunked evaluation from hidden states);
-:mod:`divreg.targets`, :mod:`divreg.schedules`; :mod:`divreg.losses`; :mod:`divreg.metrics`;
-recipes and the command line (``divreg.recipes``, ``divreg.cli``), imported on demand.
+(pure functions on tensors), with :mod:`divreg.data` and :mod:`divreg.metrics`; :mod:`divreg.fused`
+(chunked evaluation from hidden states); :mod:`divreg.targets` (signals and where they come from),
+:mod:`divreg.schedules`; :mod:`divreg.losses`; :mod:`divreg.models` and :mod:`divreg.training`
+(the run machinery); ``divreg.recipes`` (one subpackage per job) and ``divreg.cli``. Models,
+training, recipes and the command line need the ``cli`` extra and are imported on demand.
 """
 
 from . import divergences, estimators, fused, losses, metrics, reductions, schedules, targets

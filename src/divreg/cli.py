@@ -7,6 +7,7 @@ Each command is a recipe with a dataclass config; the optional YAML file and the
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -14,40 +15,27 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 class Command(NamedTuple):
     help: str
-    load: Callable[[], tuple[type, Callable]]  # imported lazily: heavy recipes load only when run
+    module: str  # the recipe module, imported only when the command runs (heavy imports stay lazy)
+    config: str  # its config dataclass
+    run: str = "run"  # its run(config) function
+
+    def load(self) -> tuple[type, Callable]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.config), getattr(module, self.run)
 
 
-def _mode_fitting():
-    from .recipes.mode_fitting import ModeFittingConfig, run
-
-    return ModeFittingConfig, run
-
-
-def _distill_classifier():
-    from .recipes.classifier_distillation import DistillClassifierConfig, run
-
-    return DistillClassifierConfig, run
-
-
-def _distill_lm():
-    from .recipes.lm_distillation import DistillLMConfig, run
-
-    return DistillLMConfig, run
-
-
-def _cache_teacher():
-    from .recipes.teacher_cache import CacheTeacherConfig, run
-
-    return CacheTeacherConfig, run
-
-
+# The one table of commands: name -> (help, recipe module, config class, run function).
 COMMANDS = {
-    "demo": Command("the main job on built-in data: classifier distillation on the digits", _distill_classifier),
+    "demo": Command("the main job on built-in data: classifier distillation on the digits",
+                    "divreg.recipes.classifier_distillation", "DistillClassifierConfig"),
     "distill-classifier": Command("distill a classifier teacher into students with each method, several seeds",
-                                  _distill_classifier),
-    "distill-lm": Command("distill a teacher causal LM into students, one per method", _distill_lm),
-    "cache-teacher": Command("store a teacher's top-k log-probs per position for later distillation", _cache_teacher),
-    "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence", _mode_fitting),
+                                  "divreg.recipes.classifier_distillation", "DistillClassifierConfig"),
+    "distill-lm": Command("distill a teacher causal LM into students, one per method",
+                          "divreg.recipes.lm_distillation", "DistillLMConfig"),
+    "cache-teacher": Command("store a teacher's top-k log-probs per position for later distillation",
+                             "divreg.recipes.teacher_cache", "CacheTeacherConfig"),
+    "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
+                            "divreg.recipes.mode_fitting", "ModeFittingConfig"),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from divreg.divergences._registry import get_divergence
+from divreg.divergences import get_divergence
 
 from .. import reference as ref
 

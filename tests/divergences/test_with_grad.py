@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from divreg.divergences._registry import get_divergence
+from divreg.divergences import get_divergence
 
 from .cases import SPECS
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from divreg.divergences._registry import get_divergence
+from divreg.divergences import get_divergence, reverse_kl
 from divreg.fused import FusedLinearDivergence, fused_linear_divergence
 
 from ..divergences.cases import SPECS
@@ -288,3 +288,31 @@ def test_sparse_target_matches_plain_sparse_kl(tail, temperature):
         _compare(fused, plain, (hidden, weight, bias))
     with pytest.raises(ValueError, match="token ids in"):
         fused_linear_sparse_divergence(hidden, weight, ids + V, top_log_p)
+
+
+@pytest.mark.parametrize("reduction", ["sequence_mean", "mean"])
+def test_fused_uses_the_reductions_of_divreg_reductions(reduction):
+    """Any reduction of divreg.reductions, including the per-sequence mean, gives on the fused
+    path what the reduction gives on the plain path (values and gradients, float64)."""
+    from divreg.reductions import get_reduction, mask_from_labels
+
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 6, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    target_hidden = torch.randn(3, 6, 5, generator=generator, dtype=torch.float64)
+    target_weight = torch.randn(50, 5, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 50, (3, 6), generator=generator)
+    labels[0, 4:] = -100
+    labels[2] = -100  # an empty sequence
+    fused = fused_linear_divergence(hidden, weight, target_hidden, target_weight, labels=labels, chunk_size=4,
+                                    reduction=get_reduction(reduction), ce_weight=0.3, divergence="reverse_kl")
+    fused_grads = torch.autograd.grad(fused, (hidden, weight))
+    mask = mask_from_labels(labels)
+    logits = hidden @ weight.T
+    divergence = get_reduction(reduction)(reverse_kl(logits, target_hidden @ target_weight.T), mask)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1), reduction="none")
+    plain = divergence + 0.3 * get_reduction(reduction)(ce.view(3, 6), mask)
+    plain_grads = torch.autograd.grad(plain, (hidden, weight))
+    assert torch.allclose(fused, plain, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(fused_grads, plain_grads):
+        assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)

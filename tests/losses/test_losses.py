@@ -115,3 +115,33 @@ def test_two_view_kl():
     assert all(g.abs().sum() > 0 for g in grads)  # both views are trained
     with pytest.raises(ValueError, match="weight"):
         TwoViewKL(weight=-1.0)
+
+
+def test_lm_distill_loss_keeps_the_output_bias_on_the_fused_path():
+    """A biased output layer (student and teacher): the fused path (HiddenStates with bias)
+    equals the plain path on the biased logits, values and gradients, float64."""
+    from divreg.losses import LMDistillLoss
+    from divreg.targets import DenseLogits, HiddenStates
+
+    generator = torch.Generator().manual_seed(6)
+    shapes = {"hidden": (2, 5, 4), "weight": (30, 4), "bias": (30,), "t_hidden": (2, 5, 3), "t_weight": (30, 3),
+              "t_bias": (30,)}
+    tensors = {name: torch.randn(shape, generator=generator, dtype=torch.float64) * 2 for name, shape in shapes.items()}
+    labels = torch.randint(0, 30, (2, 5), generator=generator)
+    labels[1, 3:] = -100
+    loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=1.5, ce_weight=0.4, chunk_size=3)
+    results = []
+    for fused in (False, True):
+        student = {k: tensors[k].clone().requires_grad_() for k in ("hidden", "weight", "bias")}
+        signal = HiddenStates(student["hidden"], student["weight"], student["bias"])
+        target = HiddenStates(tensors["t_hidden"], tensors["t_weight"], tensors["t_bias"])
+        out = loss_fn(signal if fused else DenseLogits(signal.to_logits()),
+                      target if fused else DenseLogits(target.to_logits()), labels, num_items_in_batch=9)
+        results.append((out, torch.autograd.grad(out.loss, list(student.values()))))
+    (plain, plain_grads), (fused, fused_grads) = results
+    assert type(plain).__name__ == type(fused).__name__ == "LossOutput"
+    for a, b in zip(plain, fused):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(plain_grads, fused_grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert float(plain_grads[2].abs().sum()) > 0  # the bias is trained

@@ -6,9 +6,8 @@ import functools
 
 import torch
 
-from divreg.data._text import builtin_corpus, chunk_texts, train_bpe_tokenizer
-from divreg.recipes._lm_config import ModelSource
-from divreg.recipes._lm_models import CausalLM, build_model
+from divreg.data import builtin_corpus, chunk_texts, train_bpe_tokenizer
+from divreg.models import CausalLM, ModelSource, build_causal_lm
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
               "num_key_value_heads": 2, "intermediate_size": 32, "max_position_embeddings": 128,
@@ -26,7 +25,7 @@ def examples(count: int = 24, seq_len: int = 24, prompt_len: int = 6, vocab_size
 
 def model(seed: int, vocab_size: int = 300, **overrides) -> CausalLM:
     config = {**TINY_LLAMA, **overrides}
-    return CausalLM(build_model(ModelSource(config=config), tokenizer(vocab_size), seed))
+    return CausalLM(build_causal_lm(ModelSource(config=config), tokenizer(vocab_size), seed))
 
 
 def tiny_config_overrides(output_dir, **extra) -> list[str]:

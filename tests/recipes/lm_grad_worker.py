@@ -13,11 +13,11 @@ from accelerate import Accelerator
 
 sys.path.insert(0, __file__.rsplit("/", 3)[0])  # the repository root, for tests.recipes.lm_fixtures
 
-from divreg.data._text import collate  # noqa: E402
+from divreg.data import collate  # noqa: E402
 from divreg.losses import LMDistillLoss  # noqa: E402
-from divreg.recipes._lm_teacher import TeacherSignal, student_arguments  # noqa: E402
-from divreg.recipes._lm_training import global_token_count  # noqa: E402
-from divreg.targets import TeacherCache  # noqa: E402
+from divreg.models import next_token_signal  # noqa: E402
+from divreg.targets import LiveTeacher, TeacherCache  # noqa: E402
+from divreg.training import backward_micro_batches  # noqa: E402
 from tests.recipes import lm_fixtures as fx  # noqa: E402
 
 
@@ -27,16 +27,15 @@ def main(out_path: str, cache_dir: str, micro_batches: int) -> None:
     local = examples[accelerator.process_index::accelerator.num_processes]
     student, teacher = fx.model(seed=1), fx.model(seed=2).eval()
     student = accelerator.prepare(student)
-    signal = TeacherSignal(teacher, None, fused=False)
+    signal = LiveTeacher(teacher)
     loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=2.0, ce_weight=0.5)
     micro = [collate(local[i::micro_batches], fx.tokenizer().pad_token_id, length=24) for i in range(micro_batches)]
-    num_items = global_token_count(micro, accelerator)
-    for index, batch in enumerate(micro):
-        context = accelerator.no_sync(student) if index < len(micro) - 1 else torch.enable_grad()
-        with context:
-            out = loss_fn(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
-                          **student_arguments(student, batch, False), **signal.arguments(batch))
-            accelerator.backward(out.loss * accelerator.num_processes)
+
+    def micro_loss(model, batch, num_items):  # the recipe's accumulation: global token count, one sync
+        out = loss_fn(next_token_signal(model, batch), signal.signal(batch), batch["labels"][:, 1:], num_items)
+        return out.loss, {"loss": out.loss}
+
+    backward_micro_batches(accelerator, student, micro, micro_loss)
     cache = TeacherCache(cache_dir)
     batch = collate(local, fx.tokenizer().pad_token_id, length=24)
     ids, logprobs, _ = cache.lookup(batch["example_ids"].tolist(), 23)

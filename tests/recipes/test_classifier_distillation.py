@@ -2,7 +2,6 @@
 checkpoint, two processes vs one, and exact resume after a real SIGKILL."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,10 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from divreg.config import load_config
-from divreg.data import augment, load_classification_data
+from divreg.data import load_classification_data
 from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 
 from ..launch import accelerate_prefix
@@ -83,7 +81,7 @@ def test_dotted_model_path_and_teacher_checkpoint(tmp_path):
     run(first)
     teacher_path = tmp_path / "a" / "checkpoints" / "teacher.pt"
     second = _config(tmp_path / "b", "methods=[kd_jsd]", f"teacher_checkpoint={teacher_path}",
-                     "student.kind=divreg.recipes._classifier_models.MLP")
+                     "student.kind=divreg.models.MLP")
     summary = run(second)
     first_summary = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert summary["teacher"] == first_summary["teacher"]  # the same teacher, loaded not retrained
@@ -108,18 +106,6 @@ def test_bad_inputs_are_clear(tmp_path):
         run(_config(tmp_path / "c", f"data={tmp_path / 'flat.npz'}", "student.kind=cnn", "methods=[ce]"))
     with pytest.raises(ValueError, match="batch_size=4096 exceeds"):
         run(_config(tmp_path / "d", "batch_size=4096", "methods=[ce]"))
-
-
-def test_augment_is_deterministic_and_shifts_images():
-    x = torch.arange(2 * 64, dtype=torch.float32).view(2, 1, 8, 8)
-    first = augment(x, torch.Generator().manual_seed(3), max_shift=1, noise_std=0.0)
-    second = augment(x, torch.Generator().manual_seed(3), max_shift=1, noise_std=0.0)
-    assert torch.equal(first, second)
-    for shifted, original in zip(first, x):
-        # a shift by (dy, dx) in [-1, 1]^2 keeps a 7x7 block of the original, zero-padded
-        matches = [torch.equal(torch.nn.functional.pad(original, (1, 1, 1, 1))[:, 1 + dy:9 + dy, 1 + dx:9 + dx], shifted)
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        assert any(matches)
 
 
 def _launch(arguments, processes=1):
@@ -166,13 +152,14 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
     while time.time() < deadline and victim.poll() is None:
         if target.exists():
             state = torch.load(target, weights_only=False)
-            if not state["done"] and state["position"]["step"] > 0 and state["position"]["epoch"] > 0:
-                break  # a mid-epoch checkpoint of a student exists: kill now
+            step = state["state"]["step"]  # 19 steps per epoch (1258 // 64)
+            if not state["state"]["done"] and step % 19 > 0 and step > 19:
+                break  # a mid-epoch checkpoint of a student exists (not in its first epoch): kill now
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert state is not None and not state["done"] and state["position"]["step"] > 0
+    assert state is not None and not state["state"]["done"] and state["state"]["step"] % 19 > 0
 
     resumed = _launch([f"output_dir={killed_dir}", *arguments, "resume=true"])
     _, err = resumed.communicate(timeout=300)
@@ -184,20 +171,3 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
             assert torch.equal(tensor, got[name][key]), (name, key)
     assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
         (killed_dir / "metrics.json").read_text())
-
-
-def test_every_shipped_config_loads_and_validates():
-    from divreg.cli import COMMANDS
-
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-    found = 0
-    for command in sorted(os.listdir(root)):
-        schema, _ = COMMANDS[command].load()
-        for name in sorted(os.listdir(os.path.join(root, command))):
-            path = os.path.join(root, command, name)
-            config = load_config(schema, path)
-            with open(path) as handle:
-                written = yaml.safe_load(handle)
-            assert all(hasattr(config, key) for key in written), path
-            found += 1
-    assert found >= 3

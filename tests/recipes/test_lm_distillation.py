@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from divreg.config import load_config
-from divreg.data._text import IGNORE_INDEX, load_text_records, tokenize_records
+from divreg.data import IGNORE_INDEX, load_text_records, tokenize_records
 from divreg.recipes.lm_distillation import DistillLMConfig, run
 from divreg.recipes.teacher_cache import CacheTeacherConfig
 from divreg.recipes.teacher_cache import run as cache_teacher
@@ -63,7 +63,7 @@ def test_cached_teacher_and_distillm_adaptive(tmp_path):
         _config(tmp_path / "x", f"teacher_cache={tmp_path / 'cache'}",
                 "methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]")
     adaptive = run(_config(tmp_path / "adaptive", *common, "replay_init=0.5", "replay_capacity=8",
-                           "methods=[{name: distillm, divergence: skew_kl, alpha: 0.1, adaptive_off_policy: true}]"))
+                           "methods=[{name: distillm, divergence: skew_kl, divergence_options: {alpha: 0.1}, adaptive_off_policy: true}]"))
     records = [json.loads(line) for line in (tmp_path / "adaptive" / "metrics.jsonl").read_text().splitlines()]
     assert "replay_threshold" in records[-1] and adaptive["distillm"]["perplexity"] > 1
 
@@ -132,13 +132,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     while time.time() < deadline and victim.poll() is None:
         if target.exists():
             state = torch.load(target, weights_only=False)
-            if not state["done"] and state["position"]["step"] >= 6:
+            if not state["state"]["done"] and state["state"]["step"] >= 6:
                 break
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert state is not None and not state["done"]
+    assert state is not None and not state["state"]["done"]
     resumed = _launch([a.replace("OUT", str(killed)) for a in arguments] + ["resume=true"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]

@@ -107,3 +107,27 @@ def test_reduce_validation():
         per_sequence_mean(torch.ones(3))
     masked = reduce(torch.tensor([[1.0, math.nan]]), torch.tensor([[True, False]]), "none")
     assert masked.tolist() == [[1.0, 0.0]]
+
+
+@pytest.mark.parametrize("reduction,count", [("mean", None), ("sequence_mean", None), ("sum", None), ("sum", 17)])
+def test_position_weights_reproduce_each_reduction(reduction, count):
+    from divreg.reductions import get_reduction, position_weights
+
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    mask = torch.rand(3, 5, generator=generator) > 0.4
+    mask[2] = False  # an empty sequence
+    weights = position_weights(reduction, mask, count)
+    assert bool((weights[~mask] == 0).all())
+    expected = reduce(values, mask, reduction, count)
+    assert torch.allclose((weights * values).sum(), expected, rtol=1e-12, atol=1e-12)
+    assert get_reduction(get_reduction(reduction)) is get_reduction(reduction)
+
+
+def test_get_reduction_refuses_unknown_reductions():
+    from divreg.reductions import get_reduction
+
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        get_reduction("median")
+    with pytest.raises(ValueError, match="divreg.reductions"):
+        get_reduction(torch.mean)

@@ -148,3 +148,22 @@ def collate(examples: Sequence[TextExample], pad_token_id: int, length: Optional
         attention[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "example_ids": torch.tensor([e.example_id for e in examples])}
+
+
+def load_text_examples(data: str, held_out: Optional[str], tokenizer, seq_len: int,
+                       prompt_len: int) -> tuple[list[TextExample], list[TextExample]]:
+    """(train, held-out) examples with stable example ids (the keys of a teacher cache).
+
+    ``data="builtin"``: the built-in corpus cut into ``seq_len``-token examples (its own held-out
+    documents). Otherwise records (see :func:`load_text_records`) truncated to ``seq_len``; the
+    held-out examples come from ``held_out`` or, when None, are the first tenth of ``data``.
+    """
+    if data == "builtin":
+        train_texts, held_out_texts = builtin_corpus()
+        train = chunk_texts(train_texts, tokenizer, seq_len, prompt_len)
+        return train, chunk_texts(held_out_texts, tokenizer, seq_len, prompt_len, first_id=len(train))
+    train = tokenize_records(load_text_records(data), tokenizer, seq_len, prompt_len)
+    if held_out is None:
+        cut = max(1, len(train) // 10)
+        return train[cut:], train[:cut]
+    return train, tokenize_records(load_text_records(held_out), tokenizer, seq_len, prompt_len, first_id=len(train))

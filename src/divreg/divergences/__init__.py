@@ -4,21 +4,29 @@ Every function is pure, takes ``(logits, target_logits, *, temperature=1.0, dim=
 and returns one unreduced value per position (shape ``logits.shape`` without ``dim``), computed
 in fp32 (fp64 for fp64 inputs) in log space. Reduce with :mod:`divreg.reductions`.
 ``sinkhorn_plan`` / ``sinkhorn_distance`` are batch-level: entropic optimal transport between
-two sets of samples given their cost matrix.
+two sets of samples given their cost matrix. ``get_divergence(name)`` / ``DIVERGENCES`` look a
+divergence up by name (what configs and losses use); :mod:`divreg.divergences.kernels` holds
+the value-and-gradient building blocks of the fused path.
 """
 
 from ._alpha import alpha_divergence
 from ._cross_entropy import cross_entropy
 from ._jsd import generalized_jsd
 from ._kl import forward_kl, reverse_kl
+from ._registry import DIVERGENCES, Divergence, get_divergence
 from ._sinkhorn import sinkhorn_distance, sinkhorn_plan
 from ._skew import skew_kl, skew_reverse_kl
 from ._sorted import sorted_probability_l1
-from ._sparse import sparse_kl
+from ._sparse import TAIL_POLICIES, check_tail_policy, sparse_kl
 from ._topk import topk_kl
 from ._total_variation import total_variation
 
 __all__ = [
+    "DIVERGENCES",
+    "Divergence",
+    "TAIL_POLICIES",
+    "check_tail_policy",
+    "get_divergence",
     "alpha_divergence",
     "cross_entropy",
     "forward_kl",

@@ -14,6 +14,12 @@ from ._common import log_softmax_checked
 TAIL_POLICIES = ("bucket", "renormalize")
 
 
+def check_tail_policy(tail: str) -> None:
+    """``ValueError`` unless ``tail`` is one of :data:`TAIL_POLICIES` (the one place that checks it)."""
+    if tail not in TAIL_POLICIES:
+        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+
+
 def check_sparse_target(
     logits_shape: torch.Size, target_ids: Tensor, target_logprobs: Tensor, target_tail_logmass: Optional[Tensor]
 ) -> None:
@@ -109,8 +115,7 @@ def sparse_kl(
     References:
         Hu et al. "OSTQuant", 2025, arXiv 2501.13987 (KL-Top, the renormalized form).
     """
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    check_tail_policy(tail)
     check_temperature(temperature)
     check_finite_logits("logits", logits)
     check_sparse_target(logits.shape, target_ids, target_logprobs, target_tail_logmass)
@@ -127,8 +132,7 @@ def sparse_kl_with_grad(
     Bucket: :math:`dz_i = q_i - p_i` on S and :math:`q_i (1 - p_{\bar S} / q_{\bar S})` off it.
     Renormalize: :math:`dz_i = \tilde q_i - \tilde p_i` on S, 0 off it.
     """
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    check_tail_policy(tail)
     target_ids = target_ids.long()
     top_log_p = target_logprobs.to(log_q.dtype)
     if tail == "renormalize":

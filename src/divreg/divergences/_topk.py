@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._common import kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
-from ._sparse import TAIL_POLICIES, coarse_log_probs, renormalized_log_probs, sparse_kl_with_grad
+from ._sparse import check_tail_policy, coarse_log_probs, renormalized_log_probs, sparse_kl_with_grad
 
 
 def check_k(k: int, vocab_size: int) -> None:
@@ -66,8 +66,7 @@ def topk_kl(
         >>> bool(torch.allclose(topk_kl(q, p, k=8), forward_kl(q, p)))
         True
     """
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    check_tail_policy(tail)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     check_k(k, log_p.shape[-1])
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
@@ -87,8 +86,7 @@ def topk_kl_with_grad(
 ) -> tuple[Tensor, Tensor]:
     """``(top-k KL, d/dz)`` from log-probs: the target's top-k as a sparse target (see
     :func:`divreg.divergences._sparse.sparse_kl_with_grad`)."""
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    check_tail_policy(tail)
     check_k(k, log_p.shape[-1])
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
     # the target's tail as log(1 - sum of its top-k): its rounding error is weighted by the tail

@@ -14,8 +14,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from ..divergences._common import math_dtype
-from ..divergences._sparse import sparse_kl_with_grad
+from ..divergences.kernels import math_dtype, sparse_kl_with_grad
 from ._inputs import FlatInputs, choose_chunk_size, flatten_inputs
 
 
@@ -30,15 +29,15 @@ class Plan:
     memory_budget_mb: float
     ignore_index: int
     target_vocab_slice: Optional[int]
-    reduction: str
+    reduction: Optional[Callable]  # a divreg.reductions function; None: per-token values
     num_items_in_batch: Union[int, float, Tensor, None]
     divergence_weight: float
     ce_weight: float
 
 
 class Totals(NamedTuple):
-    divergence: Tensor  # sum over valid tokens of token_weight * D
-    cross_entropy: Tensor  # sum over valid tokens of CE (0 when not asked)
+    divergence: Tensor  # sum over valid tokens of row_weight * token_weight * D (the reduced divergence)
+    cross_entropy: Tensor  # sum over valid tokens of row_weight * CE (0 when not asked)
     per_token: Optional[Tensor]  # (n,) weighted combination, for reduction="none"
     count: int  # number of valid tokens
 
@@ -48,23 +47,10 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], dtype: torch.dtyp
     return out if out.dtype == dtype else out.to(dtype)
 
 
-def _scale(plan: Plan, count: int) -> float:
-    """The factor that turns sums over tokens into the requested reduction."""
-    if plan.reduction == "mean":
-        return 1.0 / max(count, 1)
-    if plan.num_items_in_batch is None:
-        return 1.0
-    items = torch.as_tensor(plan.num_items_in_batch)
-    if items.numel() != 1 or not bool(items > 0):
-        raise ValueError(f"num_items_in_batch must be one positive number, got {plan.num_items_in_batch!r}")
-    return 1.0 / float(items)
-
-
 def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: Plan,
-                grads: Optional[tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]],
-                scale: float) -> Totals:
+               grads: Optional[tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]]) -> Totals:
     """The chunk loop. ``grads`` = preallocated (dX (N, Hs), dW (V, Hs) fp32+, db (V,)) buffers,
-    filled in place, or None for values only."""
+    filled in place, or None for values only. Rows are weighted by the reduction's weights."""
     dtype = math_dtype(weight, flat.hidden, *(() if flat.target_weight is None else (flat.target_weight,)))
     count = flat.count
     chunk = choose_chunk_size(plan.chunk_size, weight.shape[0], count, plan.memory_budget_mb)
@@ -73,18 +59,19 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
     temperature = plan.temperature
     divergence_total = torch.zeros((), dtype=dtype, device=weight.device)
     ce_total = torch.zeros((), dtype=dtype, device=weight.device)
-    per_token = torch.empty(count, dtype=dtype, device=weight.device) if plan.reduction == "none" else None
+    per_token = torch.empty(count, dtype=dtype, device=weight.device) if plan.reduction is None else None
     for start in range(0, count, chunk):
         end = min(start + chunk, count)
         hidden = flat.rows_of(flat.hidden, start, end)  # (c, Hs)
         logits = _linear(hidden, weight, bias, dtype)  # (c, V)
         token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
+        row_weight = None if flat.row_weights is None else flat.row_weights[start:end].to(dtype)  # (c,)
         ce_grad = None
         if plan.ce_weight:
             labels = flat.labels[start:end, None]  # (c, 1)
             log_z = torch.logsumexp(logits, -1, keepdim=True)  # (c, 1), at temperature 1
             ce = (log_z - logits.gather(-1, labels)).squeeze(-1)  # (c,)
-            ce_total += ce.sum()
+            ce_total += ce.sum() if row_weight is None else (ce * row_weight).sum()
             if grads is not None:
                 ce_grad = torch.exp(logits - log_z).scatter_add_(-1, labels, -torch.ones_like(log_z))  # (c, V)
         if temperature != 1.0:
@@ -94,17 +81,18 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
         values, grad = _target_divergence(flat, log_q, start, end, plan, dtype, overwrite)  # (c,), (c, V)
         del log_q
         weighted = values if token_weight is None else values * token_weight
-        divergence_total += weighted.sum()
         if per_token is not None:
             per_token[start:end] = plan.divergence_weight * weighted + (plan.ce_weight * ce if plan.ce_weight else 0)
+        else:
+            divergence_total += (weighted * row_weight).sum()
         if grads is not None:
-            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, plan, scale)
+            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, row_weight, plan)
             if grad_hidden_rows is not None:
                 if flat.rows is None:
                     grads[0][start:end] = grad_hidden_rows.to(grads[0].dtype)
                 else:
                     grads[0].index_copy_(0, flat.rows[start:end], grad_hidden_rows.to(grads[0].dtype))
-    if plan.reduction != "none" and bool(torch.isnan(divergence_total + ce_total)):
+    if plan.reduction is not None and bool(torch.isnan(divergence_total + ce_total)):
         raise ValueError(
             "the fused divergence is NaN: hidden states, weights or biases contain NaN or +-inf "
             "(a common cause is overflow in low precision)"
@@ -135,16 +123,15 @@ def _log_softmax_in_place(logits: Tensor) -> Tensor:
 
 
 def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Tensor, weight: Tensor,
-                      token_weight: Optional[Tensor], plan: Plan, scale: float) -> Optional[Tensor]:
+                      token_weight: Optional[Tensor], row_weight: Tensor, plan: Plan) -> Optional[Tensor]:
     """Turn one chunk's gradient w.r.t. the tempered logits into dW and db (accumulated in
     place) and return this chunk's dX rows (or None)."""
     grad_hidden, grad_weight, grad_bias = grads
-    row_scale = torch.full((grad.shape[0], 1), plan.divergence_weight * scale / plan.temperature,
-                           dtype=grad.dtype, device=grad.device)  # (c, 1)
+    row_scale = row_weight[:, None] * (plan.divergence_weight / plan.temperature)  # (c, 1)
     if token_weight is not None:
         row_scale = row_scale * token_weight[:, None]
     if ce_grad is not None:  # one combined logit gradient, scaled per row
-        grad.mul_(row_scale).add_(ce_grad, alpha=plan.ce_weight * scale)
+        grad.mul_(row_scale).add_(ce_grad.mul_(row_weight[:, None] * plan.ce_weight))
         row_scale = None
     grad_hidden_rows = None
     if grad_hidden is not None:
@@ -165,8 +152,8 @@ class FusedLinearDivergenceFunction(torch.autograd.Function):
                 plan: Plan, target_ids, target_logprobs, target_tail_logmass):
         sparse = None if target_ids is None else (target_ids, target_logprobs, target_tail_logmass)
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
-                              token_weights, plan.ignore_index, plan.target_vocab_slice, sparse)
-        scale = _scale(plan, flat.count)
+                              token_weights, plan.ignore_index, plan.target_vocab_slice, sparse, plan.reduction,
+                              plan.num_items_in_batch)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grads = None
         if need_hidden or need_weight or need_bias:
@@ -176,9 +163,9 @@ class FusedLinearDivergenceFunction(torch.autograd.Function):
                 torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_weight else None,
                 torch.zeros(bias.shape, dtype=grad_dtype, device=weight.device) if need_bias else None,
             )
-        totals = run_chunks(flat, weight, bias, plan, grads, scale)
-        loss = (plan.divergence_weight * totals.divergence + plan.ce_weight * totals.cross_entropy) * scale
-        divergence, cross_entropy = totals.divergence * scale, totals.cross_entropy * scale
+        totals = run_chunks(flat, weight, bias, plan, grads)
+        loss = plan.divergence_weight * totals.divergence + plan.ce_weight * totals.cross_entropy
+        divergence, cross_entropy = totals.divergence, totals.cross_entropy
         grad_hidden = grad_weight = grad_bias = None
         if grads is not None:
             grad_hidden, grad_weight, grad_bias = grads

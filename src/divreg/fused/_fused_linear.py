@@ -3,18 +3,16 @@ points (argument checks and reductions); the chunk loop lives in ``_chunk_loop``
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from ..divergences._common import check_temperature
-from ..divergences._registry import get_divergence
-from ..divergences._sparse import TAIL_POLICIES
+from ..divergences import check_tail_policy, get_divergence
+from ..divergences.kernels import check_temperature
+from ..reductions import get_reduction
 from ._chunk_loop import FusedLinearDivergenceFunction, Plan, run_chunks
 from ._inputs import DEFAULT_MEMORY_BUDGET_MB, flatten_inputs
-
-REDUCTIONS = ("mean", "sum", "none")
 
 
 class FusedOutput(NamedTuple):
@@ -40,7 +38,7 @@ def fused_linear_divergence(
     chunk_size: Optional[int] = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     token_weights: Optional[Tensor] = None,
-    reduction: str = "mean",
+    reduction: Union[str, Callable] = "mean",
     num_items_in_batch: Union[int, float, Tensor, None] = None,
     target_vocab_slice: Optional[int] = None,
     divergence_weight: float = 1.0,
@@ -58,8 +56,12 @@ def fused_linear_divergence(
 
     with ``D`` any divergence of :mod:`divreg.divergences` (``divergence`` names it; its options
     such as ``beta``, ``alpha``, ``k``, ``tail`` pass through ``divergence_kwargs``), ``t_i`` the
-    token weights, and ``Z`` the number of valid tokens (``reduction="mean"``), 1 or
-    ``num_items_in_batch`` (``reduction="sum"``). The hard-label cross-entropy uses temperature 1.
+    token weights, and ``1/Z`` the weights of the reduction, a reduction of
+    :mod:`divreg.reductions` (its weights come from :func:`divreg.reductions.position_weights`,
+    so the result is exactly what the reduction gives on the plain path): ``Z`` the number of
+    valid tokens (``"mean"``), 1 or ``num_items_in_batch`` (``"sum"``), or the sequence's valid
+    tokens times the number of non-empty sequences (``"sequence_mean"``). The hard-label
+    cross-entropy uses temperature 1.
     No ``T^2`` factor is applied. The value equals the plain path (full logits +
     ``divergences.<divergence>`` + reduction).
 
@@ -83,9 +85,11 @@ def fused_linear_divergence(
         chunk_size: tokens per chunk; by default the largest that fits ``memory_budget_mb``.
         memory_budget_mb: budget for the chunk's ``[chunk x V]`` buffers when ``chunk_size`` is None.
         token_weights: (...) multiply each token's divergence (advantages, per-sample schedules).
-        reduction: ``"mean"`` over valid tokens, ``"sum"`` (divided by ``num_items_in_batch`` when
-            given: the global count under gradient accumulation), or ``"none"``: per-token values
-            (..., 0 at ignored positions), without gradients.
+        reduction: a reduction of :mod:`divreg.reductions` (``masked_mean``, ``sum_over_items``,
+            ``per_sequence_mean``) or its name (``"mean"`` over valid tokens, ``"sum"``, divided by
+            ``num_items_in_batch`` when given: the global count under gradient accumulation,
+            ``"sequence_mean"`` for (B, T) inputs), or ``"none"``: per-token values (..., 0 at
+            ignored positions), without gradients.
         num_items_in_batch: see ``reduction``.
         target_vocab_slice: when the teacher pads its embedding (same tokenizer, V' > V), pass V
             to use its first V rows. Any other vocabulary mismatch raises ``ValueError``.
@@ -128,7 +132,7 @@ def fused_linear_sparse_divergence(
     chunk_size: Optional[int] = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     token_weights: Optional[Tensor] = None,
-    reduction: str = "mean",
+    reduction: Union[str, Callable] = "mean",
     num_items_in_batch: Union[int, float, Tensor, None] = None,
     divergence_weight: float = 1.0,
     ce_weight: float = 0.0,
@@ -147,8 +151,7 @@ def fused_linear_sparse_divergence(
         tail: ``"bucket"`` (exact KL of the coarsened distributions) or ``"renormalize"``.
         Other arguments: as for :func:`fused_linear_divergence`.
     """
-    if tail not in TAIL_POLICIES:
-        raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
+    check_tail_policy(tail)
     plan = _make_plan(None, {"tail": tail}, temperature, chunk_size, memory_budget_mb, ignore_index, None, reduction,
                       num_items_in_batch, divergence_weight, ce_weight, labels)
     return _evaluate(plan, return_parts, hidden, weight, bias, None, None, None, labels, token_weights,
@@ -159,22 +162,24 @@ def _make_plan(with_grad, options, temperature, chunk_size, memory_budget_mb, ig
                reduction, num_items_in_batch, divergence_weight, ce_weight, labels) -> Plan:
     """Validate the options shared by the dense and sparse entry points."""
     check_temperature(temperature)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if num_items_in_batch is not None and reduction != "sum":
-        raise ValueError(f"num_items_in_batch only applies to reduction='sum', got reduction={reduction!r}")
+    if reduction == "none":
+        if num_items_in_batch is not None:
+            raise ValueError("num_items_in_batch only applies to a reduction, got reduction='none'")
+    else:
+        reduction = get_reduction(reduction)
     if ce_weight and labels is None:
         raise ValueError("ce_weight > 0 needs labels for the cross-entropy term")
     for name, value in (("ce_weight", ce_weight), ("divergence_weight", divergence_weight)):
         if not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return Plan(with_grad, options, float(temperature), chunk_size, memory_budget_mb, ignore_index,
-                 target_vocab_slice, reduction, num_items_in_batch, float(divergence_weight), float(ce_weight))
+                target_vocab_slice, None if reduction == "none" else reduction, num_items_in_batch,
+                float(divergence_weight), float(ce_weight))
 
 
 def _evaluate(plan, return_parts, hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
               token_weights, sparse):
-    if plan.reduction == "none":
+    if plan.reduction is None:
         return _per_token_values(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
                                  token_weights, plan, sparse)
     ids, logprobs, tail = (None, None, None) if sparse is None else sparse
@@ -194,7 +199,7 @@ def _per_token_values(hidden, weight, bias, target_hidden, target_weight, target
     with torch.no_grad():
         flat = flatten_inputs(hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
                               token_weights, plan.ignore_index, plan.target_vocab_slice, sparse)
-        totals = run_chunks(flat, weight, bias, plan, None, 1.0)
+        totals = run_chunks(flat, weight, bias, plan, None)
         if flat.rows is None:
             return totals.per_token.reshape(hidden.shape[:-1])
         full = torch.zeros(flat.hidden.shape[0], dtype=totals.per_token.dtype, device=weight.device)

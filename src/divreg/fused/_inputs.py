@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..divergences._sparse import check_sparse_target
+from ..divergences.kernels import check_sparse_target
+from ..reductions import position_weights
 
 # Live fp32 [chunk x V] buffers at the peak of one chunk: the two log-prob blocks, the logit
 # gradient and the divergence's temporaries (5 for forward KL, up to 8 for the mixtures).
@@ -30,7 +31,8 @@ class FlatInputs:
     target_bias: Optional[Tensor]  # (V,)
     sparse: Optional[tuple]  # (ids (N, k), logprobs (N, k), tail log-mass (N,) or None) of a sparse target
     labels: Optional[Tensor]  # (n,) labels of the valid rows
-    token_weights: Optional[Tensor]  # (n,) weights of the valid rows
+    token_weights: Optional[Tensor]  # (n,) weights of the valid rows (the divergence term only)
+    row_weights: Optional[Tensor]  # (n,) float64 weights of the reduction (both terms); None: per-token values
     rows: Optional[Tensor]  # (n,) indices of the valid rows, None when every row is valid
     count: int  # n, the number of valid rows
 
@@ -108,9 +110,13 @@ def flatten_inputs(
     ignore_index: int,
     target_vocab_slice: Optional[int],
     sparse: Optional[tuple] = None,
+    reduction=None,
+    num_items_in_batch=None,
 ) -> FlatInputs:
     """Check shapes, apply the vocabulary policy, flatten leading dims and drop ignored rows.
-    The target is dense (``target_hidden``, ``target_weight``) or ``sparse`` (ids, logprobs, tail)."""
+    The target is dense (``target_hidden``, ``target_weight``) or ``sparse`` (ids, logprobs, tail).
+    ``reduction`` (a :mod:`divreg.reductions` function, or None for per-token values) gives the
+    rows' weights through :func:`divreg.reductions.position_weights`."""
     for name, tensor in (("hidden", hidden), ("weight", weight)):
         if not torch.is_floating_point(tensor):
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
@@ -137,17 +143,22 @@ def flatten_inputs(
     if labels is not None and torch.is_floating_point(labels):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     token_weights = None if token_weights is None else token_weights.reshape(num_rows).detach()
+    valid = None if labels is None else labels != ignore_index  # (N,)
+    row_weights = None
+    if reduction is not None:
+        mask = torch.ones(leading, dtype=torch.bool, device=hidden.device) if valid is None else valid.view(leading)
+        row_weights = position_weights(reduction, mask, num_items_in_batch).reshape(num_rows)  # (N,)
     rows = None
-    if labels is not None:
-        valid = labels != ignore_index
-        if not bool(valid.all()):
-            rows = valid.nonzero().squeeze(-1)  # (n,)
-            labels = labels[rows]
-            token_weights = None if token_weights is None else token_weights[rows]
+    if valid is not None and not bool(valid.all()):
+        rows = valid.nonzero().squeeze(-1)  # (n,)
+        labels = labels[rows]
+        token_weights = None if token_weights is None else token_weights[rows]
+        row_weights = None if row_weights is None else row_weights[rows]
     if labels is not None and labels.numel() and not bool(((labels >= 0) & (labels < weight.shape[0])).all()):
         raise ValueError(f"labels must be in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}")
     count = num_rows if rows is None else rows.numel()
-    return FlatInputs(hidden, target_hidden, target_weight, target_bias, sparse, labels, token_weights, rows, count)
+    return FlatInputs(hidden, target_hidden, target_weight, target_bias, sparse, labels, token_weights, row_weights,
+                      rows, count)
 
 
 def choose_chunk_size(chunk_size: Optional[int], vocab: int, num_rows: int, memory_budget_mb: float) -> int:

@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Callable, Union
+
 from ..divergences import cross_entropy
-from ..schedules import LinearRamp
+from ..reductions import get_reduction, masked_mean
+from ..schedules import Schedule
 from ..targets import PastPredictions
 
 
@@ -28,15 +31,16 @@ class PSKDLoss(nn.Module):
     Args:
         memory: the per-example memory.
         alpha: schedule of :math:`\alpha_t` (by epoch), e.g. ``LinearRamp(0.8, num_epochs)``.
+        reduction: a reduction of :mod:`divreg.reductions` over the batch (the mean by default).
 
     References:
         Kim, Ji, Yoon, Hwang. "Self-Knowledge Distillation with Progressive Refinement of
         Targets", ICCV 2021, arXiv 2006.12000, eq. (5)-(6); paper default alpha_T = 0.8.
     """
 
-    def __init__(self, memory: PastPredictions, alpha: LinearRamp):
+    def __init__(self, memory: PastPredictions, alpha: Schedule, *, reduction: Union[str, Callable] = masked_mean):
         super().__init__()
-        self.memory, self.alpha = memory, alpha
+        self.memory, self.alpha, self.reduction = memory, alpha, get_reduction(reduction)
 
     def forward(self, logits: Tensor, labels: Tensor, indices: Tensor, epoch: int) -> Tensor:
         """``logits`` (B, C), ``labels`` (B,), ``indices`` (B,) dataset indices, ``epoch`` from 0."""
@@ -44,7 +48,7 @@ class PSKDLoss(nn.Module):
         with torch.no_grad():
             one_hot = F.one_hot(labels, logits.shape[-1]).to(self.memory.memory.dtype)
             target = (1.0 - alpha) * one_hot + alpha * self.memory.lookup(indices)  # (B, C)
-        return cross_entropy(logits, target.log()).mean()
+        return self.reduction(cross_entropy(logits, target.log()))
 
     def remember(self, indices: Tensor, logits: Tensor) -> None:
         """Store ``softmax(logits)`` as the examples' predictions for the next epoch."""

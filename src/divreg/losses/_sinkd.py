@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..divergences import sinkhorn_distance
+from ..reductions import masked_mean
+from ..targets import DenseLogits, as_logits
 from ._kd import KDLoss
 
 
@@ -35,6 +37,7 @@ class SinKDLoss(nn.Module):
         sinkhorn_weight: beta.
         epsilon: entropic regularization.
         n_iters: Sinkhorn iterations.
+        reduction: the reduction of the KD terms (the OT term is batch-level).
 
     References:
         Cui et al. "Sinkhorn Distance Minimization for Knowledge Distillation", LREC-COLING 2024,
@@ -42,9 +45,11 @@ class SinKDLoss(nn.Module):
     """
 
     def __init__(self, *, temperature: float = 2.0, kd_weight: float = 0.9, sinkhorn_weight: float = 0.8,
-                 epsilon: float = 0.1, n_iters: int = 20):
+                 epsilon: float = 0.1, n_iters: int = 20, reduction: Union[str, Callable] = masked_mean):
         super().__init__()
-        self.kd = KDLoss("forward_kl", temperature=temperature, kd_weight=kd_weight, t_squared=False)
+        # t_squared=False on purpose: the paper's code uses the soft cross-entropy without T^2
+        self.kd = KDLoss("forward_kl", temperature=temperature, kd_weight=kd_weight, t_squared=False,
+                         reduction=reduction)
         self.temperature, self.sinkhorn_weight = temperature, sinkhorn_weight
         self.epsilon, self.n_iters = epsilon, n_iters
 
@@ -55,5 +60,8 @@ class SinKDLoss(nn.Module):
         cost = torch.cdist(student, teacher, p=1)  # (B, B)
         return sinkhorn_distance(cost, epsilon=self.epsilon, n_iters=self.n_iters)
 
-    def forward(self, logits: Tensor, teacher_logits: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-        return self.kd(logits, teacher_logits, labels) + self.sinkhorn_weight * self.transport_cost(logits, teacher_logits)
+    def forward(self, logits: Tensor, target: Union[Tensor, DenseLogits], labels: Optional[Tensor] = None, *,
+                step: int = 0) -> Tensor:
+        teacher_logits = as_logits(target)
+        return (self.kd(logits, teacher_logits, labels, step=step)
+                + self.sinkhorn_weight * self.transport_cost(logits, teacher_logits))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable, Union
+
 from torch import Tensor, nn
 
 from ..divergences import sorted_probability_l1
+from ..reductions import get_reduction, masked_mean
 
 
 def align_answer_positions(student_mask: Tensor, teacher_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -32,15 +35,17 @@ class ULDLoss(nn.Module):
 
     Args:
         temperature: T > 0 applied to both sides.
+        reduction: a reduction of :mod:`divreg.reductions` over the aligned student positions
+            (the token mean by default; ``per_sequence_mean`` averages within each sequence first).
 
     References:
         Boizard et al. "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation
         Loss for LLMs", 2024, arXiv 2402.12030.
     """
 
-    def __init__(self, *, temperature: float = 1.0):
+    def __init__(self, *, temperature: float = 1.0, reduction: Union[str, Callable] = masked_mean):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.reduction = temperature, get_reduction(reduction)
 
     def forward(self, student_logits: Tensor, student_mask: Tensor, teacher_logits: Tensor, teacher_mask: Tensor) -> Tensor:
         """``student_logits`` (B, Ts, Vs) with ``student_mask`` (B, Ts) True at answer positions;
@@ -50,5 +55,6 @@ class ULDLoss(nn.Module):
         if not bool(student_keep.any()):
             return student_logits.sum() * 0.0
         distances = sorted_probability_l1(student_logits[student_keep], teacher_logits[teacher_keep].detach(),
-                                          temperature=self.temperature)
-        return distances.mean()
+                                          temperature=self.temperature)  # (n,), rows in order
+        values = distances.new_zeros(student_keep.shape).masked_scatter(student_keep, distances)  # (B, Ts)
+        return self.reduction(values, student_keep)

@@ -1,13 +1,17 @@
-"""Metrics: accuracy and calibration of classifiers (ECE, AURC, NLL, Brier), with plots."""
+"""Metrics: accuracy and calibration of classifiers (ECE, AURC, NLL, Brier), and their plots
+(reliability diagrams, metric bars, training curves; matplotlib is imported when one is drawn)."""
 
 from ._classification import (
     accuracy,
     aurc,
     brier_score,
+    calibration_bins,
     classification_metrics,
     e_aurc,
     expected_calibration_error,
     nll,
 )
+from ._plots import metric_bars, reliability_diagrams, training_curves
 
-__all__ = ["accuracy", "aurc", "brier_score", "classification_metrics", "e_aurc", "expected_calibration_error", "nll"]
+__all__ = ["accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",
+           "expected_calibration_error", "metric_bars", "nll", "reliability_diagrams", "training_curves"]

@@ -12,10 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import require_positive
-from ..data._text import collate
+from ..data import collate, load_text_examples
+from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer
 from ..targets import TeacherCacheWriter, tokenizer_fingerprint
-from ._lm_config import ModelSource
-from ._lm_models import CausalLM, build_model, load_tokenizer
 
 
 @dataclass
@@ -37,12 +36,10 @@ class CacheTeacherConfig:
 
 @torch.no_grad()
 def run(config: CacheTeacherConfig) -> str:
-    from .lm_distillation import load_examples
-
     started = time.perf_counter()
     tokenizer = load_tokenizer(config.tokenizer)
-    train, _ = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    teacher = CausalLM(build_model(ModelSource(path=config.teacher), tokenizer, 0), len(tokenizer)).eval()
+    train, _ = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    teacher = CausalLM(build_causal_lm(ModelSource(path=config.teacher), tokenizer, 0), len(tokenizer)).eval()
     if config.top_k > teacher.output_weight.shape[0]:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
     manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,

@@ -7,12 +7,14 @@ positions are never read (they may be ``inf`` or ``nan``).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sequence_mean", "sum", "none")
+
+Count = Union[int, float, Tensor, None]
 
 
 def mask_from_labels(labels: Tensor, ignore_index: int = -100) -> Tensor:
@@ -43,21 +45,36 @@ def _masked(values: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     return torch.where(mask, values, 0.0), mask
 
 
-def masked_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def _no_global_count(name: str, num_items_in_batch: Count) -> None:
+    if num_items_in_batch is not None:
+        raise ValueError(
+            f"num_items_in_batch only applies to reduction='sum' (sum_over_items, which divides by a global count "
+            f"under gradient accumulation and several processes); {name} divides by this batch's own positions"
+        )
+
+
+def masked_mean(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Count = None) -> Tensor:
     r"""Mean over the valid positions: :math:`\sum_i m_i v_i / \max(1, \sum_i m_i)`.
 
     Args:
         values: (...) per-position values.
         mask: (...) bool, True where a position counts; None counts all.
+        num_items_in_batch: must be None (present so every reduction has one signature).
 
     Returns:
         Scalar tensor; 0 (with graph) when nothing is valid.
+
+    Example:
+        >>> import torch
+        >>> float(masked_mean(torch.tensor([1.0, 2.0, 9.0]), torch.tensor([True, True, False])))
+        1.5
     """
+    _no_global_count("masked_mean", num_items_in_batch)
     kept, mask = _masked(values, mask)
     return kept.sum() / mask.sum().clamp(min=1)
 
 
-def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Count = None) -> Tensor:
     r"""Mean over each sequence's valid positions, then mean over sequences.
 
     .. math:: \frac{1}{|B'|} \sum_{b \in B'} \frac{\sum_t m_{bt} v_{bt}}{\sum_t m_{bt}}
@@ -69,10 +86,12 @@ def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     Args:
         values: (B, T, ...) per-position values; dim 0 is the sequence.
         mask: same shape, bool; None counts all.
+        num_items_in_batch: must be None (present so every reduction has one signature).
 
     Returns:
         Scalar tensor; 0 (with graph) when nothing is valid.
     """
+    _no_global_count("per_sequence_mean", num_items_in_batch)
     if values.dim() < 2:
         raise ValueError(f"per_sequence_mean needs values of shape (B, T, ...), got {tuple(values.shape)}")
     kept, mask = _masked(values, mask)
@@ -81,9 +100,7 @@ def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     return sequence_means.sum() / (counts > 0).sum().clamp(min=1)
 
 
-def sum_over_items(
-    values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Union[int, float, Tensor, None] = None
-) -> Tensor:
+def sum_over_items(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Count = None) -> Tensor:
     r"""Sum over valid positions divided by ``num_items_in_batch``.
 
     With ``num_items_in_batch`` the number of valid positions in the *global* batch (all
@@ -110,24 +127,65 @@ def sum_over_items(
     return total / count.to(total.dtype)
 
 
-def reduce(
-    values: Tensor,
-    mask: Optional[Tensor] = None,
-    reduction: str = "mean",
-    num_items_in_batch: Union[int, float, Tensor, None] = None,
-) -> Tensor:
+Reduction = Callable[..., Tensor]  # (values, mask=None, num_items_in_batch=None) -> scalar
+
+_BY_NAME: dict[str, Reduction] = {"mean": masked_mean, "sequence_mean": per_sequence_mean, "sum": sum_over_items}
+
+
+def get_reduction(reduction: Union[str, Reduction]) -> Reduction:
+    """The reduction named ``reduction`` (``"mean"``, ``"sequence_mean"``, ``"sum"``), or
+    ``reduction`` itself when it is already one of this module's reductions."""
+    if callable(reduction):
+        if reduction not in _BY_NAME.values():
+            raise ValueError(f"reduction must be one of divreg.reductions' masked_mean, per_sequence_mean, "
+                             f"sum_over_items (or their names {sorted(_BY_NAME)}), got {reduction!r}")
+        return reduction
+    if reduction not in _BY_NAME:
+        raise ValueError(f"reduction must be one of {sorted(_BY_NAME)} or a divreg.reductions function, "
+                         f"got {reduction!r}")
+    return _BY_NAME[reduction]
+
+
+def position_weights(reduction: Union[str, Reduction], mask: Tensor, num_items_in_batch: Count = None) -> Tensor:
+    r"""Per-position weights :math:`w` with ``reduction(values, mask, n) == (w * values).sum()``.
+
+    Every reduction here is linear in the values, so its weights are its gradient with respect
+    to them; they are computed by differentiating the reduction itself, so code that sums
+    weighted values itself (the chunked :mod:`divreg.fused` kernel) reduces exactly as the
+    reduction does, with no second definition. Masked positions get weight 0.
+
+    Args:
+        reduction: a reduction of this module or its name.
+        mask: (...) bool, True where a position counts.
+        num_items_in_batch: passed to the reduction.
+
+    Returns:
+        (...) float64 weights.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.tensor([[True, True, False], [True, False, False]])
+        >>> position_weights("sequence_mean", mask).tolist()
+        [[0.25, 0.25, 0.0], [0.5, 0.0, 0.0]]
+    """
+    function = get_reduction(reduction)
+    probe = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device, requires_grad=True)
+    with torch.enable_grad():
+        total = function(probe, mask, num_items_in_batch) if num_items_in_batch is not None else function(probe, mask)
+        (weights,) = torch.autograd.grad(total, probe, allow_unused=True)
+    return torch.zeros_like(probe) if weights is None else weights
+
+
+def reduce(values: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean",
+           num_items_in_batch: Count = None) -> Tensor:
     """Apply a named reduction: ``"mean"`` (token mean), ``"sequence_mean"``, ``"sum"``
     (divided by ``num_items_in_batch`` when given) or ``"none"`` (values with masked
     positions set to 0).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if num_items_in_batch is not None and reduction != "sum":
-        raise ValueError(f"num_items_in_batch only applies to reduction='sum', got reduction={reduction!r}")
-    if reduction == "mean":
-        return masked_mean(values, mask)
-    if reduction == "sequence_mean":
-        return per_sequence_mean(values, mask)
-    if reduction == "sum":
-        return sum_over_items(values, mask, num_items_in_batch)
-    return _masked(values, mask)[0]
+    if reduction == "none":
+        if num_items_in_batch is not None:
+            raise ValueError("num_items_in_batch only applies to reduction='sum', got reduction='none'")
+        return _masked(values, mask)[0]
+    return get_reduction(reduction)(values, mask, num_items_in_batch)

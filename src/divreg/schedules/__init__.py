@@ -1,5 +1,9 @@
-"""Schedules: how a loss weight moves with the training step or epoch."""
+"""Schedules: how a loss weight moves with the training step or epoch. A weight anywhere in
+divreg is a number or a :class:`Schedule`; stateful schedules also ``observe(metrics)`` and
+live in checkpoints (``state_dict`` / ``load_state_dict``)."""
 
+from ._adaptive import AdaptiveReplayProbability
+from ._base import Schedule, as_schedule
 from ._ramps import Constant, LinearRamp
 
-__all__ = ["Constant", "LinearRamp"]
+__all__ = ["AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"]

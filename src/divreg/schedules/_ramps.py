@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
+from ._base import Schedule
 
-class Constant:
+
+class Constant(Schedule):
     """``value`` at every step."""
 
     def __init__(self, value: float):
+        if not math.isfinite(value):
+            raise ValueError(f"a constant weight must be finite, got {value!r}")
         self.value = float(value)
 
     def __call__(self, step: int) -> float:
@@ -18,7 +22,7 @@ class Constant:
         return f"Constant({self.value})"
 
 
-class LinearRamp:
+class LinearRamp(Schedule):
     r"""Linear ramp reaching ``final_value`` at the last of ``total_steps`` steps:
 
     .. math:: w_t = w_T \cdot \min\big(1, (t + 1) / T\big),\quad t = 0, 1, \ldots

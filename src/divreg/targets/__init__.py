@@ -1,9 +1,14 @@
-"""Targets: where the distribution a loss pulls toward comes from (teachers, references, the
-model's own past predictions, ...)."""
+"""Targets: where the distribution a loss pulls toward comes from (a live teacher, a cached
+teacher, a frozen reference policy, the model's own past predictions), and the typed signals
+they give a loss (:class:`DenseLogits`, :class:`HiddenStates`, :class:`SparseTopK`,
+:class:`SampledLogprobs`)."""
 
 from ._past_predictions import PastPredictions
+from ._signals import DenseLogits, HiddenStates, SampledLogprobs, Signal, SparseTopK, as_logits, detached
+from ._sources import LiveTeacher, ReferencePolicy
 from ._teacher_cache import TeacherCache, TeacherCacheWriter
 from ._vocabulary import VOCAB_POLICIES, shared_vocab_size, tokenizer_fingerprint
 
-__all__ = ["PastPredictions", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES", "shared_vocab_size",
-           "tokenizer_fingerprint"]
+__all__ = ["DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy", "SampledLogprobs",
+           "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES", "as_logits", "detached",
+           "shared_vocab_size", "tokenizer_fingerprint"]

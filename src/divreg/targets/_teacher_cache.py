@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._signals import SparseTopK
+
 MANIFEST = "manifest.json"
 
 
@@ -93,3 +95,9 @@ class TeacherCache:
             logprobs[row, :n] = shard_logprobs[start:start + n]
             tail[row, :n] = shard_tail[start:start + n]
         return torch.from_numpy(ids), torch.from_numpy(logprobs), torch.from_numpy(tail)
+
+    def signal(self, batch: dict[str, Tensor]) -> SparseTopK:
+        """The cached next-token signal of a batch (its ``example_ids`` pick the rows), for
+        positions ``0 .. T-2`` of ``input_ids`` (B, T), on the batch's device."""
+        ids, logprobs, tail = self.lookup(batch["example_ids"].tolist(), batch["input_ids"].shape[1] - 1)
+        return SparseTopK(ids, logprobs, tail).to_device(batch["input_ids"].device)

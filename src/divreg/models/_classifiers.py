@@ -1,4 +1,4 @@
-"""Small classifiers for the classifier-distillation recipe, and loading any ``nn.Module`` by
+"""Small classifiers (an MLP, a CNN without batch norm), and building any ``nn.Module`` by
 dotted path."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import importlib
 import math
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 
@@ -56,7 +57,7 @@ def _import(path: str):
         raise ValueError(f"cannot import model {path!r}: {error}") from error
 
 
-def build_model(kind: str, widths: Sequence[int], input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build_classifier(kind: str, widths: Sequence[int], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """``"auto"`` (CNN for images, MLP for features), ``"mlp"``, ``"cnn"``, or a dotted path
     ``package.module.Name`` to a callable ``(input_shape=..., num_classes=...) -> nn.Module``."""
     is_image = len(input_shape) == 3
@@ -74,3 +75,16 @@ def build_model(kind: str, widths: Sequence[int], input_shape: Sequence[int], nu
     if not isinstance(model, nn.Module):
         raise ValueError(f"{kind} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """(N, C) class probabilities of ``model`` on ``x`` (N, ...) in fp32, computed in eval mode
+    (the model's mode is restored after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs = torch.cat([torch.softmax(model(x[i:i + batch_size].to(device)).float(), -1).cpu()
+                       for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return probs

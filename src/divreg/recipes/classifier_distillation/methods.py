@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ClassificationData, augment
-from ..losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
-from ..schedules import LinearRamp
-from ..targets import PastPredictions
-from ._classifier_config import DistillClassifierConfig, kd_divergence
+from ...data import ClassificationData, augment
+from ...losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
+from ...schedules import LinearRamp
+from ...targets import DenseLogits, PastPredictions
+from .config import ClassifierMethod
 
 
 @dataclass
@@ -27,12 +27,12 @@ class Batch:
 
 
 class Method:
-    """Cross-entropy; subclasses override :meth:`loss`. ``needs_teacher`` asks the loop for
-    teacher logits; ``state`` is saved in checkpoints."""
+    """Cross-entropy; subclasses override :meth:`loss`. ``needs_teacher`` asks the loop for the
+    teacher's signal; the state (``state_dict``) is saved in checkpoints."""
 
     needs_teacher = False
 
-    def loss(self, model: nn.Module, batch: Batch, teacher_logits: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def loss(self, model: nn.Module, batch: Batch, target: Optional[DenseLogits]) -> tuple[Tensor, Tensor]:
         """(loss, the model's logits on the clean inputs)."""
         logits = model(batch.x)
         return F.cross_entropy(logits, batch.labels), logits
@@ -40,10 +40,10 @@ class Method:
     def after_step(self, indices: Tensor, logits: Tensor) -> None:
         """Called with the *global* batch's indices and logits after each optimizer step."""
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {}
 
-    def load_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 
@@ -51,22 +51,22 @@ class LabelSmoothing(Method):
     def __init__(self, smoothing: float):
         self.smoothing = smoothing
 
-    def loss(self, model, batch, teacher_logits):
+    def loss(self, model, batch, target):
         logits = model(batch.x)
         return F.cross_entropy(logits, batch.labels, label_smoothing=self.smoothing), logits
 
 
 class Distillation(Method):
-    """Any loss of the form ``loss_fn(logits, teacher_logits, labels)`` (KD, SinKD)."""
+    """Any loss of the form ``loss_fn(logits, target, labels)`` (KD, SinKD)."""
 
     needs_teacher = True
 
     def __init__(self, loss_fn: nn.Module):
         self.loss_fn = loss_fn
 
-    def loss(self, model, batch, teacher_logits):
+    def loss(self, model, batch, target):
         logits = model(batch.x)
-        return self.loss_fn(logits, teacher_logits, batch.labels), logits
+        return self.loss_fn(logits, target, batch.labels), logits
 
 
 class SelfDistillation(Method):
@@ -75,49 +75,48 @@ class SelfDistillation(Method):
     def __init__(self, labels: Tensor, num_classes: int, alpha: float, epochs: int):
         self.loss_fn = PSKDLoss(PastPredictions(labels, num_classes), LinearRamp(alpha, epochs))
 
-    def loss(self, model, batch, teacher_logits):
+    def loss(self, model, batch, target):
         logits = model(batch.x)
         return self.loss_fn(logits, batch.labels, batch.indices, batch.epoch), logits
 
     def after_step(self, indices, logits):
         self.loss_fn.remember(indices, logits)
 
-    def state(self):
+    def state_dict(self):
         return {"memory": self.loss_fn.memory.state_dict()}
 
-    def load_state(self, state):
+    def load_state_dict(self, state):
         self.loss_fn.memory.load_state_dict(state["memory"])
 
 
 class TwoViews(Method):
-    """Cross-entropy on two augmented views plus the two-view KL between their predictions."""
+    """Cross-entropy on two augmented views plus a divergence between their predictions."""
 
-    def __init__(self, weight: float, max_shift: int, noise_std: float):
-        self.consistency = TwoViewKL(weight=weight)
-        self.max_shift, self.noise_std = max_shift, noise_std
+    def __init__(self, consistency: TwoViewKL, max_shift: int, noise_std: float):
+        self.consistency, self.max_shift, self.noise_std = consistency, max_shift, noise_std
 
-    def loss(self, model, batch, teacher_logits):
+    def loss(self, model, batch, target):
         views = [augment(batch.x, batch.generator, max_shift=self.max_shift, noise_std=self.noise_std) for _ in "12"]
         logits_1, logits_2 = model(torch.cat(views)).chunk(2)  # one forward for both views
         ce = 0.5 * (F.cross_entropy(logits_1, batch.labels) + F.cross_entropy(logits_2, batch.labels))
         return ce + self.consistency(logits_1, logits_2), logits_1
 
 
-def make_method(name: str, config: DistillClassifierConfig, data: ClassificationData) -> Method:
-    """The method called ``name`` with its settings from ``config``."""
-    if name == "ce":
+def make_method(spec: ClassifierMethod, data: ClassificationData, epochs: int) -> Method:
+    """The objective a method entry describes."""
+    if spec.kind == "ce":
         return Method()
-    if name == "label_smoothing":
-        return LabelSmoothing(config.label_smoothing)
-    if name == "sinkd":
-        spec = config.sinkd
-        return Distillation(SinKDLoss(temperature=spec.temperature, kd_weight=spec.kd_weight,
-                                      sinkhorn_weight=spec.sinkhorn_weight, epsilon=spec.epsilon, n_iters=spec.n_iters))
-    if name == "pskd":
-        return SelfDistillation(data.y_train, data.num_classes, config.pskd_alpha, config.epochs)
-    if name == "two_view":
-        return TwoViews(config.two_view_weight, config.augment_shift, config.augment_noise)
-    divergence = kd_divergence(name)
-    options = {"generalized_jsd": {"beta": config.jsd_beta}, "alpha_divergence": {"alpha": config.kd_alpha},
-               "topk_kl": {"k": min(config.kd_topk, data.num_classes)}}.get(divergence, {})
-    return Distillation(KDLoss(divergence, temperature=config.kd_temperature, kd_weight=config.kd_weight, **options))
+    if spec.kind == "label_smoothing":
+        return LabelSmoothing(spec.weight)
+    if spec.kind == "sinkd":
+        return Distillation(SinKDLoss(temperature=spec.temperature, kd_weight=spec.weight, **spec.options))
+    if spec.kind == "pskd":
+        return SelfDistillation(data.y_train, data.num_classes, spec.weight, epochs)
+    if spec.kind == "two_view":
+        options = {"augment_shift": 1, "augment_noise": 0.1, **spec.options}
+        consistency = TwoViewKL(weight=spec.weight, divergence=spec.divergence, **spec.divergence_options)
+        return TwoViews(consistency, options["augment_shift"], options["augment_noise"])
+    options = dict(spec.divergence_options)
+    if spec.divergence == "topk_kl":
+        options["k"] = min(options.get("k", data.num_classes), data.num_classes)
+    return Distillation(KDLoss(spec.divergence, temperature=spec.temperature, kd_weight=spec.weight, **options))

@@ -15,39 +15,26 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .._table import format_table
-from ..data._text import IGNORE_INDEX, builtin_corpus, chunk_texts, load_text_records, tokenize_records
-from ..data._text import train_bpe_tokenizer
-from ..losses import LMDistillLoss
-from ..metrics import _plots
-from ..targets import TeacherCache, shared_vocab_size, tokenizer_fingerprint
-from ._lm_config import DistillLMConfig, LMMethod  # noqa: F401  (the command's config)
-from ._lm_models import CausalLM, build_model, load_tokenizer
-from ._lm_teacher import CrossTokenizerTeacher, TeacherSignal, student_arguments
-from ._lm_training import LMRun, LMTrainer
-from ._runs import prepare_run_folder
+from ..._table import format_table
+from ...data import IGNORE_INDEX, builtin_corpus, load_text_examples, train_bpe_tokenizer
+from ...losses import LMDistillLoss
+from ...metrics import training_curves
+from ...models import CausalLM, build_causal_lm, load_tokenizer, next_token_signal
+from ...targets import LiveTeacher, TeacherCache, shared_vocab_size, tokenizer_fingerprint
+from ...training import prepare_run_folder
+from .config import DistillLMConfig, LMMethod
+from .teachers import CrossTokenizerTeacher
+from .trainer import LMRun, LMTrainer
+
+__all__ = ["DistillLMConfig", "LMMethod", "run"]
 
 FUSED_AUTO_VOCAB = 32768
-
-
-def load_examples(data: str, held_out: Optional[str], tokenizer, seq_len: int, prompt_len: int):
-    """(train, held-out) examples with stable example ids (the keys of a teacher cache)."""
-    if data == "builtin":
-        train_texts, held_out_texts = builtin_corpus()
-        train = chunk_texts(train_texts, tokenizer, seq_len, prompt_len)
-        return train, chunk_texts(held_out_texts, tokenizer, seq_len, prompt_len, first_id=len(train))
-    train = tokenize_records(load_text_records(data), tokenizer, seq_len, prompt_len)
-    if held_out is None:
-        cut = max(1, len(train) // 10)
-        return train[cut:], train[:cut]
-    return train, tokenize_records(load_text_records(held_out), tokenizer, seq_len, prompt_len, first_id=len(train))
 
 
 def setup(config: DistillLMConfig):
@@ -59,7 +46,7 @@ def setup(config: DistillLMConfig):
         tokenizer = train_bpe_tokenizer(builtin_corpus()[0], config.vocab_size)
     else:
         tokenizer = load_tokenizer(config.tokenizer)
-    train, held_out = load_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    train, held_out = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
@@ -84,7 +71,7 @@ def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, acce
     teacher_tokenizer = load_tokenizer(config.teacher.tokenizer) if config.teacher.tokenizer else tokenizer
     if config.teacher.path is None and config.teacher_cache and not config.teacher_train_steps:
         return None, teacher_tokenizer  # a cache without a model: no KL-to-teacher metric
-    model = CausalLM(build_model(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer))
+    model = CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer))
     if config.teacher.path is None and config.teacher_train_steps:
         if teacher_tokenizer is not tokenizer:
             raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
@@ -106,25 +93,26 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
         cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature)
 
         def uld_loss(model, batch, num_items):
-            logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+            logits = next_token_signal(model, batch).logits  # (B, T-1, V)
             ce = next_token_ce(logits, batch, num_items)
             distance = cross.loss(logits, batch)
             return ce + distance, {"loss": ce + distance, "divergence": distance, "ce": ce}
 
         return uld_loss, None
     fused = config.fused == "true" or (config.fused == "auto" and shared >= FUSED_AUTO_VOCAB)
-    cache = TeacherCache(config.teacher_cache) if config.teacher_cache else None
-    if cache is not None:
-        check_cache(cache, config, tokenizer)
-    signal = TeacherSignal(teacher, cache, fused)
+    if config.teacher_cache:
+        target = TeacherCache(config.teacher_cache)
+        check_cache(target, config, tokenizer)
+    else:
+        target = LiveTeacher(teacher, hidden=fused)
     ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
     loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
-                                divergence_weight=method.divergence_weight, ce_weight=ce_weight, fused=fused,
-                                tail=config.cache_tail, **method.divergence_options())
+                                divergence_weight=method.weight, ce_weight=ce_weight, tail=config.cache_tail,
+                                **method.divergence_options)
 
     def distill_loss(model, batch, num_items):
-        out = loss_module(labels=batch["labels"][:, 1:], num_items_in_batch=num_items,
-                          **student_arguments(model, batch, fused), **signal.arguments(batch))
+        out = loss_module(next_token_signal(model, batch, hidden=fused), target.signal(batch), batch["labels"][:, 1:],
+                          num_items)
         return out.loss, {"loss": out.loss, "divergence": out.divergence, "ce": out.cross_entropy}
 
     return distill_loss, shared
@@ -149,10 +137,10 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
     columns = ["run", "perplexity", "kl_to_teacher"]
     print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-")}
                         for name, m in summary.items()], columns))
-    curves = {name: {key: [r[key] for r in s["position"]["history"]]  # keys every evaluation has
+    curves = {name: {key: [r[key] for r in s["state"]["history"]]  # keys every evaluation has
                      for key in ("step", "loss", "perplexity", "kl_to_teacher")
-                     if all(key in r for r in s["position"]["history"])} for name, s in results.items()}
-    _plots.training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step")
+                     if all(key in r for r in s["state"]["history"])} for name, s in results.items()}
+    training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step")
     return summary
 
 
@@ -163,10 +151,10 @@ def run(config: DistillLMConfig) -> dict:
     trainer.teacher_model = teacher
     teacher_metrics = None
     if teacher is not None and teacher_tokenizer is tokenizer:
-        teacher_metrics = {k: v for k, v in trainer._evaluate(teacher, None, held_out).items()}
+        teacher_metrics = trainer.evaluate(teacher, None, held_out)
     results = {}
     for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
-        student = CausalLM(build_model(config.student, tokenizer, config.seed + 1), len(tokenizer))
+        student = CausalLM(build_causal_lm(config.student, tokenizer, config.seed + 1), len(tokenizer))
         loss_fn, shared = make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
         run_spec = LMRun(method.name, method, config.steps, config.lr,
                          os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))

@@ -1,14 +1,11 @@
-"""What every recipe does with its output folder and its data order: one place for the
-run folder (checkpoints, JSONL log, resolved config), the per-epoch batch order, and the log."""
+"""The output folder of a run: checkpoints, the JSONL log of evaluations, the resolved config."""
 
 from __future__ import annotations
 
 import json
 import os
 
-import torch
 from accelerate import Accelerator
-from torch import Tensor
 
 from ..config import to_yaml
 from ._checkpoint import remove_run_checkpoints
@@ -36,13 +33,3 @@ def append_record(accelerator: Accelerator, log_path: str, record: dict) -> None
     if accelerator.is_main_process:
         with open(log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-
-
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> Tensor:
-    """(num_batches, batch_size) dataset indices of one epoch: a permutation seeded by (seed,
-    epoch), the last incomplete batch dropped."""
-    if not 1 <= batch_size <= num_examples:
-        raise ValueError(f"batch_size={batch_size} must be between 1 and the {num_examples} training examples")
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    num_batches = num_examples // batch_size
-    return order[: num_batches * batch_size].view(num_batches, batch_size)

@@ -21,16 +21,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .._table import format_table
-from ..data import load_classification_data
-from ..metrics import _plots, classification_metrics
-from ._classifier_config import DistillClassifierConfig  # noqa: F401  (the command's config)
-from ._classifier_methods import Method, make_method
-from ._classifier_models import build_model
-from ._classifier_training import RunSpec, Trainer, predict
-from ._runs import prepare_run_folder
+from ..._table import format_table
+from ...data import load_classification_data
+from ...metrics import classification_metrics, metric_bars, reliability_diagrams, training_curves
+from ...models import build_classifier, predict_probabilities
+from ...training import prepare_run_folder
+from .config import ClassifierMethod, DistillClassifierConfig
+from .methods import Method, make_method
+from .trainer import ClassifierRun, Trainer
+
+__all__ = ["ClassifierMethod", "DistillClassifierConfig", "run"]
 
 METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "e_aurc")
+CURVES = ("train_loss", "test_accuracy", "test_nll", "test_ece")  # per epoch, in curves.png
 
 
 def _summarize(values: list[float]) -> dict[str, float]:
@@ -53,15 +56,15 @@ def setup(config: DistillClassifierConfig):
 def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[torch.nn.Module, dict]:
     """Train the teacher with cross-entropy, or load its state dict from ``teacher_checkpoint``."""
     set_seed(config.seed)
-    teacher = build_model(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
+    teacher = build_classifier(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
     if config.teacher_checkpoint:
         state = torch.load(config.teacher_checkpoint, map_location="cpu", weights_only=False)
         teacher.load_state_dict(state["model"] if "model" in state else state)
-        probs = predict(teacher, data.x_test)
+        probs = predict_probabilities(teacher, data.x_test)
         return teacher, {"metrics": classification_metrics(probs, data.y_test, config.ece_bins), "test_probs": probs,
-                         "position": {"history": {}}}
-    spec = RunSpec("teacher", "ce", config.seed, config.teacher_epochs, os.path.join(checkpoints, "teacher.pt"))
-    state = trainer.run(spec, teacher, Method(), None)
+                         "state": {"history": []}}
+    run = ClassifierRun("teacher", "ce", config.seed, config.teacher_epochs, os.path.join(checkpoints, "teacher.pt"))
+    state = trainer.run(run, teacher, Method(), None)
     teacher.load_state_dict(state["model"])
     return teacher.eval(), state
 
@@ -70,13 +73,13 @@ def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, ac
     """One student per (method, seed); returns method -> list of final states."""
     results: dict[str, list[dict]] = {}
     runs = [(method, seed) for method in config.methods for seed in config.seeds]
-    for method_name, seed in tqdm(runs, desc="students", disable=not accelerator.is_local_main_process):
+    for method, seed in tqdm(runs, desc="students", disable=not accelerator.is_local_main_process):
         set_seed(seed)
-        student = build_model(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
-        name = f"{method_name}-seed{seed}"
-        spec = RunSpec(name, method_name, seed, config.epochs, os.path.join(checkpoints, f"{name}.pt"))
-        state = trainer.run(spec, student, make_method(method_name, config, data), teacher)
-        results.setdefault(method_name, []).append(state)
+        student = build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
+        name = f"{method.name}-seed{seed}"
+        run = ClassifierRun(name, method.name, seed, config.epochs, os.path.join(checkpoints, f"{name}.pt"))
+        state = trainer.run(run, student, make_method(method, data, config.epochs), teacher)
+        results.setdefault(method.name, []).append(state)
     return results
 
 
@@ -91,11 +94,12 @@ def report(config, data, teacher_state: dict, results: dict[str, list[dict]]) ->
             for name, v in summary.items()]
     print(format_table(rows, ["method", *METRICS]))
     first = {"teacher": teacher_state, **{method: states[0] for method, states in results.items()}}
-    _plots.reliability_diagrams({name: (s["test_probs"], data.y_test) for name, s in first.items()},
-                                os.path.join(config.output_dir, "reliability.png"), config.ece_bins)
-    _plots.metric_bars(summary, ["accuracy", "ece", "nll"], os.path.join(config.output_dir, "metrics.png"))
-    _plots.training_curves({name: s["position"]["history"] for name, s in first.items() if s["position"]["history"]},
-                           os.path.join(config.output_dir, "curves.png"))
+    reliability_diagrams({name: (s["test_probs"], data.y_test) for name, s in first.items()},
+                         os.path.join(config.output_dir, "reliability.png"), config.ece_bins)
+    metric_bars(summary, ["accuracy", "ece", "nll"], os.path.join(config.output_dir, "metrics.png"))
+    curves = {name: {key: [record[key] for record in s["state"]["history"]] for key in CURVES}
+              for name, s in first.items() if s["state"]["history"]}
+    training_curves(curves, os.path.join(config.output_dir, "curves.png"))
     return summary
 
 

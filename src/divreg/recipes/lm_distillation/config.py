@@ -1,14 +1,20 @@
-"""Configuration of the language-model distillation recipe."""
+"""Configuration of the language-model distillation recipe.
+
+Methods are data: each entry of ``methods`` is an :class:`LMMethod` mapping (``name``,
+``divergence``, ``divergence_options``, ``weight``, ...), or a divergence's short name
+(``forward_kl``, ``jsd``, ``kd_reverse_kl``: a student trained with that divergence alone).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config import require_positive
-from ..divergences._registry import DIVERGENCES
-from ..divergences._sparse import TAIL_POLICIES
-from ..targets import VOCAB_POLICIES
+from ...config import require_positive
+from ...divergences import check_tail_policy
+from ...models import ModelSource
+from ...targets import VOCAB_POLICIES
+from .._methods import check_divergence, divergence_name, parse_methods
 
 
 def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str, Any]:
@@ -18,34 +24,40 @@ def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str,
 
 
 @dataclass
-class ModelSource:
-    path: Optional[str] = None  # local path or hub id of an AutoModelForCausalLM; None: build from `config`
-    config: dict[str, Any] = field(default_factory=dict)  # transformers config fields (with model_type) to build from
-    tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer
-
-
-@dataclass
 class LMMethod:
     name: str = "forward_kl"  # label in tables, plots and checkpoint names
     divergence: str = "forward_kl"  # any name of divreg.divergences
-    beta: float = 0.5  # beta of generalized_jsd
-    alpha: float = 0.1  # alpha of skew_kl / skew_reverse_kl / alpha_divergence
+    divergence_options: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.5} for generalized_jsd
+    weight: float = 1.0  # weight of the divergence (0 with ce_weight 1: a student trained on labels only)
+    ce_weight: Optional[float] = None  # weight of the CE on the labels; None: the run's ce_weight
     lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
     sequence_kd: bool = False  # train on the teacher's generations from the prompts (sequence-level KD)
     adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
-    divergence_weight: float = 1.0  # weight of the divergence (0 with ce_weight 1: a student trained on labels only)
-    ce_weight: Optional[float] = None  # weight of the CE on the labels; None: the run's ce_weight
 
-    def divergence_options(self) -> dict[str, Any]:
-        return {"generalized_jsd": {"beta": self.beta}, "skew_kl": {"alpha": self.alpha},
-                "skew_reverse_kl": {"alpha": self.alpha}, "alpha_divergence": {"alpha": self.alpha}}.get(
-            self.divergence, {})
+    def __post_init__(self):
+        where = f"methods.{self.name}"
+        self.divergence = divergence_name(self.divergence)
+        check_divergence(where, self.divergence, self.divergence_options)
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"{where}.lmbda must be in [0, 1], got {self.lmbda}")
+        if self.weight < 0 or (self.ce_weight is not None and self.ce_weight < 0):
+            raise ValueError(f"{where}: weights must be >= 0")
+
+    @property
+    def on_generated_text(self) -> bool:
+        return self.lmbda > 0 or self.adaptive_off_policy or self.sequence_kd
 
 
-def _default_methods() -> list[LMMethod]:
-    return [LMMethod("ce_only", divergence_weight=0.0, ce_weight=1.0), LMMethod("forward_kl", "forward_kl"),
-            LMMethod("reverse_kl", "reverse_kl"),
-            LMMethod("jsd", "generalized_jsd", beta=0.5), LMMethod("on_policy_jsd", "generalized_jsd", beta=0.5, lmbda=1.0)]
+def _shorthand(name: str) -> dict[str, Any]:
+    divergence = divergence_name(name[3:] if name.startswith("kd_") else name)
+    options = {"generalized_jsd": {"beta": 0.5}}.get(divergence, {})
+    return {"name": name, "divergence": divergence, "divergence_options": options}
+
+
+def _default_methods() -> list[Any]:
+    return [{"name": "ce_only", "weight": 0.0, "ce_weight": 1.0}, "forward_kl", "reverse_kl", "jsd",
+            {"name": "on_policy_jsd", "divergence": "generalized_jsd", "divergence_options": {"beta": 0.5},
+             "lmbda": 1.0}]
 
 
 @dataclass
@@ -59,9 +71,11 @@ class DistillLMConfig:
     teacher_lr: float = 0.003  # its learning rate
     teacher_dtype: str = "float32"  # the live teacher's precision during distillation: float32, bfloat16 or float16
     student: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(32, 1, 2, 86)))
-    methods: list[LMMethod] = field(default_factory=_default_methods)  # one student per method
-    temperature: float = 1.0  # T of the divergence (both sides)
-    t_squared: bool = False  # scale the divergence by T^2
+    # one student per method: divergence short names or mappings {name, divergence, divergence_options, weight,
+    # ce_weight, lmbda, sequence_kd, adaptive_off_policy}
+    methods: list[Any] = field(default_factory=_default_methods)
+    temperature: float = 1.0  # T of the divergence in the loss (both sides); sampling has its own
+    t_squared: bool = True  # scale the divergence by T^2 (no effect at T = 1)
     ce_weight: float = 0.0  # weight of the student's own CE on the labels
     fused: str = "auto"  # "auto" (fused when the vocabulary has >= 32768 entries), "true" or "false"
     vocab_policy: str = "strict"  # "strict" (same tokenizer; padded embeddings sliced) or "uld" (cross-tokenizer)
@@ -70,6 +84,8 @@ class DistillLMConfig:
     seq_len: int = 64  # tokens per example (builtin data) or maximum length (records)
     prompt_len: int = 16  # prompt tokens of builtin examples (never in the loss)
     max_new_tokens: int = 48  # length of on-policy student generations
+    sampling_temperature: float = 1.0  # temperature of on-policy and sequence-level generations (TRL GKD: 0.9)
+    top_p: float = 1.0  # nucleus sampling of those generations (1: the full distribution)
     steps: int = 300  # optimizer steps per student
     batch_size: int = 16  # global batch (examples), split over processes and accumulation
     grad_accum: int = 1  # micro-batches per step and process
@@ -86,21 +102,12 @@ class DistillLMConfig:
     cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
 
     def __post_init__(self):
-        if not self.methods:
-            raise ValueError("methods must list at least one method")
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ValueError(f"methods: names must be distinct, got {names}")
-        for method in self.methods:
-            if method.divergence not in DIVERGENCES:
-                raise ValueError(f"methods.{method.name}.divergence: unknown {method.divergence!r}; "
-                                 f"choose one of {sorted(DIVERGENCES)}")
-            if not 0.0 <= method.lmbda <= 1.0:
-                raise ValueError(f"methods.{method.name}.lmbda must be in [0, 1], got {method.lmbda}")
-            if method.divergence_weight < 0 or (method.ce_weight is not None and method.ce_weight < 0):
-                raise ValueError(f"methods.{method.name}: weights must be >= 0")
+        self.methods = parse_methods(self.methods, LMMethod, _shorthand)
         require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size",
-                                "grad_accum", "lr", "temperature", "eval_every", "eval_examples", "replay_capacity"))
+                                "grad_accum", "lr", "temperature", "eval_every", "eval_examples", "replay_capacity",
+                                "sampling_temperature", "top_p"))
+        if self.top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
@@ -110,13 +117,15 @@ class DistillLMConfig:
             raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
         if self.vocab_policy not in VOCAB_POLICIES:
             raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {self.vocab_policy!r}")
-        if self.cache_tail not in TAIL_POLICIES:
-            raise ValueError(f"cache_tail must be one of {TAIL_POLICIES}, got {self.cache_tail!r}")
+        try:
+            check_tail_policy(self.cache_tail)
+        except ValueError as error:
+            raise ValueError(f"cache_tail: {error}") from None
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         if self.ce_weight < 0 or self.teacher_train_steps < 0 or self.checkpoint_every < 0:
             raise ValueError("ce_weight, teacher_train_steps and checkpoint_every must be >= 0")
-        on_generated_text = any(m.lmbda > 0 or m.adaptive_off_policy or m.sequence_kd for m in self.methods)
+        on_generated_text = any(m.on_generated_text for m in self.methods)
         if self.teacher_cache and on_generated_text:
             raise ValueError("teacher_cache holds the teacher's signal on the dataset only; methods on generated "
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")

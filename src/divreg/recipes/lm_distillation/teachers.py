@@ -1,46 +1,14 @@
-"""The teacher side of an LM distillation step: a live model (dense logits, or hidden states
-for the fused path), a cache (sparse top-k), or a model with another tokenizer (ULD)."""
+"""A teacher with another tokenizer (ULD). Same-tokenizer teachers are the targets of
+:mod:`divreg.targets` (:class:`~divreg.targets.LiveTeacher`, :class:`~divreg.targets.TeacherCache`)."""
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ..data._text import IGNORE_INDEX
-from ..losses import ULDLoss
-from ..targets import TeacherCache
-from ._lm_models import CausalLM
-
-
-class TeacherSignal:
-    """Turns a batch into the teacher arguments of :class:`divreg.losses.LMDistillLoss`
-    (a live teacher's logits or hidden states, or a cache's top-k)."""
-
-    def __init__(self, teacher: Optional[CausalLM], cache: Optional[TeacherCache], fused: bool):
-        self.teacher, self.cache, self.fused = teacher, cache, fused
-
-    @torch.no_grad()
-    def arguments(self, batch: dict[str, Tensor]) -> dict:
-        if self.cache is not None:
-            positions = batch["input_ids"].shape[1] - 1
-            ids, logprobs, tail = self.cache.lookup(batch["example_ids"].tolist(), positions)
-            device = batch["input_ids"].device
-            return {"teacher_sparse": (ids.to(device), logprobs.to(device), tail.to(device))}
-        if self.fused:
-            hidden = self.teacher(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]
-            return {"teacher_hidden": hidden, "teacher_weight": self.teacher.output_weight}
-        return {"teacher_logits": self.teacher(batch["input_ids"], batch["attention_mask"])[:, :-1]}
-
-
-def student_arguments(model, batch: dict[str, Tensor], fused: bool) -> dict:
-    """The student arguments of :class:`divreg.losses.LMDistillLoss` (``model`` may be DDP-wrapped)."""
-    if fused:
-        core = model.module if hasattr(model, "module") else model
-        return {"student_hidden": model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1],
-                "student_weight": core.output_weight}
-    return {"student_logits": model(batch["input_ids"], batch["attention_mask"])[:, :-1]}
+from ...data import IGNORE_INDEX
+from ...losses import ULDLoss
+from ...models import CausalLM
 
 
 class CrossTokenizerTeacher:

@@ -1,14 +1,23 @@
-"""Loading and building the recipe's causal LMs and tokenizers, and a thin wrapper that lets
-DDP see the forward pass of the fused path (hidden states instead of logits)."""
+"""Causal LMs and tokenizers: loading (local folder or hub id), building from a config, and a
+thin wrapper whose forward gives logits or hidden states (so DDP sees the fused path's forward)
+and whose ``signal`` gives the next-token signal of a batch."""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._lm_config import ModelSource
+from ..targets import DenseLogits, HiddenStates
+
+
+@dataclass
+class ModelSource:
+    path: Optional[str] = None  # local path or hub id of an AutoModelForCausalLM; None: build from `config`
+    config: dict[str, Any] = field(default_factory=dict)  # transformers config fields (with model_type) to build from
+    tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer
 
 
 def load_tokenizer(name_or_path: str):
@@ -22,7 +31,7 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def build_model(source: ModelSource, tokenizer, seed: int):
+def build_causal_lm(source: ModelSource, tokenizer, seed: int):
     """``AutoModelForCausalLM`` from ``source.path`` (local folder or hub id), or built from
     ``source.config`` (vocabulary and special tokens taken from ``tokenizer``) with weights
     initialized under ``seed``."""
@@ -74,3 +83,20 @@ class CausalLM(nn.Module):
     def output_bias(self) -> Optional[Tensor]:
         bias = getattr(self.model.get_output_embeddings(), "bias", None)
         return None if bias is None else bias[: self.vocab_size]
+
+    def signal(self, batch: dict[str, Tensor], hidden: bool = False) -> Union[DenseLogits, HiddenStates]:
+        """The next-token signal of ``batch`` (see :func:`next_token_signal`)."""
+        return next_token_signal(self, batch, hidden)
+
+
+def next_token_signal(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> Union[DenseLogits,
+                                                                                                HiddenStates]:
+    """What ``model`` (a :class:`CausalLM`, possibly wrapped by DDP: the call goes through the
+    wrapper's forward) predicts at positions ``0 .. T-2`` of ``batch["input_ids"]`` (B, T), i.e.
+    for tokens ``1 .. T-1``: :class:`DenseLogits` (B, T-1, V), or with ``hidden=True``
+    :class:`HiddenStates` (B, T-1, H) with the output layer's weight and bias."""
+    core = model.module if hasattr(model, "module") else model
+    if hidden:
+        states = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
+        return HiddenStates(states, core.output_weight, core.output_bias)
+    return DenseLogits(model(batch["input_ids"], batch["attention_mask"])[:, :-1])  # (B, T-1, V)

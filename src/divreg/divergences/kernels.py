@@ -1,0 +1,13 @@
+"""Building blocks for kernels that evaluate a divergence outside this package (the chunked
+:mod:`divreg.fused` path): value-and-gradient forms on log-probabilities and the input checks
+they rely on. Public, so that no other package imports a private module of this one.
+
+Each ``with_grad`` form takes ``(log_q, log_p, **options)`` (log-probs of the model and the
+target at the temperature already applied) and returns ``(values, gradient)``, the gradient
+with respect to the *tempered* logits of q (divide by T for the raw logits).
+"""
+
+from ._common import check_temperature, math_dtype
+from ._sparse import check_sparse_target, sparse_kl_with_grad
+
+__all__ = ["check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"]

@@ -1,0 +1,90 @@
+"""Signals: what a target gives a loss, as small typed objects.
+
+A loss never cares whether its target is a live teacher, a cache on disk or a frozen
+reference policy: it receives one of these. Dense targets come as logits or as hidden states
+with the output layer (for the fused path, which never builds ``[tokens x vocab]`` logits);
+a cached teacher gives its top-k log-probs and the log of its remaining mass; a reference
+policy scored on sampled tokens gives their log-probs (what the KL estimators take).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DenseLogits:
+    """Logits over the whole vocabulary."""
+
+    logits: Tensor  # (..., V)
+
+    def to_logits(self) -> Tensor:
+        return self.logits
+
+
+@dataclass(frozen=True)
+class HiddenStates:
+    """The last hidden states and the output layer that reads them:
+    ``logits = hidden @ weight.T + bias``. The bias travels with the weight, so no path drops it.
+
+    Example:
+        >>> import torch
+        >>> signal = HiddenStates(torch.ones(2, 3), torch.eye(4, 3), torch.zeros(4))
+        >>> tuple(signal.to_logits().shape)
+        (2, 4)
+    """
+
+    hidden: Tensor  # (..., H)
+    weight: Tensor  # (V, H)
+    bias: Optional[Tensor] = None  # (V,)
+
+    def to_logits(self) -> Tensor:
+        """The full logits (..., V): materialized, for the plain (non-fused) path."""
+        logits = self.hidden @ self.weight.T  # (..., V)
+        return logits if self.bias is None else logits + self.bias
+
+
+@dataclass(frozen=True)
+class SparseTopK:
+    """A sparse target per position: its top-k token ids, their log-probs, and the log of the
+    probability mass on every other token (None: derived as log(1 - sum of the top-k))."""
+
+    ids: Tensor  # (..., k) int64
+    logprobs: Tensor  # (..., k)
+    tail_logmass: Optional[Tensor] = None  # (...)
+
+    def to_device(self, device) -> "SparseTopK":
+        tail = None if self.tail_logmass is None else self.tail_logmass.to(device)
+        return SparseTopK(self.ids.to(device), self.logprobs.to(device), tail)
+
+
+@dataclass(frozen=True)
+class SampledLogprobs:
+    """Log-probabilities of sampled tokens (one per position), e.g. a reference policy scoring
+    the tokens a policy generated: the input of :mod:`divreg.estimators`."""
+
+    logprobs: Tensor  # (...)
+
+
+Signal = Union[DenseLogits, HiddenStates, SparseTopK, SampledLogprobs]
+
+
+def as_logits(target: Union[Tensor, DenseLogits, HiddenStates]) -> Tensor:
+    """Full logits from a tensor or a dense signal; ``ValueError`` for a signal that has none."""
+    if isinstance(target, Tensor):
+        return target
+    if isinstance(target, (DenseLogits, HiddenStates)):
+        return target.to_logits()
+    raise ValueError(f"expected logits (a tensor, DenseLogits or HiddenStates), got {type(target).__name__}; "
+                     "a sparse or sampled signal has no full logits")
+
+
+@torch.no_grad()
+def detached(signal: Signal) -> Signal:
+    """The same signal with every tensor detached (a target is a constant for the loss)."""
+    fields = {name: (None if value is None else value.detach()) for name, value in vars(signal).items()}
+    return type(signal)(**fields)

@@ -1,0 +1,124 @@
+"""The resumable run loop, written once for every recipe: restore if checkpointed, skip if
+done, step, evaluate, checkpoint, finish.
+
+A recipe gives a :class:`RunSpec` and three functions: ``step_fn(model, optimizer, step)`` does
+one optimizer step and returns its metrics, ``evaluate(model, step, means)`` returns the record
+of an evaluation (``means``: the step metrics averaged since the last one), and
+``finish(model)`` returns the final results stored in the last checkpoint. Objects with state
+(a replay buffer, a stateful schedule, a method's memory) are passed as ``components``: their
+``state_dict`` goes into every checkpoint (one per process) and ``load_state_dict`` restores
+it. (A stateful schedule's ``observe`` is called by the recipe's ``evaluate``, which knows what
+it observes.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._checkpoint import load_if_exists, save_atomic
+from ._run_folder import append_record
+
+
+@dataclass
+class RunState:
+    """Where a run is; saved in every checkpoint and restored on resume."""
+
+    step: int = 0  # optimizer steps taken
+    done: bool = False  # the run finished and its results are in the checkpoint
+    history: list[dict] = field(default_factory=list)  # one record per evaluation
+    sums: dict[str, float] = field(default_factory=dict)  # numeric step metrics summed since the last evaluation
+    count: int = 0  # steps in those sums
+    last: dict[str, Any] = field(default_factory=dict)  # the last step's non-numeric metrics (e.g. a data source)
+
+    def add_step(self, metrics: Mapping[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            else:
+                self.last[key] = value
+        self.count += 1
+
+    def take_means(self) -> dict[str, Any]:
+        """The step metrics since the last evaluation (numbers averaged), then reset."""
+        means = {**self.last, **{key: value / max(self.count, 1) for key, value in self.sums.items()}}
+        self.sums, self.count, self.last = {}, 0, {}
+        return means
+
+
+@dataclass
+class RunSpec:
+    name: str  # the run's name in logs and progress bars, e.g. "teacher" or "kd_forward_kl-seed1"
+    total_steps: int  # optimizer steps of the whole run
+    checkpoint_path: str
+    evaluate_every: int  # evaluate after every this many steps, and after the last
+    checkpoint_every: int = 0  # also checkpoint after every this many steps (0: never in between)
+    checkpoint_at_evaluation: bool = False  # also checkpoint after each evaluation
+    progress_keys: tuple[str, ...] = ()  # record keys shown on the progress bar
+
+
+def _gathered_states(accelerator: Accelerator, components: Mapping[str, Any]) -> list[dict]:
+    local = {name: component.state_dict() for name, component in components.items()}
+    return accelerator.gather_for_metrics([local], use_gather_object=True)
+
+
+def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
+              make_optimizer: Callable[[Any], torch.optim.Optimizer],
+              step_fn: Callable[[nn.Module, torch.optim.Optimizer, int], Mapping[str, Any]],
+              evaluate: Callable[[nn.Module, int, dict], dict], finish: Callable[[nn.Module], dict], *,
+              components: Optional[Mapping[str, Any]] = None, log_path: Optional[str] = None,
+              on_start: Optional[Callable[[nn.Module], None]] = None) -> dict:
+    """Train (or resume, or skip when done) one run; returns its final checkpoint: ``model``,
+    ``optimizer``, ``components``, ``state`` (a :class:`RunState` as a dict) and ``finish``'s
+    results. ``model`` is the bare module: the loop prepares it with ``accelerator``."""
+    components = dict(components or {})
+    saved = load_if_exists(spec.checkpoint_path)
+    if saved is not None and saved["state"]["done"]:
+        model.load_state_dict(saved["model"])
+        return saved
+    optimizer = make_optimizer(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = RunState()
+    if saved is not None:
+        accelerator.unwrap_model(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for name, component in components.items():
+            component.load_state_dict(saved["components"][accelerator.process_index][name])
+        state = RunState(**saved["state"])
+    elif on_start is not None:
+        on_start(model)
+
+    def checkpoint(**results) -> dict:
+        states = _gathered_states(accelerator, components)
+        checkpoint = {"name": spec.name, "model": accelerator.unwrap_model(model).state_dict(),
+                      "optimizer": optimizer.state_dict(), "components": states, "state": dataclasses.asdict(state),
+                      **results}
+        if accelerator.is_main_process:
+            save_atomic(checkpoint, spec.checkpoint_path)
+        accelerator.wait_for_everyone()
+        return checkpoint
+
+    model.train()
+    progress = tqdm(range(state.step, spec.total_steps), desc=spec.name, leave=False,
+                    disable=not accelerator.is_local_main_process)
+    for step in progress:
+        state.add_step(step_fn(model, optimizer, step))
+        state.step = done = step + 1
+        evaluated = done % spec.evaluate_every == 0 or done == spec.total_steps
+        if evaluated:
+            record = {"run": spec.name, "step": done, **evaluate(model, done, state.take_means())}
+            state.history.append(record)
+            if log_path is not None:
+                append_record(accelerator, log_path, record)
+            progress.set_postfix({key: f"{record[key]:.3f}" for key in spec.progress_keys if key in record})
+        periodic = spec.checkpoint_every and done % spec.checkpoint_every == 0
+        if done < spec.total_steps and (periodic or (evaluated and spec.checkpoint_at_evaluation)):
+            checkpoint()
+    state.done = True
+    return checkpoint(**finish(model))

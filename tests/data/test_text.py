@@ -1,0 +1,41 @@
+"""Text examples: the built-in corpus split, record files, and collation."""
+
+import json
+
+import pytest
+import torch
+
+from divreg.data import IGNORE_INDEX, TextExample, collate, load_text_examples, load_text_records
+
+from ..recipes import lm_fixtures as fx
+
+
+def test_builtin_examples_have_stable_distinct_ids_and_prompts_out_of_the_loss():
+    train, held_out = load_text_examples("builtin", None, fx.tokenizer(), seq_len=24, prompt_len=6)
+    ids = [e.example_id for e in train + held_out]
+    assert ids == list(range(len(ids)))  # held-out ids follow the training ids: one id space
+    assert all(len(e.input_ids) == 24 and e.labels[:6] == [IGNORE_INDEX] * 6 for e in train[:50])
+    again, _ = load_text_examples("builtin", None, fx.tokenizer(), seq_len=24, prompt_len=6)
+    assert [e.input_ids for e in again[:20]] == [e.input_ids for e in train[:20]]
+
+
+def test_records_split_a_tenth_for_held_out_unless_given(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "completion": f" a{i}"}) for i in range(30)))
+    train, held_out = load_text_examples(str(path), None, fx.tokenizer(), seq_len=32, prompt_len=2)
+    assert (len(train), len(held_out)) == (27, 3)
+    other = tmp_path / "held.jsonl"
+    other.write_text(json.dumps({"text": "assert statements are debugging aids"}))
+    train, held_out = load_text_examples(str(path), str(other), fx.tokenizer(), seq_len=32, prompt_len=2)
+    assert len(train) == 30 and [e.example_id for e in held_out] == [30]
+
+
+def test_collate_pads_right_and_keeps_ids():
+    examples = [TextExample.with_prompt(7, [5, 6, 7, 8], 2), TextExample.with_prompt(9, [5, 6, 7], 1)]
+    batch = collate(examples, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [5, 6, 7, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8], [-100, 6, 7, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert torch.equal(batch["example_ids"], torch.tensor([7, 9]))
+    with pytest.raises(ValueError, match="expected prompt\\+completion, text or messages"):
+        load_text_records([{"question": "?"}])

@@ -1,0 +1,61 @@
+"""The causal-LM wrapper on real (tiny) transformers models: the fused path's assumption
+(logits = hidden @ W.T), the vocabulary slice of a padded embedding, and sampling."""
+
+import pytest
+import torch
+
+from divreg.data import IGNORE_INDEX, collate
+from divreg.models import CausalLM, ModelSource, build_causal_lm, generate_examples
+
+from ..recipes import lm_fixtures as fx
+
+
+def _batch(count=8):
+    return collate(fx.examples(count), fx.tokenizer().pad_token_id, length=24)
+
+
+def test_fused_assumption_holds_for_the_model():
+    student = fx.model(seed=0)
+    batch = _batch(4)
+    hidden = student(batch["input_ids"], batch["attention_mask"], hidden=True)
+    logits = student(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(hidden @ student.output_weight.T, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_wrapper_keeps_only_the_tokenizer_rows_of_a_padded_embedding():
+    """A model whose output layer has 16 rows past its tokenizer: logits and output weight
+    cover the tokenizer's tokens only (the padded model's first rows), generations never sample a
+    padded row even when those rows are the likeliest, and fewer rows than tokens is refused."""
+    tok = fx.tokenizer()
+    raw = build_causal_lm(ModelSource(config={**fx.TINY_LLAMA, "vocab_size": len(tok) + 16}), tok, 3)
+    wrapped = CausalLM(raw, len(tok))
+    batch = _batch(4)
+    full = raw(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V + 16)
+    logits = wrapped(batch["input_ids"], batch["attention_mask"])
+    assert full.shape[-1] == len(tok) + 16 and logits.shape[-1] == len(tok)
+    assert torch.equal(logits, full[..., : len(tok)])
+    assert wrapped.output_weight.shape[0] == len(tok)
+    hidden = wrapped(batch["input_ids"], batch["attention_mask"], hidden=True)  # (B, L, H)
+    torch.testing.assert_close(hidden @ wrapped.output_weight.T, logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # padded rows along the mean hidden state: they dominate every softmax
+        raw.get_output_embeddings().weight[len(tok):] = 100.0 * hidden.mean((0, 1))
+    prompts = [e.input_ids[:6] for e in fx.examples(4)]
+    unguarded = raw.generate(input_ids=torch.tensor(prompts), do_sample=True, max_new_tokens=6,
+                             pad_token_id=tok.pad_token_id)
+    assert int(unguarded[:, 6:].max()) >= len(tok)  # without the guard the padded rows are sampled
+    generated = generate_examples(wrapped, prompts, tok, max_new_tokens=6, seed=1)
+    assert all(max(e.input_ids) < len(tok) for e in generated)
+    with pytest.raises(ValueError, match="fewer than the"):
+        CausalLM(raw, len(tok) + 17)
+
+
+def test_generated_examples_never_put_prompts_in_the_loss():
+    student = fx.model(seed=1)
+    prompts = [e.input_ids[: e.prompt_length] for e in fx.examples(4)]
+    first = generate_examples(student, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
+    again = generate_examples(student, prompts, fx.tokenizer(), max_new_tokens=6, seed=5)
+    assert [e.input_ids for e in first] == [e.input_ids for e in again]  # reproducible from the seed
+    for example, prompt in zip(first, prompts):
+        assert example.input_ids[: len(prompt)] == prompt
+        assert example.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+        assert example.labels[len(prompt):] == example.input_ids[len(prompt):] and len(example.input_ids) > len(prompt)

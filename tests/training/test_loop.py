@@ -1,0 +1,93 @@
+"""The shared run loop: a run interrupted after a checkpoint and resumed ends bitwise where an
+uninterrupted run ends, with the same history and component state; a finished run is skipped;
+checkpoints are atomic."""
+
+import functools
+import os
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from divreg.training import RunSpec, RunState, load_if_exists, save_atomic, train_run
+
+
+class Counter:
+    """A component with state (like a replay buffer or a method's memory)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def state_dict(self):
+        return {"seen": list(self.seen)}
+
+    def load_state_dict(self, state):
+        self.seen = list(state["seen"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _run(path, stop_at=None, total=12):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    data = torch.randn(total, 3, generator=torch.Generator().manual_seed(1))
+    counter, calls = Counter(), []
+
+    def step_fn(model, optimizer, step):
+        if step == stop_at:
+            raise Interrupt
+        calls.append(step)
+        loss = model(data[step:step + 1]).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        counter.seen.append(step)
+        return {"loss": float(loss.detach()), "source": f"s{step % 2}"}
+
+    spec = RunSpec("toy", total, str(path), evaluate_every=4, checkpoint_every=3, progress_keys=("loss",))
+    result = train_run(Accelerator(cpu=True), spec, model, functools.partial(torch.optim.Adam, lr=0.1), step_fn,
+                       lambda model, step, means: {"mean_loss": means["loss"], "source": means["source"]},
+                       lambda model: {"metrics": {"weight_norm": float(model.weight.detach().norm())}},
+                       components={"counter": counter})
+    return result, model, counter, calls
+
+
+def test_resume_after_an_interruption_is_bitwise_identical(tmp_path):
+    reference, reference_model, reference_counter, _ = _run(tmp_path / "reference.pt")
+    with pytest.raises(Interrupt):
+        _run(tmp_path / "resumed.pt", stop_at=8)  # checkpoints at steps 3, 6 (and the evaluation at 4)
+    assert load_if_exists(str(tmp_path / "resumed.pt"))["state"]["step"] == 6
+    resumed, resumed_model, counter, calls = _run(tmp_path / "resumed.pt")
+    assert calls == list(range(6, 12))  # continued from the checkpoint, not from the start
+    assert all(torch.equal(a, b) for a, b in zip(reference["model"].values(), resumed["model"].values()))
+    assert resumed["state"]["history"] == reference["state"]["history"]
+    assert [r["step"] for r in reference["state"]["history"]] == [4, 8, 12]
+    assert reference["state"]["history"][0]["source"] == "s1"  # the last step's non-numeric metric
+    assert counter.seen == reference_counter.seen == list(range(12))
+    assert resumed["metrics"] == reference["metrics"] and resumed["state"]["done"]
+
+
+def test_a_finished_run_is_skipped_and_its_weights_loaded(tmp_path):
+    first, first_model, _, _ = _run(tmp_path / "run.pt")
+    again, model, _, calls = _run(tmp_path / "run.pt")
+    assert calls == [] and again["metrics"] == first["metrics"]
+    assert torch.equal(model.weight, first_model.weight)
+
+
+def test_run_state_means_reset_after_each_evaluation():
+    state = RunState()
+    for value in (1.0, 2.0, 6.0):
+        state.add_step({"loss": value, "source": "dataset"})
+    assert state.take_means() == {"loss": 3.0, "source": "dataset"}
+    assert state.take_means() == {} and state.count == 0
+
+
+def test_atomic_save_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "sub" / "state.pt"
+    save_atomic({"a": torch.arange(3)}, str(path))
+    save_atomic({"a": torch.arange(4)}, str(path))
+    assert os.listdir(tmp_path / "sub") == ["state.pt"]
+    assert torch.equal(load_if_exists(str(path))["a"], torch.arange(4))
+    assert load_if_exists(str(tmp_path / "missing.pt")) is None
