@@ -78,6 +78,8 @@ def topk_kl(p, q, k, tail):
     if tail == "renormalize":
         sp, sq = mpmath.fsum(top_p), mpmath.fsum(top_q)
         return _kl([x / sp for x in top_p], [x / sq for x in top_q])
+    if tail == "none":  # the full-vocabulary terms on the top-k only
+        return _kl(top_p, top_q)
     return _kl(top_p + [mpmath.fsum(p[i] for i in rest)], top_q + [mpmath.fsum(q[i] for i in rest)])
 
 

@@ -25,6 +25,7 @@ SPECS = [
     ("alpha_-0.5", "alpha_divergence", {"alpha": -0.5}, ref.alpha_divergence),
     ("topk_bucket", "topk_kl", {"k": 3}, partial(ref.topk_kl, tail="bucket")),
     ("topk_renorm", "topk_kl", {"k": 3, "tail": "renormalize"}, ref.topk_kl),
+    ("topk_none", "topk_kl", {"k": 3, "tail": "none"}, ref.topk_kl),  # OSTQuant's released KL-Top; may be < 0
 ]
 
 # (id, divreg function with its options bound, reference with its options bound)

@@ -34,7 +34,28 @@ def test_zero_at_equality_and_nonnegative(name, fn, reference, pair, temperature
         return  # k = 3 needs V >= 3 (checked separately)
     same = fn(logits, logits.clone(), temperature=temperature)
     assert same.abs().max() <= 1e-12
-    assert fn(logits, target_logits, temperature=temperature).min() >= -1e-12
+    if name != "topk_none":  # a truncated sum of KL terms, not a divergence (see the test below)
+        assert fn(logits, target_logits, temperature=temperature).min() >= -1e-12
+
+
+def test_topk_without_tail_is_the_truncated_sum_and_can_be_negative():
+    """OSTQuant's released KL-Top: sum over the target's top-k of p log(p / q) with the
+    full-vocabulary probabilities (scipy's rel_entr on the top-k); negative where q puts more
+    mass than p on the top-k; the full KL at k = V."""
+    from scipy.special import rel_entr
+
+    p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    q = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)
+    got = D.topk_kl(q.log(), p.log(), k=1, tail="none")
+    assert abs(got.item() - 0.5 * math.log(0.5 / 0.7)) < 1e-15 and got.item() < 0
+    logits, target_logits = _pair(11, seed=12, scale=2.0)
+    q_np, p_np = torch.softmax(logits, -1).numpy(), torch.softmax(target_logits, -1).numpy()
+    top = torch.softmax(target_logits, -1).topk(4, -1).indices.numpy()
+    expected = [rel_entr(p_np[row, top[row]], q_np[row, top[row]]).sum() for row in range(4)]
+    torch.testing.assert_close(D.topk_kl(logits, target_logits, k=4, tail="none"),
+                               torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(D.topk_kl(logits, target_logits, k=11, tail="none"),
+                               D.forward_kl(logits, target_logits), rtol=1e-12, atol=1e-14)
 
 
 @settings(max_examples=50, deadline=None)
@@ -61,7 +82,7 @@ def test_topk_with_full_k_is_full_kl(pair, temperature):
     logits, target_logits = _pair(*pair)
     full = D.forward_kl(logits, target_logits, temperature=temperature)
     vocab_size = logits.shape[-1]
-    for tail in ("bucket", "renormalize"):
+    for tail in ("bucket", "renormalize", "none"):
         got = D.topk_kl(logits, target_logits, k=vocab_size, tail=tail, temperature=temperature)
         torch.testing.assert_close(got, full, rtol=1e-10, atol=1e-12)
 
@@ -96,14 +117,27 @@ def test_scaled_jsd_is_continuous_at_both_ends(dtype, tolerance):
     _assert_linear_approach(lambda eps: at(1 - eps), kl_qp, tolerance)
 
 
-def test_plain_jsd_endpoints_are_zero_without_nan():
+def test_plain_jsd_endpoints_refuse_instead_of_training_nothing():
+    """The plain JSD is identically 0 at beta = 0 and 1: every path refuses it with a pointer to
+    scaled=True, forward_kl or reverse_kl, instead of a silent zero loss."""
+    from divreg.divergences import get_divergence
+    from divreg.fused import fused_linear_divergence
+    from divreg.losses import KDLoss
+
     logits = torch.tensor([[0.0, -math.inf, 2.0]], requires_grad=True)
     target_logits = torch.tensor([[1.0, 3.0, -math.inf]])
-    for beta in (0.0, 1.0):
-        value = D.generalized_jsd(logits, target_logits, beta=beta)
-        assert value.item() == 0.0
-        (grad,) = torch.autograd.grad(value.sum(), logits)
-        assert (grad == 0).all()
+    log_q, log_p = torch.log_softmax(logits.detach(), -1), torch.log_softmax(target_logits, -1)
+    for beta, alternative in ((0.0, "forward_kl"), (1.0, "reverse_kl")):
+        calls = [lambda: D.generalized_jsd(logits, target_logits, beta=beta),
+                 lambda: get_divergence("generalized_jsd").with_grad(log_q, log_p, beta=beta),
+                 lambda: KDLoss("generalized_jsd", beta=beta)(logits, target_logits),
+                 lambda: fused_linear_divergence(torch.randn(2, 3), torch.randn(5, 3), torch.randn(2, 3),
+                                                 torch.randn(5, 3), divergence="generalized_jsd", beta=beta)]
+        for call in calls:
+            with pytest.raises(ValueError, match=f"scaled=True.*or {alternative}"):
+                call()
+        scaled = D.generalized_jsd(logits, target_logits, beta=beta, scaled=True)  # the limit, no NaN
+        assert bool(torch.isfinite(scaled).all()) or bool((scaled == math.inf).all())
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 5e-6)])

@@ -145,3 +145,19 @@ def test_lm_distill_loss_keeps_the_output_bias_on_the_fused_path():
     for a, b in zip(plain_grads, fused_grads):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
     assert float(plain_grads[2].abs().sum()) > 0  # the bias is trained
+
+
+def test_lm_distill_loss_keeps_float64_in_its_cross_entropy():
+    """fp64 inputs stay fp64 in the CE term, as in the divergences (it was cast to fp32): the
+    value agrees with a float64 formula to 1e-14, far below fp32 rounding."""
+    from divreg.losses import LMDistillLoss
+    from divreg.targets import DenseLogits
+
+    generator = torch.Generator().manual_seed(8)
+    logits = 30 * torch.randn(2, 4, 50, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 50, (2, 4), generator=generator)
+    out = LMDistillLoss(divergence_weight=0.0, ce_weight=1.0)(DenseLogits(logits), DenseLogits(logits.clone()),
+                                                              labels, num_items_in_batch=8)
+    expected = (torch.logsumexp(logits, -1) - logits.gather(-1, labels[..., None]).squeeze(-1)).sum() / 8
+    assert out.cross_entropy.dtype == torch.float64
+    assert abs(float(out.cross_entropy) - float(expected)) < 1e-14 * float(expected)

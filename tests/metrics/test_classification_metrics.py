@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from divreg.metrics import accuracy, aurc, brier_score, classification_metrics, e_aurc, expected_calibration_error, nll
+from divreg.metrics import (accuracy, aurc, brier_score, classification_metrics, e_aurc, expected_calibration_error,
+                            nll, optimal_aurc)
 
 
 def _predictions(seed=0, n=500, classes=7):
@@ -34,8 +35,8 @@ def _aurc_loop(confidence, correct):
         errors += 0 if right else 1
         risks.append(errors / (i + 1))
     area = sum(risks) / len(risks)
-    r = risks[-1]
-    optimum = r + (1 - r) * math.log(1 - r) if r < 1 else 1.0
+    n, r = len(risks), errors  # PS-KD's opt_aurc: (1/n) sum_{i=1..r} i / (n - r + i)
+    optimum = sum(i / (n - r + i) for i in range(1, r + 1)) / n
     return area, area - optimum
 
 
@@ -89,3 +90,18 @@ def test_bad_inputs():
         brier_score(probs[:0], labels[:0])
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(probs, labels, 0)
+
+
+@pytest.mark.parametrize("n,errors", [(1, 0), (1, 1), (10, 3), (539, 38), (7, 7)])
+def test_e_aurc_of_an_ideal_ranking_is_zero_with_the_exact_optimum(n, errors):
+    confidence = torch.linspace(0.99, 0.51, n, dtype=torch.float64)
+    labels = torch.tensor([0] * (n - errors) + [1] * errors)  # the errors are the least confident
+    probs = torch.stack([confidence, 1 - confidence], 1)
+    assert abs(e_aurc(probs, labels)) < 1e-12
+    expected = sum(i / (n - errors + i) for i in range(1, errors + 1)) / n
+    assert abs(optimal_aurc(n, errors) - expected) < 1e-15
+    rate = errors / n  # the continuous form is an approximation: it differs at small n
+    continuous = rate + (1 - rate) * math.log(1 - rate) if rate < 1 else 1.0
+    assert abs(e_aurc(probs, labels, optimum="continuous") - (aurc(probs, labels) - continuous)) < 1e-12
+    with pytest.raises(ValueError, match="form must be"):
+        optimal_aurc(n, errors, "rough")

@@ -39,7 +39,11 @@ def generalized_jsd(
     ``logaddexp`` elsewhere, so it keeps full precision for every beta.
 
     ``JSD_beta`` tends to 0 at both ends (beta -> 0 or 1), and behaves like
-    ``beta * KL(p || q)`` near 0. ``scaled=True`` returns
+    ``beta * KL(p || q)`` near 0. At beta = 0 or 1 exactly the plain form would be 0 for every
+    input and train nothing, so it raises a ``ValueError`` instead. (TRL's ``generalized_jsd_loss``
+    returns KL(p || q) at beta = 0 and KL(q || p) at beta = 1: a jump, from about
+    ``beta * KL`` just inside the interval to the full KL at its end. divreg keeps the plain form
+    continuous and names the alternatives.) ``scaled=True`` returns
 
     .. math:: \mathrm{JSD}_\beta(p, q) / (\beta (1 - \beta)),
 
@@ -52,7 +56,7 @@ def generalized_jsd(
     Args:
         logits: (..., V) model being trained, distribution q.
         target_logits: (..., V) target, distribution p.
-        beta: mixture weight of the target, in [0, 1].
+        beta: mixture weight of the target, in (0, 1); [0, 1] with ``scaled=True``.
         scaled: divide by beta * (1 - beta) (see above).
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
@@ -70,7 +74,7 @@ def generalized_jsd(
         >>> bool(abs(generalized_jsd(q, p) - math.log(2)) < 1e-6)  # disjoint: log 2
         True
     """
-    check_unit_interval("beta", beta)
+    _check_beta(beta, scaled)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
     if scaled:
         if beta == 0.0:
@@ -78,10 +82,6 @@ def generalized_jsd(
         if beta == 1.0:
             return kl_to_mixture_over_w(log_p, log_q, 0.0) + kl_from_log_probs(log_q, log_p)
         return kl_to_mixture_over_w(log_p, log_q, 1.0 - beta) + kl_to_mixture_over_w(log_q, log_p, beta)
-    if beta == 0.0:  # m = q: the value is KL(q || q) = 0 for all inputs (no 0 * inf)
-        return kl_to_mixture(log_q, log_p, 0.0)
-    if beta == 1.0:
-        return kl_to_mixture(log_p, log_q, 0.0)
     return beta * kl_to_mixture(log_p, log_q, 1.0 - beta) + (1.0 - beta) * kl_to_mixture(log_q, log_p, beta)
 
 
@@ -93,17 +93,25 @@ def generalized_jsd_with_grad(
     With :math:`m = \beta p + (1 - \beta) q`, :math:`\partial \mathrm{JSD}_\beta / \partial \log q_i
     = (1 - \beta)\, q_i \log(q_i / m_i)`, so :math:`dz = (1 - \beta)\, q\,(\log(q/m) - \mathrm{KL}(q \| m))`.
     """
-    check_unit_interval("beta", beta)
-    if beta in (0.0, 1.0):
-        if scaled:  # the limits: KL(p || q) and KL(q || p) (plus any mass outside a support)
-            extra = kl_to_mixture_over_w(log_q, log_p, 0.0) if beta == 0.0 else kl_to_mixture_over_w(log_p, log_q, 0.0)
-            value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
-            return value + extra, grad
-        return torch.zeros_like(log_q[..., 0]), torch.zeros_like(log_q)
+    _check_beta(beta, scaled)
+    if beta in (0.0, 1.0):  # scaled: the limits KL(p || q) and KL(q || p) (plus any mass outside a support)
+        extra = kl_to_mixture_over_w(log_q, log_p, 0.0) if beta == 0.0 else kl_to_mixture_over_w(log_p, log_q, 0.0)
+        value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
+        return value + extra, grad
     kl_p_m, kl_q_m, grad = _jsd_parts(log_q, log_p, beta, overwrite_inputs)
     if scaled:
         return kl_p_m / (1.0 - beta) + kl_q_m / beta, grad / beta
     return beta * kl_p_m + (1.0 - beta) * kl_q_m, (1.0 - beta) * grad
+
+
+def _check_beta(beta: float, scaled: bool) -> None:
+    check_unit_interval("beta", beta)
+    if not scaled and beta in (0.0, 1.0):
+        limit = "forward_kl, KL(p || q)" if beta == 0.0 else "reverse_kl, KL(q || p)"
+        raise ValueError(
+            f"generalized_jsd with beta={beta} and scaled=False is 0 for every input and trains nothing; use "
+            f"scaled=True (continuous on [0, 1], equal to {limit.split(', ')[1]} at this beta) or {limit.split(',')[0]}"
+        )
 
 
 def _jsd_parts(log_q: Tensor, log_p: Tensor, beta: float, overwrite_inputs: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -11,7 +11,7 @@ from torch import Tensor
 from ._common import check_finite_logits, check_temperature, kl_from_log_probs, logsumexp_or_neg_inf, math_dtype
 from ._common import log_softmax_checked
 
-TAIL_POLICIES = ("bucket", "renormalize")
+TAIL_POLICIES = ("bucket", "renormalize", "none")
 
 
 def check_tail_policy(tail: str) -> None:
@@ -74,6 +74,8 @@ def sparse_kl_from_log_probs(
     top_log_p = target_logprobs.to(log_q.dtype)
     if tail == "renormalize":
         return kl_from_log_probs(renormalized_log_probs(top_log_p), renormalized_log_probs(log_q.gather(-1, target_ids)))
+    if tail == "none":  # full-vocabulary probabilities on S, nothing for the rest
+        return kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids))
     return kl_from_log_probs(*coarse_log_probs(log_q, target_ids, top_log_p, _tail_of_target(top_log_p, target_tail_logmass)))
 
 
@@ -95,7 +97,10 @@ def sparse_kl(
     .. math:: \sum_{i \in S} p_i \log\frac{p_i}{q_i} + p_{\bar S}\log\frac{p_{\bar S}}{q_{\bar S}};
 
     ``tail="renormalize"``: forward KL on the support S with both sides renormalized there.
-    With S the target's top-k of a dense target this equals :func:`topk_kl`.
+    ``tail="none"``: :math:`\sum_{i \in S} p_i \log(p_i / q_i)` with the full-vocabulary
+    probabilities, no tail term and no renormalization (not a divergence: it can be negative;
+    OSTQuant's released KL-Top). With S the target's top-k of a dense target this equals
+    :func:`topk_kl`.
 
     ``temperature`` divides the model's logits only: the target's log-probabilities are used as
     given, so they must have been computed at the same temperature (a cache records its own).
@@ -106,14 +111,15 @@ def sparse_kl(
         target_logprobs: (..., k) the target's log-probabilities of those tokens.
         target_tail_logmass: (...) log of the target's mass outside ``target_ids``; by default
             ``log(1 - sum exp(target_logprobs))``.
-        tail: ``"bucket"`` or ``"renormalize"``.
+        tail: ``"bucket"``, ``"renormalize"`` or ``"none"``.
         temperature: T > 0 for the model's logits.
 
     Returns:
         Tensor of shape ``logits.shape[:-1]``, unreduced.
 
     References:
-        Hu et al. "OSTQuant", 2025, arXiv 2501.13987 (KL-Top, the renormalized form).
+        Hu et al. "OSTQuant", ICLR 2025, arXiv 2501.13987 (KL-Top: ``tail="none"`` in its
+        released scripts, ``"renormalize"`` in the code's non-default branch).
     """
     check_tail_policy(tail)
     check_temperature(temperature)
@@ -131,6 +137,7 @@ def sparse_kl_with_grad(
 
     Bucket: :math:`dz_i = q_i - p_i` on S and :math:`q_i (1 - p_{\bar S} / q_{\bar S})` off it.
     Renormalize: :math:`dz_i = \tilde q_i - \tilde p_i` on S, 0 off it.
+    None: :math:`dz_j = q_j \sum_{i \in S} p_i - p_j [j \in S]`.
     """
     check_tail_policy(tail)
     target_ids = target_ids.long()
@@ -140,6 +147,10 @@ def sparse_kl_with_grad(
         grad_top = renormalized_q.exp() - renormalized_p.exp()
         return (kl_from_log_probs(renormalized_p, renormalized_q),
                 torch.zeros_like(log_q).scatter_(-1, target_ids, grad_top))
+    if tail == "none":
+        top_p = top_log_p.exp()  # (..., k)
+        grad = log_q.exp().mul_(top_p.sum(-1, keepdim=True)).scatter_add_(-1, target_ids, -top_p)
+        return kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids)), grad
     if target_ids.shape[-1] == log_q.shape[-1]:
         value = kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids))
         return value, torch.zeros_like(log_q).scatter_(-1, target_ids, log_q.gather(-1, target_ids).exp() - top_log_p.exp())

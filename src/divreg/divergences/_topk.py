@@ -39,15 +39,22 @@ def topk_kl(
     a lower bound of the full :math:`\mathrm{KL}(p \| q)` (data processing), equal to it at
     k = V. The tail masses are log-sum-exps of the left-out log-probs, never ``1 - sum``.
 
-    ``tail="renormalize"``: both sides are renormalized over S and compared there
-    (the KL-Top loss of OSTQuant), :math:`\mathrm{KL}(\tilde p \| \tilde q)` with
-    :math:`\tilde p_i = p_i / \sum_{j \in S} p_j`.
+    ``tail="renormalize"``: both sides are renormalized over S and compared there,
+    :math:`\mathrm{KL}(\tilde p \| \tilde q)` with :math:`\tilde p_i = p_i / \sum_{j \in S} p_j`
+    (OSTQuant's code, its non-default ``post_attn=False`` branch).
+
+    ``tail="none"``: the sum over S of the full-vocabulary terms,
+    :math:`\sum_{i \in S} p_i \log(p_i / q_i)`, no tail term and no renormalization. This is
+    what OSTQuant's released scripts run (``--loss_type=kl_top --post_attn=True``, k = 1000, no
+    temperature, averaged over every position): reproduce it with ``k=1000, tail="none"`` and
+    ``masked_mean``. It is not a divergence: it can be negative (where q puts more mass than p
+    on S), and it equals the full KL only at k = V.
 
     Args:
         logits: (..., V) model being trained, distribution q.
         target_logits: (..., V) target, distribution p (its top-k picks S).
         k: number of target tokens kept, 1 <= k <= V.
-        tail: ``"bucket"`` or ``"renormalize"``.
+        tail: ``"bucket"``, ``"renormalize"`` or ``"none"``.
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
 
@@ -56,8 +63,8 @@ def topk_kl(
 
     References:
         Hu et al. "OSTQuant: Refining Large Language Model Quantization with Orthogonal and
-        Scaling Transformations for Better Distribution Fitting", 2025, arXiv 2501.13987
-        (KL-Top, the renormalized form).
+        Scaling Transformations for Better Distribution Fitting", ICLR 2025, arXiv 2501.13987;
+        code github.com/BrotherHappy/OSTQuant ``quant/trainer.py`` (KL-Top).
 
     Example:
         >>> import torch
@@ -76,6 +83,8 @@ def topk_kl(
         top_scaled_q = logits.movedim(dim, -1).to(log_q.dtype).gather(-1, top_index) / temperature
         top_scaled_p = target_logits.movedim(dim, -1).to(log_p.dtype).gather(-1, top_index) / temperature
         return kl_from_log_probs(torch.log_softmax(top_scaled_p, -1), renormalized_log_probs(top_scaled_q))
+    if tail == "none":
+        return kl_from_log_probs(top_log_p, log_q.gather(-1, top_index))
     # the target's tail as a log-sum-exp of its left-out log-probs (exact), never 1 - sum
     tail_log_p = logsumexp_or_neg_inf(log_p.scatter(-1, top_index, -torch.inf), -1, keepdim=True)  # (..., 1)
     return kl_from_log_probs(*coarse_log_probs(log_q, top_index, top_log_p, tail_log_p))

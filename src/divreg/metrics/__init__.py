@@ -10,8 +10,9 @@ from ._classification import (
     e_aurc,
     expected_calibration_error,
     nll,
+    optimal_aurc,
 )
 from ._plots import metric_bars, reliability_diagrams, training_curves
 
 __all__ = ["accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",
-           "expected_calibration_error", "metric_bars", "nll", "reliability_diagrams", "training_curves"]
+           "expected_calibration_error", "metric_bars", "nll", "optimal_aurc", "reliability_diagrams", "training_curves"]

@@ -6,6 +6,8 @@ returns a Python float.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -94,14 +96,43 @@ def aurc(probs: Tensor, labels: Tensor) -> float:
     return float(_risks_by_coverage(probs, labels).mean())
 
 
-def e_aurc(probs: Tensor, labels: Tensor) -> float:
-    r"""Excess AURC: AURC minus the AURC of an ideal confidence ranking with the same error rate
-    r, :math:`r + (1 - r)\log(1 - r)` (the form used by PS-KD's evaluation code)."""
+def optimal_aurc(num_samples: int, num_errors: int, form: str = "exact") -> float:
+    r"""AURC of an ideal confidence ranking (every error ranked below every correct prediction)
+    with ``num_errors`` = r errors among ``num_samples`` = n predictions.
+
+    ``form="exact"``: :math:`\frac1n \sum_{i=1}^{r} \frac{i}{n - r + i}` (the risk is 0 until the
+    n - r correct ones are covered, then i / (n - r + i)), what PS-KD's evaluation code subtracts
+    (``utils/metric.py``). ``form="continuous"``: the large-n limit
+    :math:`\hat r + (1 - \hat r)\log(1 - \hat r)`, :math:`\hat r = r / n` (Geifman et al.).
+
+    Example:
+        >>> round(optimal_aurc(4, 1), 6)  # risks 0, 0, 0, 1/4
+        0.0625
+    """
+    if not 0 <= num_errors <= num_samples or num_samples < 1:
+        raise ValueError(f"need 0 <= num_errors <= num_samples and num_samples >= 1, got {num_errors}, {num_samples}")
+    if form == "exact":
+        i = torch.arange(1, num_errors + 1, dtype=torch.float64)
+        return float((i / (num_samples - num_errors + i)).sum()) / num_samples
+    if form == "continuous":
+        rate = num_errors / num_samples
+        return rate + (1 - rate) * math.log(1 - rate) if rate < 1 else 1.0
+    raise ValueError(f"form must be 'exact' or 'continuous', got {form!r}")
+
+
+def e_aurc(probs: Tensor, labels: Tensor, optimum: str = "exact") -> float:
+    r"""Excess AURC: :func:`aurc` minus :func:`optimal_aurc` for the same number of errors, in
+    its ``"exact"`` form by default (as PS-KD's evaluation code computes it; 0 for an ideal
+    ranking), or the ``"continuous"`` large-n approximation.
+
+    References:
+        Geifman, Uziel, El-Yaniv, ICLR 2019, arXiv 1805.08206; PS-KD (Kim et al., ICCV 2021,
+        arXiv 2006.12000), github.com/lgcnsai/PS-KD-Pytorch ``utils/metric.py``.
+    """
     probs, labels = _check(probs, labels)
     risks = _risks_by_coverage(probs, labels)
-    r = float(risks[-1])
-    optimum = r + ((1 - r) * torch.log(torch.tensor(1 - r, dtype=torch.float64)).item() if r < 1 else 0.0)
-    return float(risks.mean()) - optimum
+    errors = int(round(float(risks[-1]) * len(risks)))
+    return float(risks.mean()) - optimal_aurc(len(risks), errors, optimum)
 
 
 def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
