@@ -34,8 +34,8 @@ EXPECTED = {
                   "train_bpe_tokenizer"},
     divreg.models: {"CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
                     "generate_examples", "load_tokenizer", "next_token_signal", "predict_probabilities"},
-    divreg.training: {"RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
-                      "derive_seed", "epoch_batches", "global_token_count", "load_if_exists", "prepare_run_folder",
+    divreg.training: {"ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
+                      "derive_seed", "epoch_batches", "global_item_counts", "load_if_exists", "prepare_run_folder",
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
     divreg.divergences.kernels: {"check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"},
     divreg.divergences: {

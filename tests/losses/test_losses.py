@@ -161,3 +161,39 @@ def test_lm_distill_loss_keeps_float64_in_its_cross_entropy():
     expected = (torch.logsumexp(logits, -1) - logits.gather(-1, labels[..., None]).squeeze(-1)).sum() / 8
     assert out.cross_entropy.dtype == torch.float64
     assert abs(float(out.cross_entropy) - float(expected)) < 1e-14 * float(expected)
+
+
+def _released_sinkhorn(logits, teacher_logits, temperature=2.0, epsilon=0.1, n_iters=20):
+    """The released SinKD code's transport term, written out (github.com/2018cx/SinKD, loss.py):
+    K = exp(-W / epsilon), rows then columns normalized n_iters times, 0.001 * sum(P * W)."""
+    p_s, p_t = torch.softmax(logits / temperature, 1), torch.softmax(teacher_logits / temperature, 1)
+    cost = torch.cdist(p_s, p_t, p=1)
+    plan = torch.exp(-cost / epsilon)
+    for _ in range(n_iters):
+        plan = plan / plan.sum(1, keepdim=True)
+        plan = plan / plan.sum(0, keepdim=True)
+    return 0.001 * (plan * cost).sum()
+
+
+def test_sinkd_released_scaling_reproduces_the_released_code_and_the_mapping_holds():
+    generator = torch.Generator().manual_seed(11)
+    logits = 3 * torch.randn(16, 5, generator=generator, dtype=torch.float64)
+    teacher = 3 * torch.randn(16, 5, generator=generator, dtype=torch.float64)
+    released = SinKDLoss(scaling="released", temperature=3.5, ot_temperature=2.0)
+    got_logits = logits.clone().requires_grad_()
+    got = released.transport_cost(got_logits, teacher)
+    expected_logits = logits.clone().requires_grad_()
+    expected = _released_sinkhorn(expected_logits, teacher)  # T_OT = 2 whatever the KD temperature
+    (got_grad,) = torch.autograd.grad(got, got_logits)
+    (expected_grad,) = torch.autograd.grad(expected, expected_logits)
+    assert abs(float(got.detach()) - float(expected.detach())) <= 1e-12 * float(expected.detach())
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-15)
+    # the coupling form (s = 1) is the same OT problem: at convergence the released term is
+    # exactly 0.001 * B times it, so beta * 0.001 * B in the coupling form reproduces the released beta
+    converged = dict(temperature=3.5, ot_temperature=2.0, n_iters=500)
+    coupling = SinKDLoss(**converged).transport_cost(logits, teacher)
+    ordered = SinKDLoss(**converged, scaling="released").transport_cost(logits, teacher)
+    assert 0.0 < float(coupling) <= 2.0
+    assert abs(float(ordered) - 0.001 * 16 * float(coupling)) <= 1e-10 * float(ordered)
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        SinKDLoss(scaling="paper")

@@ -40,3 +40,44 @@ def tiny_config_overrides(output_dir, **extra) -> list[str]:
 
 def grads(module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+MODES = ("jsd", "uld_token", "uld_sequence")  # the objectives whose gradients must not depend on the split
+
+
+def micro_loss(mode: str):
+    """``loss_fn(model, micro_batch, counts)`` of the recipe for ``mode``: JSD to a same-tokenizer
+    teacher (plain LMDistillLoss), or ULD to a teacher with another tokenizer (per token or per
+    sequence), as the LM recipe builds them."""
+    from divreg.losses import LMDistillLoss
+    from divreg.models import next_token_signal
+    from divreg.recipes.lm_distillation.objectives import uld_loss_fn
+    from divreg.recipes.lm_distillation.teachers import CrossTokenizerTeacher
+    from divreg.targets import LiveTeacher
+
+    if mode == "jsd":
+        teacher = LiveTeacher(model(seed=2).eval())
+        loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=2.0, ce_weight=0.5)
+
+        def jsd(student, batch, counts):
+            out = loss_fn(next_token_signal(student, batch), teacher.signal(batch), batch["labels"][:, 1:],
+                          counts.tokens)
+            return out.loss, {"loss": out.loss}
+
+        return jsd
+    cross = CrossTokenizerTeacher(model(seed=3, vocab_size=280).eval(), tokenizer(300), tokenizer(280), 1.0,
+                                  per_sequence=mode == "uld_sequence")
+    return uld_loss_fn(cross, weight=1.5, ce_weight=1.0)
+
+
+def accumulated_grads(mode: str, examples_of_process, micro_batches: int, accelerator) -> dict[str, torch.Tensor]:
+    """Gradients of one student after backward over ``micro_batches`` micro-batches of this
+    process's examples, through the recipe's accumulation (global counts, one sync)."""
+    from divreg.data import collate
+    from divreg.training import backward_micro_batches
+
+    student = accelerator.prepare(model(seed=1))
+    micro = [collate(examples_of_process[i::micro_batches], tokenizer().pad_token_id, length=24)
+             for i in range(micro_batches)]
+    backward_micro_batches(accelerator, student, micro, micro_loss(mode))
+    return grads(accelerator.unwrap_model(student))

@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 import torch
+from accelerate import Accelerator
 
-from divreg.data import IGNORE_INDEX, collate
+from divreg.data import collate
 from divreg.losses import LMDistillLoss
 from divreg.models import next_token_signal
 from divreg.recipes.lm_distillation.sources import AdaptiveOffPolicy
@@ -80,23 +81,15 @@ def test_cached_signal_trains_like_the_live_teacher_topk(tmp_path):
             torch.testing.assert_close(grads[name], outputs[0][1][name], rtol=1e-4, atol=1e-6)
 
 
-def _accumulated_grads(micro_batches: int):
-    student, teacher = fx.model(seed=1), fx.model(seed=2).eval()
-    loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=2.0, ce_weight=0.5)
-    examples = fx.examples(8)
-    micro = [collate(examples[i::micro_batches], fx.tokenizer().pad_token_id, length=24) for i in range(micro_batches)]
-    num_items = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-    for batch in micro:
-        loss_fn(next_token_signal(student, batch), LiveTeacher(teacher).signal(batch), batch["labels"][:, 1:],
-                num_items_in_batch=num_items).loss.backward()
-    return fx.grads(student)
-
-
 def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
-    one = _accumulated_grads(1)
-    four = _accumulated_grads(4)
-    for name in one:
-        torch.testing.assert_close(four[name], one[name], rtol=1e-5, atol=1e-8)
+    """Every objective (JSD; ULD per token and per sequence, each with its CE) gives the same
+    gradient for one batch of 8, 4 micro-batches of 2, and 2 processes x 4 (DDP)."""
+    examples = fx.examples(8)
+    one = {mode: fx.accumulated_grads(mode, examples, 1, Accelerator(cpu=True)) for mode in fx.MODES}
+    for mode in fx.MODES:
+        four = fx.accumulated_grads(mode, examples, 4, Accelerator(cpu=True))
+        for name in one[mode]:
+            torch.testing.assert_close(four[name], one[mode][name], rtol=1e-5, atol=1e-8, msg=f"{mode} {name}")
     cache_dir = tmp_path / "cache"
     _write_cache(cache_dir, fx.model(seed=2).eval(), fx.examples(8))
     out = tmp_path / "grads.pt"
@@ -106,8 +99,10 @@ def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=False)
     assert saved["processes"] == 2 and saved["cache_ok"] == [True, True]  # each process fetched its own rows
-    for name in one:
-        torch.testing.assert_close(saved["grads"][name], one[name], rtol=1e-5, atol=1e-8)
+    for mode in fx.MODES:
+        for name in one[mode]:
+            torch.testing.assert_close(saved["grads"][mode][name], one[mode][name], rtol=1e-5, atol=1e-8,
+                                       msg=f"{mode} {name}")
 
 
 def test_distillm_adaptive_schedule():
@@ -128,3 +123,63 @@ def test_distillm_adaptive_schedule():
     restored.load_state_dict(schedule.state_dict())
     assert restored.threshold == schedule.threshold and [e.input_ids for e in restored.buffer] == [
         e.input_ids for e in schedule.buffer]
+
+
+def _bos_tokenizer():
+    """A tokenizer that puts BOS before every text it encodes (as Llama's and Mistral's do)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from divreg.data import builtin_corpus, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(builtin_corpus()[0][:20], 280)
+    tokenizer.add_special_tokens({"bos_token": "<bos>"})
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<bos> $A",
+                                                             special_tokens=[("<bos>", tokenizer.bos_token_id)])
+    assert tokenizer("def f")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+def test_uld_retokenization_puts_bos_only_before_the_prompt():
+    """A teacher tokenizer that adds BOS: the teacher reads [BOS] prompt answer (the official
+    code's add_special_tokens=False plus one leading BOS), never a BOS between prompt and answer,
+    so its first answer position predicts the first answer token."""
+    from divreg.recipes.lm_distillation.teachers import CrossTokenizerTeacher
+
+    teacher_tokenizer = _bos_tokenizer()
+    cross = CrossTokenizerTeacher(None, fx.tokenizer(), teacher_tokenizer, 1.0)
+    batch = collate(fx.examples(3), fx.tokenizer().pad_token_id, length=24)
+    input_ids, attention, answer_mask = cross._retokenize(batch)
+    bos = teacher_tokenizer.bos_token_id
+    for row in range(3):
+        ids = input_ids[row][attention[row].bool()].tolist()
+        assert ids[0] == bos and bos not in ids[1:]
+        labels = batch["labels"][row].tolist()
+        prompt_length = next(i for i, label in enumerate(labels) if label != -100)
+        prompt_text = fx.tokenizer().decode(batch["input_ids"][row, :prompt_length])
+        answer_text = fx.tokenizer().decode([t for t, label in zip(batch["input_ids"][row].tolist(), labels)
+                                             if label != -100])
+        prompt_ids = teacher_tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        answer_ids = teacher_tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+        assert ids == [bos] + prompt_ids + answer_ids
+        first_answer_position = int(answer_mask[row].nonzero()[0])  # it predicts the token after it
+        assert ids[first_answer_position + 1] == answer_ids[0]
+
+
+def test_records_never_put_bos_inside_the_sequence():
+    from divreg.data import tokenize_records
+
+    tokenizer = _bos_tokenizer()
+    example = tokenize_records([{"prompt": "def f(x):", "completion": " return x"}], tokenizer, 64, 3)[0]
+    assert example.input_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.bos_token_id not in example.input_ids[1:]
+
+
+def test_uld_objective_weighs_the_distance_by_the_method_weight():
+    """``ce_weight * CE + weight * ULD`` with the official distil_factor 1.5 as the weight."""
+    from divreg.training import ItemCounts
+
+    batch = collate(fx.examples(4), fx.tokenizer().pad_token_id, length=24)
+    counts = ItemCounts(torch.tensor(float((batch["labels"][:, 1:] != -100).sum())), torch.tensor(4.0))
+    loss, parts = fx.micro_loss("uld_sequence")(fx.model(seed=1), batch, counts)
+    assert float(parts["divergence"]) > 0 and float(parts["ce"]) > 0
+    torch.testing.assert_close(loss, parts["ce"] + 1.5 * parts["divergence"], rtol=1e-6, atol=0)

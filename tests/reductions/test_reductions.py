@@ -109,7 +109,8 @@ def test_reduce_validation():
     assert masked.tolist() == [[1.0, 0.0]]
 
 
-@pytest.mark.parametrize("reduction,count", [("mean", None), ("sequence_mean", None), ("sum", None), ("sum", 17)])
+@pytest.mark.parametrize("reduction,count", [("mean", None), ("sequence_mean", None), ("sequence_mean", 5),
+                                             ("sum", None), ("sum", 17)])
 def test_position_weights_reproduce_each_reduction(reduction, count):
     from divreg.reductions import get_reduction, position_weights
 
@@ -131,3 +132,20 @@ def test_get_reduction_refuses_unknown_reductions():
         get_reduction("median")
     with pytest.raises(ValueError, match="divreg.reductions"):
         get_reduction(torch.mean)
+
+
+def test_per_sequence_mean_with_the_global_sequence_count_is_split_invariant():
+    """Micro-batches of sequences, each divided by the global number of non-empty sequences,
+    sum to the per-sequence mean of the whole batch (as sum_over_items does for tokens)."""
+    generator = torch.Generator().manual_seed(9)
+    values = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    mask = torch.rand(7, 5, generator=generator) > 0.5
+    mask[3] = False  # an empty sequence: not counted
+    sequences = int(mask.any(1).sum())
+    whole = per_sequence_mean(values, mask)
+    for split in ([7], [3, 4], [1, 2, 2, 2]):
+        parts, start = [], 0
+        for size in split:
+            parts.append(per_sequence_mean(values[start:start + size], mask[start:start + size], sequences))
+            start += size
+        assert abs(float(sum(parts)) - float(whole)) < 1e-12

@@ -113,7 +113,8 @@ def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int
                                                    tokenize=True)
     else:
         prompt_ids = tokenizer(prompt)["input_ids"]
-    return list(prompt_ids), tokenizer(record["completion"])["input_ids"]
+    # the completion continues the prompt: no special tokens (a BOS here would sit mid-sequence)
+    return list(prompt_ids), tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
 
 
 def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt_len: int,

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..divergences import sorted_probability_l1
 from ..reductions import get_reduction, masked_mean
+from ._common import apply_reduction
 
 
 def align_answer_positions(student_mask: Tensor, teacher_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -28,7 +29,11 @@ class ULDLoss(nn.Module):
     next-token distributions at aligned answer positions, averaged over those positions.
 
     Each side tokenizes the same prompt and answer with its own tokenizer; the answers are
-    aligned at their first token and truncated to the shorter one, as the paper does. Limits:
+    aligned at their first token and truncated to the shorter one, as the paper does. The
+    official code (github.com/Nicolas-BZRD/llm-recipes, ``DistillationLoss``) averages within each
+    sequence, then over the batch: ``reduction=per_sequence_mean``; it weighs the term by
+    ``distil_factor`` = 1.5 next to a CE of weight 1 and skips the student's last answer token
+    (EOS), which this class does not (give a mask without it to do so). Limits:
     sorting forgets token identity, and position k of one tokenization need not cover the same
     text as position k of the other; the loss is meant to be added to the student's own
     cross-entropy on the answer.
@@ -47,14 +52,17 @@ class ULDLoss(nn.Module):
         super().__init__()
         self.temperature, self.reduction = temperature, get_reduction(reduction)
 
-    def forward(self, student_logits: Tensor, student_mask: Tensor, teacher_logits: Tensor, teacher_mask: Tensor) -> Tensor:
+    def forward(self, student_logits: Tensor, student_mask: Tensor, teacher_logits: Tensor, teacher_mask: Tensor,
+                num_items_in_batch=None) -> Tensor:
         """``student_logits`` (B, Ts, Vs) with ``student_mask`` (B, Ts) True at answer positions;
-        ``teacher_logits`` (B, Tt, Vt) with ``teacher_mask`` (B, Tt). Returns the mean distance
-        (a zero with graph when nothing aligns)."""
+        ``teacher_logits`` (B, Tt, Vt) with ``teacher_mask`` (B, Tt); ``num_items_in_batch``: the
+        global count for the reduction (tokens for ``sum_over_items``, sequences for
+        ``per_sequence_mean``), so the loss does not depend on gradient accumulation. Returns
+        the reduced distance (a zero with graph when nothing aligns)."""
         student_keep, teacher_keep = align_answer_positions(student_mask, teacher_mask)
         if not bool(student_keep.any()):
             return student_logits.sum() * 0.0
         distances = sorted_probability_l1(student_logits[student_keep], teacher_logits[teacher_keep].detach(),
                                           temperature=self.temperature)  # (n,), rows in order
         values = distances.new_zeros(student_keep.shape).masked_scatter(student_keep, distances)  # (B, Ts)
-        return self.reduction(values, student_keep)
+        return apply_reduction(self.reduction, values, student_keep, num_items_in_batch)

@@ -48,7 +48,7 @@ def _masked(values: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
 def _no_global_count(name: str, num_items_in_batch: Count) -> None:
     if num_items_in_batch is not None:
         raise ValueError(
-            f"num_items_in_batch only applies to reduction='sum' (sum_over_items, which divides by a global count "
+            f"num_items_in_batch only applies to reduction='sum' (sum_over_items) or 'sequence_mean' (global counts "
             f"under gradient accumulation and several processes); {name} divides by this batch's own positions"
         )
 
@@ -77,27 +77,38 @@ def masked_mean(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batc
 def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Count = None) -> Tensor:
     r"""Mean over each sequence's valid positions, then mean over sequences.
 
-    .. math:: \frac{1}{|B'|} \sum_{b \in B'} \frac{\sum_t m_{bt} v_{bt}}{\sum_t m_{bt}}
+    .. math:: \frac{1}{S} \sum_{b \in B'} \frac{\sum_t m_{bt} v_{bt}}{\sum_t m_{bt}}
 
     where :math:`B'` are the sequences with at least one valid position (the others are
-    left out of the batch mean rather than counted as zero). Every sequence weighs the same,
-    whatever its length.
+    left out rather than counted as zero) and S is :math:`|B'|`, or ``num_items_in_batch``
+    when given: the number of such sequences in the *global* batch (every accumulation
+    micro-batch on every process), so that summing the micro-batch values gives the
+    per-sequence mean of the global batch however it was split. Every sequence weighs the
+    same, whatever its length.
 
     Args:
         values: (B, T, ...) per-position values; dim 0 is the sequence.
         mask: same shape, bool; None counts all.
-        num_items_in_batch: must be None (present so every reduction has one signature).
+        num_items_in_batch: the global number of sequences with a valid position.
 
     Returns:
         Scalar tensor; 0 (with graph) when nothing is valid.
     """
-    _no_global_count("per_sequence_mean", num_items_in_batch)
     if values.dim() < 2:
         raise ValueError(f"per_sequence_mean needs values of shape (B, T, ...), got {tuple(values.shape)}")
     kept, mask = _masked(values, mask)
     counts = mask.flatten(1).sum(1)  # (B,)
     sequence_means = kept.flatten(1).sum(1) / counts.clamp(min=1)  # (B,)
-    return sequence_means.sum() / (counts > 0).sum().clamp(min=1)
+    if num_items_in_batch is None:
+        return sequence_means.sum() / (counts > 0).sum().clamp(min=1)
+    return sequence_means.sum() / _global_count(num_items_in_batch, sequence_means)
+
+
+def _global_count(num_items_in_batch: Count, like: Tensor) -> Tensor:
+    count = torch.as_tensor(num_items_in_batch, device=like.device)
+    if count.numel() != 1 or not bool(count > 0):
+        raise ValueError(f"num_items_in_batch must be one positive number, got {num_items_in_batch!r}")
+    return count.to(like.dtype)
 
 
 def sum_over_items(values: Tensor, mask: Optional[Tensor] = None, num_items_in_batch: Count = None) -> Tensor:
@@ -121,10 +132,7 @@ def sum_over_items(values: Tensor, mask: Optional[Tensor] = None, num_items_in_b
     total = kept.sum()
     if num_items_in_batch is None:
         return total
-    count = torch.as_tensor(num_items_in_batch, device=total.device)
-    if count.numel() != 1 or not bool(count > 0):
-        raise ValueError(f"num_items_in_batch must be one positive number, got {num_items_in_batch!r}")
-    return total / count.to(total.dtype)
+    return total / _global_count(num_items_in_batch, total)
 
 
 Reduction = Callable[..., Tensor]  # (values, mask=None, num_items_in_batch=None) -> scalar
@@ -184,6 +192,8 @@ def reduce(values: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction == "mean" and num_items_in_batch is not None:
+        _no_global_count("masked_mean", num_items_in_batch)
     if reduction == "none":
         if num_items_in_batch is not None:
             raise ValueError("num_items_in_batch only applies to reduction='sum', got reduction='none'")

@@ -5,7 +5,7 @@ processes), so the gradient does not depend on how the batch was split."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -13,27 +13,39 @@ from torch import Tensor, nn
 
 from ..data import IGNORE_INDEX
 
-# loss_fn(model, micro_batch, num_items_in_batch) -> (loss, {name: detached part})
-MicroBatchLoss = Callable[[nn.Module, dict, Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
-def global_token_count(batches: Sequence[dict], accelerator: Accelerator, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Valid (shifted) label tokens over all micro-batches of all processes: the N that
-    normalizes every micro-batch loss."""
-    local = sum(int((b["labels"][:, 1:] != ignore_index).sum()) for b in batches)
-    return accelerator.reduce(torch.tensor(float(local), device=accelerator.device), "sum")
+class ItemCounts(NamedTuple):
+    """What a global batch holds, over all micro-batches of all processes: the counts a
+    micro-batch loss divides its sum by."""
+
+    tokens: Tensor  # valid (shifted) label tokens: the N of token-level losses
+    sequences: Tensor  # sequences with at least one valid label token: the count of per-sequence means
+
+
+# loss_fn(model, micro_batch, counts) -> (loss, {name: detached part})
+MicroBatchLoss = Callable[[nn.Module, dict, ItemCounts], tuple[Tensor, dict[str, Tensor]]]
+
+
+def global_item_counts(batches: Sequence[dict], accelerator: Accelerator,
+                       ignore_index: int = IGNORE_INDEX) -> ItemCounts:
+    """The :class:`ItemCounts` of the global batch (one all-reduce)."""
+    valid = [b["labels"][:, 1:] != ignore_index for b in batches]  # (B, T-1) each
+    local = [float(sum(int(v.sum()) for v in valid)), float(sum(int(v.any(1).sum()) for v in valid))]
+    total = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum")
+    return ItemCounts(total[0], total[1])
 
 
 def backward_micro_batches(accelerator: Accelerator, model: nn.Module, micro_batches: Sequence[dict],
                            loss_fn: MicroBatchLoss) -> dict[str, float]:
     """Backward through every micro-batch (gradients synchronized once, after the last), each
-    loss normalized by :func:`global_token_count`; returns each reported part summed over the
+    loss given the :func:`global_item_counts` to normalize by; returns each reported part summed over the
     micro-batches and processes (so a part normalized like the loss is its global value).
 
     DDP averages gradients over the P processes, so each loss is multiplied by P: the result is
     the gradient of the global sum / N, as in one process.
     """
-    num_items = global_token_count(micro_batches, accelerator)
+    num_items = global_item_counts(micro_batches, accelerator)
     totals: dict[str, float] = {}
     for index, batch in enumerate(micro_batches):
         context = accelerator.no_sync(model) if index < len(micro_batches) - 1 else nullcontext()

@@ -17,24 +17,19 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..._table import format_table
-from ...data import IGNORE_INDEX, builtin_corpus, load_text_examples, train_bpe_tokenizer
-from ...losses import LMDistillLoss
+from ...data import builtin_corpus, load_text_examples, train_bpe_tokenizer
 from ...metrics import training_curves
-from ...models import CausalLM, build_causal_lm, load_tokenizer, next_token_signal
-from ...targets import LiveTeacher, TeacherCache, shared_vocab_size, tokenizer_fingerprint
+from ...models import CausalLM, build_causal_lm, load_tokenizer
 from ...training import prepare_run_folder
 from .config import DistillLMConfig, LMMethod
-from .teachers import CrossTokenizerTeacher
+from .objectives import ce_loss, make_student_loss
 from .trainer import LMRun, LMTrainer
 
 __all__ = ["DistillLMConfig", "LMMethod", "run"]
-
-FUSED_AUTO_VOCAB = 32768
 
 
 def setup(config: DistillLMConfig):
@@ -51,18 +46,6 @@ def setup(config: DistillLMConfig):
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
     return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)
-
-
-def next_token_ce(logits, batch, num_items):
-    """Next-token CE on the batch's labels, summed and divided by the global token count."""
-    return F.cross_entropy(logits.float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
-                           reduction="sum") / num_items
-
-
-def ce_loss(model, batch, num_items):
-    """The teacher's pre-training loss."""
-    loss = next_token_ce(model(batch["input_ids"], batch["attention_mask"])[:, :-1], batch, num_items)
-    return loss, {"loss": loss, "ce": loss}
 
 
 def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, accelerator):
@@ -82,52 +65,6 @@ def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, acce
             model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
     return model.eval().requires_grad_(False).to(accelerator.device, dtype), teacher_tokenizer
-
-
-def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teacher_tokenizer, tokenizer):
-    """``loss_fn(model, batch, num_items)`` of one method, after the vocabulary policy. Each
-    CausalLM already keeps only its tokenizer's rows, so the policy compares the tokenizers."""
-    shared = shared_vocab_size(tokenizer, teacher_tokenizer, len(tokenizer), len(teacher_tokenizer),
-                               config.vocab_policy)
-    if shared is None:  # cross-tokenizer: CE on the student's labels + ULD to the teacher
-        cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature)
-
-        def uld_loss(model, batch, num_items):
-            logits = next_token_signal(model, batch).logits  # (B, T-1, V)
-            ce = next_token_ce(logits, batch, num_items)
-            distance = cross.loss(logits, batch)
-            return ce + distance, {"loss": ce + distance, "divergence": distance, "ce": ce}
-
-        return uld_loss, None
-    fused = config.fused == "true" or (config.fused == "auto" and shared >= FUSED_AUTO_VOCAB)
-    if config.teacher_cache:
-        target = TeacherCache(config.teacher_cache)
-        check_cache(target, config, tokenizer)
-    else:
-        target = LiveTeacher(teacher, hidden=fused)
-    ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
-    loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
-                                divergence_weight=method.weight, ce_weight=ce_weight, tail=config.cache_tail,
-                                **method.divergence_options)
-
-    def distill_loss(model, batch, num_items):
-        out = loss_module(next_token_signal(model, batch, hidden=fused), target.signal(batch), batch["labels"][:, 1:],
-                          num_items)
-        return out.loss, {"loss": out.loss, "divergence": out.divergence, "ce": out.cross_entropy}
-
-    return distill_loss, shared
-
-
-def check_cache(cache: TeacherCache, config: DistillLMConfig, tokenizer) -> None:
-    """The cache must have been written for this tokenizer, data layout and temperature."""
-    expected = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
-                "prompt_len": config.prompt_len}
-    for key, value in expected.items():
-        if cache.manifest.get(key) != value:
-            raise ValueError(f"teacher_cache was written with {key}={cache.manifest.get(key)!r}, this run has {value!r}")
-    if abs(cache.temperature - config.temperature) > 1e-12:
-        raise ValueError(f"teacher_cache holds log-probs at temperature {cache.temperature}, this run uses "
-                         f"temperature={config.temperature}; write a cache at this temperature")
 
 
 def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:

@@ -79,6 +79,9 @@ class DistillLMConfig:
     ce_weight: float = 0.0  # weight of the student's own CE on the labels
     fused: str = "auto"  # "auto" (fused when the vocabulary has >= 32768 entries), "true" or "false"
     vocab_policy: str = "strict"  # "strict" (same tokenizer; padded embeddings sliced) or "uld" (cross-tokenizer)
+    # ULD's reduction: "token" (sum over aligned positions / the global batch's answer tokens, like the CE) or
+    # "sequence" (the official code: mean over each answer, then over the global batch's sequences)
+    uld_reduction: str = "token"
     teacher_cache: Optional[str] = None  # a divreg cache-teacher folder: train without the teacher in memory
     cache_tail: str = "bucket"  # how a cached top-k signal's tail is used ("bucket" or "renormalize")
     seq_len: int = 64  # tokens per example (builtin data) or maximum length (records)
@@ -115,6 +118,8 @@ class DistillLMConfig:
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         if self.fused not in ("auto", "true", "false"):
             raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        if self.uld_reduction not in ("sequence", "token"):
+            raise ValueError(f"uld_reduction must be 'sequence' or 'token', got {self.uld_reduction!r}")
         if self.vocab_policy not in VOCAB_POLICIES:
             raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {self.vocab_policy!r}")
         try:
