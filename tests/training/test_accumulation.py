@@ -1,5 +1,5 @@
-"""Micro-batch backward with a global token count: the gradient does not depend on the split
-(the 2-process case is tests/recipes/test_lm_losses.py)."""
+"""Micro-batch backward with global counts: the gradient does not depend on the split (the
+2-process case and the ULD objectives are in tests/recipes/test_lm_losses.py)."""
 
 import torch
 from accelerate import Accelerator
@@ -8,7 +8,7 @@ from divreg.data import collate
 from divreg.losses import LMDistillLoss
 from divreg.models import next_token_signal
 from divreg.targets import LiveTeacher
-from divreg.training import backward_micro_batches, global_token_count
+from divreg.training import backward_micro_batches, global_item_counts
 
 from ..recipes import lm_fixtures as fx
 
@@ -19,15 +19,17 @@ def _grads(micro_batches):
     examples = fx.examples(8)
     micro = [collate(examples[i::micro_batches], fx.tokenizer().pad_token_id) for i in range(micro_batches)]
 
-    def micro_loss(model, batch, num_items):
+    def micro_loss(model, batch, counts):
         out = loss_fn(next_token_signal(model, batch), LiveTeacher(teacher).signal(batch), batch["labels"][:, 1:],
-                      num_items)
+                      counts.tokens)
         return out.loss, {"loss": out.loss, "divergence": out.divergence}
 
     accelerator = Accelerator(cpu=True)
     totals = backward_micro_batches(accelerator, student, micro, micro_loss)
-    count = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    assert float(global_token_count(micro, accelerator)) == count
+    counts = global_item_counts(micro, accelerator)
+    valid = [b["labels"][:, 1:] != -100 for b in micro]
+    assert float(counts.tokens) == sum(int(v.sum()) for v in valid)
+    assert float(counts.sequences) == sum(int(v.any(1).sum()) for v in valid) == 8
     return fx.grads(student), totals
 
 
