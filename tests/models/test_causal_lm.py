@@ -59,3 +59,25 @@ def test_generated_examples_never_put_prompts_in_the_loss():
         assert example.input_ids[: len(prompt)] == prompt
         assert example.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
         assert example.labels[len(prompt):] == example.input_ids[len(prompt):] and len(example.input_ids) > len(prompt)
+
+
+def test_sampling_temperature_and_top_p_reach_the_sampler():
+    """A near-zero sampling temperature (or a tiny nucleus) samples the greedy continuation; the
+    default temperature 1 does not (on this untrained model)."""
+    student = fx.model(seed=1)
+    prompts = [e.input_ids[: e.prompt_length] for e in fx.examples(4)]
+    tokenizer = fx.tokenizer()
+    with torch.no_grad():
+        greedy = student.model.generate(input_ids=torch.tensor(prompts), attention_mask=torch.ones(4, 6, dtype=torch.long),
+                                        do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id)
+    expected = [row[6:].tolist() for row in greedy]
+    for options in ({"temperature": 1e-4}, {"top_p": 1e-6}):
+        cold = generate_examples(student, prompts, tokenizer, max_new_tokens=6, seed=3, **options)
+        for example, tokens in zip(cold, expected):
+            completion = example.input_ids[6:]
+            assert completion == tokens[: len(completion)]
+    warm = generate_examples(student, prompts, tokenizer, max_new_tokens=6, seed=3)
+    assert [e.input_ids[6:] for e in warm] != [t[: len(e.input_ids) - 6] for e, t in zip(warm, expected)]
+    with pytest.raises(ValueError, match="temperature > 0"):
+        generate_examples(student, prompts, tokenizer, max_new_tokens=6, seed=3, temperature=0.0)

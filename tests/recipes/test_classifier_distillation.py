@@ -18,7 +18,8 @@ from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 from ..launch import accelerate_prefix
 
 METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "aurc", "e_aurc"}
-TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]"]
+TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]",
+        "min_steps=0"]
 
 
 def _config(tmp_path, *overrides):
@@ -117,7 +118,8 @@ def _launch(arguments, processes=1):
 
 
 def test_two_processes_match_one_process_for_the_same_global_batch(tmp_path):
-    arguments = ["methods=[ce,kd_forward_kl,pskd]", "teacher_epochs=3", "epochs=3", "seeds=[0]", "batch_size=64"]
+    arguments = ["methods=[ce,kd_forward_kl,pskd]", "teacher_epochs=3", "epochs=3", "seeds=[0]", "batch_size=64",
+                 "min_steps=0"]
     one = _launch([f"output_dir={tmp_path / 'one'}", *arguments])
     two = _launch([f"output_dir={tmp_path / 'two'}", *arguments], processes=2)
     outputs = [process.communicate(timeout=300) for process in (one, two)]
@@ -140,7 +142,7 @@ def _final_weights(directory):
 
 def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
     arguments = ["methods=[pskd,kd_forward_kl]", "seeds=[0]", "teacher_epochs=2", "epochs=8", "checkpoint_every=5",
-                 "teacher.widths=[8,8]", "student.widths=[4,4]"]
+                 "teacher.widths=[8,8]", "student.widths=[4,4]", "min_steps=0"]
     reference = _launch([f"output_dir={tmp_path / 'reference'}", *arguments])
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
@@ -171,3 +173,25 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
             assert torch.equal(tensor, got[name][key]), (name, key)
     assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
         (killed_dir / "metrics.json").read_text())
+
+
+def test_default_methods_reach_logistic_regression_on_a_small_table(tmp_path, capsys):
+    """A 13-feature, 3-class table with 126 training rows (as small as the wine data): with the
+    default settings an epoch is one optimizer step, so min_steps raises the epochs (with a
+    notice) and every default student gets near the accuracy of logistic regression."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_classification(n_samples=180, n_features=13, n_informative=6, n_redundant=2, n_classes=3,
+                               n_clusters_per_class=1, class_sep=1.5, random_state=0)
+    x = x * np.logspace(-1, 3, 13)  # columns on very different scales, like the wine table's
+    x_train, y_train, x_test, y_test = x[:126], y[:126], x[126:], y[126:]
+    np.savez(tmp_path / "table.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    mean, std = x_train.mean(0), x_train.std(0)
+    reference = LogisticRegression(max_iter=5000).fit((x_train - mean) / std, y_train).score((x_test - mean) / std, y_test)
+    summary = run(load_config(DistillClassifierConfig, None, [f"data={tmp_path / 'table.npz'}", "seeds=[0]",
+                                                              f"output_dir={tmp_path / 'out'}", "checkpoint_every=0"]))
+    assert "notice: epochs=30 would be 30 optimizer steps on 126 training examples" in capsys.readouterr().out
+    assert reference >= 0.85
+    for method, metrics in summary.items():
+        assert metrics["accuracy"]["mean"] >= reference - 0.06, (method, metrics["accuracy"]["mean"], reference)

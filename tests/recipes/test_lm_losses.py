@@ -183,3 +183,25 @@ def test_uld_objective_weighs_the_distance_by_the_method_weight():
     loss, parts = fx.micro_loss("uld_sequence")(fx.model(seed=1), batch, counts)
     assert float(parts["divergence"]) > 0 and float(parts["ce"]) > 0
     torch.testing.assert_close(loss, parts["ce"] + 1.5 * parts["divergence"], rtol=1e-6, atol=0)
+
+
+def test_on_policy_generations_use_the_sampling_temperature_not_the_loss_temperature():
+    """TRL's GKD samples at 0.9 and computes its loss at T = 1; divreg separates the two: the
+    config's sampling_temperature reaches the student's generations (near 0: greedy)."""
+    from divreg.config import load_config
+    from divreg.recipes.lm_distillation import DistillLMConfig
+    from divreg.recipes.lm_distillation.sources import StepSource
+
+    train, student = fx.examples(16), fx.model(seed=1)
+    config = load_config(DistillLMConfig, None, ["batch_size=4", "max_new_tokens=5", "sampling_temperature=0.0001",
+                                                 "temperature=3.0", "methods=[{name: gkd, lmbda: 1.0}]"])
+    examples, source = StepSource(config, config.methods[0], train, fx.tokenizer()).examples(0, student, 0, 1)
+    assert source == "generate"
+    for example in examples:
+        prompt = example.input_ids[: example.prompt_length]
+        with torch.no_grad():
+            greedy = student.model.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=5,
+                                            pad_token_id=fx.tokenizer().pad_token_id,
+                                            eos_token_id=fx.tokenizer().eos_token_id)[0, len(prompt):].tolist()
+        completion = example.input_ids[len(prompt):]
+        assert completion == greedy[: len(completion)]

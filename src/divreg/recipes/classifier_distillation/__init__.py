@@ -28,7 +28,7 @@ from ...models import build_classifier, predict_probabilities
 from ...training import prepare_run_folder
 from .config import ClassifierMethod, DistillClassifierConfig
 from .methods import Method, make_method
-from .trainer import ClassifierRun, Trainer
+from .trainer import ClassifierRun, Trainer, training_schedule
 
 __all__ = ["ClassifierMethod", "DistillClassifierConfig", "run"]
 
@@ -50,6 +50,12 @@ def setup(config: DistillClassifierConfig):
     checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)
+    for key in ("teacher_epochs", "epochs"):
+        epochs, every = training_schedule(getattr(config, key), trainer.steps_per_epoch, config.min_steps)
+        if epochs > getattr(config, key) and accelerator.is_main_process:
+            print(f"notice: {key}={getattr(config, key)} would be {getattr(config, key) * trainer.steps_per_epoch} "
+                  f"optimizer steps on {len(data.y_train)} training examples (batch {config.batch_size}); training "
+                  f"{epochs} epochs (min_steps={config.min_steps}), evaluated every {every}")
     return accelerator, data, trainer, checkpoints
 
 
@@ -63,7 +69,8 @@ def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[tor
         probs = predict_probabilities(teacher, data.x_test)
         return teacher, {"metrics": classification_metrics(probs, data.y_test, config.ece_bins), "test_probs": probs,
                          "state": {"history": []}}
-    run = ClassifierRun("teacher", "ce", config.seed, config.teacher_epochs, os.path.join(checkpoints, "teacher.pt"))
+    epochs, every = training_schedule(config.teacher_epochs, trainer.steps_per_epoch, config.min_steps)
+    run = ClassifierRun("teacher", "ce", config.seed, epochs, os.path.join(checkpoints, "teacher.pt"), every)
     state = trainer.run(run, teacher, Method(), None)
     teacher.load_state_dict(state["model"])
     return teacher.eval(), state
@@ -72,13 +79,14 @@ def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[tor
 def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, accelerator) -> dict[str, list[dict]]:
     """One student per (method, seed); returns method -> list of final states."""
     results: dict[str, list[dict]] = {}
+    epochs, every = training_schedule(config.epochs, trainer.steps_per_epoch, config.min_steps)
     runs = [(method, seed) for method in config.methods for seed in config.seeds]
     for method, seed in tqdm(runs, desc="students", disable=not accelerator.is_local_main_process):
         set_seed(seed)
         student = build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
         name = f"{method.name}-seed{seed}"
-        run = ClassifierRun(name, method.name, seed, config.epochs, os.path.join(checkpoints, f"{name}.pt"))
-        state = trainer.run(run, student, make_method(method, data, config.epochs), teacher)
+        run = ClassifierRun(name, method.name, seed, epochs, os.path.join(checkpoints, f"{name}.pt"), every)
+        state = trainer.run(run, student, make_method(method, data, epochs), teacher)
         results.setdefault(method.name, []).append(state)
     return results
 

@@ -99,6 +99,7 @@ class DistillClassifierConfig:
     teacher_epochs: int = 30  # epochs to train the teacher
     epochs: int = 30  # epochs per student
     batch_size: int = 64  # global batch (split across processes; drop_last)
+    min_steps: int = 500  # every run takes at least this many optimizer steps: epochs are raised on small data
     lr: float = 0.003  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
     kd_temperature: float = 4.0  # T of the kd_* short names
@@ -153,7 +154,8 @@ class DistillClassifierConfig:
             value = self.sinkd.kd_weight if key == "sinkd.kd_weight" else getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {value}")
-        for key in ("weight_decay", "two_view_weight", "augment_noise", "augment_shift", "checkpoint_every"):
+        for key in ("weight_decay", "two_view_weight", "augment_noise", "augment_shift", "checkpoint_every",
+                    "min_steps"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.sinkd.sinkhorn_weight < 0:

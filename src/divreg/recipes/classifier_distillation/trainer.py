@@ -10,6 +10,7 @@ from ``derive_seed(seed, epoch)`` and each step's augmentation noise from
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,8 +31,17 @@ class ClassifierRun:
     name: str  # e.g. "teacher" or "kd_forward_kl-seed1"
     method_name: str
     seed: int
-    epochs: int
+    epochs: int  # epochs actually trained (see Trainer.schedule)
     checkpoint_path: str
+    evaluate_every_epochs: int = 1  # evaluate (and checkpoint) after every this many epochs
+
+
+def training_schedule(epochs: int, steps_per_epoch: int, min_steps: int) -> tuple[int, int]:
+    """(epochs to train, epochs between evaluations): at least ``epochs``, raised so the run
+    takes at least ``min_steps`` optimizer steps (on small data an epoch is one or two steps);
+    a raised run is evaluated every k epochs, so that it still has about ``epochs`` evaluations."""
+    trained = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    return trained, max(1, trained // epochs)
 
 
 class Trainer:
@@ -72,7 +82,7 @@ class Trainer:
             method.after_step(accelerator.gather(batch.indices).cpu(), accelerator.gather(logits.detach()).cpu())
             return {"loss": float(accelerator.reduce(loss.detach(), "mean"))}
 
-        def evaluate(model, step: int, means: dict) -> dict:
+        def evaluate(model, step: int, means: dict) -> dict:  # after every run.evaluate_every_epochs epochs
             _, metrics = self._test_metrics(model)
             return {"method": run.method_name, "seed": run.seed, "epoch": step // per_epoch,
                     "train_loss": means["loss"], **{f"test_{key}": value for key, value in metrics.items()}}
@@ -81,7 +91,8 @@ class Trainer:
             probs, metrics = self._test_metrics(model)
             return {"metrics": metrics, "test_probs": probs}
 
-        spec = RunSpec(run.name, run.epochs * per_epoch, run.checkpoint_path, evaluate_every=per_epoch,
+        spec = RunSpec(run.name, run.epochs * per_epoch, run.checkpoint_path,
+                       evaluate_every=per_epoch * run.evaluate_every_epochs,
                        checkpoint_every=self.checkpoint_every, checkpoint_at_evaluation=True,
                        progress_keys=("train_loss", "test_accuracy"))
         optimizer = functools.partial(torch.optim.Adam, lr=self.lr, weight_decay=self.weight_decay)
