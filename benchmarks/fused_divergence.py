@@ -6,13 +6,17 @@ interleaved and each is repeated; the table shows medians and the ratios naive /
 achieved GFLOP/s of each variant is compared with a plain fp32 matmul of the same shapes,
 measured in the same run (the physical limit on this machine).
 
-The naive baseline is what common trainers write: full student and teacher logits,
-``log_softmax``, the divergence formula on the full ``[N x V]`` tensors (``F.kl_div`` for the
-KLs, TRL's stacked-``logsumexp`` mixture for the JSD, DistiLLM's probability mixture for the
-skew KLs), masked mean, autograd.
+The naive baseline is what a careful user writes without a fused kernel: ignored rows dropped
+*before* the matmuls, full student and teacher logits of the valid rows, ``log_softmax``, the
+divergence formula on those ``[n x V]`` tensors (``F.kl_div(..., log_target=True)`` for the KLs,
+TRL's stacked-``logsumexp`` mixture for the JSD, DistiLLM's probability mixture for the skew
+KLs), mean, autograd. Memory cells show the median and, in brackets, the range over the
+repeats (peak memory varies from run to run with how the allocator recycles blocks).
 
     python benchmarks/fused_divergence.py                       # the full grid of the issue
     python benchmarks/fused_divergence.py --vocab 32000 --divergences forward_kl --repeats 3
+    python benchmarks/fused_divergence.py --tokens 2048 --hidden 256 --vocab 32000 --divergences forward_kl \
+        --temperatures 1 --no-mixed-hidden --fused-only-vocab --repeats 8   # the spread of peak memory
 """
 
 from __future__ import annotations
@@ -109,11 +113,11 @@ def worker(spec: dict) -> dict:
         return {"gflops": 2 * valid * vocab * hs / seconds / 1e9}
 
     def naive():
-        logits = hidden @ weight.t()  # (N, V)
-        with torch.no_grad():
-            target_logits = target_hidden @ target_weight.t()  # (N, V)
         mask = labels != -100
-        loss = _naive_values(name, options, logits, target_logits, temperature)[mask].mean()
+        logits = hidden[mask] @ weight.t()  # (n, V): ignored rows dropped before the matmul
+        with torch.no_grad():
+            target_logits = target_hidden[mask] @ target_weight.t()  # (n, V)
+        loss = _naive_values(name, options, logits, target_logits, temperature).mean()
         loss.backward()
         return loss
 
@@ -153,15 +157,15 @@ def _grid(args) -> list[dict]:
     for vocab in [] if args.mixed_hidden_only else args.vocab:
         for divergence in args.divergences:
             for temperature in args.temperatures:
-                grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence=divergence,
-                                 temperature=temperature, fused_only=False))
+                grid.append(dict(n=args.tokens, vocab=vocab, hs=args.hidden, ht=args.hidden, ignored=0.1,
+                                 divergence=divergence, temperature=temperature, fused_only=False))
     if args.mixed_hidden:  # a teacher wider than the student: Hs=512, Ht=1024, at T=1
         for divergence in args.divergences:
             grid.append(dict(n=args.tokens, vocab=args.vocab[0], hs=512, ht=1024, ignored=0.1,
                              divergence=divergence, temperature=1.0, fused_only=False))
     for vocab in args.fused_only_vocab:
-        grid.append(dict(n=args.tokens, vocab=vocab, hs=512, ht=512, ignored=0.1, divergence="forward_kl",
-                         temperature=1.0, fused_only=True))
+        grid.append(dict(n=args.tokens, vocab=vocab, hs=args.hidden, ht=args.hidden, ignored=0.1,
+                         divergence="forward_kl", temperature=1.0, fused_only=True))
     return grid
 
 
@@ -169,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, default=512, help="Hs = Ht of the main grid")
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 128000])
     parser.add_argument("--fused-only-vocab", type=int, nargs="*", default=[256000])
     parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=list(DIVERGENCES))
@@ -203,12 +208,14 @@ def main() -> None:
         raw.append({"spec": spec, "runs": runs, "matmul_gflops": matmul_cache[shape_key]})
         med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "gflops", "loss")}
                for v, rs in runs.items() if rs}
+        spread = {v: (min(r["peak_mb"] for r in rs), max(r["peak_mb"] for r in rs)) for v, rs in runs.items() if rs}
         fused, naive = med["fused"], med.get("naive")
         missing = "OOM" if spec["fused_only"] and spec["vocab"] not in args.fused_only_vocab else "-"
         cells = [spec["vocab"], f"{spec['hs']}/{spec['ht']}", spec["divergence"], spec["temperature"],
                  f"{naive['seconds']:.2f}" if naive else missing, f"{fused['seconds']:.2f}",
                  f"{naive['seconds'] / fused['seconds']:.2f}x" if naive else "-",
-                 f"{naive['peak_mb']:.0f}" if naive else missing, f"{fused['peak_mb']:.0f}",
+                 f"{naive['peak_mb']:.0f} ({spread['naive'][0]:.0f}-{spread['naive'][1]:.0f})" if naive else missing,
+                 f"{fused['peak_mb']:.0f} ({spread['fused'][0]:.0f}-{spread['fused'][1]:.0f})",
                  f"{naive['peak_mb'] / fused['peak_mb']:.1f}x" if naive else "-",
                  f"{fused['gflops']:.0f}", f"{100 * fused['gflops'] / matmul_cache[shape_key]:.0f}%",
                  f"{abs(naive['loss'] - fused['loss']) / abs(naive['loss']):.1e}" if naive else "-"]
