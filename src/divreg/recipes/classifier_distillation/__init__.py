@@ -55,7 +55,7 @@ def setup(config: DistillClassifierConfig):
         if epochs > getattr(config, key) and accelerator.is_main_process:
             print(f"notice: {key}={getattr(config, key)} would be {getattr(config, key) * trainer.steps_per_epoch} "
                   f"optimizer steps on {len(data.y_train)} training examples (batch {config.batch_size}); training "
-                  f"{epochs} epochs (min_steps={config.min_steps}), evaluated every {every}")
+                  f"{epochs} epochs (min_steps={config.min_steps}), evaluated every {every} epochs")
     return accelerator, data, trainer, checkpoints
 
 
