@@ -22,8 +22,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/divreg demo
-	$(BIN)/divreg distill-lm
+	$(BIN)/divreg demo overwrite=true
+	$(BIN)/divreg distill-lm overwrite=true
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,22 +1,94 @@
-"""The output folder of a run: checkpoints, the JSONL log of evaluations, the resolved config."""
+"""The output folder of a run: checkpoints, the JSONL log of evaluations, the resolved config;
+and the checks that keep a run from silently doing the wrong thing with a folder that already
+holds one (resume with a changed config, a fresh run over another run's checkpoints)."""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any, Iterable
 
+import yaml
 from accelerate import Accelerator
+from omegaconf import OmegaConf
 
 from ..config import to_yaml
 from ._checkpoint import remove_run_checkpoints
 
+# Keys that may differ when resuming: they change how a run is driven, not what it computes.
+RESUME_FREE_KEYS = ("resume", "overwrite", "cpu")
 
-def prepare_run_folder(accelerator: Accelerator, output_dir: str, resume: bool, config) -> tuple[str, str]:
-    """Create ``output_dir/checkpoints``, write ``config.yaml``, and unless ``resume`` forget
-    the previous runs' checkpoints and ``metrics.jsonl``. Returns (checkpoint folder, log path)."""
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, inner in value.items():
+            items.update(_flatten(inner, f"{prefix}{key}."))
+        return items
+    return {prefix[:-1]: value}
+
+
+def config_differences(saved: dict, current: dict, free_keys: Iterable[str] = RESUME_FREE_KEYS) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (lists compare whole),
+    with each side's value, e.g. ``"epochs: 2 -> 20"``; ``free_keys`` (and their sub-keys) are ignored."""
+    free = tuple(free_keys)
+    before, after = _flatten(saved), _flatten(current)
+    differences = []
+    for key in sorted(set(before) | set(after)):
+        if key.split(".")[0] in free or before.get(key, "<missing>") == after.get(key, "<missing>"):
+            continue
+        differences.append(f"{key}: {before.get(key, '<missing>')!r} -> {after.get(key, '<missing>')!r}")
+    return differences
+
+
+def _previous_run(output_dir: str) -> list[str]:
+    """What a previous run left in ``output_dir``: its config, checkpoints and log."""
+    found = [name for name in ("config.yaml", "metrics.jsonl") if os.path.exists(os.path.join(output_dir, name))]
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    if os.path.isdir(checkpoints):
+        found += [f"checkpoints/{name}" for name in sorted(os.listdir(checkpoints)) if name.endswith(".pt")]
+    return found
+
+
+def check_run_folder(output_dir: str, resume: bool, overwrite: bool, config) -> str:
+    """Refuse what would silently go wrong, before any work: a fresh run into a folder that
+    holds another run (its checkpoints would be deleted, or reused), unless ``overwrite``; a
+    resume whose config differs from the saved one (naming the keys). Returns a notice to print
+    (empty when none): a resume that finds nothing to resume starts from scratch."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir {output_dir!r} is a file; give a folder")
+    previous = _previous_run(output_dir)
+    if not resume:
+        if previous and not overwrite:
+            shown = ", ".join(previous[:4]) + (f" and {len(previous) - 4} more" if len(previous) > 4 else "")
+            raise ValueError(f"output_dir {output_dir!r} holds a previous run ({shown}); pass resume=true to continue "
+                             "it, overwrite=true to replace it, or another output_dir")
+        return ""
+    saved_path = os.path.join(output_dir, "config.yaml")
+    if not any(name.startswith("checkpoints/") for name in previous) or not os.path.isfile(saved_path):
+        return f"notice: resume=true, but {output_dir!r} has no checkpoint to resume: starting from scratch"
+    with open(saved_path) as handle:
+        saved = yaml.safe_load(handle) or {}
+    differences = config_differences(saved, OmegaConf.to_container(OmegaConf.structured(config)))
+    if differences:
+        raise ValueError(f"resume=true, but the config differs from the one the checkpoints in {output_dir!r} were "
+                         f"written with: {'; '.join(differences)}. Resume with the saved values, or start a new run "
+                         "(another output_dir, or overwrite=true)")
+    return ""
+
+
+def prepare_run_folder(accelerator: Accelerator, output_dir: str, resume: bool, config,
+                       overwrite: bool = False) -> tuple[str, str]:
+    """Check the folder (:func:`check_run_folder`, on every process), create
+    ``output_dir/checkpoints``, write ``config.yaml``, and on a fresh start (``overwrite``) forget
+    the previous run's checkpoints and ``metrics.jsonl``. Returns (checkpoint folder, log path)."""
+    notice = check_run_folder(output_dir, resume, overwrite, config)
+    accelerator.wait_for_everyone()  # every process has read the folder before the main one changes it
     checkpoints = os.path.join(output_dir, "checkpoints")
     log_path = os.path.join(output_dir, "metrics.jsonl")
     if accelerator.is_main_process:
+        if notice:
+            print(notice)
         os.makedirs(checkpoints, exist_ok=True)
         if not resume:
             remove_run_checkpoints(checkpoints)

@@ -47,7 +47,7 @@ def setup(config: DistillClassifierConfig):
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     data = load_classification_data(config.data, label_column=config.label_column,
                                     test_fraction=config.test_fraction, seed=config.seed)
-    checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
+    checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)
     for key in ("teacher_epochs", "epochs"):

@@ -115,7 +115,8 @@ class DistillClassifierConfig:
     augment_noise: float = 0.1  # std of the Gaussian noise of the two-view augmentation
     ece_bins: int = 10  # bins of the expected calibration error
     checkpoint_every: int = 20  # optimizer steps between checkpoints (also at each epoch end)
-    resume: bool = False  # continue from the checkpoints in output_dir
+    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
+    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
     cpu: bool = False  # train on the CPU even when a GPU is available (always true without CUDA)
 
     def shorthand(self, name: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def setup(config: DistillLMConfig):
     else:
         tokenizer = load_tokenizer(config.tokenizer)
     train, held_out = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config)
+    _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
     return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)

@@ -101,7 +101,8 @@ class DistillLMConfig:
     checkpoint_every: int = 50  # steps between checkpoints (0: only at the end)
     seed: int = 0  # seeds data order, models and generations
     output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
-    resume: bool = False  # continue from the checkpoints in output_dir
+    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
+    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
     cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
 
     def __post_init__(self):
