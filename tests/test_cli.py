@@ -54,3 +54,18 @@ def test_console_script_is_installed(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| minimized" in result.stdout
+
+
+def test_a_model_module_in_the_current_folder_is_found(tmp_path):
+    """``student.kind=mystudents.Linear`` imports from the folder the command runs in, as
+    ``python -m`` would (the console script alone does not put it on sys.path)."""
+    (tmp_path / "mystudents.py").write_text(
+        "import math\nimport torch\n\n"
+        "def Linear(input_shape, num_classes):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes))\n")
+    script = os.path.join(os.path.dirname(sys.executable), "divreg")
+    result = subprocess.run([script, "distill-classifier", "student.kind=mystudents.Linear", "methods=[ce]", "seeds=[0]",
+                             "teacher_epochs=1", "epochs=1", "min_steps=0", "teacher.widths=[4,4]", "output_dir=out"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert " ce | " in result.stdout and "1 process(es)" in result.stdout

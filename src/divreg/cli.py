@@ -59,6 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub = subparsers.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("arguments", nargs="*", metavar="[config.yaml] [key=value ...]")
     parsed = parser.parse_args(argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: student.kind=mymodule.Net works
+        sys.path.insert(0, os.getcwd())
     try:
         from .config import load_config, to_yaml
     except ImportError as error:

@@ -39,3 +39,18 @@ def test_collate_pads_right_and_keeps_ids():
     assert torch.equal(batch["example_ids"], torch.tensor([7, 9]))
     with pytest.raises(ValueError, match="expected prompt\\+completion, text or messages"):
         load_text_records([{"question": "?"}])
+
+
+def test_bad_record_files_say_what_and_where(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="is empty: it holds no records"):
+        load_text_records(str(empty))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "oops"\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 2: not valid JSON"):
+        load_text_records(str(broken))
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('["text", "x"]\n')
+    with pytest.raises(ValueError, match="record 0 is list"):
+        load_text_records(str(listed))

@@ -316,3 +316,20 @@ def test_fused_uses_the_reductions_of_divreg_reductions(reduction):
     assert torch.allclose(fused, plain, rtol=1e-10, atol=1e-12)
     for got, expected in zip(fused_grads, plain_grads):
         assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_mixed_dtypes_and_missing_options_are_clear_errors():
+    """A bf16 weight with fp32 hidden states (either side), or a divergence without its required
+    option, stops with a ValueError that says what to pass (no raw matmul or TypeError)."""
+    hidden, weight = torch.randn(4, 8), torch.randn(20, 8)
+    with pytest.raises(ValueError, match=r"hidden is torch.float32 but weight is torch.bfloat16.*hidden.to"):
+        fused_linear_divergence(hidden, weight.bfloat16(), hidden, weight)
+    with pytest.raises(ValueError, match=r"target_hidden is torch.bfloat16 but target_weight is torch.float32"):
+        fused_linear_divergence(hidden, weight, hidden.bfloat16(), weight)
+    with pytest.raises(ValueError, match=r"'alpha_divergence' needs alpha="):
+        fused_linear_divergence(hidden, weight, hidden, weight, divergence="alpha_divergence")
+    with pytest.raises(ValueError, match=r"'forward_kl' does not take \['beta'\]"):
+        fused_linear_divergence(hidden, weight, hidden, weight, beta=0.5)
+    # a low-precision teacher with a float32 student is fine: each side is consistent
+    loss = fused_linear_divergence(hidden, weight, hidden.bfloat16(), weight.bfloat16())
+    assert torch.isfinite(loss)

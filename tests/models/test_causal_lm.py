@@ -81,3 +81,13 @@ def test_sampling_temperature_and_top_p_reach_the_sampler():
     assert [e.input_ids[6:] for e in warm] != [t[: len(e.input_ids) - 6] for e, t in zip(warm, expected)]
     with pytest.raises(ValueError, match="temperature > 0"):
         generate_examples(student, prompts, tokenizer, max_new_tokens=6, seed=3, temperature=0.0)
+
+
+def test_a_missing_local_path_is_one_clear_line(tmp_path):
+    from divreg.models import load_tokenizer
+
+    for loader, what in ((lambda p: load_tokenizer(p), "tokenizer"),
+                         (lambda p: build_causal_lm(ModelSource(path=p), fx.tokenizer(), 0), "model")):
+        with pytest.raises(ValueError, match=rf"{what} '.*missing_folder': no such folder") as info:
+            loader(str(tmp_path / "missing_folder"))
+        assert info.value.__cause__ is None and "\n" not in str(info.value)

@@ -76,8 +76,18 @@ def load_text_records(source) -> list[dict]:
     if isinstance(source, str) and source.endswith(".jsonl"):
         if not os.path.isfile(source):
             raise ValueError(f"data file {source!r} does not exist")
+        records = []
         with open(source) as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{source}, line {number}: not valid JSON ({error.msg}, column {error.colno}); "
+                                     "each line must be one JSON object") from None
+        if not records:
+            raise ValueError(f"data file {source!r} is empty: it holds no records (one JSON object per line)")
     elif isinstance(source, str):
         if not os.path.isdir(source):
             raise ValueError(f"data must be 'builtin', a .jsonl file or a datasets folder; got {source!r}")
@@ -87,6 +97,10 @@ def load_text_records(source) -> list[dict]:
         records = list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
     else:
         records = list(source)
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"record {index} is {type(record).__name__}, not an object with prompt+completion, text "
+                             "or messages")
     # a datasets table gives every row every column: drop the empty ones
     records = [{key: value for key, value in record.items() if value is not None} for record in records]
     for index, record in enumerate(records):

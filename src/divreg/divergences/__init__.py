@@ -13,7 +13,7 @@ from ._alpha import alpha_divergence
 from ._cross_entropy import cross_entropy
 from ._jsd import generalized_jsd
 from ._kl import forward_kl, reverse_kl
-from ._registry import DIVERGENCES, Divergence, get_divergence
+from ._registry import DIVERGENCES, Divergence, check_divergence_options, get_divergence
 from ._sinkhorn import sinkhorn_distance, sinkhorn_plan
 from ._skew import skew_kl, skew_reverse_kl
 from ._sorted import sorted_probability_l1
@@ -25,6 +25,7 @@ __all__ = [
     "DIVERGENCES",
     "Divergence",
     "TAIL_POLICIES",
+    "check_divergence_options",
     "check_tail_policy",
     "get_divergence",
     "alpha_divergence",

@@ -31,6 +31,22 @@ DIVERGENCES: dict[str, Divergence] = {
 }
 
 
+def check_divergence_options(name: str, options: dict) -> None:
+    """``ValueError`` unless ``options`` are exactly what divergence ``name`` accepts: every
+    required option given (``alpha_divergence`` needs ``alpha``, ``topk_kl`` needs ``k``) and no
+    unknown one. Checked before any computation (a ``TypeError`` deep in a kernel says less)."""
+    import inspect
+
+    parameters = inspect.signature(get_divergence(name).on_logits).parameters
+    allowed = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"temperature", "dim"}
+    required = {n for n in allowed if parameters[n].default is inspect.Parameter.empty}
+    missing, unknown = sorted(required - set(options)), sorted(set(options) - allowed)
+    if missing or unknown:
+        problems = ([f"needs {', '.join(f'{m}=...' for m in missing)}"] if missing else []) + (
+            [f"does not take {unknown}"] if unknown else [])
+        raise ValueError(f"divergence {name!r} {' and '.join(problems)}; its options are {sorted(allowed) or 'none'}")
+
+
 def get_divergence(name: str) -> Divergence:
     """Look a divergence up by name; ``ValueError`` listing the known names otherwise."""
     if name not in DIVERGENCES:

@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from ..divergences import check_tail_policy, get_divergence
+from ..divergences import check_divergence_options, check_tail_policy, get_divergence
 from ..divergences.kernels import check_temperature
 from ..reductions import get_reduction
 from ._chunk_loop import FusedLinearDivergenceFunction, Plan, run_chunks
@@ -110,6 +110,7 @@ def fused_linear_divergence(
         >>> bool(torch.allclose(fused, forward_kl(h @ w.T, ht @ wt.T).mean()))
         True
     """
+    check_divergence_options(divergence, divergence_kwargs)
     plan = _make_plan(get_divergence(divergence).with_grad, divergence_kwargs, temperature, chunk_size,
                       memory_budget_mb, ignore_index, target_vocab_slice, reduction, num_items_in_batch,
                       divergence_weight, ce_weight, labels)

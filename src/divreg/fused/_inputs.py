@@ -78,6 +78,14 @@ def _check_matrix(name: str, tensor: Tensor, rows: Optional[int] = None, columns
         raise ValueError(f"{name} has {tensor.shape[1]} columns, expected {columns} (the hidden size)")
 
 
+def _check_same_dtype(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Hidden states and the weight that reads them must share a dtype (the math is fp32 either
+    way; the matmul itself runs in their dtype)."""
+    if a.dtype != b.dtype:
+        raise ValueError(f"{name_a} is {a.dtype} but {name_b} is {b.dtype}; give them in the same dtype, e.g. "
+                         f"{name_a}.to({name_b}.dtype) (the divergence is computed in fp32 either way)")
+
+
 def _check_vector(name: str, tensor: Optional[Tensor], size: int) -> None:
     if tensor is not None and tensor.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},), got {tuple(tensor.shape)}")
@@ -122,6 +130,9 @@ def flatten_inputs(
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
     if hidden.dim() < 1:
         raise ValueError("hidden must have shape (..., H)")
+    _check_same_dtype("hidden", hidden, "weight", weight)
+    if target_hidden is not None and target_weight is not None:
+        _check_same_dtype("target_hidden", target_hidden, "target_weight", target_weight)
     _check_matrix("weight", weight, columns=hidden.shape[-1])
     _check_vector("bias", bias, weight.shape[0])
     leading = hidden.shape[:-1]

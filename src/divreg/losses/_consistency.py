@@ -6,7 +6,7 @@ from typing import Callable, Union
 
 from torch import Tensor, nn
 
-from ..divergences import get_divergence
+from ..divergences import check_divergence_options, get_divergence
 from ..reductions import get_reduction, masked_mean
 from ..schedules import Schedule, as_schedule
 
@@ -37,6 +37,7 @@ class TwoViewKL(nn.Module):
         if not isinstance(weight, Schedule) and not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
         self.weight, self.temperature = as_schedule(weight), temperature
+        check_divergence_options(divergence, divergence_kwargs)
         self.divergence, self.divergence_kwargs = get_divergence(divergence).on_logits, divergence_kwargs
         self.reduction = get_reduction(reduction)
 

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Union
 
 from torch import Tensor, nn
 
-from ..divergences import get_divergence
+from ..divergences import check_divergence_options, get_divergence
 from ..reductions import get_reduction, mask_from_labels, masked_mean
 from ..schedules import Schedule, as_schedule
 from ..targets import DenseLogits, HiddenStates, as_logits
@@ -51,6 +51,7 @@ class KDLoss(nn.Module):
         super().__init__()
         if not isinstance(kd_weight, Schedule) and not 0.0 <= kd_weight <= 1.0:
             raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+        check_divergence_options(divergence, divergence_kwargs)
         self.divergence = get_divergence(divergence).on_logits
         self.divergence_name, self.divergence_kwargs = divergence, divergence_kwargs
         self.temperature, self.kd_weight, self.t_squared = temperature, as_schedule(kd_weight), t_squared

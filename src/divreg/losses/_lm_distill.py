@@ -7,7 +7,7 @@ from typing import Callable, Optional, Union
 
 from torch import Tensor, nn
 
-from ..divergences import check_tail_policy, get_divergence, sparse_kl
+from ..divergences import check_divergence_options, check_tail_policy, get_divergence, sparse_kl
 from ..fused import fused_linear_divergence, fused_linear_sparse_divergence
 from ..reductions import get_reduction, mask_from_labels, sum_over_items
 from ..schedules import Schedule, as_schedule
@@ -55,6 +55,7 @@ class LMDistillLoss(nn.Module):
                  chunk_size: Optional[int] = None, ignore_index: int = -100, **divergence_kwargs):
         super().__init__()
         check_tail_policy(tail)
+        check_divergence_options(divergence, divergence_kwargs)
         self.divergence_fn = get_divergence(divergence).on_logits
         self.divergence, self.divergence_kwargs = divergence, divergence_kwargs
         self.temperature, self.t_squared, self.tail, self.chunk_size = temperature, t_squared, tail, chunk_size

@@ -4,6 +4,7 @@ and whose ``signal`` gives the next-token signal of a batch."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -20,10 +21,23 @@ class ModelSource:
     tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer
 
 
+def _from_pretrained(load, name_or_path: str, what: str):
+    """``load(name_or_path)``, with one clear line when it names no local folder and cannot be
+    fetched (a mistyped path otherwise surfaces as the hub's "Repo id must be in the form ...")."""
+    try:
+        return load(name_or_path)
+    except (OSError, ValueError) as error:
+        if os.path.exists(name_or_path):
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{what} {name_or_path!r}: no such folder, and it could not be loaded as a hub id either "
+                         f"({reason[:200]}); give an existing local folder or a hub id you can download") from None
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
@@ -38,7 +52,7 @@ def build_causal_lm(source: ModelSource, tokenizer, seed: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if source.path:
-        return AutoModelForCausalLM.from_pretrained(source.path)
+        return _from_pretrained(AutoModelForCausalLM.from_pretrained, source.path, "model")
     fields = dict(source.config)
     if "model_type" not in fields:
         raise ValueError("a model built from a config needs config.model_type (e.g. llama, gpt2)")

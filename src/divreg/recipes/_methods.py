@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..divergences import DIVERGENCES, get_divergence
+from ..divergences import DIVERGENCES, check_divergence_options, get_divergence
 
 MethodT = TypeVar("MethodT")
 
@@ -32,6 +32,10 @@ def check_divergence(where: str, name: str, options: Mapping[str, Any]) -> None:
     if name not in DIVERGENCES:
         raise ValueError(f"{where}: unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)} "
                          f"(or a short name: {sorted(DIVERGENCE_ALIASES)})")
+    try:
+        check_divergence_options(name, dict(options))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     vocab = 8 + int(options.get("k", 0)) if isinstance(options.get("k", 0), int) else 8
     try:
         get_divergence(name).on_logits(torch.zeros(1, vocab), torch.zeros(1, vocab), **options)
