@@ -69,3 +69,30 @@ def test_a_model_module_in_the_current_folder_is_found(tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert " ce | " in result.stdout and "1 process(es)" in result.stdout
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["data=missing.npz"], "data file 'missing.npz' does not exist"),
+    (["teacher_checkpoint=missing.pt"], "No such file or directory"),
+])
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, arguments, message, capsys):
+    base = ["distill-classifier", f"output_dir={tmp_path / 'out'}", "methods=[ce]", "seeds=[0]", "epochs=1",
+            "teacher_epochs=1", "min_steps=0"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, *arguments])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("divreg distill-classifier: error: ") and message in err and "--debug" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    with pytest.raises((ValueError, FileNotFoundError)):
+        main([*base, *arguments, "--debug"])
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: 3\nlr: [0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mode-fitting", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "not valid YAML" in err and "line" in err

@@ -58,7 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)
         sub.add_argument("arguments", nargs="*", metavar="[config.yaml] [key=value ...]")
+        sub.add_argument("--debug", action="store_true",
+                         help="show the full traceback of an error (also DIVREG_DEBUG=1)")
     parsed = parser.parse_args(argv)
+    debug = parsed.debug or os.environ.get("DIVREG_DEBUG", "") not in ("", "0")
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: student.kind=mymodule.Net works
         sys.path.insert(0, os.getcwd())
     try:
@@ -75,8 +78,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"divreg {parsed.command}: error: {error}\n")
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
-    run(config)
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        where = getattr(config, "output_dir", None)
+        hint = (f"; the last checkpoints are in {os.path.join(where, 'checkpoints')}: run the same command with "
+                "resume=true to continue") if where and hasattr(config, "resume") else ""
+        print(f"\ndivreg {parsed.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        parser.exit(2, f"divreg {parsed.command}: error: {message} (add --debug for the traceback)\n")
     return 0
+
+
+# What a user can cause and fix: bad values, missing or unreadable files and folders. Anything
+# else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 if __name__ == "__main__":

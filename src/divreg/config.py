@@ -7,6 +7,7 @@ import dataclasses
 import os
 from typing import Iterable, Optional, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,7 +29,14 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
         if config_path is not None:
             if not os.path.isfile(config_path):
                 raise ValueError(f"config file {config_path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
+            try:
+                loaded = OmegaConf.load(config_path)
+            except yaml.YAMLError as error:
+                where = getattr(error, "problem_mark", None)
+                line = f", line {where.line + 1}" if where is not None else ""
+                raise ValueError(f"config file {config_path!r}{line}: not valid YAML "
+                                 f"({getattr(error, 'problem', None) or error})") from None
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(merged)

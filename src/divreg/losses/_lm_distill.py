@@ -12,7 +12,7 @@ from ..fused import fused_linear_divergence, fused_linear_sparse_divergence
 from ..reductions import get_reduction, mask_from_labels, sum_over_items
 from ..schedules import Schedule, as_schedule
 from ..targets import DenseLogits, HiddenStates, Signal, SparseTopK, as_logits
-from ._common import LossOutput, apply_reduction, cross_entropy_values
+from ._common import LossOutput, apply_reduction, cross_entropy_values, neutralize_masked
 
 
 class LMDistillLoss(nn.Module):
@@ -74,8 +74,9 @@ class LMDistillLoss(nn.Module):
             values = sparse_kl(logits, target.ids, target.logprobs, target.tail_logmass, tail=self.tail,
                                temperature=self.temperature)
         else:
-            values = self.divergence_fn(logits, as_logits(target).detach(), temperature=self.temperature,
-                                        **self.divergence_kwargs)  # (B, T)
+            target_logits = as_logits(target).detach()
+            values = self.divergence_fn(neutralize_masked(logits, target_logits, mask), target_logits,
+                                        temperature=self.temperature, **self.divergence_kwargs)  # (B, T)
         divergence = apply_reduction(self.reduction, values, mask, num_items_in_batch)
         ce = divergence * 0.0
         if ce_weight:
