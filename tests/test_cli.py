@@ -96,3 +96,27 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "not valid YAML" in err and "line" in err
+
+
+@pytest.mark.parametrize("command", ["distill-classifier", "distill-lm", "cache-teacher", "mode-fitting"])
+def test_help_lists_every_config_key_with_its_default_and_comment(command, capsys):
+    import dataclasses
+
+    from divreg.cli import COMMANDS, config_keys
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    schema, _ = COMMANDS[command].load()
+    keys = config_keys(schema)
+    assert {key.split(".")[0] for key, _, _ in keys} == {field.name for field in dataclasses.fields(schema)}
+    for key, default, comment in keys:
+        assert f"  {key} = {default}" in out, key
+        assert comment and comment in out, f"{key} has no comment"
+
+
+def test_print_config_resolves_and_does_not_run(tmp_path, capsys):
+    assert main(["distill-lm", "--print-config", "steps=7", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "methods:" in out and not any(tmp_path.iterdir())

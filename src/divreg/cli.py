@@ -7,8 +7,12 @@ Each command is a recipe with a dataclass config; the optional YAML file and the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import inspect
+import json
 import os
+import re
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -52,7 +56,58 @@ def _split_arguments(arguments: Sequence[str]) -> tuple[Optional[str], list[str]
     return config_path, overrides
 
 
+def _field_comments(schema: type) -> dict[str, str]:
+    """Each dataclass field's comment: the ``# ...`` on its line, or the comment lines just above it."""
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(schema).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+            continue
+        match = re.match(r"(\w+)\s*:[^=]*(=.*)?$", stripped)
+        if match and not stripped.startswith(("def ", "return", "@")):
+            inline = stripped.split("  # ", 1)[1] if "  # " in stripped else ""
+            comments[match.group(1)] = " ".join(filter(None, [*pending, inline]))
+        pending = []
+    return comments
+
+
+def config_keys(schema: type, defaults: Optional[dict] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default as JSON, comment) for every field of ``schema``, nested ones included
+    (with the defaults the parent gives them)."""
+    from omegaconf import OmegaConf
+
+    comments = _field_comments(schema)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema)) if defaults is None else defaults
+    rows = []
+    for field in dataclasses.fields(schema):
+        default = defaults[field.name]
+        nested = field.type if isinstance(field.type, type) and dataclasses.is_dataclass(field.type) else None
+        if nested is None and field.default_factory is not dataclasses.MISSING:
+            probe = field.default_factory()
+            nested = type(probe) if dataclasses.is_dataclass(probe) else None
+        if nested is not None:
+            rows += config_keys(nested, default, f"{prefix}{field.name}.")
+        else:
+            rows.append((f"{prefix}{field.name}", json.dumps(default), comments.get(field.name, "")))
+    return rows
+
+
+def _print_command_help(name: str) -> None:
+    schema, _ = COMMANDS[name].load()
+    print(f"usage: divreg {name} [config.yaml] [key=value ...] [--print-config] [--debug]\n\n{COMMANDS[name].help}\n\n"
+          "options:\n  --print-config  print the resolved config and exit\n  --debug         show tracebacks\n\n"
+          "config keys (default, then what it is):")
+    for key, default, comment in config_keys(schema):
+        print(f"  {key} = {default}" + (f"\n      {comment}" if comment else ""))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] in COMMANDS and any(a in ("-h", "--help") for a in argv[1:]):
+        _print_command_help(argv[0])  # lists every config key: loads only this command's recipe
+        raise SystemExit(0)
     parser = argparse.ArgumentParser(prog="divreg", description="Divergence-regularized training.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, command in COMMANDS.items():
@@ -60,6 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub.add_argument("arguments", nargs="*", metavar="[config.yaml] [key=value ...]")
         sub.add_argument("--debug", action="store_true",
                          help="show the full traceback of an error (also DIVREG_DEBUG=1)")
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parsed = parser.parse_args(argv)
     debug = parsed.debug or os.environ.get("DIVREG_DEBUG", "") not in ("", "0")
     if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: student.kind=mymodule.Net works
@@ -76,6 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = load_config(schema, config_path, overrides)
     except ValueError as error:
         parser.exit(2, f"divreg {parsed.command}: error: {error}\n")
+    if parsed.print_config:
+        print(to_yaml(config), end="")
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
     try:
