@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import torch
@@ -62,9 +63,11 @@ def metric_bars(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metric
     plt.close(figure)
 
 
-def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str, x_key: str | None = None) -> None:
+def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str, x_key: str | None = None,
+                    title: str | None = None) -> None:
     """``curves[run][series] = values per epoch``; one panel per series, one line per run. With
-    ``x_key``, ``curves[run][x_key]`` holds the x values (e.g. the training step) instead."""
+    ``x_key``, ``curves[run][x_key]`` holds the x values (e.g. the training step) instead;
+    ``title`` goes above the panels (say what the values were measured on)."""
     plt = _pyplot()
     series = sorted({key for run in curves.values() for key in run} - {x_key})
     figure, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), squeeze=False)
@@ -76,6 +79,8 @@ def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: s
         axis.set_title(key)
         axis.set_xlabel(x_key or "epoch")
     axes.flat[0].legend(fontsize=7)
+    if title:
+        figure.suptitle("\n".join(textwrap.wrap(title, 40 * len(series))), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

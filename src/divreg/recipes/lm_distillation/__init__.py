@@ -77,7 +77,9 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
     curves = {name: {key: [r[key] for r in s["state"]["history"]]  # keys every evaluation has
                      for key in ("step", "loss", "perplexity", "kl_to_teacher")
                      if all(key in r for r in s["state"]["history"])} for name, s in results.items()}
-    training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step")
+    training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
+                    title=f"perplexity, KL: the first {config.eval_examples} held-out examples (the table and "
+                          "metrics.json: all of them); loss: training mean since the last evaluation")
     return summary
 
 
