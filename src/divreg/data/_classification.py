@@ -104,12 +104,46 @@ def _hf_folder(path: str, label_column: str, test_fraction: float, seed: int):
     return _split(*_columns_to_tensors(loaded, label_column), test_fraction, seed)
 
 
+def check_classification_arrays(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor) -> int:
+    """Validate a classification data set before any training; return the number of classes.
+
+    Refused, each with what was found and how to fix it: a different number of rows and labels,
+    train and test inputs of different shapes, non-finite features (NaN or inf), negative labels,
+    training labels that are not 0..K-1 with every class present (e.g. {0, 2}, or one label 5 in a
+    binary task), and test labels that no training example has.
+    """
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if len(x) != len(y):
+            raise ValueError(f"x_{split} has {len(x)} rows but y_{split} has {len(y)} labels; give one label per row")
+        if len(y) == 0:
+            raise ValueError(f"the {split} split is empty")
+        bad = ~torch.isfinite(x.flatten(1)).all(1)  # (N,)
+        if bool(bad.any()):
+            rows = bad.nonzero().squeeze(-1)[:5].tolist()
+            raise ValueError(f"x_{split} has non-finite values (NaN or inf) in {int(bad.sum())} rows, e.g. rows {rows}; "
+                             "drop or impute them")
+        if int(y.min()) < 0:
+            raise ValueError(f"y_{split} has negative labels (min {int(y.min())}); labels are class ids 0..K-1")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"train inputs {tuple(x_train.shape[1:])} and test inputs {tuple(x_test.shape[1:])} differ")
+    classes = sorted(set(y_train.tolist()))
+    if classes != list(range(len(classes))):
+        shown = classes if len(classes) <= 12 else classes[:12] + ["..."]
+        raise ValueError(f"y_train's labels are {shown}: they must be 0..K-1 with every class in the training data; "
+                         "relabel them (e.g. numpy.unique(y, return_inverse=True)[1])")
+    unseen = sorted(set(y_test.tolist()) - set(classes))
+    if unseen:
+        raise ValueError(f"y_test has labels {unseen[:12]} that no training example has; a model cannot predict them")
+    return len(classes)
+
+
 def load_classification_data(source: str = "digits", *, label_column: str = "label", test_fraction: float = 0.3,
                              seed: int = 0) -> ClassificationData:
     """Load ``"digits"`` (scikit-learn's bundled 8x8 digits, split by ``seed``), an ``.npz`` with
     ``x_train, y_train, x_test, y_test``, or a folder written by ``datasets.save_to_disk`` (a
     ``train`` split and optionally ``test``; an image column or numeric columns plus
-    ``label_column``). Inputs are standardized with the training set's mean and std."""
+    ``label_column``). Inputs are standardized with the training set's mean and std; the arrays
+    are validated first (:func:`check_classification_arrays`)."""
     if source == "digits":
         x_train, y_train, x_test, y_test = _digits(test_fraction, seed)
     elif source.endswith(".npz"):
@@ -120,11 +154,7 @@ def load_classification_data(source: str = "digits", *, label_column: str = "lab
         x_train, y_train, x_test, y_test = _hf_folder(source, label_column, test_fraction, seed)
     else:
         raise ValueError(f"data must be 'digits', an existing .npz file or a datasets folder; got {source!r}")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"train inputs {tuple(x_train.shape[1:])} and test inputs {tuple(x_test.shape[1:])} differ")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    if min(int(y_train.min()), int(y_test.min())) < 0:
-        raise ValueError("labels must be >= 0")
+    num_classes = check_classification_arrays(x_train, y_train, x_test, y_test)
     mean, std = x_train.mean(), x_train.std().clamp(min=1e-6)
     if x_train.dim() == 2:
         mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
