@@ -44,3 +44,13 @@ def test_bad_arrays_are_refused_before_training(tmp_path, change, message):
 def _save(path, arrays):
     np.savez(path, **arrays)
     return str(path)
+
+
+def test_per_example_generators_make_each_view_independent_of_its_batch():
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    generators = lambda: [torch.Generator().manual_seed(100 + row) for row in range(6)]  # noqa: E731
+    whole = augment(x, generators(), max_shift=1, noise_std=0.1)
+    halves = torch.cat([augment(x[:3], generators()[:3]), augment(x[3:], generators()[3:])])
+    assert torch.equal(whole, halves)  # a row's view depends only on its own generator
+    with pytest.raises(ValueError, match="one generator per row"):
+        augment(x, generators()[:5])

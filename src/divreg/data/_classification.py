@@ -161,9 +161,16 @@ def load_classification_data(source: str = "digits", *, label_column: str = "lab
     return ClassificationData((x_train - mean) / std, y_train, (x_test - mean) / std, y_test, num_classes)
 
 
-def augment(x: Tensor, generator: torch.Generator, *, max_shift: int = 1, noise_std: float = 0.1) -> Tensor:
+def augment(x: Tensor, generator, *, max_shift: int = 1, noise_std: float = 0.1) -> Tensor:
     """A random view: images shifted by up to ``max_shift`` pixels (zero padding), plus Gaussian
-    noise of ``noise_std`` (features: noise only). Deterministic given ``generator``."""
+    noise of ``noise_std`` (features: noise only). Deterministic given ``generator``: one
+    ``torch.Generator`` for the batch, or a sequence of them, one per row (then each example's view
+    depends only on its own generator, whatever batch or process it is in)."""
+    if not isinstance(generator, torch.Generator):
+        if len(generator) != len(x):
+            raise ValueError(f"give one generator per row: {len(generator)} generators for {len(x)} rows")
+        return torch.cat([augment(x[row:row + 1], g, max_shift=max_shift, noise_std=noise_std)
+                          for row, g in enumerate(generator)]) if len(x) else x
     if x.dim() == 4 and max_shift > 0:
         batch, _, height, width = x.shape
         padded = torch.nn.functional.pad(x, (max_shift,) * 4)

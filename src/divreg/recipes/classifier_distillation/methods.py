@@ -23,7 +23,7 @@ class Batch:
     labels: Tensor  # (B,)
     indices: Tensor  # (B,) dataset indices
     epoch: int
-    generator: torch.Generator  # randomness of this step and process (augmentations)
+    seeds: list[int]  # one per example: the seed of its augmentations at this step (derive_seed(seed, step, index))
 
 
 class Method:
@@ -96,7 +96,8 @@ class TwoViews(Method):
         self.consistency, self.max_shift, self.noise_std = consistency, max_shift, noise_std
 
     def loss(self, model, batch, target):
-        views = [augment(batch.x, batch.generator, max_shift=self.max_shift, noise_std=self.noise_std) for _ in "12"]
+        generators = [torch.Generator().manual_seed(seed) for seed in batch.seeds]  # per example: 2 processes = 1
+        views = [augment(batch.x, generators, max_shift=self.max_shift, noise_std=self.noise_std) for _ in "12"]
         logits_1, logits_2 = model(torch.cat(views)).chunk(2)  # one forward for both views
         ce = 0.5 * (F.cross_entropy(logits_1, batch.labels) + F.cross_entropy(logits_2, batch.labels))
         return ce + self.consistency(logits_1, logits_2), logits_1

@@ -3,8 +3,9 @@ seed) on the shared run loop of :mod:`divreg.training`: deterministic batches, A
 devices and processes, atomic checkpoints and exact resume.
 
 All randomness is a function of the seed and where the run is: the epoch's data order comes
-from ``derive_seed(seed, epoch)`` and each step's augmentation noise from
-``derive_seed(seed, step, process)``, so a resumed run replays exactly what it would have done.
+from ``derive_seed(seed, epoch)`` and each example's augmentation noise from
+``derive_seed(seed, step, example index)``, so a resumed run replays exactly what it would have
+done and two processes draw the noise one process would.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ class Trainer:
             epoch, index = divmod(step, per_epoch)
             global_indices = batches(epoch)[index]  # (B,)
             local = global_indices.tensor_split(accelerator.num_processes)[accelerator.process_index]
-            generator = torch.Generator().manual_seed(derive_seed(run.seed, step, accelerator.process_index))
+            seeds = [derive_seed(run.seed, step, index) for index in local.tolist()]  # per example, not per process
             batch = Batch(data.x_train[local].to(accelerator.device), data.y_train[local].to(accelerator.device),
-                          local.to(accelerator.device), epoch, generator)
+                          local.to(accelerator.device), epoch, seeds)
             target = None if teacher is None else teacher.signal(batch.x)
             loss, logits = method.loss(model, batch, target)
             optimizer.zero_grad()
