@@ -105,6 +105,10 @@ def test_bad_inputs_are_clear(tmp_path):
         np.savez(tmp_path / "flat.npz", x_train=np.random.rand(80, 3), y_train=np.arange(80) % 2,
                  x_test=np.random.rand(20, 3), y_test=np.arange(20) % 2)
         run(_config(tmp_path / "c", f"data={tmp_path / 'flat.npz'}", "student.kind=cnn", "methods=[ce]"))
+    assert not (tmp_path / "c").exists()  # found before the teacher trained (or anything was written)
+    with pytest.raises(ValueError, match="cannot import model 'nope.Net'"):
+        run(_config(tmp_path / "e", "student.kind=nope.Net", "methods=[ce]"))
+    assert not (tmp_path / "e").exists()
     with pytest.raises(ValueError, match="batch_size=4096 exceeds"):
         run(_config(tmp_path / "d", "batch_size=4096", "methods=[ce]"))
 

@@ -47,6 +47,11 @@ def setup(config: DistillClassifierConfig):
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     data = load_classification_data(config.data, label_column=config.label_column,
                                     test_fraction=config.test_fraction, seed=config.seed)
+    # everything the run will build is built once now, so a bad model or method stops it before any training
+    for spec in (config.teacher, config.student):
+        build_classifier(spec.kind, spec.widths, data.input_shape, data.num_classes)
+    for method in config.methods:
+        make_method(method, data, config.epochs)
     checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)
