@@ -30,7 +30,7 @@ EXPECTED = {
                      "SampledLogprobs", "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES",
                      "as_logits", "detached", "shared_vocab_size", "tokenizer_fingerprint"},
     divreg.data: {"ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts",
-                  "collate", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
+                  "collate", "examples_fingerprint", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
                   "train_bpe_tokenizer"},
     divreg.models: {"CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
                     "generate_examples", "load_tokenizer", "next_token_signal", "predict_probabilities"},

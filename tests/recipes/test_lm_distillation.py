@@ -176,3 +176,27 @@ def test_sequence_kd_padded_teacher_embedding_low_precision_teacher_and_fused_pa
     assert summary["seqkd"]["kl_to_teacher"] >= 0 and summary["seqkd"]["perplexity"] > 1
     teacher_state = torch.load(tmp_path / "checkpoints" / "teacher.pt", weights_only=False)["model"]
     assert teacher_state["model.lm_head.weight"].shape[0] == 316
+
+
+def test_teacher_cache_is_checked_by_content_at_start_up(tmp_path, monkeypatch):
+    """The cache records a fingerprint of its training examples: the same JSONL by a relative or
+    an absolute path is accepted; a file changed under the same name, or another held-out split,
+    is refused before the teacher or any student is built."""
+    first = tmp_path / "first"
+    run(_config(first, "methods=[{name: fkl, divergence: forward_kl}]"))
+    records = [{"prompt": f"def f{i}(x):", "completion": f" return x + {i}"} for i in range(40)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    monkeypatch.chdir(tmp_path)
+    cache_teacher(load_config(CacheTeacherConfig, None, [
+        f"teacher={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "data=data.jsonl", "seq_len=24",
+        "prompt_len=6", "top_k=8", f"output_dir={tmp_path / 'cache'}"]))
+    common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={first / 'teacher'}", "teacher_train_steps=0",
+              f"teacher_cache={tmp_path / 'cache'}", "batch_size=4", "methods=[{name: c, divergence: forward_kl}]"]
+    assert run(_config(tmp_path / "absolute", *common, f"data={data}"))["c"]["perplexity"] > 1  # other path, same file
+    with pytest.raises(ValueError, match="other training examples than this run's"):
+        run(_config(tmp_path / "split", *common, f"data={data}", f"held_out={data}"))
+    data.write_text("\n".join(json.dumps({**r, "completion": r["completion"] + " * 2"}) for r in records))
+    with pytest.raises(ValueError, match="other training examples than this run's"):
+        run(_config(tmp_path / "changed", *common, "data=data.jsonl"))
+    assert not (tmp_path / "changed").exists()  # refused at start-up, before anything was written

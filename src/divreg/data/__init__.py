@@ -8,6 +8,7 @@ from ._text import (
     builtin_corpus,
     chunk_texts,
     collate,
+    examples_fingerprint,
     load_text_examples,
     load_text_records,
     tokenize_records,
@@ -15,5 +16,5 @@ from ._text import (
 )
 
 __all__ = ["ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts", "collate",
-           "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
+           "examples_fingerprint", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
            "train_bpe_tokenizer"]

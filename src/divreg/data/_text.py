@@ -182,3 +182,14 @@ def load_text_examples(data: str, held_out: Optional[str], tokenizer, seq_len: i
         cut = max(1, len(train) // 10)
         return train[cut:], train[:cut]
     return train, tokenize_records(load_text_records(held_out), tokenizer, seq_len, prompt_len, first_id=len(train))
+
+
+def examples_fingerprint(examples: Sequence[TextExample]) -> str:
+    """sha256 of the examples' ids, tokens and labels: equal iff a run would train on the same
+    examples (whatever path, file name or split option produced them)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.example_id, example.input_ids, example.labels]).encode())
+    return digest.hexdigest()

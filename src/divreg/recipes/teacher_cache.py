@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import require_positive
-from ..data import collate, load_text_examples
+from ..data import collate, examples_fingerprint, load_text_examples
 from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer
 from ..targets import TeacherCacheWriter, tokenizer_fingerprint
 
@@ -42,7 +42,8 @@ def run(config: CacheTeacherConfig) -> str:
     teacher = CausalLM(build_causal_lm(ModelSource(path=config.teacher), tokenizer, 0), len(tokenizer)).eval()
     if config.top_k > teacher.output_weight.shape[0]:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
-    manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
+    manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "examples_sha256": examples_fingerprint(train),
+                "data": config.data, "seq_len": config.seq_len,
                 "prompt_len": config.prompt_len, "teacher": config.teacher, "examples": len(train)}
     writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):

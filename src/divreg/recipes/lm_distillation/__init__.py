@@ -24,9 +24,10 @@ from ..._table import format_table
 from ...data import builtin_corpus, load_text_examples, train_bpe_tokenizer
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer
+from ...targets import TeacherCache
 from ...training import prepare_run_folder
 from .config import DistillLMConfig, LMMethod
-from .objectives import ce_loss, make_student_loss
+from .objectives import ce_loss, check_cache, make_student_loss
 from .trainer import LMRun, LMTrainer
 
 __all__ = ["DistillLMConfig", "LMMethod", "run"]
@@ -42,6 +43,8 @@ def setup(config: DistillLMConfig):
     else:
         tokenizer = load_tokenizer(config.tokenizer)
     train, held_out = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    if config.teacher_cache:  # at start-up, not at the first batch
+        check_cache(TeacherCache(config.teacher_cache), config, tokenizer, train)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))

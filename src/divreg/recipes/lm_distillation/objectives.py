@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from ...data import IGNORE_INDEX
+from ...data import IGNORE_INDEX, examples_fingerprint
 from ...losses import LMDistillLoss
 from ...models import next_token_signal
 from ...targets import LiveTeacher, TeacherCache, shared_vocab_size, tokenizer_fingerprint
@@ -55,8 +55,7 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
         return uld_loss_fn(cross, method.weight, 1.0 if method.ce_weight is None else method.ce_weight), None
     fused = config.fused == "true" or (config.fused == "auto" and shared >= FUSED_AUTO_VOCAB)
     if config.teacher_cache:
-        target = TeacherCache(config.teacher_cache)
-        check_cache(target, config, tokenizer)
+        target = TeacherCache(config.teacher_cache)  # checked against the run's examples at setup
     else:
         target = LiveTeacher(teacher, hidden=fused)
     ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
@@ -72,13 +71,20 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
     return distill_loss, shared
 
 
-def check_cache(cache: TeacherCache, config: DistillLMConfig, tokenizer) -> None:
-    """The cache must have been written for this tokenizer, data layout and temperature."""
-    expected = {"tokenizer": tokenizer_fingerprint(tokenizer), "data": config.data, "seq_len": config.seq_len,
-                "prompt_len": config.prompt_len}
-    for key, value in expected.items():
-        if cache.manifest.get(key) != value:
-            raise ValueError(f"teacher_cache was written with {key}={cache.manifest.get(key)!r}, this run has {value!r}")
+def check_cache(cache: TeacherCache, config: DistillLMConfig, tokenizer, train) -> None:
+    """The cache must hold this run's training examples (compared by content: tokens, labels and
+    ids, so the same file by another path is fine and a changed file or another held-out split is
+    not), for this tokenizer, at this temperature."""
+    if "examples_sha256" not in cache.manifest:
+        raise ValueError(f"teacher_cache {config.teacher_cache!r} was written by an older divreg without a fingerprint "
+                         "of its examples; write it again with divreg cache-teacher")
+    if cache.manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
+        raise ValueError("teacher_cache was written for another tokenizer than this run's; write a cache with it")
+    if cache.manifest["examples_sha256"] != examples_fingerprint(train):
+        raise ValueError(f"teacher_cache holds the teacher's signal on other training examples than this run's (written "
+                         f"from data={cache.manifest.get('data')!r}, seq_len={cache.manifest.get('seq_len')}, "
+                         f"prompt_len={cache.manifest.get('prompt_len')}); the data file, its held-out split or the "
+                         "layout changed: write the cache again for this data")
     if abs(cache.temperature - config.temperature) > 1e-12:
         raise ValueError(f"teacher_cache holds log-probs at temperature {cache.temperature}, this run uses "
                          f"temperature={config.temperature}; write a cache at this temperature")
