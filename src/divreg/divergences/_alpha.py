@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import LEAN_WEIGHT_RANGE, kl_from_log_probs, on_support, power_terms, prepare_log_probs, project_to_logits
+from ._common import FRESH, LEAN_WEIGHT_RANGE, Scratch, exp_into, kl_from_log_probs, on_support, power_terms, prepare_log_probs, project_to_logits
 from ._kl import forward_kl_with_grad, reverse_kl_with_grad
 
 
@@ -68,7 +68,7 @@ def alpha_divergence(
 
 
 def alpha_divergence_with_grad(
-    log_q: Tensor, log_p: Tensor, *, alpha: float, overwrite_inputs: bool = False
+    log_q: Tensor, log_p: Tensor, *, alpha: float, overwrite_inputs: bool = False, scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     r"""``(D_alpha, dD_alpha/dz)``: :math:`\partial D_\alpha / \partial \log q_i = -p_i^\alpha q_i^{1-\alpha}/\alpha`;
     the part proportional to q (cancelled by the softmax) is dropped, leaving
@@ -76,15 +76,15 @@ def alpha_divergence_with_grad(
     (``overwrite_inputs`` is accepted for the common interface; inputs are left intact.)"""
     _check_alpha(alpha)
     if alpha == 1.0:
-        return forward_kl_with_grad(log_q, log_p)
+        return forward_kl_with_grad(log_q, log_p, scratch=scratch)
     if alpha == 0.0:
-        return reverse_kl_with_grad(log_q, log_p)
+        return reverse_kl_with_grad(log_q, log_p, scratch=scratch)
     scale = 1.0 / (alpha * (alpha - 1.0))
     if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
-        power = torch.lerp(log_q, log_p, alpha).exp_()  # p^alpha q^(1-alpha), (..., V)
+        power = torch.lerp(log_q, log_p, alpha, out=scratch.like(0, log_q)).exp_()  # p^alpha q^(1-alpha), (..., V)
         total = power.sum(-1, keepdim=True)  # (..., 1)
         if not bool(torch.isnan(total).any()):
-            q = log_q.exp()
+            q = exp_into(scratch, 1, log_q)
             return scale * (total.squeeze(-1) - 1.0), q.mul_(total).sub_(power).div_(alpha)
     if alpha >= 0.5:
         value = scale * power_terms(log_p, log_q, 1.0 - alpha).sum(-1)

@@ -17,6 +17,47 @@ from torch import Tensor
 _LOG_RATIO_CAP = 20.0
 
 
+class Scratch:
+    """Temporaries of the value-and-gradient forms, one buffer per slot, reused across calls.
+
+    The fused kernel evaluates a divergence on one ``[chunk x V]`` block after another. Each
+    ``with_grad`` form asks for its temporaries here (``scratch.like(slot, tensor)``) instead of
+    allocating them, so a whole fused call allocates each temporary once and the allocator never
+    has to recycle freed ``[chunk x V]`` blocks (which made peak memory vary from run to run).
+    A buffer grows when a larger block asks for it; a smaller block gets a view of its first
+    rows. Slots 0-3 belong to the divergence forms; callers outside them use other numbers.
+    ``Scratch(enabled=False)`` (the default of every form) returns fresh tensors.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._buffers: dict[int, Tensor] = {}
+
+    def like(self, slot: int, tensor: Tensor) -> Tensor:
+        """An uninitialised tensor with the shape, dtype and device of ``tensor`` (a 2-D block)."""
+        if not self.enabled or tensor.dim() != 2:
+            return torch.empty_like(tensor)
+        return self.block(slot, tensor.shape[0], tensor.shape[1], tensor.dtype, tensor.device)
+
+    def block(self, slot: int, rows: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised ``(rows, width)`` tensor: a view of the slot's buffer when enabled."""
+        if not self.enabled:
+            return torch.empty(rows, width, dtype=dtype, device=device)
+        buffer = self._buffers.get(slot)
+        if (buffer is None or buffer.shape[0] < rows or buffer.shape[1] != width
+                or buffer.dtype != dtype or buffer.device != device):
+            buffer = self._buffers[slot] = torch.empty(rows, width, dtype=dtype, device=device)
+        return buffer[:rows]
+
+
+FRESH = Scratch(enabled=False)
+
+
+def exp_into(scratch: Scratch, slot: int, log_a: Tensor) -> Tensor:
+    """``exp(log_a)`` written into a scratch buffer."""
+    return torch.exp(log_a, out=scratch.like(slot, log_a))
+
+
 def check_temperature(temperature: float) -> None:
     """Raise ``ValueError`` unless ``temperature`` is a finite number > 0."""
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
@@ -210,16 +251,20 @@ def expected_log_ratio(a: Tensor, log_ratio: Tensor) -> tuple[Tensor, bool]:
 LEAN_WEIGHT_RANGE = (0.05, 0.95)
 
 
-def log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float) -> Tensor:
-    """``log((1 - weight_b) a + weight_b b)`` by logaddexp, for 0 < weight_b < 1 (new tensor)."""
-    log_m = log_b + math.log(weight_b)
-    return torch.logaddexp(log_m, log_a + math.log1p(-weight_b), out=log_m)
+def log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float, scratch: Scratch = FRESH) -> Tensor:
+    """``log((1 - weight_b) a + weight_b b)`` by logaddexp, for 0 < weight_b < 1, in scratch
+    slot 0 (slot 1 holds an intermediate and is free again on return)."""
+    log_m = torch.add(log_b, math.log(weight_b), out=scratch.like(0, log_b))
+    shifted_a = torch.add(log_a, math.log1p(-weight_b), out=scratch.like(1, log_a))
+    return torch.logaddexp(log_m, shifted_a, out=log_m)
 
 
 def project_to_logits(grad_log_q: Tensor, q: Tensor) -> Tensor:
     """Chain rule through ``log_softmax``: from ``g = dD/dlog q`` to ``dD/dz = g - q sum(g)``
-    (for the tempered logits ``z = logits / T``; divide by T for the raw logits)."""
-    return grad_log_q - q * grad_log_q.sum(-1, keepdim=True)
+    (for the tempered logits ``z = logits / T``; divide by T for the raw logits).
+    Writes into ``grad_log_q`` (callers pass a tensor they own)."""
+    return grad_log_q.addcmul_(q, grad_log_q.sum(-1, keepdim=True), value=-1.0)
+
 
 
 def logsumexp_or_neg_inf(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:

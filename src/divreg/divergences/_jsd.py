@@ -6,7 +6,10 @@ import torch
 from torch import Tensor
 
 from ._common import (
+    FRESH,
     LEAN_WEIGHT_RANGE,
+    Scratch,
+    exp_into,
     check_unit_interval,
     expected_log_ratio,
     kl_from_log_probs,
@@ -86,7 +89,8 @@ def generalized_jsd(
 
 
 def generalized_jsd_with_grad(
-    log_q: Tensor, log_p: Tensor, *, beta: float = 0.5, scaled: bool = False, overwrite_inputs: bool = False
+    log_q: Tensor, log_p: Tensor, *, beta: float = 0.5, scaled: bool = False, overwrite_inputs: bool = False,
+    scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     r"""``(JSD_beta, dJSD/dz)`` from log-probs, z the tempered logits of q.
 
@@ -96,12 +100,12 @@ def generalized_jsd_with_grad(
     _check_beta(beta, scaled)
     if beta in (0.0, 1.0):  # scaled: the limits KL(p || q) and KL(q || p) (plus any mass outside a support)
         extra = kl_to_mixture_over_w(log_q, log_p, 0.0) if beta == 0.0 else kl_to_mixture_over_w(log_p, log_q, 0.0)
-        value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p)
+        value, grad = (forward_kl_with_grad if beta == 0.0 else reverse_kl_with_grad)(log_q, log_p, scratch=scratch)
         return value + extra, grad
-    kl_p_m, kl_q_m, grad = _jsd_parts(log_q, log_p, beta, overwrite_inputs)
+    kl_p_m, kl_q_m, grad = _jsd_parts(log_q, log_p, beta, overwrite_inputs, scratch)
     if scaled:
-        return kl_p_m / (1.0 - beta) + kl_q_m / beta, grad / beta
-    return beta * kl_p_m + (1.0 - beta) * kl_q_m, (1.0 - beta) * grad
+        return kl_p_m / (1.0 - beta) + kl_q_m / beta, grad.div_(beta)
+    return beta * kl_p_m + (1.0 - beta) * kl_q_m, grad.mul_(1.0 - beta)
 
 
 def _check_beta(beta: float, scaled: bool) -> None:
@@ -114,20 +118,22 @@ def _check_beta(beta: float, scaled: bool) -> None:
         )
 
 
-def _jsd_parts(log_q: Tensor, log_p: Tensor, beta: float, overwrite_inputs: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(KL(p || m), KL(q || m), q (log(q/m) - KL(q || m)))`` for ``beta in (0, 1)``."""
+def _jsd_parts(log_q: Tensor, log_p: Tensor, beta: float, overwrite_inputs: bool,
+               scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
+    """``(KL(p || m), KL(q || m), q (log(q/m) - KL(q || m)))`` for ``beta in (0, 1)``; in the
+    lean range every ``[..., V]`` temporary comes from ``scratch`` (slots 0-2) or the inputs."""
     if not LEAN_WEIGHT_RANGE[0] <= beta <= LEAN_WEIGHT_RANGE[1]:
         q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, beta)
         p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - beta)
         kl_q_m = (q * log_q_over_m).sum(-1)
         kl_p_m = (p * log_p_over_m).sum(-1)
         return kl_p_m, kl_q_m, q * (log_q_over_m - kl_q_m.unsqueeze(-1))
-    log_m = log_mixture(log_q, log_p, beta)  # m = beta p + (1 - beta) q
-    p = log_p.exp()
-    log_p_over_m = log_p.sub_(log_m) if overwrite_inputs else log_p - log_m
+    log_m = log_mixture(log_q, log_p, beta, scratch)  # m = beta p + (1 - beta) q, slot 0
+    p = exp_into(scratch, 1, log_p)
+    log_p_over_m = log_p.sub_(log_m) if overwrite_inputs else torch.sub(log_p, log_m, out=scratch.like(2, log_p))
     kl_p_m, _ = expected_log_ratio(p, log_p_over_m)
     del p, log_p_over_m
-    q = log_q.exp()
+    q = exp_into(scratch, 1, log_q)  # p's slot, free again
     log_q_over_m = log_q.sub_(log_m) if overwrite_inputs else torch.sub(log_q, log_m, out=log_m)
     kl_q_m, meets_zero = expected_log_ratio(q, log_q_over_m)
     grad = log_q_over_m.sub_(kl_q_m.unsqueeze(-1)).mul_(q)

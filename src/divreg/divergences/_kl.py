@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import expected_log_ratio, kl_from_log_probs, prepare_log_probs
+from ._common import FRESH, Scratch, exp_into, expected_log_ratio, kl_from_log_probs, prepare_log_probs
 
 
 def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
@@ -71,27 +71,30 @@ def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
     return kl_from_log_probs(log_q, log_p)
 
 
-def forward_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
+def forward_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False,
+                         scratch: Scratch = FRESH) -> tuple[Tensor, Tensor]:
     """``(KL(p || q), dKL/dz)`` from log-probs, z the tempered logits of q: ``dz = q - p``.
 
     Lean form for the fused kernel: two exps, one subtraction, one batched dot; rows that meet
     ``0 * log 0`` (-inf log-probs) are re-summed with the mask. ``overwrite_inputs=True`` lets
-    it reuse the buffers of ``log_q`` and ``log_p`` (saves two ``[..., V]`` temporaries).
+    it reuse the buffers of ``log_q`` and ``log_p`` (saves two ``[..., V]`` temporaries); the
+    others come from ``scratch`` (see :class:`~divreg.divergences._common.Scratch`).
     """
-    p = log_p.exp()
-    difference = log_p.sub_(log_q) if overwrite_inputs else log_p - log_q  # log(p / q)
-    value, _ = expected_log_ratio(p, difference)
-    grad = log_q.exp_() if overwrite_inputs else log_q.exp()
+    p = exp_into(scratch, 0, log_p)
+    difference = log_p.sub_(log_q) if overwrite_inputs else torch.sub(log_p, log_q, out=scratch.like(1, log_p))
+    value, _ = expected_log_ratio(p, difference)  # log(p / q) above; its slot is free again below
+    grad = log_q.exp_() if overwrite_inputs else exp_into(scratch, 1, log_q)
     return value, grad.sub_(p)
 
 
-def reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
+def reverse_kl_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False,
+                         scratch: Scratch = FRESH) -> tuple[Tensor, Tensor]:
     """``(KL(q || p), dKL/dz)``: ``dz = q (log q - log p - KL)``, 0 where q = 0.
 
     ``overwrite_inputs=True`` lets it reuse the buffer of ``log_q``.
     """
-    q = log_q.exp()
-    log_ratio = log_q.sub_(log_p) if overwrite_inputs else log_q - log_p
+    q = exp_into(scratch, 0, log_q)
+    log_ratio = log_q.sub_(log_p) if overwrite_inputs else torch.sub(log_q, log_p, out=scratch.like(1, log_q))
     value, meets_zero = expected_log_ratio(q, log_ratio)
     grad = log_ratio.sub_(value.unsqueeze(-1)).mul_(q)
     return value, torch.where(q > 0, grad, 0.0) if meets_zero else grad

@@ -6,7 +6,10 @@ import torch
 from torch import Tensor
 
 from ._common import (
+    FRESH,
     LEAN_WEIGHT_RANGE,
+    Scratch,
+    exp_into,
     check_unit_interval,
     kl_to_mixture,
     log_mixture,
@@ -76,19 +79,20 @@ def skew_reverse_kl(
 
 
 def skew_kl_with_grad(
-    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False
+    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False,
+    scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     r"""``(SKL, dSKL/dz)``: with :math:`m = \alpha p + (1 - \alpha) q`,
     :math:`\partial\,\mathrm{SKL} / \partial \log q_i = -(1 - \alpha)\, p_i q_i / m_i`.
     (``overwrite_inputs`` is accepted for the common interface; inputs are left intact.)"""
     check_unit_interval("alpha", alpha)
     if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
-        log_m = log_mixture(log_q, log_p, alpha)
-        p = log_p.exp()
-        value = row_dot(p, log_p - log_m)
+        log_m = log_mixture(log_q, log_p, alpha, scratch)  # slot 0
+        p = exp_into(scratch, 1, log_p)
+        value = row_dot(p, torch.sub(log_p, log_m, out=scratch.like(2, log_p)))
         grad_log_q = torch.sub(log_q, log_m, out=log_m).exp_().mul_(p).mul_(-(1.0 - alpha))  # -(1-a) p q / m
         if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
-            return value, project_to_logits(grad_log_q, log_q.exp())
+            return value, project_to_logits(grad_log_q, exp_into(scratch, 1, log_q))
     p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - alpha)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, alpha)  # m / q = (1 - alpha) + alpha p / q
     grad_log_q = -(1.0 - alpha) * p * torch.where(log_q > -torch.inf, log_q_over_m.exp(), 0.0)
@@ -96,17 +100,18 @@ def skew_kl_with_grad(
 
 
 def skew_reverse_kl_with_grad(
-    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False
+    log_q: Tensor, log_p: Tensor, *, alpha: float = 0.1, overwrite_inputs: bool = False,
+    scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     r"""``(SRKL, dSRKL/dz)``: with :math:`m = (1 - \alpha) p + \alpha q`,
     :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
     check_unit_interval("alpha", alpha)
     if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
-        log_m = log_mixture(log_p, log_q, alpha)
+        log_m = log_mixture(log_p, log_q, alpha, scratch)  # slot 0
         log_q_over_m = torch.sub(log_q, log_m, out=log_m)
-        q = log_q.exp()
+        q = exp_into(scratch, 1, log_q)
         value = row_dot(q, log_q_over_m)
-        grad_log_q = log_q_over_m.exp().mul_(-alpha).add_(log_q_over_m).add_(1.0).mul_(q)
+        grad_log_q = exp_into(scratch, 2, log_q_over_m).mul_(-alpha).add_(log_q_over_m).add_(1.0).mul_(q)
         if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
             return value, project_to_logits(grad_log_q, q)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, 1.0 - alpha)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._common import check_finite_logits, check_temperature, kl_from_log_probs, logsumexp_or_neg_inf, math_dtype
-from ._common import log_softmax_checked
+from ._common import FRESH, Scratch, exp_into, log_softmax_checked
 
 TAIL_POLICIES = ("bucket", "renormalize", "none")
 
@@ -131,7 +131,7 @@ def sparse_kl(
 
 def sparse_kl_with_grad(
     log_q: Tensor, target_ids: Tensor, target_logprobs: Tensor, target_tail_logmass: Optional[Tensor] = None,
-    *, tail: str = "bucket",
+    *, tail: str = "bucket", scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     r"""``(sparse KL, d/dz)`` from log-probs, z the tempered logits of q.
 
@@ -146,16 +146,16 @@ def sparse_kl_with_grad(
         renormalized_p, renormalized_q = renormalized_log_probs(top_log_p), renormalized_log_probs(log_q.gather(-1, target_ids))
         grad_top = renormalized_q.exp() - renormalized_p.exp()
         return (kl_from_log_probs(renormalized_p, renormalized_q),
-                torch.zeros_like(log_q).scatter_(-1, target_ids, grad_top))
+                scratch.like(0, log_q).zero_().scatter_(-1, target_ids, grad_top))
     if tail == "none":
         top_p = top_log_p.exp()  # (..., k)
-        grad = log_q.exp().mul_(top_p.sum(-1, keepdim=True)).scatter_add_(-1, target_ids, -top_p)
+        grad = exp_into(scratch, 0, log_q).mul_(top_p.sum(-1, keepdim=True)).scatter_add_(-1, target_ids, -top_p)
         return kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids)), grad
     if target_ids.shape[-1] == log_q.shape[-1]:
         value = kl_from_log_probs(top_log_p, log_q.gather(-1, target_ids))
-        return value, torch.zeros_like(log_q).scatter_(-1, target_ids, log_q.gather(-1, target_ids).exp() - top_log_p.exp())
+        return value, scratch.like(0, log_q).zero_().scatter_(-1, target_ids, log_q.gather(-1, target_ids).exp() - top_log_p.exp())
     top_log_q = log_q.gather(-1, target_ids)  # (..., k)
-    off_support = log_q.exp().scatter_(-1, target_ids, 0.0)  # (..., V): q off S (the gradient's base below)
+    off_support = exp_into(scratch, 0, log_q).scatter_(-1, target_ids, 0.0)  # (..., V): q off S (the gradient's base below)
     tail_log_q = _tail_log_mass(off_support, log_q, target_ids)  # (..., 1)
     tail_log_p = _tail_of_target(top_log_p, target_tail_logmass)  # (..., 1)
     value = kl_from_log_probs(torch.cat([top_log_p, tail_log_p], -1), torch.cat([top_log_q, tail_log_q], -1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
+from ._common import FRESH, Scratch, kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
 from ._sparse import check_tail_policy, coarse_log_probs, renormalized_log_probs, sparse_kl_with_grad
 
 
@@ -91,7 +91,8 @@ def topk_kl(
 
 
 def topk_kl_with_grad(
-    log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket", overwrite_inputs: bool = False
+    log_q: Tensor, log_p: Tensor, *, k: int, tail: str = "bucket", overwrite_inputs: bool = False,
+    scratch: Scratch = FRESH,
 ) -> tuple[Tensor, Tensor]:
     """``(top-k KL, d/dz)`` from log-probs: the target's top-k as a sparse target (see
     :func:`divreg.divergences._sparse.sparse_kl_with_grad`)."""
@@ -100,4 +101,4 @@ def topk_kl_with_grad(
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
     # the target's tail as log(1 - sum of its top-k): its rounding error is weighted by the tail
     # mass itself in the value and the gradient, so it costs no precision there, and no pass over V
-    return sparse_kl_with_grad(log_q, top_index, top_log_p, None, tail=tail)
+    return sparse_kl_with_grad(log_q, top_index, top_log_p, None, tail=tail, scratch=scratch)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from ._common import prepare_log_probs, project_to_logits
+from ._common import FRESH, Scratch, exp_into, prepare_log_probs, project_to_logits
 
 
 def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
@@ -36,8 +37,10 @@ def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
-def total_variation_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False) -> tuple[Tensor, Tensor]:
+def total_variation_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs: bool = False,
+                              scratch: Scratch = FRESH) -> tuple[Tensor, Tensor]:
     """``(TV, dTV/dz)``: ``dTV/dlog q_i = q_i sign(q_i - p_i) / 2`` (0 at ties)."""
-    q, p = log_q.exp(), log_p.exp()
-    difference = q - p
-    return 0.5 * difference.abs().sum(-1), project_to_logits(0.5 * q * difference.sign(), q)
+    q = exp_into(scratch, 0, log_q)
+    difference = exp_into(scratch, 1, log_p).neg_().add_(q)  # q - p
+    value = 0.5 * torch.linalg.vector_norm(difference, ord=1, dim=-1)
+    return value, project_to_logits(difference.sign_().mul_(q).mul_(0.5), q)

@@ -4,10 +4,13 @@ they rely on. Public, so that no other package imports a private module of this 
 
 Each ``with_grad`` form takes ``(log_q, log_p, **options)`` (log-probs of the model and the
 target at the temperature already applied) and returns ``(values, gradient)``, the gradient
-with respect to the *tempered* logits of q (divide by T for the raw logits).
+with respect to the *tempered* logits of q (divide by T for the raw logits). Each also takes
+``scratch=``, a :class:`Scratch` that supplies its ``[..., V]`` temporaries, so that a chunk
+loop allocates them once per call; the returned gradient may live in a scratch buffer and is
+valid until the next call with the same ``Scratch``.
 """
 
-from ._common import check_temperature, math_dtype
+from ._common import Scratch, check_temperature, math_dtype
 from ._sparse import check_sparse_target, sparse_kl_with_grad
 
-__all__ = ["check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"]
+__all__ = ["Scratch", "check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"]

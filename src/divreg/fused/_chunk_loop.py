@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from ..divergences.kernels import math_dtype, sparse_kl_with_grad
+from ..divergences.kernels import Scratch, math_dtype, sparse_kl_with_grad
 from ._inputs import FlatInputs, choose_chunk_size, flatten_inputs
 
 
@@ -51,19 +51,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], dtype: torch.dtyp
     return result if result.dtype == dtype else result.to(dtype)
 
 
-class _Workspace:
-    """The two [chunk x V] logit blocks of a call, allocated once and reused by every chunk, so
-    the allocator sees the same two buffers throughout and peak memory does not depend on how
-    it recycles freed blocks (it did: 107-186 MB for the same call). Used when the inputs are
-    already in the math dtype (no conversion copy)."""
-
-    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
-        self.student = torch.empty(rows, vocab, dtype=dtype, device=device)  # (chunk, V)
-        self.target = torch.empty(rows, vocab, dtype=dtype, device=device)  # (chunk, V)
-
-    @staticmethod
-    def usable(dtype: torch.dtype, *tensors: Optional[Tensor]) -> bool:
-        return all(t is None or t.dtype == dtype for t in tensors)
+# Scratch slots of the chunk loop; 0-3 belong to the divergence forms.
+_STUDENT_SLOT, _TARGET_SLOT, _CE_GRAD_SLOT = 10, 11, 12
 
 
 def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: Plan,
@@ -79,14 +68,20 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
     divergence_total = torch.zeros((), dtype=dtype, device=weight.device)
     ce_total = torch.zeros((), dtype=dtype, device=weight.device)
     per_token = torch.empty(count, dtype=dtype, device=weight.device) if plan.reduction is None else None
-    workspace = None
-    if count and _Workspace.usable(dtype, weight, bias, flat.hidden, flat.target_hidden, flat.target_weight,
-                                   flat.target_bias):
-        workspace = _Workspace(min(chunk, count), weight.shape[0], dtype, weight.device)
+    # Every [chunk x V] block of the call (logits, target logits, the divergence's temporaries)
+    # is allocated once and reused by every chunk, so the allocator sees the same buffers
+    # throughout and peak memory does not depend on how it recycles freed blocks (it did:
+    # 73-186 MB for the same call). The logit blocks are written by the matmul itself when the
+    # inputs are already in the math dtype (otherwise the matmul's output is converted).
+    scratch = Scratch()
+    in_math_dtype = all(t is None or t.dtype == dtype for t in (weight, bias, flat.hidden, flat.target_hidden,
+                                                                 flat.target_weight, flat.target_bias))
     for start in range(0, count, chunk):
         end = min(start + chunk, count)
         hidden = flat.rows_of(flat.hidden, start, end)  # (c, Hs)
-        logits = _linear(hidden, weight, bias, dtype, None if workspace is None else workspace.student[: end - start])
+        logits = _linear(hidden, weight, bias, dtype,
+                         scratch.block(_STUDENT_SLOT, end - start, weight.shape[0], dtype, weight.device)
+                         if in_math_dtype else None)
         token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
         row_weight = None if flat.row_weights is None else flat.row_weights[start:end].to(dtype)  # (c,)
         ce_grad = None
@@ -96,13 +91,14 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
             ce = (log_z - logits.gather(-1, labels)).squeeze(-1)  # (c,)
             ce_total += ce.sum() if row_weight is None else (ce * row_weight).sum()
             if grads is not None:
-                ce_grad = torch.exp(logits - log_z).scatter_add_(-1, labels, -torch.ones_like(log_z))  # (c, V)
+                ce_grad = torch.sub(logits, log_z, out=scratch.like(_CE_GRAD_SLOT, logits)).exp_()  # (c, V)
+                ce_grad.scatter_add_(-1, labels, -torch.ones_like(log_z))
         if temperature != 1.0:
             logits.div_(temperature)
         log_q = _log_softmax_in_place(logits)  # (c, V)
         del logits
-        target_out = None if workspace is None else workspace.target[: end - start]
-        values, grad = _target_divergence(flat, log_q, start, end, plan, dtype, overwrite, target_out)  # (c,), (c, V)
+        values, grad = _target_divergence(flat, log_q, start, end, plan, dtype, overwrite, scratch,
+                                          in_math_dtype)  # (c,), (c, V)
         del log_q
         weighted = values if token_weight is None else values * token_weight
         if per_token is not None:
@@ -125,17 +121,20 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
 
 
 def _target_divergence(flat: FlatInputs, log_q: Tensor, start: int, end: int, plan: Plan, dtype: torch.dtype,
-                       overwrite: bool, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                       overwrite: bool, scratch: Scratch, in_math_dtype: bool) -> tuple[Tensor, Tensor]:
     """Values and logit gradient of the chunk's divergence to the dense or sparse target."""
     if flat.sparse is not None:
         ids, logprobs, tail = (None if t is None else flat.rows_of(t, start, end) for t in flat.sparse)
-        return sparse_kl_with_grad(log_q, ids, logprobs, tail, tail=plan.options.get("tail", "bucket"))
+        return sparse_kl_with_grad(log_q, ids, logprobs, tail, tail=plan.options.get("tail", "bucket"),
+                                   scratch=scratch)
+    out = scratch.block(_TARGET_SLOT, end - start, flat.target_weight.shape[0], dtype, log_q.device) \
+        if in_math_dtype else None
     target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
                             dtype, out)  # (c, V)
     if plan.temperature != 1.0:
         target_logits.div_(plan.temperature)
     log_p = _log_softmax_in_place(target_logits)  # (c, V)
-    return plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, **plan.options)
+    return plan.with_grad(log_q, log_p, overwrite_inputs=overwrite, scratch=scratch, **plan.options)
 
 
 def _log_softmax_in_place(logits: Tensor) -> Tensor:
