@@ -84,6 +84,49 @@ def test_cross_tokenizer_teacher_needs_uld(tmp_path):
     assert summary["uld"]["perplexity"] > 1 and "kl_to_teacher" not in summary["uld"]
 
 
+def test_a_teacher_folder_with_its_own_tokenizer_is_compared_by_fingerprint(tmp_path):
+    """Issue 11 item 5: a teacher folder that ships a 280-token tokenizer, run with the 300-token
+    tokenizer=, used to train on the teacher's logits cut to the run's columns; now the folder's
+    tokenizer is the teacher's, so the strict policy refuses and ULD applies. The same check
+    guards cache-teacher. A folder that ships the run's own tokenizer is accepted."""
+    from divreg.models import ModelSource, model_tokenizer
+
+    teacher = fx.model(seed=3, vocab_size=280)
+    teacher.model.save_pretrained(tmp_path / "own")
+    fx.tokenizer(280).save_pretrained(tmp_path / "own")
+    run_tokenizer = fx.tokenizer(300)
+    run_tokenizer.save_pretrained(tmp_path / "run_tokenizer")
+    assert len(model_tokenizer(ModelSource(path=str(tmp_path / "own")), run_tokenizer)) == 280
+    common = [f"tokenizer={tmp_path / 'run_tokenizer'}", f"teacher.path={tmp_path / 'own'}", "teacher_train_steps=0",
+              "methods=[{name: fkl, divergence: forward_kl}]"]
+    with pytest.raises(ValueError, match=r"differ.*vocab_policy=uld"):
+        run(_config(tmp_path / "strict", *common))
+    assert not (tmp_path / "strict" / "checkpoints" / "fkl.pt").exists()
+    summary = run(_config(tmp_path / "uld", *common, "vocab_policy=uld"))
+    assert summary["fkl"]["perplexity"] > 1 and "kl_to_teacher" not in summary["fkl"]
+    with pytest.raises(ValueError, match="ships its own tokenizer"):
+        cache_teacher(load_config(CacheTeacherConfig, None, [
+            f"teacher={tmp_path / 'own'}", f"tokenizer={tmp_path / 'run_tokenizer'}", "seq_len=24", "prompt_len=6",
+            f"output_dir={tmp_path / 'cache'}"]))
+    same = fx.model(seed=4)
+    same.model.save_pretrained(tmp_path / "same")
+    run_tokenizer.save_pretrained(tmp_path / "same")
+    assert model_tokenizer(ModelSource(path=str(tmp_path / "same")), run_tokenizer) is run_tokenizer
+    summary = run(_config(tmp_path / "shared", *common[:1], f"teacher.path={tmp_path / 'same'}", *common[2:]))
+    assert summary["fkl"]["kl_to_teacher"] >= 0 and summary["teacher"]["perplexity"] > 1
+
+
+@pytest.mark.parametrize("bad", ["student.config.model_type=no_such_model", "student.path=no/such/folder"])
+def test_a_bad_student_stops_the_run_before_the_teacher_trains(tmp_path, bad):
+    """Issue 11 item 10 (LM recipe): the student and every method's loss are built before the
+    teacher is trained, so a bad student costs no teacher training (a bad method stops the run
+    when the config is parsed)."""
+    with pytest.raises(ValueError):
+        run(_config(tmp_path / "run", bad, "teacher_train_steps=200"))
+    assert not (tmp_path / "run" / "checkpoints" / "teacher.pt").exists()
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
 def test_jsonl_and_datasets_records_and_chat_templates(tmp_path):
     tokenizer = fx.tokenizer()
     records = [{"prompt": "def f(x):", "completion": " return x"}, {"text": "assert statements are debugging aids"}]

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..targets import DenseLogits, HiddenStates
+from ..targets import DenseLogits, HiddenStates, tokenizer_fingerprint
 
 
 @dataclass
@@ -43,6 +43,28 @@ def load_tokenizer(name_or_path: str):
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name_or_path!r} has no EOS token")
     return tokenizer
+
+
+# Files by which a model folder ships its own tokenizer (any one of them).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def model_tokenizer(source: ModelSource, run_tokenizer):
+    """The tokenizer the model of ``source`` reads: ``source.tokenizer`` when given; else the
+    tokenizer its folder ships (``source.path`` a local folder holding tokenizer files, or a hub
+    id, whose repositories ship one); else the run's. Returns ``run_tokenizer`` itself when the
+    two are the same tokenizer by fingerprint (vocabulary and special tokens), so callers can
+    compare with ``is``; otherwise the model's own, for the vocabulary policy to accept (ULD) or
+    refuse. Without this, a teacher folder with its own 1024-token tokenizer, run with a
+    300-token ``tokenizer=``, would have its logits silently cut to the first 300 columns."""
+    if source.tokenizer:
+        own = load_tokenizer(source.tokenizer)
+    elif source.path and (not os.path.isdir(source.path)
+                          or any(os.path.exists(os.path.join(source.path, f)) for f in _TOKENIZER_FILES)):
+        own = load_tokenizer(source.path)
+    else:
+        return run_tokenizer
+    return run_tokenizer if tokenizer_fingerprint(own) == tokenizer_fingerprint(run_tokenizer) else own
 
 
 def build_causal_lm(source: ModelSource, tokenizer, seed: int):

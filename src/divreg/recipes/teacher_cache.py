@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..config import require_positive
 from ..data import collate, examples_fingerprint, load_text_examples
-from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer
+from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer
 from ..targets import TeacherCacheWriter, tokenizer_fingerprint
 
 
@@ -39,7 +39,12 @@ def run(config: CacheTeacherConfig) -> str:
     started = time.perf_counter()
     tokenizer = load_tokenizer(config.tokenizer)
     train, _ = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    teacher = CausalLM(build_causal_lm(ModelSource(path=config.teacher), tokenizer, 0), len(tokenizer)).eval()
+    source = ModelSource(path=config.teacher)
+    if model_tokenizer(source, tokenizer) is not tokenizer:  # its own tokenizer, another than the students'
+        raise ValueError(f"teacher {config.teacher!r} ships its own tokenizer, which differs from tokenizer="
+                         f"{config.tokenizer!r}; a cache holds token-level log-probs, so teacher and students must "
+                         "share one tokenizer: pass the teacher's tokenizer (tokenizer=" + repr(config.teacher) + ")")
+    teacher = CausalLM(build_causal_lm(source, tokenizer, 0), len(tokenizer)).eval()
     if config.top_k > teacher.output_weight.shape[0]:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
     manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "examples_sha256": examples_fingerprint(train),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from ..._table import format_table
 from ...data import builtin_corpus, load_text_examples, train_bpe_tokenizer
 from ...metrics import training_curves
-from ...models import CausalLM, build_causal_lm, load_tokenizer
+from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...targets import TeacherCache
 from ...training import prepare_run_folder
 from .config import DistillLMConfig, LMMethod
@@ -51,23 +52,31 @@ def setup(config: DistillLMConfig):
     return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)
 
 
-def prepare_teacher(config: DistillLMConfig, tokenizer, trainer: LMTrainer, accelerator):
-    """The teacher model and tokenizer: loaded, or built and first trained with CE (saved to
-    ``output_dir/teacher``)."""
-    teacher_tokenizer = load_tokenizer(config.teacher.tokenizer) if config.teacher.tokenizer else tokenizer
+def build_teacher(config: DistillLMConfig, tokenizer):
+    """The teacher model (loaded, or built to be trained here; None for a cache without a
+    model) and the tokenizer it reads (see :func:`divreg.models.model_tokenizer`)."""
+    teacher_tokenizer = model_tokenizer(config.teacher, tokenizer)
     if config.teacher.path is None and config.teacher_cache and not config.teacher_train_steps:
         return None, teacher_tokenizer  # a cache without a model: no KL-to-teacher metric
-    model = CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer))
+    if config.teacher.path is None and config.teacher_train_steps and teacher_tokenizer is not tokenizer:
+        raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
+    return CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer)), \
+        teacher_tokenizer
+
+
+def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer: LMTrainer, accelerator):
+    """Train a teacher built here with CE (saved to ``output_dir/teacher``), then freeze it in
+    ``teacher_dtype``, in place (the student losses built before hold this same module)."""
+    if model is None:
+        return None
     if config.teacher.path is None and config.teacher_train_steps:
-        if teacher_tokenizer is not tokenizer:
-            raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"))
         trainer.run(run, model, ce_loss, None)
         if accelerator.is_main_process:
             model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
-    return model.eval().requires_grad_(False).to(accelerator.device, dtype), teacher_tokenizer
+    return model.eval().requires_grad_(False).to(accelerator.device, dtype)
 
 
 def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
@@ -89,19 +98,30 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
 def run(config: DistillLMConfig) -> dict:
     started = time.perf_counter()
     accelerator, tokenizer, train, held_out, trainer = setup(config)
-    teacher, teacher_tokenizer = prepare_teacher(config, tokenizer, trainer, accelerator)
+    # Everything the run needs is built and checked before any training: the teacher (untrained
+    # if it is trained here), the tokenizers' match, the student, and every method's loss.
+    teacher, teacher_tokenizer = build_teacher(config, tokenizer)
+    losses = {method.name: make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
+              for method in config.methods}
+
+    def new_student() -> CausalLM:  # every method starts from the same initialization
+        return CausalLM(build_causal_lm(config.student, tokenizer, config.seed + 1), len(tokenizer))
+
+    student = new_student()
+    teacher = prepare_teacher(config, teacher, trainer, accelerator)
     trainer.teacher_model = teacher
     teacher_metrics = None
     if teacher is not None and teacher_tokenizer is tokenizer:
         teacher_metrics = trainer.evaluate(teacher, None, held_out)
     results = {}
     for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
-        student = CausalLM(build_causal_lm(config.student, tokenizer, config.seed + 1), len(tokenizer))
-        loss_fn, shared = make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
+        student = student or new_student()
+        loss_fn, shared = losses[method.name]
         run_spec = LMRun(method.name, method, config.steps, config.lr,
                          os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))
         eval_teacher = teacher if shared is not None else None
         results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher)
+        student = None
     summary = None
     if accelerator.is_main_process:
         summary = report(config, teacher_metrics, results)
