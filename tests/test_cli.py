@@ -71,21 +71,95 @@ def test_a_model_module_in_the_current_folder_is_found(tmp_path):
     assert " ce | " in result.stdout and "1 process(es)" in result.stdout
 
 
-@pytest.mark.parametrize("arguments,message", [
-    (["data=missing.npz"], "data file 'missing.npz' does not exist"),
-    (["teacher_checkpoint=missing.pt"], "No such file or directory"),
-])
-def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, arguments, message, capsys):
-    base = ["distill-classifier", f"output_dir={tmp_path / 'out'}", "methods=[ce]", "seeds=[0]", "epochs=1",
-            "teacher_epochs=1", "min_steps=0"]
+def _write_bad_inputs(folder):
+    """Each bad input of issue 11 item 9 as a file in ``folder``."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 3, 40)
+    np.savez(folder / "no_labels.npz", x_train=x, x_test=x)
+    np.savez(folder / "float_labels.npz", x_train=x, y_train=y + 0.5, x_test=x, y_test=y)
+    np.savez(folder / "negative_labels.npz", x_train=x, y_train=y - 1, x_test=x, y_test=y)
+    np.savez(folder / "features.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    (folder / "text.npz").write_text("not an archive")
+    (folder / "text.pt").write_text("not a checkpoint")
+    torch.save({"model": {"w": torch.zeros(2)}}, folder / "other_model.pt")
+    (folder / "a_file").write_text("x")
+
+
+def _unwritable_folder(tmp_path):
+    """A folder this process cannot write to: a read-only one, or for root (who may write
+    anywhere) a path under /sys, where mkdir is refused."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if not os.access(folder, os.W_OK):
+        return str(folder / "out")
+    try:  # sysfs refuses new folders even to root
+        os.mkdir("/sys/divreg-test-out")
+    except OSError:
+        return "/sys/divreg-test-out"
+    os.rmdir("/sys/divreg-test-out")
+    pytest.skip("no folder on this machine refuses writes to this user")
+
+
+CLASSIFIER_ERRORS = [
+    ("data=missing.npz", "data file 'missing.npz' does not exist"),
+    ("data=no_labels.npz", "lacks the arrays ['y_train', 'y_test']"),
+    ("data=float_labels.npz", "y_train must be a 1-D array of integer class ids, got float64"),
+    ("data=negative_labels.npz", "y_train has negative labels (min -1)"),
+    ("data=text.npz", "data file 'text.npz' is not a NumPy .npz archive"),
+    ("teacher_checkpoint=missing.pt", "teacher_checkpoint 'missing.pt' does not exist"),
+    ("teacher_checkpoint=text.pt", "teacher_checkpoint 'text.pt' is not a PyTorch checkpoint"),
+    ("teacher_checkpoint=other_model.pt", "holds another architecture than the configured model (missing ["),
+    ("output_dir=a_file", "output_dir 'a_file' is a file; give a folder"),
+    ("output_dir=UNWRITABLE", "cannot be written"),
+    ("student.kind=nope", "model kind must be 'auto', 'mlp', 'cnn' or a dotted import path, got 'nope'"),
+    ("student.kind=nomodule.Net", "cannot import model 'nomodule.Net': No module named 'nomodule'"),
+    ("data=features.npz student.kind=cnn", "model 'cnn' needs image inputs (C, H, W); these are (4,)"),
+]
+
+
+@pytest.mark.parametrize("arguments,message", CLASSIFIER_ERRORS, ids=[a for a, _ in CLASSIFIER_ERRORS])
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, arguments, message, capsys):
+    """Issue 11 item 9: every user error after the config is parsed is one line (what, where,
+    how to fix) and exit code 2, before any training; ``--debug`` raises it with its traceback."""
+    _write_bad_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    arguments = arguments.replace("UNWRITABLE", _unwritable_folder(tmp_path) if "UNWRITABLE" in arguments else "")
+    base = ["distill-classifier", "output_dir=out", "methods=[ce]", "seeds=[0]", "epochs=1", "teacher_epochs=1",
+            "min_steps=0"]
     with pytest.raises(SystemExit) as exit_info:
-        main([*base, *arguments])
+        main([*base, *arguments.split()])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("divreg distill-classifier: error: ") and message in err and "--debug" in err
+    assert err.startswith("divreg distill-classifier: error: ") and message in err and "--debug" in err, err
     assert "Traceback" not in err and err.count("\n") == 1
-    with pytest.raises((ValueError, FileNotFoundError)):
-        main([*base, *arguments, "--debug"])
+    assert not list(tmp_path.glob("out/checkpoints/*.pt"))  # stopped before training
+    with pytest.raises(ValueError):
+        main([*base, *arguments.split(), "--debug"])
+
+
+def test_text_data_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """The LM commands: an empty JSONL says it is empty, a broken line names the file and line,
+    a missing tokenizer folder says so."""
+    from .recipes import lm_fixtures as fx
+
+    monkeypatch.chdir(tmp_path)
+    fx.tokenizer().save_pretrained(tmp_path / "tok")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
+    cases = [("data=empty.jsonl", "'empty.jsonl' is empty: it holds no records"),
+             ("data=broken.jsonl", "broken.jsonl, line 2: not valid JSON"),
+             ("tokenizer=no/such/tok", "tokenizer 'no/such/tok': no such folder")]
+    for arguments, message in cases:
+        for command in ("distill-lm", "cache-teacher"):
+            extra = ["tokenizer=tok"] if "tokenizer=" not in arguments else []
+            with pytest.raises(SystemExit) as exit_info:
+                main([command, "output_dir=out", *extra, arguments])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, (command, err)
 
 
 def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):

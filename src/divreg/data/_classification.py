@@ -64,7 +64,14 @@ def _digits(test_fraction: float, seed: int):
 
 
 def _npz(path: str):
-    with np.load(path) as archive:
+    try:
+        archive = np.load(path)
+    except (ValueError, OSError, EOFError) as error:  # numpy's words for "not an .npz"
+        raise ValueError(f"data file {path!r} is not a NumPy .npz archive ({str(error).split('.')[0][:100]}); write "
+                         f"one with numpy.savez(path, {', '.join(f'{k}=...' for k in NPZ_KEYS)})") from None
+    if not hasattr(archive, "files"):
+        raise ValueError(f"data file {path!r} holds a single array, not an .npz archive with {list(NPZ_KEYS)}")
+    with archive:
         missing = [key for key in NPZ_KEYS if key not in archive]
         if missing:
             raise ValueError(f"{path} lacks the arrays {missing}; an .npz needs {list(NPZ_KEYS)}")

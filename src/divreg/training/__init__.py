@@ -3,11 +3,11 @@ order (one derivation), gradient accumulation with global normalization, and the
 run loop."""
 
 from ._accumulation import ItemCounts, backward_micro_batches, global_item_counts
-from ._checkpoint import load_if_exists, remove_run_checkpoints, save_atomic
+from ._checkpoint import load_if_exists, load_model_state, remove_run_checkpoints, save_atomic
 from ._loop import RunSpec, RunState, train_run
 from ._order import check_batch_size, derive_seed, epoch_batches, step_batch, uniform_draw
 from ._run_folder import append_record, prepare_run_folder
 
 __all__ = ["ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size", "derive_seed",
-           "epoch_batches", "global_item_counts", "load_if_exists", "prepare_run_folder", "remove_run_checkpoints",
+           "epoch_batches", "global_item_counts", "load_if_exists", "load_model_state", "prepare_run_folder", "remove_run_checkpoints",
            "save_atomic", "step_batch", "train_run", "uniform_draw"]

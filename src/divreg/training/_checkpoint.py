@@ -33,6 +33,37 @@ def load_if_exists(path: str) -> Optional[Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def load_model_state(model: torch.nn.Module, path: str, what: str, architecture: str = "the model's settings") -> None:
+    """Load a state dict (a bare one, or a divreg checkpoint's ``"model"``) from ``path`` into
+    ``model``, with one actionable ``ValueError`` for each way it can fail: no such file, not a
+    PyTorch file, not a state dict, or a state dict of another architecture (naming the first
+    keys that differ). ``what`` names the setting, e.g. ``"teacher_checkpoint"``, and
+    ``architecture`` the settings that fix a mismatch, e.g. ``"teacher.kind and teacher.widths"``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist; give the path of a saved state dict or divreg checkpoint "
+                         "(e.g. <output_dir>/checkpoints/teacher.pt of an earlier run)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors of every kind: the file is not a checkpoint
+        raise ValueError(f"{what} {path!r} is not a PyTorch checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:120] if str(error) else ''})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{what} {path!r} holds no state dict (a dict of tensors, or a checkpoint with one under "
+                         "'model')")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        found = "; ".join(part for part in (f"missing {missing[:3]}" if missing else "",
+                                            f"unexpected {unexpected[:3]}" if unexpected else "",
+                                            f"other shapes {shapes[:3]}" if shapes else "") if part)
+        raise ValueError(f"{what} {path!r} holds another architecture than the configured model ({found}); "
+                         f"set {architecture} to those it was trained with")
+    model.load_state_dict(state)
+
+
 def remove_run_checkpoints(directory: str) -> None:
     """Forget previous runs' checkpoints in ``directory`` (a fresh start without ``resume``)."""
     if os.path.isdir(directory):

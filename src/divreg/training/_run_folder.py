@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Iterable
 
 import yaml
@@ -50,6 +51,18 @@ def _previous_run(output_dir: str) -> list[str]:
     return found
 
 
+def _check_writable(output_dir: str) -> None:
+    """Create ``output_dir`` if needed and write (then remove) a probe file in it, so that a
+    read-only or forbidden folder stops the run with one line, on every process, before any work."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".divreg-probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"output_dir {output_dir!r} cannot be written ({error.strerror or error}); give a folder "
+                         "you can write to") from None
+
+
 def check_run_folder(output_dir: str, resume: bool, overwrite: bool, config) -> str:
     """Refuse what would silently go wrong, before any work: a fresh run into a folder that
     holds another run (its checkpoints would be deleted, or reused), unless ``overwrite``; a
@@ -57,6 +70,7 @@ def check_run_folder(output_dir: str, resume: bool, overwrite: bool, config) -> 
     (empty when none): a resume that finds nothing to resume starts from scratch."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output_dir {output_dir!r} is a file; give a folder")
+    _check_writable(output_dir)
     previous = _previous_run(output_dir)
     if not resume:
         if previous and not overwrite:
@@ -89,13 +103,17 @@ def prepare_run_folder(accelerator: Accelerator, output_dir: str, resume: bool, 
     if accelerator.is_main_process:
         if notice:
             print(notice)
-        os.makedirs(checkpoints, exist_ok=True)
-        if not resume:
-            remove_run_checkpoints(checkpoints)
-            if os.path.exists(log_path):
-                os.remove(log_path)
-        with open(os.path.join(output_dir, "config.yaml"), "w") as handle:
-            handle.write(to_yaml(config))
+        try:
+            os.makedirs(checkpoints, exist_ok=True)
+            if not resume:
+                remove_run_checkpoints(checkpoints)
+                if os.path.exists(log_path):
+                    os.remove(log_path)
+            with open(os.path.join(output_dir, "config.yaml"), "w") as handle:
+                handle.write(to_yaml(config))
+        except OSError as error:  # read-only, no permission, a file in the way, a full disk
+            raise ValueError(f"output_dir {output_dir!r} cannot be written ({error.strerror or error}: "
+                             f"{error.filename or output_dir}); give a folder you can write to") from None
     accelerator.wait_for_everyone()
     return checkpoints, log_path
 

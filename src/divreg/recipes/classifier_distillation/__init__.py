@@ -25,7 +25,7 @@ from ..._table import format_table
 from ...data import load_classification_data
 from ...metrics import classification_metrics, metric_bars, reliability_diagrams, training_curves
 from ...models import build_classifier, predict_probabilities
-from ...training import prepare_run_folder
+from ...training import load_model_state, prepare_run_folder
 from .config import ClassifierMethod, DistillClassifierConfig
 from .methods import Method, make_method
 from .trainer import ClassifierRun, Trainer, training_schedule
@@ -69,8 +69,7 @@ def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[tor
     set_seed(config.seed)
     teacher = build_classifier(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
     if config.teacher_checkpoint:
-        state = torch.load(config.teacher_checkpoint, map_location="cpu", weights_only=False)
-        teacher.load_state_dict(state["model"] if "model" in state else state)
+        load_model_state(teacher, config.teacher_checkpoint, "teacher_checkpoint", "teacher.kind and teacher.widths")
         probs = predict_probabilities(teacher, data.x_test)
         return teacher, {"metrics": classification_metrics(probs, data.y_test, config.ece_bins), "test_probs": probs,
                          "state": {"history": []}}
