@@ -194,3 +194,25 @@ def test_print_config_resolves_and_does_not_run(tmp_path, capsys):
     assert main(["distill-lm", "--print-config", "steps=7", f"output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "steps: 7" in out and "methods:" in out and not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_says_where_the_checkpoints_are_and_how_to_resume(tmp_path):
+    """SIGINT (Ctrl-C) in the middle of training: exit code 130 and one line naming the
+    checkpoint folder and resume=true, no traceback."""
+    import signal
+    import time
+
+    script = os.path.join(os.path.dirname(sys.executable), "divreg")
+    process = subprocess.Popen([script, "distill-classifier", "methods=[ce]", "seeds=[0]", "teacher_epochs=200",
+                                "checkpoint_every=1", "output_dir=out"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and not (tmp_path / "out/checkpoints/teacher.pt").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last == (f"divreg distill-classifier: interrupted; the last checkpoints are in "
+                    f"{os.path.join('out', 'checkpoints')}: run the same command with resume=true to continue")
+    assert "Traceback" not in err
