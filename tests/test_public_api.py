@@ -19,7 +19,8 @@ import divreg.training
 EXPECTED = {
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
              "targets"},
-    divreg.fused: {"FusedLinearDivergence", "FusedOutput", "fused_linear_divergence", "fused_linear_sparse_divergence"},
+    divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
+                   "fused_linear_sparse_divergence", "fused_linear_token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
                     "align_answer_positions"},
     divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",

@@ -1,0 +1,210 @@
+"""Per-token log-probabilities (and entropies) of given tokens, straight from hidden states and
+the output weights, chunked so that the ``[tokens x vocab]`` logits never exist at once."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..divergences.kernels import Scratch, check_temperature, math_dtype
+from ._inputs import DEFAULT_MEMORY_BUDGET_MB, choose_chunk_size
+from ._inputs import _check_matrix as check_matrix
+from ._inputs import _check_same_dtype as check_same_dtype
+from ._inputs import _check_vector as check_vector
+
+_LOGITS_SLOT, _PROBS_SLOT, _GRAD_SLOT = 10, 0, 1
+
+
+class TokenLogprobs(NamedTuple):
+    """Per-token log-probabilities and entropies, each shaped like ``token_ids``."""
+
+    logprobs: Tensor
+    entropy: Tensor
+
+
+def fused_linear_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    token_ids: Tensor,
+    *,
+    temperature: float = 1.0,
+    bias: Optional[Tensor] = None,
+    chunk_size: Optional[int] = None,
+    ignore_index: int = -100,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    return_entropy: bool = False,
+) -> Union[Tensor, TokenLogprobs]:
+    r"""Log-probabilities of ``token_ids`` under ``softmax((h W^T + b) / T)``, and optionally the
+    entropy of that distribution, per token, without the ``[tokens x vocab]`` logits.
+
+    .. math::
+        z = (h W^\top + b) / T,\qquad \log\pi(y) = z_y - \log\textstyle\sum_j e^{z_j},\qquad
+        H = -\textstyle\sum_j \pi_j \log \pi_j
+
+    Differentiable with respect to ``hidden``, ``weight`` and ``bias``, with the analytic
+    gradients :math:`\partial\log\pi(y)/\partial z = e_y - \pi` and
+    :math:`\partial H/\partial z_j = -\pi_j(\log\pi_j + H)` (then ``/ T`` and the two matmuls).
+    The forward pass keeps only ``log sum exp`` and ``H`` per token; the backward pass recomputes
+    each chunk's logits (one extra matmul) instead of storing them, so peak extra memory is
+    O(chunk x V + V x H) in both passes. Math in fp32 (fp64 for fp64 inputs); the results are
+    fp32 (fp64).
+
+    Positions whose token is ``ignore_index`` (e.g. padding after EOS) are never computed: their
+    log-prob and entropy are 0 and they get no gradient. A token with logit ``-inf`` (banned by a
+    ``-inf`` bias) has log-prob ``-inf``; the entropy ignores such tokens (``0 log 0 = 0``).
+
+    Args:
+        hidden: (..., H) final hidden states at the positions that predict ``token_ids``.
+        weight: (V, H) output-layer weights (the same dtype as ``hidden``).
+        token_ids: (...) integer ids in [0, V), or ``ignore_index``.
+        temperature: T > 0; divides the logits (as generation at temperature T samples).
+        bias: optional (V,) output bias.
+        chunk_size: tokens per chunk; default: the largest that fits ``memory_budget_mb``.
+        ignore_index: the id of positions to skip.
+        memory_budget_mb: the budget that chooses the chunk size.
+        return_entropy: also return the entropy.
+
+    Returns:
+        The log-probs, shaped like ``token_ids``; with ``return_entropy``, a
+        :class:`TokenLogprobs` ``(logprobs, entropy)``.
+
+    Example:
+        >>> import torch
+        >>> h, w, ids = torch.randn(2, 5, 8), torch.randn(50, 8), torch.randint(0, 50, (2, 5))
+        >>> expected = torch.log_softmax(h @ w.T, -1).gather(-1, ids[..., None]).squeeze(-1)
+        >>> bool(torch.allclose(fused_linear_token_logprobs(h, w, ids), expected, atol=1e-5))
+        True
+    """
+    check_temperature(temperature)
+    for name, tensor in (("hidden", hidden), ("weight", weight)):
+        if not torch.is_floating_point(tensor):
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape (..., H)")
+    check_same_dtype("hidden", hidden, "weight", weight)
+    check_matrix("weight", weight, columns=hidden.shape[-1])
+    check_vector("bias", bias, weight.shape[0])
+    if token_ids.shape != hidden.shape[:-1]:
+        raise ValueError(f"token_ids must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), got "
+                         f"{tuple(token_ids.shape)}")
+    if torch.is_floating_point(token_ids):
+        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
+    valid = token_ids != ignore_index
+    ids = token_ids[valid]
+    if ids.numel() and not bool(((ids >= 0) & (ids < weight.shape[0])).all()):
+        raise ValueError(f"token_ids must be in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}")
+    chunk = choose_chunk_size(chunk_size, weight.shape[0], max(1, ids.numel()), memory_budget_mb)
+    logprobs, entropy = _TokenLogprobsFunction.apply(hidden, weight, bias, token_ids, valid, temperature, chunk,
+                                                     return_entropy)
+    return TokenLogprobs(logprobs, entropy) if return_entropy else logprobs
+
+
+def _logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, dtype: torch.dtype,
+            scratch: Scratch) -> Tensor:
+    """``(h W^T + b) / T`` of one chunk in ``dtype``, in a scratch block when no conversion is needed."""
+    rows = hidden.shape[0]
+    if hidden.dtype == dtype and (bias is None or bias.dtype == dtype):
+        out = scratch.block(_LOGITS_SLOT, rows, weight.shape[0], dtype, hidden.device)
+        logits = torch.mm(hidden, weight.t(), out=out) if bias is None else torch.addmm(bias, hidden, weight.t(), out=out)
+    else:
+        logits = (torch.mm(hidden, weight.t()) if bias is None else torch.addmm(bias, hidden, weight.t())).to(dtype)
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+def _entropy(log_probs: Tensor, probs: Tensor) -> Tensor:
+    """``-sum p log p`` per row with ``0 log 0 = 0`` (a -inf log-prob has p = 0)."""
+    value = -torch.matmul(probs.unsqueeze(-2), log_probs.unsqueeze(-1)).reshape(probs.shape[:-1])
+    if bool(torch.isnan(value).any()):  # 0 * -inf somewhere: re-sum with the mask
+        value = -torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)
+    return value
+
+
+class _TokenLogprobsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_ids, valid, temperature, chunk, return_entropy):
+        dtype = math_dtype(hidden, weight)
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
+        flat_valid = valid.reshape(-1)
+        rows = None if bool(flat_valid.all()) else flat_valid.nonzero().squeeze(-1)  # (n,)
+        ids = token_ids.reshape(-1).long() if rows is None else token_ids.reshape(-1)[rows].long()  # (n,)
+        count = ids.numel()
+        log_z = torch.empty(count, dtype=dtype, device=hidden.device)  # (n,)
+        entropy = torch.empty(count, dtype=dtype, device=hidden.device) if return_entropy else None
+        picked = torch.empty(count, dtype=dtype, device=hidden.device)
+        scratch = Scratch()
+        for start in range(0, count, chunk):
+            end = min(start + chunk, count)
+            h = flat_hidden[start:end] if rows is None else flat_hidden.index_select(0, rows[start:end])
+            logits = _logits(h, weight, bias, temperature, dtype, scratch)  # (c, V)
+            log_z[start:end] = torch.logsumexp(logits, -1)
+            picked[start:end] = logits.gather(-1, ids[start:end, None]).squeeze(-1)
+            if return_entropy:
+                log_probs = logits.sub_(log_z[start:end, None])
+                entropy[start:end] = _entropy(log_probs, torch.exp(log_probs, out=scratch.like(_PROBS_SLOT, log_probs)))
+        logprobs = torch.zeros(token_ids.shape, dtype=dtype, device=hidden.device)
+        entropy_out = torch.zeros(token_ids.shape, dtype=dtype, device=hidden.device)
+        flat_out = logprobs.view(-1)
+        if rows is None:
+            flat_out.copy_(picked - log_z)
+            if return_entropy:
+                entropy_out.view(-1).copy_(entropy)
+        else:
+            flat_out.index_copy_(0, rows, picked - log_z)
+            if return_entropy:
+                entropy_out.view(-1).index_copy_(0, rows, entropy)
+        ctx.save_for_backward(hidden, weight, bias, ids, log_z, entropy, rows)
+        ctx.temperature, ctx.chunk, ctx.return_entropy = temperature, chunk, return_entropy
+        if not return_entropy:
+            ctx.mark_non_differentiable(entropy_out)
+        return logprobs, entropy_out
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, bias, ids, log_z, entropy, rows = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        dtype = log_z.dtype
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        grad_dtype = torch.promote_types(weight.dtype, torch.float32)
+        grad_hidden = torch.zeros(flat_hidden.shape, dtype=grad_dtype, device=hidden.device) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=grad_dtype, device=weight.device) if need_bias else None
+        g_lp = grad_logprobs.reshape(-1).to(dtype)
+        g_h = grad_entropy.reshape(-1).to(dtype) if ctx.return_entropy else None
+        if rows is not None:
+            g_lp = g_lp[rows]
+            g_h = None if g_h is None else g_h[rows]
+        use_entropy = g_h is not None and bool((g_h != 0).any())
+        scratch = Scratch()
+        temperature = ctx.temperature
+        for start in range(0, ids.numel(), ctx.chunk):
+            end = min(start + ctx.chunk, ids.numel())
+            h = flat_hidden[start:end] if rows is None else flat_hidden.index_select(0, rows[start:end])
+            log_probs = _logits(h, weight, bias, temperature, dtype, scratch).sub_(log_z[start:end, None])  # (c, V)
+            probs = torch.exp(log_probs, out=scratch.like(_PROBS_SLOT, log_probs))
+            g = g_lp[start:end, None]  # (c, 1)
+            grad = torch.mul(probs, -g, out=scratch.like(_GRAD_SLOT, probs))  # d log pi(y) / dz = e_y - pi
+            if use_entropy:  # dH/dz_j = -pi_j (log pi_j + H)
+                term = log_probs.add_(entropy[start:end, None]).mul_(probs)
+                if not bool(torch.isfinite(term).all()):
+                    term = torch.where(probs > 0, term, 0.0)
+                grad.addcmul_(term, g_h[start:end, None], value=-1.0)
+            grad.scatter_add_(-1, ids[start:end, None], g)
+            if temperature != 1.0:
+                grad.div_(temperature)
+            if grad_hidden is not None:
+                rows_grad = torch.mm(grad.to(weight.dtype), weight).to(grad_dtype)  # (c, H)
+                if rows is None:
+                    grad_hidden[start:end] = rows_grad
+                else:
+                    grad_hidden.index_copy_(0, rows[start:end], rows_grad)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t().to(grad_dtype), h.to(grad_dtype))
+            if grad_bias is not None:
+                grad_bias.add_(grad.sum(0).to(grad_dtype))
+        grad_hidden = None if grad_hidden is None else grad_hidden.reshape(hidden.shape).to(hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
