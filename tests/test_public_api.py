@@ -26,7 +26,7 @@ EXPECTED = {
     divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",
                      "expected_calibration_error", "metric_bars", "nll", "optimal_aurc", "reliability_diagrams",
                      "training_curves"},
-    divreg.schedules: {"AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"},
+    divreg.schedules: {"AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"},
     divreg.targets: {"DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy",
                      "SampledLogprobs", "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES",
                      "as_logits", "detached", "shared_vocab_size", "tokenizer_fingerprint"},

@@ -52,3 +52,31 @@ def test_adaptive_replay_probability_rises_with_the_validation_loss_and_survives
     assert phi(0) == 1.0  # capped
     with pytest.raises(ValueError):
         AdaptiveReplayProbability(init=1.5)
+
+
+def test_adaptive_kl_controller_on_a_synthetic_kl_sequence():
+    """Ziegler et al.'s controller against the formula applied by hand, step by step: the
+    error is clipped to +-0.2, scaled by n / horizon; state round-trips through state_dict."""
+    import math
+
+    import pytest
+
+    from divreg.schedules import AdaptiveKLController
+
+    controller = AdaptiveKLController(init=0.05, target=2.0, horizon=1000)
+    expected = 0.05
+    for kl, n in [(10.0, 64), (2.0, 64), (2.5, 32), (0.0, 64), (1.0, 128), (6.0, 1)]:
+        controller.observe({"kl": kl, "samples": n})
+        expected *= 1 + min(max(kl / 2.0 - 1, -0.2), 0.2) * n / 1000
+        assert math.isclose(controller(step=123), expected, rel_tol=1e-15)
+    assert math.isclose(expected, 0.05 * (1 + 0.2 * 64 / 1000) * (1 + 0.2 * 32 / 1000) * (1 - 0.2 * 64 / 1000)
+                        * (1 - 0.2 * 128 / 1000) * (1 + 0.2 / 1000), rel_tol=1e-15)
+    controller.observe({"loss": 1.0})  # no KL reported: no update
+    assert math.isclose(controller(0), expected, rel_tol=1e-15)
+    restored = AdaptiveKLController(init=1.0, target=2.0, horizon=1000)
+    restored.load_state_dict(controller.state_dict())
+    assert restored(0) == controller(0)
+    with pytest.raises(ValueError, match="non-finite KL"):
+        controller.observe({"kl": float("nan")})
+    with pytest.raises(ValueError, match="target must be a finite number > 0"):
+        AdaptiveKLController(init=0.1, target=0.0, horizon=10)

@@ -2,8 +2,8 @@
 divreg is a number or a :class:`Schedule`; stateful schedules also ``observe(metrics)`` and
 live in checkpoints (``state_dict`` / ``load_state_dict``)."""
 
-from ._adaptive import AdaptiveReplayProbability
+from ._adaptive import AdaptiveKLController, AdaptiveReplayProbability
 from ._base import Schedule, as_schedule
 from ._ramps import Constant, LinearRamp
 
-__all__ = ["AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"]
+__all__ = ["AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"]
