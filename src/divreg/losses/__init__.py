@@ -4,11 +4,27 @@ schedules. Each takes its divergence by name, its reduction (a function of
 
 from ._common import LossOutput
 from ._consistency import TwoViewKL
+from ._grpo import (
+    ADVANTAGE_SCALES,
+    IMPORTANCE_LEVELS,
+    KL_DIRECTIONS,
+    KL_ESTIMATORS,
+    KL_PLACEMENTS,
+    LOSS_AGGREGATIONS,
+    GRPOLoss,
+    GRPOOutput,
+    combine_rewards,
+    group_advantages,
+    kl_per_token,
+    loss_aggregation,
+)
 from ._kd import KDLoss
 from ._lm_distill import LMDistillLoss
 from ._pskd import PSKDLoss
 from ._sinkd import SinKDLoss
 from ._uld import ULDLoss, align_answer_positions
 
-__all__ = ["KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
-           "align_answer_positions"]
+__all__ = ["ADVANTAGE_SCALES", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss", "KL_DIRECTIONS", "KL_ESTIMATORS",
+           "KL_PLACEMENTS", "LMDistillLoss", "LOSS_AGGREGATIONS", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL",
+           "ULDLoss", "align_answer_positions", "combine_rewards", "group_advantages", "kl_per_token",
+           "loss_aggregation"]

@@ -1,0 +1,355 @@
+r"""GRPO-family policy optimization with a KL to a frozen reference, every design choice an
+explicit option: advantages, the clipped surrogate (token or sequence importance ratio), the loss
+aggregation, and the KL's estimator, direction, placement and coefficient.
+
+References:
+    Shao et al. "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language
+    Models" (GRPO), 2024, arXiv 2402.03300.
+    Yu et al. "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", 2025, arXiv
+    2503.14476 (clip-higher, token-level loss).
+    Liu et al. "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO), 2025,
+    arXiv 2503.20783.
+    Zheng et al. "Group Sequence Policy Optimization" (GSPO), 2025, arXiv 2507.18071.
+    Schulman. "Approximating KL Divergence", 2020 (k1, k2, k3).
+    Official code compared: TRL ``GRPOTrainer`` (huggingface/trl), verl ``core_algos.py``
+    (volcengine/verl).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..estimators import k1, k2, k3, k3_k2grad
+from ..reductions import per_sequence_mean, sum_over_items
+
+ADVANTAGE_SCALES = ("group", "batch", "none")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+IMPORTANCE_LEVELS = ("token", "sequence")
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3_k2grad", "exact")
+KL_DIRECTIONS = ("reverse", "forward")
+KL_PLACEMENTS = ("loss", "reward")
+# verl's clamps (kl_penalty): the log-ratio of k3 to +-20 before the exp, the value to +-10
+_LOG_RATIO_CLAMP, _KL_VALUE_CLAMP = 20.0, 10.0
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def combine_rewards(rewards_per_function: Sequence[Sequence[Optional[float]]], names: Sequence[str],
+                    weights: Optional[Sequence[float]] = None) -> Tensor:
+    r"""The weighted sum of several reward functions' rewards, per sample.
+
+    A reward of ``None`` means "this function does not apply to this sample" (as in TRL): it is
+    left out of that sample's sum (the other functions' weighted rewards still count). A sample
+    for which every function returns ``None`` has no reward at all: a ``ValueError``, rather
+    than TRL's warning and a reward of 0. NaN or inf, or a list of the wrong length, is a
+    ``ValueError`` naming the function.
+
+    Args:
+        rewards_per_function: one list per function, one reward (or None) per sample.
+        names: the functions' names (for errors).
+        weights: one weight per function (default 1 each).
+
+    Returns:
+        (samples,) float64 rewards.
+
+    Example:
+        >>> combine_rewards([[1.0, 0.0], [None, 0.5]], ["exact", "format"], [1.0, 0.5]).tolist()
+        [1.0, 0.25]
+    """
+    if len(rewards_per_function) != len(names) or not names:
+        raise ValueError(f"got {len(rewards_per_function)} reward lists for {len(names)} reward functions {list(names)}")
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    if len(weights) != len(names):
+        raise ValueError(f"reward_weights has {len(weights)} entries for {len(names)} reward functions {list(names)}")
+    samples = len(rewards_per_function[0])
+    total = torch.zeros(samples, dtype=torch.float64)
+    seen = torch.zeros(samples, dtype=torch.bool)
+    for name, weight, rewards in zip(names, weights, rewards_per_function):
+        if len(rewards) != samples:
+            raise ValueError(f"reward function {name!r} returned {len(rewards)} rewards for {samples} completions")
+        for index, reward in enumerate(rewards):
+            if reward is None:
+                continue
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+                raise ValueError(f"reward function {name!r} returned {reward!r} for completion {index}; rewards must "
+                                 "be finite numbers (or None where the function does not apply)")
+            total[index] += weight * float(reward)
+            seen[index] = True
+    if not bool(seen.all()):
+        missing = seen.logical_not().nonzero().squeeze(-1).tolist()
+        raise ValueError(f"every reward function returned None for completion(s) {missing[:5]}; at least one must "
+                         "score each completion")
+    return total
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    r"""GRPO's group-relative advantages: each completion's reward minus the mean of its group
+    (the ``group_size`` completions of one prompt, contiguous in ``rewards``), then
+
+    - ``scale="group"``: divided by the group's standard deviation + ``eps`` (GRPO);
+    - ``scale="batch"``: divided by the standard deviation of the whole batch + ``eps``;
+    - ``scale="none"``: not divided (Dr. GRPO, which argues the std division biases the
+      update toward too easy and too hard questions).
+
+    Standard deviations are unbiased (``torch.std``, as TRL); ``eps = 1e-4`` as TRL (verl uses
+    1e-6). With ``"batch"`` the baseline is still the group mean (as TRL). A group whose rewards
+    are all equal gets advantage 0.
+
+    Args:
+        rewards: (num_prompts * group_size,) rewards, groups contiguous.
+        group_size: completions per prompt, G.
+        scale: "group", "batch" or "none".
+        eps: added to the standard deviation.
+
+    Returns:
+        Advantages, same shape and dtype as ``rewards``.
+    """
+    _check_choice("scale", scale, ADVANTAGE_SCALES)
+    if rewards.dim() != 1 or rewards.numel() == 0 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be a non-empty 1-D tensor whose length is a multiple of group_size="
+                         f"{group_size}, got shape {tuple(rewards.shape)}")
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("rewards contain NaN or inf")
+    if group_size < 2 and scale == "group":
+        raise ValueError("group_size=1 has no group standard deviation (it is NaN); use group_size >= 2, or "
+                         "scale='batch' or 'none'")
+    grouped = rewards.view(-1, group_size)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    if scale == "group":
+        advantages = advantages / (grouped.std(1).repeat_interleave(group_size) + eps)
+    elif scale == "batch":
+        if rewards.numel() < 2:
+            raise ValueError("scale='batch' needs at least 2 completions in the batch")
+        advantages = advantages / (rewards.std() + eps)
+    return advantages
+
+
+def kl_per_token(logprobs: Tensor, ref_logprobs: Optional[Tensor], estimator: str = "k3", direction: str = "reverse",
+                 clamp: bool = False, exact: Optional[Tensor] = None) -> Tensor:
+    r"""The per-token KL term, as used in a loss (its gradient flows through ``logprobs``).
+
+    ======================  =================================  ======================================
+    ``estimator``           value estimates                    gradient as a loss (on-policy samples)
+    ======================  =================================  ======================================
+    ``k1``  (r)             KL(pi || ref), unbiased, can be <0  0 in expectation: use it in the reward
+    ``k2``  (r^2/2)         biased, >= 0                        grad KL(pi || ref) (reverse)
+    ``k3``  (e^-r - 1 + r)  KL(pi || ref), unbiased, >= 0       grad KL(ref || pi) (*forward*)
+    ``k3_k2grad``           k3's value                          grad KL(pi || ref) (reverse)
+    ``exact``               the full-vocabulary divergence      its exact gradient
+    ======================  =================================  ======================================
+
+    with :math:`r = \log\pi(y_t) - \log\pi_{ref}(y_t)` on the sampled token. ``direction``:
+    ``"reverse"`` is KL(pi || ref); ``"forward"`` is KL(ref || pi), available as ``exact`` (pass
+    the per-token forward KL) or as ``k3`` (its gradient is the forward KL's; its value estimates
+    the reverse KL). k1, k2 and k3_k2grad have no forward form from on-policy samples and raise.
+    ``clamp`` applies verl's clamps to the k3 forms (``k3``, ``k3_k2grad``: the log-ratio to
+    +-20 before the exp, the value to +-10; verl clamps no other estimator); off by default (TRL
+    clamps nothing), since a clamped value has zero gradient where it clamps.
+
+    These per-token gradients hold each position's context fixed; summed over a sequence they
+    are *not* the gradient of the sequence-level KL (which also moves the probability of the
+    contexts); only k1 in the reward, summed over the sequence, gives that (see
+    :class:`GRPOLoss`, ``kl_placement``).
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the policy (with gradient).
+        ref_logprobs: (B, T) under the reference (no gradient); unused for ``exact``.
+        estimator, direction, clamp: see above.
+        exact: (B, T) the exact per-token divergence (with gradient) for ``estimator="exact"``.
+
+    Returns:
+        (B, T) per-token values.
+    """
+    _check_choice("kl_estimator", estimator, KL_ESTIMATORS)
+    _check_choice("kl_direction", direction, KL_DIRECTIONS)
+    if estimator == "exact":
+        if exact is None:
+            raise ValueError("kl_estimator='exact' needs the exact per-token KL (full-vocabulary divergence of the "
+                             "policy and the reference at each position)")
+        values = exact
+    else:
+        if ref_logprobs is None:
+            raise ValueError(f"kl_estimator={estimator!r} needs the reference's log-probs of the sampled tokens")
+        if direction == "forward" and estimator != "k3":
+            raise ValueError(f"kl_direction='forward' is available as kl_estimator='exact' or 'k3' (whose gradient as a "
+                             f"loss is the forward KL's); {estimator!r} gives the reverse KL's gradient (k2, k3_k2grad) "
+                             "or none (k1)")
+        ref = ref_logprobs.detach()
+        if clamp and estimator in ("k3", "k3_k2grad"):  # verl clamps the log-ratio before the exp
+            log_ratio = (logprobs - ref.to(logprobs.dtype)).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+            ref = logprobs - log_ratio
+        values = {"k1": k1, "k2": k2, "k3": k3, "k3_k2grad": k3_k2grad}[estimator](logprobs, ref)
+    return values.clamp(-_KL_VALUE_CLAMP, _KL_VALUE_CLAMP) if clamp and estimator in ("k3", "k3_k2grad") else values
+
+
+def loss_aggregation(loss_agg: str, max_completion_length: Optional[int] = None) -> tuple[Callable, Callable]:
+    r"""``(reduction, count)`` for a loss aggregation: the loss is
+    ``reduction(per_token, mask, count(tokens, sequences))`` with the *global* counts of the batch
+    (all accumulation micro-batches, all processes), so each is the same for 1 x 8, 4 x 2 and
+    2 processes x 4.
+
+    - ``token_mean``: :math:`\sum_{i,t} \ell_{it} / \sum_i |y_i|`, every token of the global
+      batch weighs the same (DAPO; TRL ``loss_type="dapo"``, verl ``token-mean``).
+    - ``seq_mean_token_mean``: :math:`\frac{1}{S}\sum_i \frac{1}{|y_i|}\sum_t \ell_{it}`, GRPO's
+      original (TRL ``"grpo"``, verl ``seq-mean-token-mean``): long answers weigh less per token.
+    - ``seq_mean_token_sum``: :math:`\frac{1}{S}\sum_i \sum_t \ell_{it}` (verl ``seq-mean-token-sum``).
+    - ``seq_mean_token_sum_norm``: :math:`\frac{1}{S L}\sum_i \sum_t \ell_{it}` with ``L =
+      max_completion_length``, a constant (Dr. GRPO; TRL ``"dr_grpo"``; verl
+      ``seq-mean-token-sum-norm``, whose constant defaults to the padded response length; the
+      official Dr. GRPO code, oat, divides by ``generate_max_length``).
+
+    ``S`` counts the sequences with at least one completion token.
+    """
+    _check_choice("loss_agg", loss_agg, LOSS_AGGREGATIONS)
+    if loss_agg == "seq_mean_token_sum_norm" and (not isinstance(max_completion_length, int)
+                                                   or max_completion_length < 1):
+        raise ValueError("loss_agg='seq_mean_token_sum_norm' divides by a constant, the maximum completion length: "
+                         f"pass max_completion_length (a positive int), got {max_completion_length!r}")
+    if loss_agg == "token_mean":
+        return sum_over_items, lambda tokens, sequences: tokens
+    if loss_agg == "seq_mean_token_mean":
+        return per_sequence_mean, lambda tokens, sequences: sequences
+    if loss_agg == "seq_mean_token_sum":
+        return sum_over_items, lambda tokens, sequences: sequences
+    return sum_over_items, lambda tokens, sequences: sequences * max_completion_length
+
+
+class GRPOOutput(NamedTuple):
+    """The loss and its detached parts, each aggregated like the loss."""
+
+    loss: Tensor
+    policy_loss: Tensor  # the clipped surrogate part
+    kl: Tensor  # the KL term before its coefficient (0 when the coefficient is 0 or KL is in the reward)
+    clip_fraction: Tensor  # fraction of tokens whose ratio was clipped (token mean, this micro-batch)
+
+
+class GRPOLoss(nn.Module):
+    r"""The GRPO-family loss on one micro-batch of completions.
+
+    .. math::
+        \ell_{it} = -\min\big(\rho_{it} A_i,\ \mathrm{clip}(\rho_{it}, 1-\epsilon_{low}, 1+\epsilon_{high}) A_i\big)
+        + \beta\, \mathrm{KL}_{it} \quad(\text{KL in the loss}),
+
+    aggregated by ``loss_agg`` (:func:`loss_aggregation`). The importance ratio is per token,
+    :math:`\rho_{it} = \pi(y_{it}) / \pi_{old}(y_{it})`, or per sequence (GSPO),
+    :math:`\rho_{i} = \exp\big(\frac{1}{|y_i|}\sum_t \log\frac{\pi(y_{it})}{\pi_{old}(y_{it})}\big)`
+    for every token of sequence i. With one update per batch (``num_iterations=1``) the old
+    log-probs are the current ones detached, so :math:`\rho = 1` with the gradient of
+    :math:`\log\pi`. Defaults: :math:`\epsilon_{low} = \epsilon_{high} = 0.2` (GRPO, TRL); DAPO's
+    clip-higher uses :math:`\epsilon_{high} = 0.28`.
+
+    ``kl_placement``:
+
+    - ``"loss"``: :math:`\beta\,\mathrm{KL}_{it}` is added to every token's loss (GRPO, TRL,
+      verl ``use_kl_loss``); its gradient is the estimator's per-token gradient of
+      :func:`kl_per_token` (k3: the *forward* KL's; k2 / k3_k2grad: the reverse KL's), each
+      position's context held fixed. Summed over a sequence this is not the gradient of the
+      sequence-level KL(pi || ref): that one also has the term
+      :math:`E[\sum_t \mathrm{KL}_{t}(\ldots) \nabla\log\pi(y_{<t})]` through the contexts, which
+      per-token losses drop.
+    - ``"reward"``: k1 per token, :math:`\beta\,(\log\pi - \log\pi_{ref})`, detached, is
+      subtracted from the reward before the advantages (verl ``use_kl_in_reward``, the
+      RLHF/PPO way); for GRPO's outcome advantages the per-token penalties sum to one per
+      sequence, :math:`R_i - \beta\sum_t k1_{it}`. Through the policy gradient this gives exactly
+      :math:`-\beta\nabla\mathrm{KL}(\pi \| \pi_{ref})` of the *sequence* distribution (context
+      terms included), in expectation. Apply it with :meth:`penalized_rewards`; this loss then
+      has no KL term.
+
+    Args:
+        epsilon_low, epsilon_high: the clip range of the ratio.
+        importance_sampling: "token" or "sequence" (GSPO).
+        loss_agg: see :func:`loss_aggregation`.
+        max_completion_length: the constant of ``seq_mean_token_sum_norm``.
+        kl_estimator, kl_direction, kl_clamp: see :func:`kl_per_token`.
+        kl_placement: "loss" or "reward" (see above).
+    """
+
+    def __init__(self, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, importance_sampling: str = "token",
+                 loss_agg: str = "token_mean", max_completion_length: Optional[int] = None,
+                 kl_estimator: str = "k3", kl_direction: str = "reverse", kl_placement: str = "loss",
+                 kl_clamp: bool = False):
+        super().__init__()
+        for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < (
+                    1 if name == "epsilon_low" else math.inf):
+                raise ValueError(f"{name} must be a number in [0, {'1' if name == 'epsilon_low' else 'inf'}), got {value!r}")
+        _check_choice("importance_sampling", importance_sampling, IMPORTANCE_LEVELS)
+        _check_choice("kl_placement", kl_placement, KL_PLACEMENTS)
+        _check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        _check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+        if kl_placement == "reward" and (kl_estimator != "k1" or kl_direction != "reverse"):
+            raise ValueError("kl_placement='reward' subtracts k1 = log pi - log ref per token (the reverse KL's "
+                             f"estimate); set kl_estimator='k1' and kl_direction='reverse', got {kl_estimator!r}, "
+                             f"{kl_direction!r}")
+        if kl_placement == "loss" and kl_estimator == "k1":
+            raise ValueError("k1 as a loss has zero gradient in expectation: put it in the reward "
+                             "(kl_placement='reward') or use k2, k3 or k3_k2grad in the loss")
+        if kl_direction == "forward" and kl_estimator not in ("k3", "exact"):
+            raise ValueError("kl_direction='forward' is available as kl_estimator='exact' or 'k3'")
+        self.reduction, self.count = loss_aggregation(loss_agg, max_completion_length)
+        self.epsilon_low, self.epsilon_high = float(epsilon_low), float(epsilon_high)
+        self.importance_sampling, self.loss_agg = importance_sampling, loss_agg
+        self.kl_estimator, self.kl_direction, self.kl_placement, self.kl_clamp = (kl_estimator, kl_direction,
+                                                                                  kl_placement, kl_clamp)
+
+    def penalized_rewards(self, rewards: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor,
+                          kl_coef: float) -> Tensor:
+        r""":math:`R_i - \beta\sum_t k1_{it}` (detached) for ``kl_placement="reward"``; ``rewards`` as given otherwise."""
+        if self.kl_placement != "reward" or kl_coef == 0:
+            return rewards
+        penalty = torch.where(mask, k1(logprobs.detach(), ref_logprobs.detach()), 0.0).sum(-1)
+        return rewards - kl_coef * penalty.to(rewards.dtype)
+
+    def forward(self, logprobs: Tensor, old_logprobs: Optional[Tensor], advantages: Tensor, mask: Tensor, *,
+                tokens: Union[int, float, Tensor], sequences: Union[int, float, Tensor],
+                ref_logprobs: Optional[Tensor] = None, kl_coef: float = 0.0,
+                exact_kl: Optional[Tensor] = None) -> GRPOOutput:
+        """The micro-batch loss.
+
+        Args:
+            logprobs: (B, T) log-probs of the completion tokens under the policy (with gradient).
+            old_logprobs: (B, T) under the policy that sampled them; None: ``logprobs.detach()``.
+            advantages: (B,) one per completion.
+            mask: (B, T) bool, True at completion tokens (prompt and padding False).
+            tokens, sequences: the *global* numbers of completion tokens and of completions
+                (see :func:`loss_aggregation`).
+            ref_logprobs: (B, T) under the reference, for a sampled KL estimator.
+            kl_coef: beta at this step (0: no KL term, no reference needed).
+            exact_kl: (B, T) the exact per-token KL, for ``kl_estimator="exact"``.
+        """
+        if logprobs.dim() != 2 or mask.shape != logprobs.shape or mask.dtype != torch.bool:
+            raise ValueError(f"logprobs must be (B, T) and mask a bool tensor of the same shape, got "
+                             f"{tuple(logprobs.shape)} and {tuple(mask.shape)} {mask.dtype}")
+        if advantages.shape != logprobs.shape[:1]:
+            raise ValueError(f"advantages must have shape ({logprobs.shape[0]},), one per completion, got "
+                             f"{tuple(advantages.shape)}")
+        if not bool(mask.any(1).all()):
+            empty = mask.any(1).logical_not().nonzero().squeeze(-1).tolist()
+            raise ValueError(f"completion(s) {empty[:5]} of this batch have no token: every completion needs at least "
+                             "one (EOS counts)")
+        old = logprobs.detach() if old_logprobs is None else old_logprobs.detach()
+        log_ratio = torch.where(mask, logprobs - old, 0.0)  # (B, T)
+        if self.importance_sampling == "sequence":
+            log_ratio = (log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)).expand_as(logprobs)
+        ratio = log_ratio.exp()
+        advantage = advantages.detach().to(ratio.dtype).unsqueeze(-1)  # (B, 1)
+        clipped = ratio.clamp(1.0 - self.epsilon_low, 1.0 + self.epsilon_high)
+        policy_values = -torch.min(ratio * advantage, clipped * advantage)  # (B, T)
+        count = self.count(tokens, sequences)
+        policy = self.reduction(policy_values, mask, count)
+        kl = torch.zeros((), dtype=policy.dtype, device=policy.device)
+        loss = policy
+        if kl_coef and self.kl_placement == "loss":
+            kl_values = kl_per_token(logprobs, ref_logprobs, self.kl_estimator, self.kl_direction, self.kl_clamp,
+                                     exact_kl)
+            kl = self.reduction(kl_values, mask, count)
+            loss = policy + kl_coef * kl
+        clip_fraction = ((ratio != clipped) & mask).sum().to(ratio.dtype) / mask.sum()
+        return GRPOOutput(loss, policy.detach(), kl.detach(), clip_fraction.detach())
