@@ -38,6 +38,8 @@ COMMANDS = {
                           "divreg.recipes.lm_distillation", "DistillLMConfig"),
     "cache-teacher": Command("store a teacher's top-k log-probs per position for later distillation",
                              "divreg.recipes.teacher_cache", "CacheTeacherConfig"),
+    "rl": Command("GRPO with a KL to a frozen reference on a verifiable task (warm-up, then RL), several seeds",
+                  "divreg.recipes.rl", "RLConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
                             "divreg.recipes.mode_fitting", "ModeFittingConfig"),
 }

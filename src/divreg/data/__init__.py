@@ -4,6 +4,7 @@ examples for language models (prompt positions labelled ``IGNORE_INDEX``)."""
 from ._classification import ClassificationData, augment, load_classification_data
 from ._tasks import (
     ARITHMETIC_ALPHABET,
+    ARITHMETIC_OPERATIONS,
     TaskProblem,
     arithmetic_problems,
     char_tokenizer,
@@ -24,7 +25,7 @@ from ._text import (
     train_bpe_tokenizer,
 )
 
-__all__ = ["ARITHMETIC_ALPHABET", "TaskProblem", "arithmetic_problems", "char_tokenizer", "exact_match_reward",
+__all__ = ["ARITHMETIC_ALPHABET", "ARITHMETIC_OPERATIONS", "TaskProblem", "arithmetic_problems", "char_tokenizer", "exact_match_reward",
            "format_reward", "task_records", "ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts", "collate",
            "examples_fingerprint", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
            "train_bpe_tokenizer"]

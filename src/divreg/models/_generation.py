@@ -46,6 +46,39 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
     return examples
 
 
+@torch.no_grad()
+def greedy_completions(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int,
+                       batch_size: int = 256) -> list[str]:
+    """The greedy (argmax) completion of each prompt, decoded up to its first EOS (special
+    tokens skipped): deterministic, for evaluation."""
+    model = causal_lm.model
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt in enumerate(chunk):  # left-padded
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+            attention[row, width - len(prompt):] = 1
+        from transformers import LogitsProcessorList
+
+        sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
+                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList(
+                                       [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
+        for row in range(len(chunk)):
+            completion = sequences[row, width:].tolist()
+            if tokenizer.eos_token_id in completion:
+                completion = completion[: completion.index(tokenizer.eos_token_id)]
+            texts.append(tokenizer.decode(completion, skip_special_tokens=True))
+    model.train(was_training)
+    return texts
+
+
 class _TokenizerVocabulary:
     """Logits processor: no probability for output rows past the tokenizer (a padded
     embedding's rows are not tokens, and the other model could not even embed them)."""

@@ -1,0 +1,94 @@
+"""Configuration of the KL-regularized RL recipe (``divreg rl``): a GRPO-family loss where every
+KL design choice is an explicit option (see :class:`divreg.losses.GRPOLoss`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ...config import require_positive
+from ...data import ARITHMETIC_OPERATIONS
+from ...losses import ADVANTAGE_SCALES, GRPOLoss
+from ...models import ModelSource
+
+REWARD_FUNCTIONS = ("exact_match", "format")
+
+
+def _tiny_llama() -> dict[str, Any]:
+    return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
+            "tie_word_embeddings": True}
+
+
+@dataclass
+class RLConfig:
+    # the built-in task: integer arithmetic, a train/test split by seed
+    digits: int = 2  # operands of up to this many digits
+    operations: str = "+"  # "+", "*" or "+*" (multiplication: a second operand of 1 digit)
+    train_size: int = 3000  # training problems (prompts)
+    test_size: int = 200  # held-out problems (exact-match accuracy, greedy decoding)
+    data_seed: int = 0  # seeds the split (the same for every training seed)
+    policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
+    tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
+    # supervised warm-up on the task (CE on the answers), then the RL run starts from its weights
+    warmup_steps: int = 800  # 0: no warm-up (the policy as given)
+    warmup_lr: float = 0.003
+    warmup_batch_size: int = 64
+    # GRPO
+    steps: int = 150  # RL steps: each generates prompts_per_step x group_size completions
+    prompts_per_step: int = 16  # global, split over processes
+    group_size: int = 8  # completions per prompt (G)
+    num_iterations: int = 1  # optimizer updates per generated batch (old log-probs used when > 1)
+    lr: float = 0.0005  # AdamW learning rate of the RL run
+    max_new_tokens: int = 6  # completion length limit (EOS ends a completion earlier)
+    temperature: float = 1.0  # sampling temperature; log-probs are computed at the same temperature (as TRL)
+    top_p: float = 1.0  # nucleus sampling (1: the full distribution)
+    rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0, "format": 0.1})  # name: weight
+    advantage_scale: str = "group"  # "group" (GRPO), "batch" or "none" (Dr. GRPO)
+    epsilon_low: float = 0.2  # clip range of the importance ratio, below 1
+    epsilon_high: float = 0.2  # above 1 (DAPO's clip-higher: 0.28)
+    importance_sampling: str = "token"  # "token" or "sequence" (GSPO)
+    loss_agg: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm
+    # the KL to the frozen reference (the warm-up model)
+    kl_estimator: str = "k3"  # k1, k2, k3, k3_k2grad or exact
+    kl_direction: str = "reverse"  # "reverse" KL(pi || ref) or "forward" KL(ref || pi) (exact, or k3's gradient)
+    kl_placement: str = "loss"  # "loss" (added per token) or "reward" (k1 per token subtracted from the reward)
+    kl_coef: float = 0.04  # beta; with kl_target, the adaptive controller's starting value; 0: no reference at all
+    kl_target: Optional[float] = None  # set: Ziegler et al.'s adaptive controller tracks this KL (per token)
+    kl_horizon: float = 10000.0  # the controller's horizon (in completions)
+    kl_clamp: bool = False  # verl's clamps on the k3 forms (log-ratio +-20, value +-10)
+    grad_accum: int = 1  # micro-batches per update and process
+    eval_every: int = 25  # RL steps between held-out evaluations
+    checkpoint_every: int = 25  # RL steps between checkpoints (0: only at the end)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one warm-up + RL run per seed
+    output_dir: str = "outputs/rl"  # config, metrics, plots, checkpoints
+    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
+    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
+    cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
+
+    def __post_init__(self):
+        require_positive(self, ("digits", "train_size", "test_size", "warmup_lr", "warmup_batch_size", "steps",
+                                "prompts_per_step", "group_size", "num_iterations", "lr", "max_new_tokens",
+                                "temperature", "top_p", "grad_accum", "eval_every", "kl_horizon"))
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.kl_coef < 0:
+            raise ValueError("warmup_steps, checkpoint_every and kl_coef must be >= 0")
+        if self.top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.operations or any(op not in ARITHMETIC_OPERATIONS for op in self.operations):
+            raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
+        if self.advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(f"advantage_scale must be one of {list(ADVANTAGE_SCALES)}, got {self.advantage_scale!r}")
+        unknown = [name for name in self.rewards if name not in REWARD_FUNCTIONS]
+        if not self.rewards or unknown:
+            raise ValueError(f"rewards must map some of {list(REWARD_FUNCTIONS)} to weights, got {dict(self.rewards)}")
+        if self.kl_target is not None and not self.kl_target > 0:
+            raise ValueError(f"kl_target must be > 0 (or null for a fixed kl_coef), got {self.kl_target}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        self.grpo_loss()  # every KL / aggregation option checked now, with GRPOLoss's own messages
+
+    def grpo_loss(self) -> GRPOLoss:
+        return GRPOLoss(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+                        importance_sampling=self.importance_sampling, loss_agg=self.loss_agg,
+                        max_completion_length=self.max_new_tokens, kl_estimator=self.kl_estimator,
+                        kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp)

@@ -1,0 +1,227 @@
+"""The two runs of one seed, on the shared run loop of :mod:`divreg.training`: the supervised
+warm-up (CE on the task's answers) and the GRPO run (generate, reward, advantages, clipped
+surrogate + KL to the frozen reference). All randomness is a function of (seed, step, process),
+so a run resumed from a checkpoint samples the same completions and ends with the same weights."""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from ...data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward, format_reward
+from ...divergences import forward_kl, reverse_kl
+from ...estimators import k1
+from ...fused import fused_linear_divergence, fused_linear_token_logprobs
+from ...losses import combine_rewards, group_advantages, kl_per_token
+from ...models import CausalLM, generate_examples, greedy_completions
+from ...schedules import AdaptiveKLController, Constant, Schedule
+from ...training import RunSpec, backward_micro_batches, derive_seed, step_batch, train_run
+from .config import RLConfig
+
+REWARDS = {"exact_match": exact_match_reward, "format": format_reward}
+FUSED_AUTO_VOCAB = 32768  # at least this many tokens: per-token log-probs and the exact KL go through divreg.fused
+
+
+def completion_signal(model, batch: dict, temperature: float, fused: bool):
+    """``(logprobs (B, T-1), entropy (B, T-1), mask (B, T-1), hidden-or-logits)`` of the
+    completion tokens (``labels``) under ``model`` at ``temperature``; 0 off the mask."""
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    core = model.module if hasattr(model, "module") else model
+    if fused:
+        hidden = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
+        out = fused_linear_token_logprobs(hidden, core.output_weight, labels, temperature=temperature,
+                                          bias=core.output_bias, ignore_index=IGNORE_INDEX, return_entropy=True)
+        return out.logprobs, out.entropy, mask, hidden
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()  # (B, T-1, V)
+    log_probs = torch.log_softmax(logits / temperature, -1)
+    logprobs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return torch.where(mask, logprobs, 0.0), torch.where(mask, entropy, 0.0), mask, logits
+
+
+def exact_kl(policy_out: Tensor, ref_out: Tensor, policy, reference, mask: Tensor, config: RLConfig, fused: bool,
+             forward: bool = False) -> Tensor:
+    """The exact full-vocabulary KL(pi || ref) (``forward``: KL(ref || pi)) at every completion
+    position (B, T-1), 0 off the mask, differentiable through ``policy_out`` (the policy's logits,
+    or its hidden states on the fused path)."""
+    if fused:
+        core = policy.module if hasattr(policy, "module") else policy
+        labels = torch.where(mask, 0, IGNORE_INDEX)  # only the mask matters here
+        return fused_linear_divergence(policy_out, core.output_weight, ref_out, reference.output_weight,
+                                       divergence="forward_kl" if forward else "reverse_kl",
+                                       temperature=config.temperature, labels=labels, bias=core.output_bias,
+                                       target_bias=reference.output_bias, reduction="none").view(mask.shape)
+    values = (forward_kl if forward else reverse_kl)(policy_out, ref_out, temperature=config.temperature)
+    return torch.where(mask, values, 0.0)
+
+
+def kl_schedule(config: RLConfig) -> Schedule:
+    if config.kl_target is not None:
+        return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon, metric="kl_exact",
+                                    count_metric="completions")
+    return Constant(config.kl_coef)
+
+
+class RLTrainer:
+    def __init__(self, accelerator: Accelerator, config: RLConfig, tokenizer, train: list[TaskProblem],
+                 test: list[TaskProblem], warmup_examples: list[TextExample], log_path: str):
+        self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
+        self.train, self.test, self.warmup_examples = train, test, warmup_examples
+        self.fused = len(tokenizer) >= FUSED_AUTO_VOCAB
+        self.prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in train]
+        self.test_prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in test]
+
+    def accuracy(self, model) -> float:
+        """Exact-match accuracy of greedy completions on the held-out problems."""
+        texts = greedy_completions(self.accelerator.unwrap_model(model), self.test_prompt_ids, self.tokenizer,
+                                   self.config.max_new_tokens)
+        return sum(exact_match_reward(texts, [p.answer for p in self.test])) / len(self.test)
+
+    def warmup(self, model: CausalLM, seed: int, checkpoint_path: str) -> dict:
+        """Supervised warm-up: CE on prompt -> answer (token mean over the global batch)."""
+        accelerator, config = self.accelerator, self.config
+        rank, processes = accelerator.process_index, accelerator.num_processes
+
+        def ce(model, batch, counts):
+            logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:],
+                                                     ignore_index=IGNORE_INDEX, reduction="sum") / counts.tokens
+            return loss, {"loss": loss.detach()}
+
+        def step_fn(model, optimizer, step: int) -> dict:
+            indices = step_batch(len(self.warmup_examples), config.warmup_batch_size, seed, step)[rank::processes]
+            examples = [self.warmup_examples[i] for i in indices.tolist()]
+            micro = [collate(examples[i::config.grad_accum], self.tokenizer.pad_token_id)
+                     for i in range(config.grad_accum)]
+            totals = backward_micro_batches(accelerator, model, [_to(b, accelerator.device) for b in micro], ce)
+            optimizer.step()
+            optimizer.zero_grad()
+            return totals
+
+        spec = RunSpec(f"warmup-seed{seed}", config.warmup_steps, checkpoint_path, evaluate_every=config.warmup_steps,
+                       checkpoint_every=config.checkpoint_every * 4)
+        optimizer = functools.partial(torch.optim.AdamW, lr=config.warmup_lr, weight_decay=0.0)
+        return train_run(accelerator, spec, model, optimizer, step_fn,
+                         lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
+                         lambda model: {"metrics": {"test_accuracy": self.accuracy(model)}}, log_path=self.log_path)
+
+    def grpo(self, model: CausalLM, reference: Optional[CausalLM], seed: int, checkpoint_path: str) -> dict:
+        """The GRPO run from the warm-up weights; ``reference`` frozen (None when no KL is used)."""
+        accelerator, config = self.accelerator, self.config
+        rank, processes = accelerator.process_index, accelerator.num_processes
+        grpo = config.grpo_loss()
+        beta = kl_schedule(config)
+        names, weights = list(config.rewards), list(config.rewards.values())
+        group = config.group_size
+
+        def generate(policy, step: int) -> tuple[list[TextExample], list[TaskProblem]]:
+            indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
+            problems = [self.train[i] for i in indices for _ in range(group)]  # each prompt's group contiguous
+            prompts = [self.prompt_ids[i] for i in indices for _ in range(group)]
+            examples = generate_examples(policy, prompts, self.tokenizer, config.max_new_tokens,
+                                         derive_seed(seed, step, rank), temperature=config.temperature,
+                                         top_p=config.top_p)
+            return examples, problems
+
+        def step_fn(model, optimizer, step: int) -> dict:
+            policy = accelerator.unwrap_model(model)
+            examples, problems = generate(policy, step)
+            texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:] if t != self.tokenizer.eos_token_id],
+                                           skip_special_tokens=True) for e in examples]
+            answers = [p.answer for p in problems]
+            rewards = combine_rewards([REWARDS[name](texts, answers) for name in names], names, weights)
+            batch = _to(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
+            coef = beta(step)
+            with torch.no_grad():
+                logprobs, entropy, mask, policy_out = completion_signal(policy, batch, config.temperature, self.fused)
+                stats = {"entropy": (entropy, mask)}
+                if reference is not None:
+                    ref_logprobs, _, _, ref_out = completion_signal(reference, batch, config.temperature, self.fused)
+                    batch["ref_logprobs"] = ref_logprobs
+                    exact = exact_kl(policy_out, ref_out, policy, reference, mask, config, self.fused)  # KL(pi||ref)
+                    # the configured estimator's value (exact: the exact KL itself); k2's is biased
+                    estimate = exact if config.kl_estimator == "exact" else kl_per_token(
+                        logprobs, ref_logprobs, config.kl_estimator, "reverse", config.kl_clamp)
+                    stats |= {"kl_exact": (exact, mask), "kl_estimate": (estimate, mask),
+                              "k1_negative_fraction": ((k1(logprobs, ref_logprobs) < 0).double(), mask)}
+                    rewards = grpo.penalized_rewards(rewards.to(logprobs.dtype), logprobs, ref_logprobs, mask, coef)
+                if config.num_iterations > 1:
+                    batch["old_logprobs"] = logprobs
+            all_rewards = accelerator.gather(rewards.to(accelerator.device))  # (global completions,), rank-major
+            advantages = group_advantages(all_rewards.double(), group, config.advantage_scale)
+            local = rewards.shape[0]
+            batch["advantages"] = advantages[rank * local:(rank + 1) * local].to(accelerator.device)
+            micro = [{k: v[i::config.grad_accum] for k, v in batch.items()} for i in range(config.grad_accum)]
+
+            def loss_fn(model, micro_batch, counts):
+                logprobs, _, mask, out = completion_signal(model, micro_batch, config.temperature, self.fused)
+                exact_term, fused_kl = None, None
+                if config.kl_estimator == "exact" and coef and reference is not None:
+                    forward = config.kl_direction == "forward"
+                    with torch.no_grad():
+                        *_, ref_out = completion_signal(reference, micro_batch, config.temperature, self.fused)
+                    if self.fused:  # the kernel reduces like the loss (its per-token values carry no gradient)
+                        core = model.module if hasattr(model, "module") else model
+                        fused_kl = fused_linear_divergence(
+                            out, core.output_weight, ref_out, reference.output_weight,
+                            divergence="forward_kl" if forward else "reverse_kl", temperature=config.temperature,
+                            labels=torch.where(mask, 0, IGNORE_INDEX), bias=core.output_bias,
+                            target_bias=reference.output_bias, reduction=grpo.reduction,
+                            num_items_in_batch=grpo.count(counts.tokens, counts.sequences))
+                    else:
+                        exact_term = exact_kl(out, ref_out, model, reference, mask, config, False, forward=forward)
+                result = grpo(logprobs, micro_batch.get("old_logprobs"), micro_batch["advantages"], mask,
+                              tokens=counts.tokens, sequences=counts.sequences,
+                              ref_logprobs=micro_batch.get("ref_logprobs"), kl_coef=0.0 if fused_kl is not None
+                              else coef, exact_kl=exact_term)
+                loss, kl_part = result.loss, result.kl
+                if fused_kl is not None:
+                    loss, kl_part = loss + coef * fused_kl, fused_kl.detach()
+                return loss, {"loss": loss.detach(), "policy_loss": result.policy_loss, "kl_term": kl_part}
+
+            for _ in range(config.num_iterations):
+                totals = backward_micro_batches(accelerator, model, micro, loss_fn)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad()
+            metrics = {**totals, **_global_means(accelerator, stats), "kl_coef": coef,
+                       "reward": float(all_rewards.mean()),
+                       "train_exact_match": _global_mean(accelerator, exact_match_reward(texts, answers)),
+                       "completion_tokens": float(accelerator.reduce(mask.sum().double(), "sum"))
+                       / float(all_rewards.numel())}
+            if "kl_exact" in metrics:
+                metrics["kl_gap"] = metrics["kl_estimate"] - metrics["kl_exact"]
+            beta.observe({**metrics, "completions": float(all_rewards.numel())})
+            return metrics
+
+        spec = RunSpec(f"grpo-seed{seed}", config.steps, checkpoint_path, evaluate_every=config.eval_every,
+                       checkpoint_every=config.checkpoint_every, progress_keys=("test_accuracy", "reward"))
+        optimizer = functools.partial(torch.optim.AdamW, lr=config.lr, weight_decay=0.0)
+        return train_run(accelerator, spec, model, optimizer, step_fn,
+                         lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
+                         lambda model: {"metrics": {"test_accuracy": self.accuracy(model)}},
+                         components={"kl_coef": beta}, log_path=self.log_path)
+
+
+def _to(batch: dict, device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _global_means(accelerator: Accelerator, stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Token means over the global batch of masked per-token values."""
+    names = list(stats)
+    local = torch.tensor([[float(torch.where(m, v, 0.0).sum()), float(m.sum())] for v, m in stats.values()],
+                         dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local, "sum")
+    return {name: float(total[i, 0] / total[i, 1].clamp(min=1)) for i, name in enumerate(names)}
+
+
+def _global_mean(accelerator: Accelerator, values: list[float]) -> float:
+    total = accelerator.reduce(torch.tensor([sum(values), len(values)], dtype=torch.float64,
+                                            device=accelerator.device), "sum")
+    return float(total[0] / total[1])
