@@ -42,7 +42,10 @@ def grads(module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
-MODES = ("jsd", "uld_token", "uld_sequence")  # the objectives whose gradients must not depend on the split
+GRPO_MODES = tuple(f"grpo_{agg}" for agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                                              "seq_mean_token_sum_norm"))
+# the objectives whose gradients must not depend on the split
+MODES = ("jsd", "uld_token", "uld_sequence", *GRPO_MODES)
 
 
 def micro_loss(mode: str):
@@ -55,6 +58,28 @@ def micro_loss(mode: str):
     from divreg.recipes.lm_distillation.teachers import CrossTokenizerTeacher
     from divreg.targets import LiveTeacher
 
+    if mode.startswith("grpo_"):  # the GRPO loss with a k3 KL to a reference, per-example advantages
+        from divreg.losses import GRPOLoss
+
+        reference = model(seed=2).eval()
+        grpo = GRPOLoss(loss_agg=mode.removeprefix("grpo_"), max_completion_length=24, epsilon_high=0.28)
+
+        def token_logprobs(policy, batch):
+            labels = batch["labels"][:, 1:]
+            log_probs = torch.log_softmax(policy(batch["input_ids"], batch["attention_mask"])[:, :-1], -1)
+            return log_probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1), labels != -100
+
+        def grpo_loss(student, batch, counts):
+            logprobs, mask = token_logprobs(student, batch)
+            with torch.no_grad():
+                ref_logprobs, _ = token_logprobs(reference, batch)
+            advantages = torch.sin(batch["example_ids"].double() + 0.5)  # a function of the example, not its place
+            old = logprobs.detach() - 0.1 * torch.cos(torch.arange(logprobs.shape[1], dtype=logprobs.dtype))
+            out = grpo(logprobs, old, advantages, mask, tokens=counts.tokens, sequences=counts.sequences,
+                       ref_logprobs=ref_logprobs, kl_coef=0.05)
+            return out.loss, {"loss": out.loss.detach()}
+
+        return grpo_loss
     if mode == "jsd":
         teacher = LiveTeacher(model(seed=2).eval())
         loss_fn = LMDistillLoss("generalized_jsd", beta=0.3, temperature=2.0, ce_weight=0.5)

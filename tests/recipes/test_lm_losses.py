@@ -81,6 +81,13 @@ def test_cached_signal_trains_like_the_live_teacher_topk(tmp_path):
             torch.testing.assert_close(grads[name], outputs[0][1][name], rtol=1e-4, atol=1e-6)
 
 
+def _atol(mode, gradient):
+    """1e-8, or for the GRPO modes (whose per-sequence sums make gradients up to 20x larger, so
+    that fp32 summation order alone moves small entries by ~1e-7) 1e-6 of the gradient's
+    largest entry: about 8 float32 roundings of the largest term."""
+    return 1e-6 * float(gradient.abs().max()) if mode.startswith("grpo_") else 1e-8
+
+
 def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     """Every objective (JSD; ULD per token and per sequence, each with its CE) gives the same
     gradient for one batch of 8, 4 micro-batches of 2, and 2 processes x 4 (DDP)."""
@@ -89,7 +96,8 @@ def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     for mode in fx.MODES:
         four = fx.accumulated_grads(mode, examples, 4, Accelerator(cpu=True))
         for name in one[mode]:
-            torch.testing.assert_close(four[name], one[mode][name], rtol=1e-5, atol=1e-8, msg=f"{mode} {name}")
+            torch.testing.assert_close(four[name], one[mode][name], rtol=1e-5, atol=_atol(mode, one[mode][name]),
+                                       msg=f"{mode} {name}")
     cache_dir = tmp_path / "cache"
     _write_cache(cache_dir, fx.model(seed=2).eval(), fx.examples(8))
     out = tmp_path / "grads.pt"
@@ -101,8 +109,8 @@ def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     assert saved["processes"] == 2 and saved["cache_ok"] == [True, True]  # each process fetched its own rows
     for mode in fx.MODES:
         for name in one[mode]:
-            torch.testing.assert_close(saved["grads"][mode][name], one[mode][name], rtol=1e-5, atol=1e-8,
-                                       msg=f"{mode} {name}")
+            torch.testing.assert_close(saved["grads"][mode][name], one[mode][name], rtol=1e-5,
+                                       atol=_atol(mode, one[mode][name]), msg=f"{mode} {name}")
 
 
 def test_distillm_adaptive_schedule():
