@@ -78,6 +78,9 @@ class RLConfig:
             raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
         if self.advantage_scale not in ADVANTAGE_SCALES:
             raise ValueError(f"advantage_scale must be one of {list(ADVANTAGE_SCALES)}, got {self.advantage_scale!r}")
+        if self.group_size < 2 and self.advantage_scale == "group":
+            raise ValueError("group_size=1 has no group standard deviation; use group_size >= 2 (GRPO compares the "
+                             "completions of one prompt), or advantage_scale=batch or none")
         unknown = [name for name in self.rewards if name not in REWARD_FUNCTIONS]
         if not self.rewards or unknown:
             raise ValueError(f"rewards must map some of {list(REWARD_FUNCTIONS)} to weights, got {dict(self.rewards)}")
