@@ -31,15 +31,15 @@ class RLConfig:
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
     # supervised warm-up on the task (CE on the answers), then the RL run starts from its weights
-    warmup_steps: int = 800  # 0: no warm-up (the policy as given)
+    warmup_steps: int = 1000  # 0: no warm-up (the policy as given)
     warmup_lr: float = 0.003
     warmup_batch_size: int = 64
     # GRPO
-    steps: int = 150  # RL steps: each generates prompts_per_step x group_size completions
+    steps: int = 200  # RL steps: each generates prompts_per_step x group_size completions
     prompts_per_step: int = 16  # global, split over processes
     group_size: int = 8  # completions per prompt (G)
     num_iterations: int = 1  # optimizer updates per generated batch (old log-probs used when > 1)
-    lr: float = 0.0005  # AdamW learning rate of the RL run
+    lr: float = 0.0003  # AdamW learning rate of the RL run
     max_new_tokens: int = 6  # completion length limit (EOS ends a completion earlier)
     temperature: float = 1.0  # sampling temperature; log-probs are computed at the same temperature (as TRL)
     top_p: float = 1.0  # nucleus sampling (1: the full distribution)
@@ -58,8 +58,8 @@ class RLConfig:
     kl_horizon: float = 10000.0  # the controller's horizon (in completions)
     kl_clamp: bool = False  # verl's clamps on the k3 forms (log-ratio +-20, value +-10)
     grad_accum: int = 1  # micro-batches per update and process
-    eval_every: int = 25  # RL steps between held-out evaluations
-    checkpoint_every: int = 25  # RL steps between checkpoints (0: only at the end)
+    eval_every: int = 50  # RL steps between held-out evaluations
+    checkpoint_every: int = 50  # RL steps between checkpoints (0: only at the end)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one warm-up + RL run per seed
     output_dir: str = "outputs/rl"  # config, metrics, plots, checkpoints
     resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)

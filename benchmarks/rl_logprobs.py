@@ -1,0 +1,123 @@
+"""Benchmark: per-token log-probs + entropy of sampled tokens, forward and backward, from hidden
+states and the output weights (what every RL trainer computes for its policy loss).
+
+Three variants, each measurement in its own subprocess (``torch.set_num_threads(2)``), peak
+extra memory = high-water RSS minus RSS just before the call, variants interleaved and repeated
+(medians; memory ranges in brackets):
+
+- ``naive``: full logits ``h @ W^T``, ``log_softmax``, ``gather``, entropy ``-(p * log p).sum``;
+- ``trl``: full logits, TRL's ``selective_log_softmax`` (its row loop over ``logsumexp``) and
+  ``entropy_from_logits`` (chunked), as TRL's GRPOTrainer computes them (needs ``pip install trl``);
+- ``fused``: :func:`divreg.fused.fused_linear_token_logprobs` (``return_entropy=True``).
+
+The backward pass is that of ``(logprobs * g1 + entropy * g2).sum()`` with fixed random g1, g2,
+and all three give the same values (checked: the relative difference is printed).
+
+    python benchmarks/rl_logprobs.py                      # N=8192, H=512, V=32000 and 128000, 3 repeats
+    python benchmarks/rl_logprobs.py --vocab 32000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = ("naive", "trl", "fused")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    generator = torch.Generator().manual_seed(0)
+    n, hidden_size, vocab = spec["n"], spec["hidden"], spec["vocab"]
+    hidden = (torch.randn(n, hidden_size, generator=generator)).requires_grad_()
+    weight = (torch.randn(vocab, hidden_size, generator=generator) * hidden_size ** -0.5).requires_grad_()
+    ids = torch.randint(0, vocab, (n,), generator=generator)
+    g1, g2 = torch.randn(n, generator=generator), torch.randn(n, generator=generator)
+
+    if spec["variant"] == "fused":
+        from divreg.fused import fused_linear_token_logprobs
+
+        def compute():
+            out = fused_linear_token_logprobs(hidden, weight, ids, return_entropy=True)
+            return out.logprobs, out.entropy
+    elif spec["variant"] == "trl":
+        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+        def compute():
+            logits = hidden @ weight.t()
+            return selective_log_softmax(logits, ids), entropy_from_logits(logits)
+    else:
+        def compute():
+            log_probs = torch.log_softmax(hidden @ weight.t(), -1)
+            return log_probs.gather(-1, ids[:, None]).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+
+    rss_before = _rss_bytes()
+    start = time.perf_counter()
+    logprobs, entropy = compute()
+    (logprobs * g1 + entropy * g2).sum().backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    return {"seconds": seconds, "peak_mb": peak / 2**20, "logprob_sum": float(logprobs.detach().double().sum()),
+            "entropy_sum": float(entropy.detach().double().sum()),
+            "grad_norm": float(weight.grad.double().norm())}
+
+
+def _measure(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if result.returncode == -9:
+        return {"failed": "OOM"}
+    if result.returncode != 0:
+        if "No module named 'trl'" in result.stderr:
+            return {"failed": "no trl"}
+        raise RuntimeError(f"worker failed for {spec}:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 128000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return
+    print("| V | variant | seconds | vs fused | peak MB | vs fused | logprob rel. diff | entropy rel. diff | "
+          "grad rel. diff |\n|---|---|---|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        runs = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats):
+            for variant in VARIANTS:
+                runs[variant].append(_measure({"n": args.tokens, "hidden": args.hidden, "vocab": vocab,
+                                               "variant": variant}))
+        fused = {k: statistics.median(r[k] for r in runs["fused"]) for k in runs["fused"][0]}
+        for variant in VARIANTS:
+            ok = [r for r in runs[variant] if "failed" not in r]
+            if not ok:
+                print(f"| {vocab} | {variant} | {runs[variant][0]['failed']} | - | - | - | - | - | - |")
+                continue
+            med = {k: statistics.median(r[k] for r in ok) for k in ok[0]}
+            low, high = min(r["peak_mb"] for r in ok), max(r["peak_mb"] for r in ok)
+            print(f"| {vocab} | {variant} | {med['seconds']:.2f} | {med['seconds'] / fused['seconds']:.2f}x | "
+                  f"{med['peak_mb']:.0f} ({low:.0f}-{high:.0f}) | {med['peak_mb'] / fused['peak_mb']:.1f}x | "
+                  + " | ".join(f"{abs(med[k] - fused[k]) / abs(fused[k]):.1e}"
+                               for k in ("logprob_sum", "entropy_sum", "grad_norm")) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
