@@ -91,6 +91,19 @@ def _check_vector(name: str, tensor: Optional[Tensor], size: int) -> None:
         raise ValueError(f"{name} must have shape ({size},), got {tuple(tensor.shape)}")
 
 
+def check_output_layer(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """The model side of every fused entry point: floating-point ``hidden`` (..., H) and
+    ``weight`` (V, H) in one dtype, and an optional ``bias`` (V,)."""
+    for name, tensor in (("hidden", hidden), ("weight", weight)):
+        if not torch.is_floating_point(tensor):
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have shape (..., H)")
+    _check_same_dtype("hidden", hidden, "weight", weight)
+    _check_matrix("weight", weight, columns=hidden.shape[-1])
+    _check_vector("bias", bias, weight.shape[0])
+
+
 def _check_dense_target(hidden, weight, target_hidden, target_weight, target_bias, target_vocab_slice):
     if not torch.is_floating_point(target_hidden) or not torch.is_floating_point(target_weight):
         raise ValueError("target_hidden and target_weight must be floating-point tensors")
@@ -125,16 +138,9 @@ def flatten_inputs(
     The target is dense (``target_hidden``, ``target_weight``) or ``sparse`` (ids, logprobs, tail).
     ``reduction`` (a :mod:`divreg.reductions` function, or None for per-token values) gives the
     rows' weights through :func:`divreg.reductions.position_weights`."""
-    for name, tensor in (("hidden", hidden), ("weight", weight)):
-        if not torch.is_floating_point(tensor):
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if hidden.dim() < 1:
-        raise ValueError("hidden must have shape (..., H)")
-    _check_same_dtype("hidden", hidden, "weight", weight)
+    check_output_layer(hidden, weight, bias)
     if target_hidden is not None and target_weight is not None:
         _check_same_dtype("target_hidden", target_hidden, "target_weight", target_weight)
-    _check_matrix("weight", weight, columns=hidden.shape[-1])
-    _check_vector("bias", bias, weight.shape[0])
     leading = hidden.shape[:-1]
     num_rows = math.prod(leading)
     if sparse is None:

@@ -3,17 +3,13 @@ the output weights, chunked so that the ``[tokens x vocab]`` logits never exist 
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 from ..divergences.kernels import Scratch, check_temperature, math_dtype
-from ._inputs import DEFAULT_MEMORY_BUDGET_MB, choose_chunk_size
-from ._inputs import _check_matrix as check_matrix
-from ._inputs import _check_same_dtype as check_same_dtype
-from ._inputs import _check_vector as check_vector
+from ._inputs import DEFAULT_MEMORY_BUDGET_MB, check_output_layer, choose_chunk_size
 
 _LOGITS_SLOT, _PROBS_SLOT, _GRAD_SLOT = 10, 0, 1
 
@@ -79,14 +75,7 @@ def fused_linear_token_logprobs(
         True
     """
     check_temperature(temperature)
-    for name, tensor in (("hidden", hidden), ("weight", weight)):
-        if not torch.is_floating_point(tensor):
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if hidden.dim() < 1:
-        raise ValueError("hidden must have shape (..., H)")
-    check_same_dtype("hidden", hidden, "weight", weight)
-    check_matrix("weight", weight, columns=hidden.shape[-1])
-    check_vector("bias", bias, weight.shape[0])
+    check_output_layer(hidden, weight, bias)
     if token_ids.shape != hidden.shape[:-1]:
         raise ValueError(f"token_ids must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), got "
                          f"{tuple(token_ids.shape)}")
