@@ -22,7 +22,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..._table import format_table
-from ...data import builtin_corpus, load_text_examples, train_bpe_tokenizer
+from ...data import (arithmetic_problems, builtin_corpus, char_tokenizer, load_text_examples, task_records,
+                     tokenize_records, train_bpe_tokenizer)
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...targets import TeacherCache
@@ -37,19 +38,32 @@ __all__ = ["DistillLMConfig", "LMMethod", "run"]
 def setup(config: DistillLMConfig):
     """Accelerator, tokenizer (trained or loaded), examples and output folders."""
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
-    if config.tokenizer == "builtin":
-        if config.data != "builtin":
-            raise ValueError("tokenizer=builtin is trained on the builtin corpus; give a tokenizer path for other data")
-        tokenizer = train_bpe_tokenizer(builtin_corpus()[0], config.vocab_size)
+    problems = None  # data=arithmetic: the held-out problems, for the generation exact match
+    if config.data == "arithmetic":
+        tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
+        train_problems, problems = arithmetic_problems(config.task_train_size, config.task_test_size,
+                                                       digits=config.task_digits, operations=config.task_operations,
+                                                       seed=config.seed)
+        train = tokenize_records(task_records(train_problems), tokenizer, config.seq_len, config.prompt_len)
+        held_out = tokenize_records(task_records(problems), tokenizer, config.seq_len, config.prompt_len,
+                                    first_id=len(train))
     else:
-        tokenizer = load_tokenizer(config.tokenizer)
-    train, held_out = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+        if config.tokenizer == "builtin":
+            if config.data != "builtin":
+                raise ValueError("tokenizer=builtin is trained on the builtin corpus; give a tokenizer path for other "
+                                 "data")
+            tokenizer = train_bpe_tokenizer(builtin_corpus()[0], config.vocab_size)
+        else:
+            tokenizer = load_tokenizer(config.tokenizer)
+        train, held_out = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len,
+                                             config.prompt_len)
     if config.teacher_cache:  # at start-up, not at the first batch
         check_cache(TeacherCache(config.teacher_cache), config, tokenizer, train)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
-    return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path)
+    return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path,
+                                                              problems)
 
 
 def build_teacher(config: DistillLMConfig, tokenizer):
@@ -83,11 +97,11 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
     summary = ({"teacher": teacher_metrics} if teacher_metrics else {}) | {n: s["metrics"] for n, s in results.items()}
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    columns = ["run", "perplexity", "kl_to_teacher"]
-    print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-")}
-                        for name, m in summary.items()], columns))
+    columns = ["run", "perplexity", "kl_to_teacher"] + (["exact_match"] if config.data == "arithmetic" else [])
+    print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-"),
+                         "exact_match": m.get("exact_match", "-")} for name, m in summary.items()], columns))
     curves = {name: {key: [r[key] for r in s["state"]["history"]]  # keys every evaluation has
-                     for key in ("step", "loss", "perplexity", "kl_to_teacher")
+                     for key in ("step", "loss", "perplexity", "kl_to_teacher", "exact_match")
                      if all(key in r for r in s["state"]["history"])} for name, s in results.items()}
     training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
                     title=f"perplexity, KL: the first {config.eval_examples} held-out examples (the table and "

@@ -62,9 +62,15 @@ def _default_methods() -> list[Any]:
 
 @dataclass
 class DistillLMConfig:
-    data: str = "builtin"  # "builtin" (Python's pydoc topics), a .jsonl file, or a datasets folder
+    # "builtin" (Python's pydoc topics), "arithmetic" (the generated task of divreg rl; students are also compared
+    # by the exact match of their greedy answers), a .jsonl file, or a datasets folder
+    data: str = "builtin"
     held_out: Optional[str] = None  # held-out data for evaluation (same forms); builtin/None: a split of `data`
-    tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text; else a path or hub id
+    tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text (arithmetic: one token per character)
+    task_digits: int = 2  # data=arithmetic: operands of up to this many digits
+    task_operations: str = "+"  # data=arithmetic: "+", "*" or "+*"
+    task_train_size: int = 3000  # data=arithmetic: training problems
+    task_test_size: int = 200  # data=arithmetic: held-out problems
     vocab_size: int = 1024  # size of the builtin tokenizer
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 600  # a teacher built from a config is first trained with CE for this many steps
@@ -112,6 +118,12 @@ class DistillLMConfig:
                                 "sampling_temperature", "top_p"))
         if self.top_p > 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.data == "arithmetic":
+            require_positive(self, ("task_digits", "task_train_size", "task_test_size"))
+            if not self.task_operations or any(op not in "+*" for op in self.task_operations):
+                raise ValueError(f"task_operations must be made of '+' and '*', got {self.task_operations!r}")
+            if self.held_out is not None:
+                raise ValueError("data=arithmetic has its own held-out problems (task_test_size); leave held_out unset")
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):

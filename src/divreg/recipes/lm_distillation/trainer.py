@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from ...data import IGNORE_INDEX, TextExample, collate
+from ...data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward
 from ...divergences import forward_kl
-from ...models import CausalLM
+from ...models import CausalLM, greedy_completions
 from ...training import RunSpec, backward_micro_batches, check_batch_size, train_run
 from .config import DistillLMConfig, LMMethod
 from .sources import AdaptiveOffPolicy, StepSource
@@ -61,16 +61,23 @@ class LMTrainer:
     """Trains runs one after another; ``loss_fn(model, micro_batch, num_items) -> (loss, parts)``."""
 
     def __init__(self, accelerator: Accelerator, config: DistillLMConfig, tokenizer, train: list[TextExample],
-                 held_out: list[TextExample], log_path: str):
+                 held_out: list[TextExample], log_path: str, problems: Optional[list[TaskProblem]] = None):
         check_batch_size(config.batch_size, len(train), accelerator.num_processes, config.grad_accum)
         self.accelerator, self.config, self.tokenizer = accelerator, config, tokenizer
         self.teacher_model = None  # set by the recipe: generates the data of sequence-level KD
         self.train, self.held_out, self.log_path = train, held_out, log_path
         self.eval_subset = held_out[: config.eval_examples]
+        self.problems = problems  # a generated task's held-out problems: also the greedy answers' exact match
+        self.problem_prompts = None if problems is None else [
+            tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
 
     def evaluate(self, model, teacher, examples=None) -> dict[str, float]:
-        return evaluate(self.accelerator.unwrap_model(model), teacher, examples or self.eval_subset,
-                        self.tokenizer.pad_token_id)
+        model = self.accelerator.unwrap_model(model)
+        result = evaluate(model, teacher, examples or self.eval_subset, self.tokenizer.pad_token_id)
+        if self.problems is not None:  # every held-out problem, greedy: how GKD and MiniLLM judge students
+            texts = greedy_completions(model, self.problem_prompts, self.tokenizer, self.config.max_new_tokens)
+            result["exact_match"] = sum(exact_match_reward(texts, [p.answer for p in self.problems])) / len(texts)
+        return result
 
     def run(self, run: LMRun, model: CausalLM, loss_fn: Callable, teacher: Optional[CausalLM]) -> dict:
         """Train (or resume, or skip if done) one run; return its final checkpoint."""
