@@ -179,20 +179,21 @@ def test_every_loss_aggregation_by_hand(loss_agg):
     advantages = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     loss = GRPOLoss(epsilon_low=0.2, epsilon_high=0.28, loss_agg=loss_agg, max_completion_length=6)
     out = loss(logprobs, old, advantages, mask, tokens=7, sequences=3)
-    per_token = []
+    per_token, clipped = [], 0
     for i in range(3):
         row = []
         for t in range(4):
             ratio = math.exp(float(logprobs[i, t].detach() - old[i, t]))
             a = float(advantages[i])
             row.append(-min(ratio * a, min(max(ratio, 0.8), 1.28) * a) if mask[i, t] else 0.0)
+            clipped += bool(mask[i, t]) and min(max(ratio, 0.8), 1.28) * a < ratio * a  # the clipped branch is the min
         per_token.append(row)
     sums = [sum(row) for row in per_token]
     counts = [int(m.sum()) for m in mask]
     expected = {"token_mean": sum(sums) / 7, "seq_mean_token_mean": sum(s / c for s, c in zip(sums, counts)) / 3,
                 "seq_mean_token_sum": sum(sums) / 3, "seq_mean_token_sum_norm": sum(sums) / (3 * 6)}[loss_agg]
     assert math.isclose(float(out.loss.detach()), expected, rel_tol=1e-12)
-    assert math.isclose(float(out.clip_fraction), 3 / 7, rel_tol=1e-12)  # e^-0.5, e^0.5 and e^0.3 leave [0.8, 1.28]
+    assert clipped == 1 and math.isclose(float(out.clip_fraction), clipped / 7, rel_tol=1e-12)  # e^0.5 with A > 0
 
 
 def test_sequence_importance_ratio_is_gspo():

@@ -49,14 +49,53 @@ def test_kl_options_run(tmp_path, options):
     run(_config(tmp_path / "run", *options, "warmup_steps=0"))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["kl_exact"] >= 0 for r in records)
+    if "kl_placement=reward" in options:  # the KL is in the reward, not in the loss
+        assert all(r["kl_term"] == 0 for r in records)
+    else:  # the KL term is in the loss (the policy moved away from the reference after the first step)
+        assert all(r["kl_term"] > 0 for r in records[1:])
     if "kl_target=0.01" in options:  # the adaptive controller moved the coefficient
         assert records[-1]["kl_coef"] != 0.04
 
 
-def test_no_kl_means_no_reference(tmp_path):
-    run(_config(tmp_path / "run", "kl_coef=0", "warmup_steps=0"))
-    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert "kl_exact" not in record and "entropy" in record and record["kl_coef"] == 0
+def test_logged_reward_is_the_task_reward_before_the_kl_penalty(tmp_path):
+    """With the KL in the reward and a huge coefficient, the penalized rewards are far outside
+    [0, 1.1]; the logged reward is the task's (exact match + 0.1 format)."""
+    run(_config(tmp_path / "run", "kl_placement=reward", "kl_estimator=k1", "kl_coef=100", "warmup_steps=0"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["reward"] <= 1.1 for r in records)
+
+
+def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
+    """fused=true (per-token log-probs and the exact KL through divreg.fused, as at >= 32768
+    tokens) against the dense path: the same log-probs, entropies and exact KLs (both
+    directions, two temperatures) on a policy and a different reference; then a run with the
+    exact KL in the loss on the fused path trains."""
+    from divreg.data import arithmetic_problems, char_tokenizer, collate, task_records, tokenize_records
+    from divreg.models import CausalLM, ModelSource, build_causal_lm
+    from divreg.recipes.rl.trainer import completion_signal, exact_kl
+
+    tokenizer = char_tokenizer()
+    config = _config(tmp_path / "unused")
+    policy, reference = (CausalLM(build_causal_lm(ModelSource(config=dict(config.policy.config)), tokenizer, seed),
+                                  len(tokenizer)).eval() for seed in (0, 1))
+    train, _ = arithmetic_problems(6, 0, digits=2, seed=0)
+    batch = collate(tokenize_records(task_records(train), tokenizer, 16, 1), tokenizer.pad_token_id)
+    with torch.no_grad():
+        for temperature in (1.0, 0.7):
+            config.temperature = temperature
+            dense, fused = (completion_signal(policy, batch, temperature, f) for f in (False, True))
+            torch.testing.assert_close(fused[0], dense[0], rtol=1e-5, atol=1e-6)  # log-probs
+            torch.testing.assert_close(fused[1], dense[1], rtol=1e-5, atol=1e-6)  # entropies
+            ref_dense, ref_fused = (completion_signal(reference, batch, temperature, f)[3] for f in (False, True))
+            for forward in (False, True):
+                expected = exact_kl(dense[3], ref_dense, policy, reference, dense[2], config, False, forward)
+                got = exact_kl(fused[3], ref_fused, policy, reference, fused[2], config, True, forward)
+                assert float(expected.abs().max()) > 1e-3  # different models: a real KL
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    run(_config(tmp_path / "run", "fused=true", "kl_estimator=exact", "warmup_steps=0", "steps=3", "eval_every=1"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # the loss's KL term (the fused kernel's reduction) is the logged exact KL: the same token mean
+    assert records[-1]["kl_term"] > 0 and records[-1]["kl_term"] == pytest.approx(records[-1]["kl_exact"], rel=1e-4)
 
 
 @pytest.mark.parametrize("options,message", [
@@ -65,6 +104,8 @@ def test_no_kl_means_no_reference(tmp_path):
     (["rewards={exact_match: 1.0, length: 1.0}"], "rewards must map some of"),
     (["prompts_per_step=7", "group_size=3", "grad_accum=2"], "must split into grad_accum=2"),
     (["group_size=1"], "group_size=1 has no group standard deviation"),
+    (["kl_coef=0", "kl_target=0.1"], "kl_target needs kl_coef > 0"),
+    (["digits=3", "max_new_tokens=4"], "cannot hold the longest answer"),
 ])
 def test_bad_options_stop_before_training(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
@@ -121,3 +162,20 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
         assert expected["components"] == got["components"]  # the KL coefficient's state
     assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
         (killed / "metrics.json").read_text())
+
+
+def test_two_processes_run_the_command(tmp_path):
+    """``accelerate launch`` with 2 CPU processes (gloo): each generates its half of the prompts
+    (seeded by its rank), the group advantages come from the gathered global batch, and the run
+    writes one table. (The loss's gradient for 2 processes x 4 = 1 x 8 is tested with every loss
+    aggregation in tests/recipes/test_lm_losses.py; the completions themselves differ by design.)"""
+    from ..launch import accelerate_prefix
+
+    command = [*accelerate_prefix(2), "-m", "divreg.cli", "rl", *TINY, f"output_dir={tmp_path / 'two'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and result.stdout.count("mean +- std") == 1
+    summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert 0 <= summary["rl_accuracy"]["mean"] <= 1
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in records] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]  # written once

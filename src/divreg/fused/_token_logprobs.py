@@ -151,6 +151,7 @@ class _TokenLogprobsFunction(torch.autograd.Function):
         return logprobs, entropy_out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logprobs, grad_entropy):
         hidden, weight, bias, ids, log_z, entropy, rows = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]

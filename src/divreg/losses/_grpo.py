@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -77,7 +78,7 @@ def combine_rewards(rewards_per_function: Sequence[Sequence[Optional[float]]], n
         for index, reward in enumerate(rewards):
             if reward is None:
                 continue
-            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
                 raise ValueError(f"reward function {name!r} returned {reward!r} for completion {index}; rewards must "
                                  "be finite numbers (or None where the function does not apply)")
             total[index] += weight * float(reward)
@@ -227,7 +228,7 @@ class GRPOOutput(NamedTuple):
     loss: Tensor
     policy_loss: Tensor  # the clipped surrogate part
     kl: Tensor  # the KL term before its coefficient (0 when the coefficient is 0 or KL is in the reward)
-    clip_fraction: Tensor  # fraction of tokens whose ratio was clipped (token mean, this micro-batch)
+    clip_fraction: Tensor  # fraction of completion tokens where the clip is active (no gradient), this micro-batch
 
 
 class GRPOLoss(nn.Module):
@@ -257,10 +258,15 @@ class GRPOLoss(nn.Module):
     - ``"reward"``: k1 per token, :math:`\beta\,(\log\pi - \log\pi_{ref})`, detached, is
       subtracted from the reward before the advantages (verl ``use_kl_in_reward``, the
       RLHF/PPO way); for GRPO's outcome advantages the per-token penalties sum to one per
-      sequence, :math:`R_i - \beta\sum_t k1_{it}`. Through the policy gradient this gives exactly
+      sequence, :math:`R_i - \beta\sum_t k1_{it}`. Through the plain policy gradient (the
+      penalized reward as the advantage) this gives exactly
       :math:`-\beta\nabla\mathrm{KL}(\pi \| \pi_{ref})` of the *sequence* distribution (context
-      terms included), in expectation. Apply it with :meth:`penalized_rewards`; this loss then
-      has no KL term.
+      terms included), in expectation. GRPO's group baseline scales it by (G-1)/G, and
+      ``scale="group"`` divides each group's penalized rewards by their std: the effective
+      coefficient is then :math:`\beta/\sigma_{group}`, and in a group whose task rewards are all
+      equal the advantages are the k1 differences alone, normalized to unit size. Use
+      ``scale="none"`` for the coefficient to mean what it says. Apply it with
+      :meth:`penalized_rewards`; this loss then has no KL term.
 
     Args:
         epsilon_low, epsilon_high: the clip range of the ratio.
@@ -351,5 +357,9 @@ class GRPOLoss(nn.Module):
                                      exact_kl)
             kl = self.reduction(kl_values, mask, count)
             loss = policy + kl_coef * kl
-        clip_fraction = ((ratio != clipped) & mask).sum().to(ratio.dtype) / mask.sum()
+        # tokens where the clipped branch is taken (its gradient is 0): ratio below 1 - eps_low with a negative
+        # advantage, or above 1 + eps_high with a positive one (as TRL counts them)
+        is_clipped = ((ratio < 1.0 - self.epsilon_low) & (advantage < 0)) | ((ratio > 1.0 + self.epsilon_high)
+                                                                               & (advantage > 0))
+        clip_fraction = (is_clipped & mask).sum().to(ratio.dtype) / mask.sum()
         return GRPOOutput(loss, policy.detach(), kl.detach(), clip_fraction.detach())

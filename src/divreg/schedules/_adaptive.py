@@ -78,7 +78,7 @@ class AdaptiveKLController(Schedule):
     in-reward coefficient).
 
     Args:
-        init: the starting coefficient, >= 0.
+        init: the starting coefficient, > 0 (updates multiply it).
         target: the KL to track, > 0.
         horizon: how many samples a full 20% correction takes, > 0.
         metric: the key of the measured KL in the observed metrics.
@@ -97,10 +97,10 @@ class AdaptiveKLController(Schedule):
     """
 
     def __init__(self, init: float, target: float, horizon: float, metric: str = "kl", count_metric: str = "samples"):
-        for name, value, low in (("init", init, 0.0), ("target", target, None), ("horizon", horizon, None)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                    value < 0 if low is not None else value <= 0):
-                raise ValueError(f"{name} must be a finite number {'>= 0' if low is not None else '> 0'}, got {value!r}")
+        for name, value in (("init", init), ("target", target), ("horizon", horizon)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                extra = " (the update multiplies the coefficient, so 0 would stay 0)" if name == "init" else ""
+                raise ValueError(f"{name} must be a finite number > 0{extra}, got {value!r}")
         self.value, self.target, self.horizon = float(init), float(target), float(horizon)
         self.metric, self.count_metric = metric, count_metric
 

@@ -68,8 +68,11 @@ class LMTrainer:
         self.train, self.held_out, self.log_path = train, held_out, log_path
         self.eval_subset = held_out[: config.eval_examples]
         self.problems = problems  # a generated task's held-out problems: also the greedy answers' exact match
-        self.problem_prompts = None if problems is None else [
-            tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+        # the held-out examples are the problems, in order: their prompts as the model was trained on them
+        if problems is not None and len(problems) != len(held_out):
+            raise ValueError(f"{len(problems) - len(held_out)} held-out problems do not fit seq_len={config.seq_len} "
+                             "with this tokenizer; raise seq_len")
+        self.problem_prompts = None if problems is None else [e.input_ids[:e.prompt_length] for e in held_out]
 
     def evaluate(self, model, teacher, examples=None) -> dict[str, float]:
         model = self.accelerator.unwrap_model(model)

@@ -57,6 +57,8 @@ class RLConfig:
     kl_target: Optional[float] = None  # set: Ziegler et al.'s adaptive controller tracks this KL (per token)
     kl_horizon: float = 10000.0  # the controller's horizon (in completions)
     kl_clamp: bool = False  # verl's clamps on the k3 forms (log-ratio +-20, value +-10)
+    max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
+    fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
     grad_accum: int = 1  # micro-batches per update and process
     eval_every: int = 50  # RL steps between held-out evaluations
     checkpoint_every: int = 50  # RL steps between checkpoints (0: only at the end)
@@ -69,7 +71,10 @@ class RLConfig:
     def __post_init__(self):
         require_positive(self, ("digits", "train_size", "test_size", "warmup_lr", "warmup_batch_size", "steps",
                                 "prompts_per_step", "group_size", "num_iterations", "lr", "max_new_tokens",
-                                "temperature", "top_p", "grad_accum", "eval_every", "kl_horizon"))
+                                "temperature", "top_p", "grad_accum", "eval_every", "kl_horizon", "max_grad_norm"))
+        self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
+        if self.fused not in ("auto", "true", "false"):
+            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
         if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.kl_coef < 0:
             raise ValueError("warmup_steps, checkpoint_every and kl_coef must be >= 0")
         if self.top_p > 1:
@@ -86,6 +91,13 @@ class RLConfig:
             raise ValueError(f"rewards must map some of {list(REWARD_FUNCTIONS)} to weights, got {dict(self.rewards)}")
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be > 0 (or null for a fixed kl_coef), got {self.kl_target}")
+        if self.kl_target is not None and not self.kl_coef > 0:
+            raise ValueError("kl_target needs kl_coef > 0: the adaptive controller multiplies the coefficient, so "
+                             "from 0 it would stay 0")
+        longest = self.digits + 1  # a+b and a*b (b of 1 digit) both have at most digits + 1 characters
+        if self.max_new_tokens < longest + 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
+                             f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         self.grpo_loss()  # every KL / aggregation option checked now, with GRPOLoss's own messages

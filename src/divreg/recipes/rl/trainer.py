@@ -12,7 +12,8 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from ...data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward, format_reward
+from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward, format_reward, task_records,
+                     tokenize_records)
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
 from ...fused import fused_linear_divergence, fused_linear_token_logprobs
@@ -72,9 +73,15 @@ class RLTrainer:
                  test: list[TaskProblem], warmup_examples: list[TextExample], log_path: str):
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
-        self.fused = len(tokenizer) >= FUSED_AUTO_VOCAB
-        self.prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in train]
-        self.test_prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in test]
+        self.fused = config.fused == "true" or (config.fused == "auto" and len(tokenizer) >= FUSED_AUTO_VOCAB)
+        # one tokenization of the prompts for warm-up, sampling and evaluation (tokenize_records: with the
+        # tokenizer's special tokens or chat template, if it has them)
+        if len(warmup_examples) != len(train):
+            raise ValueError(f"{len(train) - len(warmup_examples)} training problems do not fit the tokenizer's "
+                             "examples (prompt + answer + EOS within 64 tokens); use a tokenizer with shorter prompts")
+        self.prompt_ids = [e.input_ids[:e.prompt_length] for e in warmup_examples]
+        test_examples = tokenize_records(task_records(test), tokenizer, max_length=64, prompt_len=1)
+        self.test_prompt_ids = [e.input_ids[:e.prompt_length] for e in test_examples]
 
     def accuracy(self, model) -> float:
         """Exact-match accuracy of greedy completions on the held-out problems."""
@@ -129,12 +136,16 @@ class RLTrainer:
             return examples, problems
 
         def step_fn(model, optimizer, step: int) -> dict:
+            # scored in eval mode, like the sampling: no dropout, so the log-probs are those of the
+            # policy that generated the completions (the KL estimators assume on-policy samples)
+            model.eval()
             policy = accelerator.unwrap_model(model)
             examples, problems = generate(policy, step)
             texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:] if t != self.tokenizer.eos_token_id],
                                            skip_special_tokens=True) for e in examples]
             answers = [p.answer for p in problems]
             rewards = combine_rewards([REWARDS[name](texts, answers) for name in names], names, weights)
+            task_reward = _global_mean(accelerator, rewards.tolist())  # before any KL penalty
             batch = _to(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
             coef = beta(step)
             with torch.no_grad():
@@ -186,11 +197,11 @@ class RLTrainer:
 
             for _ in range(config.num_iterations):
                 totals = backward_micro_batches(accelerator, model, micro, loss_fn)
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             metrics = {**totals, **_global_means(accelerator, stats), "kl_coef": coef,
-                       "reward": float(all_rewards.mean()),
+                       "reward": task_reward,
                        "train_exact_match": _global_mean(accelerator, exact_match_reward(texts, answers)),
                        "completion_tokens": float(accelerator.reduce(mask.sum().double(), "sum"))
                        / float(all_rewards.numel())}
