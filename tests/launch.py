@@ -15,3 +15,25 @@ def accelerate_prefix(processes: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port())]
+
+
+def kill_at_checkpoint(process, checkpoint, ready, timeout: float = 120.0) -> dict:
+    """SIGKILL ``process`` as soon as ``checkpoint`` (a path) holds a checkpoint for which
+    ``ready(checkpoint_dict)`` is true; returns that checkpoint. Fails if the process ended first."""
+    import signal
+    import time
+
+    import torch
+
+    deadline, state = time.time() + timeout, None
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            state = torch.load(checkpoint, weights_only=False)
+            if ready(state):
+                break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert state is not None and ready(state), "no checkpoint of the wanted kind was written before the kill"
+    return state

@@ -2,10 +2,8 @@
 checkpoint, two processes vs one, and exact resume after a real SIGKILL."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from divreg.config import load_config
 from divreg.data import load_classification_data
 from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 
-from ..launch import accelerate_prefix
+from ..launch import accelerate_prefix, kill_at_checkpoint
 
 METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "aurc", "e_aurc"}
 TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]",
@@ -153,19 +151,9 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
 
     killed_dir = tmp_path / "killed"
     victim = _launch([f"output_dir={killed_dir}", *arguments])
-    target = killed_dir / "checkpoints" / "pskd-seed0.pt"
-    deadline, state = time.time() + 120, None
-    while time.time() < deadline and victim.poll() is None:
-        if target.exists():
-            state = torch.load(target, weights_only=False)
-            step = state["state"]["step"]  # 19 steps per epoch (1258 // 64)
-            if not state["state"]["done"] and step % 19 > 0 and step > 19:
-                break  # a mid-epoch checkpoint of a student exists (not in its first epoch): kill now
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
-    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert state is not None and not state["state"]["done"] and state["state"]["step"] % 19 > 0
+    # a mid-epoch checkpoint of a student, not in its first epoch (19 steps per epoch: 1258 // 64)
+    kill_at_checkpoint(victim, killed_dir / "checkpoints" / "pskd-seed0.pt",
+                       lambda c: not c["state"]["done"] and c["state"]["step"] % 19 > 0 and c["state"]["step"] > 19)
 
     resumed = _launch([f"output_dir={killed_dir}", *arguments, "resume=true"])
     _, err = resumed.communicate(timeout=300)

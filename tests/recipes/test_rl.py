@@ -3,16 +3,16 @@ placements and estimators, no reference when the coefficient is 0, exact resume 
 and clear errors before any training."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from divreg.config import load_config
 from divreg.recipes.rl import RLConfig, run
+
+from ..launch import kill_at_checkpoint
 
 TINY = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=20", "warmup_batch_size=16", "steps=4",
         "prompts_per_step=4", "group_size=4", "max_new_tokens=3", "eval_every=2", "checkpoint_every=2", "seeds=[0]",
@@ -139,18 +139,9 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
     assert reference.returncode == 0, err[-3000:]
     killed = tmp_path / "killed"
     victim = _launch([f"output_dir={killed}", *arguments])
-    target = killed / "checkpoints" / "grpo-seed0.pt"
-    deadline, state = time.time() + 120, None
-    while time.time() < deadline and victim.poll() is None:
-        if target.exists():
-            state = torch.load(target, weights_only=False)["state"]
-            if not state["done"]:
-                break  # a mid-run checkpoint of the GRPO run: kill now
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
-    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert state is not None and not state["done"] and 0 < state["step"] < 12
+    state = kill_at_checkpoint(victim, killed / "checkpoints" / "grpo-seed0.pt",
+                               lambda c: not c["state"]["done"])["state"]  # a mid-run checkpoint of the GRPO run
+    assert 0 < state["step"] < 12
     resumed = _launch([f"output_dir={killed}", *arguments, "resume=true"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
