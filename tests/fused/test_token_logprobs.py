@@ -1,13 +1,14 @@
 """fused_linear_token_logprobs against log_softmax + gather (and the entropy from the full
 softmax) in float64: values and gradients for hidden, weight and bias, with temperature,
-ignored positions, chunking, banned tokens, and clear errors for bad input."""
+ignored positions, chunking, banned tokens, and clear errors for bad input; the dense form
+token_logprobs (from logits) against the fused one."""
 
 import math
 
 import pytest
 import torch
 
-from divreg.fused import fused_linear_token_logprobs
+from divreg.fused import fused_linear_token_logprobs, token_logprobs
 
 
 def _reference(hidden, weight, bias, ids, temperature, ignore_index=-100):
@@ -108,3 +109,60 @@ def test_bad_input_is_a_clear_error(change, message):
         fused_linear_token_logprobs(*change(hidden, weight, ids))
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         fused_linear_token_logprobs(hidden, weight, ids, temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_dense_form_from_logits_matches_the_fused_form(temperature):
+    """token_logprobs(h W^T + b) = fused_linear_token_logprobs(h, W, b): values and the gradients
+    reaching hidden, weight and bias, with ignored positions and a banned (-inf) token; where a
+    banned token is never picked, both equal log_softmax over the vocabulary without its column."""
+    hidden, weight, bias, ids = _inputs(6)
+    ids[1, :3] = -100
+    banned = torch.zeros(11, dtype=torch.float64)
+    banned[4] = -math.inf
+    ids[ids == 4] = 5
+    generator = torch.Generator().manual_seed(7)
+    upstream_lp = torch.randn(ids.shape, generator=generator, dtype=torch.float64)
+    upstream_h = torch.randn(ids.shape, generator=generator, dtype=torch.float64)
+    params = [hidden, weight, bias]
+    dense = token_logprobs(hidden @ weight.T + bias + banned, ids, temperature=temperature, return_entropy=True)
+    fused = fused_linear_token_logprobs(hidden, weight, ids, temperature=temperature, bias=bias + banned,
+                                        chunk_size=5, return_entropy=True)
+    dense_grads = torch.autograd.grad((dense.logprobs * upstream_lp + dense.entropy * upstream_h).sum(), params)
+    fused_grads = torch.autograd.grad((fused.logprobs * upstream_lp + fused.entropy * upstream_h).sum(), params)
+    torch.testing.assert_close(dense.logprobs, fused.logprobs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense.entropy, fused.entropy, rtol=1e-12, atol=1e-12)
+    for d, f in zip(dense_grads, fused_grads):
+        torch.testing.assert_close(d, f, rtol=1e-10, atol=1e-12)
+    # the banned column removed: the same numbers, and the banned row of W gets no gradient
+    keep = [v for v in range(11) if v != 4]
+    remap = torch.tensor([keep.index(v) if v in keep else 0 for v in range(11)])
+    ids_without = torch.where(ids == -100, ids, remap[ids.clamp(min=0)])
+    reduced = [p.detach().clone().requires_grad_() for p in (hidden, weight[keep], bias[keep])]
+    expected_lp, expected_h = _reference(*reduced, ids_without, temperature)
+    expected_grads = torch.autograd.grad((expected_lp * upstream_lp + expected_h * upstream_h).sum(), reduced)
+    torch.testing.assert_close(dense.logprobs, expected_lp.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dense.entropy, expected_h.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused_grads[0], expected_grads[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused_grads[1][keep], expected_grads[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fused_grads[2][keep], expected_grads[2], rtol=1e-10, atol=1e-12)
+    assert fused_grads[1][4].eq(0).all() and fused_grads[2][4] == 0
+    assert dense.logprobs[1, :3].eq(0).all() and dense.entropy[1, :3].eq(0).all()
+    assert isinstance(token_logprobs(hidden @ weight.T, ids), torch.Tensor)
+
+
+def test_dense_form_bad_input_is_a_clear_error():
+    logits, ids = torch.randn(3, 7, 11), torch.randint(0, 11, (3, 7))
+    with pytest.raises(ValueError, match="token_ids must have shape"):
+        token_logprobs(logits, ids[:, :3])
+    with pytest.raises(ValueError, match=r"token_ids must be in \[0, 11\)"):
+        token_logprobs(logits, ids + 11)
+    with pytest.raises(ValueError, match="integer tensor"):
+        token_logprobs(logits, ids.float())
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        token_logprobs(logits, ids, temperature=-1.0)
+    logits[0, 0] = -math.inf
+    with pytest.raises(ValueError, match="every entry is -inf"):
+        token_logprobs(logits, ids)
+    ids[0, 0] = -100  # an all -inf row at an ignored position is never normalized
+    assert torch.isfinite(token_logprobs(logits, ids, return_entropy=True).entropy).all()

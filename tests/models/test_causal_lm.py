@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from divreg.data import IGNORE_INDEX, collate
-from divreg.models import CausalLM, ModelSource, build_causal_lm, generate_examples
+from divreg.models import CausalLM, ModelSource, build_causal_lm, generate_examples, greedy_completions
 
 from ..recipes import lm_fixtures as fx
 
@@ -81,6 +81,30 @@ def test_sampling_temperature_and_top_p_reach_the_sampler():
     assert [e.input_ids[6:] for e in warm] != [t[: len(e.input_ids) - 6] for e, t in zip(warm, expected)]
     with pytest.raises(ValueError, match="temperature > 0"):
         generate_examples(student, prompts, tokenizer, max_new_tokens=6, seed=3, temperature=0.0)
+
+
+def test_the_models_own_generation_defaults_do_not_change_the_samples():
+    """A hub model ships a ``generation_config`` (repetition penalty, n-gram bans, minimum
+    length, min-p ...) that ``generate`` merges into every call unless told otherwise: sampled and
+    greedy completions stay those of the plain distribution, and the model keeps its config."""
+    from transformers import GenerationConfig
+
+    student = fx.model(seed=1)
+    prompts = [e.input_ids[: e.prompt_length] for e in fx.examples(6)]
+    tokenizer = fx.tokenizer()
+    plain_samples = [e.input_ids for e in generate_examples(student, prompts, tokenizer, max_new_tokens=8, seed=4)]
+    plain_greedy = greedy_completions(student, prompts, tokenizer, max_new_tokens=8)
+    hostile = GenerationConfig(repetition_penalty=50.0, no_repeat_ngram_size=1, min_new_tokens=8, min_p=0.5,
+                               top_k=2, temperature=0.3, suppress_tokens=list(range(3, 12)))
+    student.model.generation_config = hostile
+    with torch.no_grad():  # what a bare generate call does with it: other tokens
+        merged = student.model.generate(input_ids=torch.tensor(prompts), do_sample=False, max_new_tokens=8,
+                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    assert [tokenizer.decode(row[6:], skip_special_tokens=True) for row in merged] != plain_greedy
+    assert [e.input_ids for e in generate_examples(student, prompts, tokenizer, max_new_tokens=8, seed=4)] \
+        == plain_samples
+    assert greedy_completions(student, prompts, tokenizer, max_new_tokens=8) == plain_greedy
+    assert student.model.generation_config is hostile
 
 
 def test_a_missing_local_path_is_one_clear_line(tmp_path):

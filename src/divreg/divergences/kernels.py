@@ -10,7 +10,8 @@ loop allocates them once per call; the returned gradient may live in a scratch b
 valid until the next call with the same ``Scratch``.
 """
 
-from ._common import Scratch, check_temperature, math_dtype
+from ._common import Scratch, check_temperature, log_softmax_checked, math_dtype
 from ._sparse import check_sparse_target, sparse_kl_with_grad
 
-__all__ = ["Scratch", "check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"]
+__all__ = ["Scratch", "check_sparse_target", "check_temperature", "log_softmax_checked", "math_dtype",
+           "sparse_kl_with_grad"]

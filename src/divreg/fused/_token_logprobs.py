@@ -1,5 +1,6 @@
 """Per-token log-probabilities (and entropies) of given tokens, straight from hidden states and
-the output weights, chunked so that the ``[tokens x vocab]`` logits never exist at once."""
+the output weights, chunked so that the ``[tokens x vocab]`` logits never exist at once; and the
+same quantities from logits a model already returned (:func:`token_logprobs`, the dense form)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from ..divergences.kernels import Scratch, check_temperature, math_dtype
+from ..divergences.kernels import Scratch, check_temperature, log_softmax_checked, math_dtype
 from ._inputs import DEFAULT_MEMORY_BUDGET_MB, check_output_layer, choose_chunk_size
 
 _LOGITS_SLOT, _PROBS_SLOT, _GRAD_SLOT = 10, 0, 1
@@ -89,6 +90,64 @@ def fused_linear_token_logprobs(
     logprobs, entropy = _TokenLogprobsFunction.apply(hidden, weight, bias, token_ids, valid, temperature, chunk,
                                                      return_entropy)
     return TokenLogprobs(logprobs, entropy) if return_entropy else logprobs
+
+
+def token_logprobs(
+    logits: Tensor,
+    token_ids: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+) -> Union[Tensor, TokenLogprobs]:
+    r""":func:`fused_linear_token_logprobs` from logits that already exist (a model's output):
+    ``log softmax(z / T)`` at ``token_ids`` and optionally the entropy, per token, through
+    autograd. Use it when the ``[tokens x vocab]`` logits are there anyway (small vocabularies);
+    from hidden states the fused form never builds them.
+
+    Only the rows of positions whose token is not ``ignore_index`` are normalized (their
+    log-prob and entropy are 0, with no gradient, as in the fused form); the entropy treats a
+    ``-inf`` logit as ``0 log 0 = 0`` with a finite gradient. Math in fp32 (fp64 for fp64 logits).
+
+    Args:
+        logits: (..., V) unnormalized scores.
+        token_ids: (...) integer ids in [0, V), or ``ignore_index``.
+        temperature: T > 0; divides the logits.
+        ignore_index: the id of positions to skip.
+        return_entropy: also return the entropy.
+
+    Returns:
+        The log-probs, shaped like ``token_ids``; with ``return_entropy``, a
+        :class:`TokenLogprobs` ``(logprobs, entropy)``.
+
+    Example:
+        >>> import torch
+        >>> z, ids = torch.randn(2, 5, 50), torch.tensor([[1, 2, 3, -100, -100], [4, 5, 6, 7, 8]])
+        >>> out = token_logprobs(z, ids, return_entropy=True)
+        >>> bool(out.logprobs[0, 3] == 0) and bool(torch.allclose(out.logprobs[1], z[1].log_softmax(-1)[range(5), ids[1]]))
+        True
+    """
+    check_temperature(temperature)
+    if logits.dim() < 1 or token_ids.shape != logits.shape[:-1]:
+        raise ValueError(f"token_ids must have shape {tuple(logits.shape[:-1])} (logits' leading dims), got "
+                         f"{tuple(token_ids.shape)}")
+    if torch.is_floating_point(token_ids):
+        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
+    valid = token_ids != ignore_index
+    ids = token_ids[valid].long()  # (n,)
+    vocab = logits.shape[-1]
+    if ids.numel() and not bool(((ids >= 0) & (ids < vocab)).all()):
+        raise ValueError(f"token_ids must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    dtype = math_dtype(logits)
+    log_probs = log_softmax_checked("logits", logits[valid], temperature, dtype)  # (n, V)
+    logprobs = torch.zeros(token_ids.shape, dtype=dtype, device=logits.device).masked_scatter(
+        valid, log_probs.gather(-1, ids[:, None]).squeeze(-1))
+    if not return_entropy:
+        return logprobs
+    probs = log_probs.exp()
+    # 0 log 0 = 0 with a finite gradient: the -inf entries are replaced before the product
+    entropy = -(probs * torch.where(probs > 0, log_probs, 0.0)).sum(-1)  # (n,)
+    return TokenLogprobs(logprobs, torch.zeros_like(logprobs).masked_scatter(valid, entropy))
 
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, dtype: torch.dtype,

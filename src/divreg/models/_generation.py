@@ -1,6 +1,14 @@
-"""Sampling completions from a causal LM, as training examples (prompt positions out of the loss)."""
+"""Sampling completions from a causal LM, as training examples (prompt positions out of the loss).
+
+Both functions call ``transformers``' ``generate`` with an explicit :class:`GenerationConfig` and
+with the model's own ``generation_config`` set aside for the call: a hub model ships defaults
+(``repetition_penalty``, ``min_p``, ``no_repeat_ngram_size``, ``suppress_tokens``, ...) that
+``generate`` would otherwise merge into every call, so the samples would come from another
+distribution than the policy that is scored (off-policy for RL and on-policy distillation)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
@@ -13,33 +21,18 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
                       temperature: float = 1.0, top_p: float = 1.0) -> list[TextExample]:
     """Sample a completion for each prompt from ``causal_lm`` (a :class:`CausalLM`, over its
     tokenizer's tokens only), reproducibly given ``seed``, at sampling ``temperature`` with
-    nucleus ``top_p`` (1: the full distribution); the completion up to and including the first
-    EOS is the label."""
+    nucleus ``top_p`` (1: the full distribution), nothing else (no top-k, no repetition penalty,
+    whatever the model's ``generation_config`` says); the completion up to and including the
+    first EOS is the label."""
     if not temperature > 0 or not 0 < top_p <= 1:
         raise ValueError(f"sampling needs temperature > 0 and top_p in (0, 1], got {temperature}, {top_p}")
-    model = causal_lm.model
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    # left-pad so that every prompt ends where generation starts
-    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-        attention[row, width - len(prompt):] = 1
-    from transformers import LogitsProcessorList
-
+    device = next(causal_lm.model.parameters()).device
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
-        sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-                                   top_k=0, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                   logits_processor=LogitsProcessorList([_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
-    model.train(was_training)
+        completions = _generate(causal_lm, prompts, tokenizer, max_new_tokens, do_sample=True, top_k=0, top_p=top_p,
+                                temperature=temperature)
     examples = []
-    for row, prompt in enumerate(prompts):
-        completion = sequences[row, width:].tolist()
+    for prompt, completion in zip(prompts, completions):
         if tokenizer.eos_token_id in completion:
             completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
         examples.append(TextExample.with_prompt(-1, prompt + completion, len(prompt)))
@@ -50,33 +43,58 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
 def greedy_completions(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int,
                        batch_size: int = 256) -> list[str]:
     """The greedy (argmax) completion of each prompt, decoded up to its first EOS (special
-    tokens skipped): deterministic, for evaluation."""
-    model = causal_lm.model
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    tokens skipped): deterministic, for evaluation; the model's ``generation_config`` is
+    ignored as in :func:`generate_examples`."""
     texts = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, prompt in enumerate(chunk):  # left-padded
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            attention[row, width - len(prompt):] = 1
-        from transformers import LogitsProcessorList
-
-        sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
-                                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, logits_processor=LogitsProcessorList(
-                                       [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
-        for row in range(len(chunk)):
-            completion = sequences[row, width:].tolist()
+        for completion in _generate(causal_lm, prompts[start:start + batch_size], tokenizer, max_new_tokens,
+                                    do_sample=False):
             if tokenizer.eos_token_id in completion:
                 completion = completion[: completion.index(tokenizer.eos_token_id)]
             texts.append(tokenizer.decode(completion, skip_special_tokens=True))
-    model.train(was_training)
     return texts
+
+
+def _generate(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int, **sampling) -> list[list[int]]:
+    """The generated tokens of each left-padded prompt (up to ``max_new_tokens``, EOS included,
+    padding after it included), in eval mode, under an explicit generation config."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    model = causal_lm.model
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    # left-pad so that every prompt ends where generation starts
+    input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention[row, width - len(prompt):] = 1
+    config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, **sampling)
+    was_training = model.training
+    model.eval()
+    try:
+        with _without_model_defaults(model):
+            sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       generation_config=config, logits_processor=LogitsProcessorList(
+                                           [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
+    finally:
+        model.train(was_training)
+    return [sequences[row, width:].tolist() for row in range(len(prompts))]
+
+
+@contextlib.contextmanager
+def _without_model_defaults(model):
+    """``generate`` fills every option the call leaves unset from ``model.generation_config``;
+    for the call, that is a blank config (so only the library's global defaults remain)."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
 
 
 class _TokenizerVocabulary:

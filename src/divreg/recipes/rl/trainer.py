@@ -16,7 +16,7 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
                      tokenize_records)
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
-from ...fused import fused_linear_divergence, fused_linear_token_logprobs
+from ...fused import fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
 from ...losses import combine_rewards, group_advantages, kl_per_token
 from ...models import CausalLM, generate_examples, greedy_completions
 from ...schedules import AdaptiveKLController, Constant, Schedule
@@ -38,11 +38,9 @@ def completion_signal(model, batch: dict, temperature: float, fused: bool):
         out = fused_linear_token_logprobs(hidden, core.output_weight, labels, temperature=temperature,
                                           bias=core.output_bias, ignore_index=IGNORE_INDEX, return_entropy=True)
         return out.logprobs, out.entropy, mask, hidden
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()  # (B, T-1, V)
-    log_probs = torch.log_softmax(logits / temperature, -1)
-    logprobs = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return torch.where(mask, logprobs, 0.0), torch.where(mask, entropy, 0.0), mask, logits
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V)
+    out = token_logprobs(logits, labels, temperature=temperature, ignore_index=IGNORE_INDEX, return_entropy=True)
+    return out.logprobs, out.entropy, mask, logits
 
 
 def exact_kl(policy_out: Tensor, ref_out: Tensor, policy, reference, mask: Tensor, config: RLConfig, fused: bool,
