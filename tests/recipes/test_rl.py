@@ -28,7 +28,19 @@ def test_run_writes_the_table_metrics_and_curves(tmp_path, capsys):
     assert set(summary) == {"seeds", "warmup_accuracy", "rl_accuracy"}
     assert 0 <= summary["rl_accuracy"]["mean"] <= 1 and summary["seeds"]["0"]["warmup_accuracy"] >= 0
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["run"] for r in records] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]
+    assert [(r["run"], r["record"], r["step"]) for r in records] == [
+        ("warmup-seed0", "evaluation", 20), ("grpo-seed0", "step", 1), ("grpo-seed0", "step", 2),
+        ("grpo-seed0", "evaluation", 2), ("grpo-seed0", "step", 3), ("grpo-seed0", "step", 4),
+        ("grpo-seed0", "evaluation", 4)]
+    steps = [r for r in records if r["record"] == "step"]
+    for step in steps:  # every step logs the estimate, the exact KL, their gap, negative k1, entropy
+        for key in ("reward", "kl_estimate", "kl_exact", "kl_gap", "k1_negative_fraction", "entropy", "kl_coef"):
+            assert key in step and step[key] == step[key], key
+        assert step["kl_gap"] == pytest.approx(step["kl_estimate"] - step["kl_exact"])
+    assert steps[0]["kl_exact"] == pytest.approx(0.0, abs=1e-7)  # the first step samples the reference itself
+    for evaluation, pair in ((records[3], steps[:2]), (records[6], steps[2:])):  # evaluation = means since the last
+        for key in ("reward", "kl_exact", "entropy"):
+            assert evaluation[key] == pytest.approx(sum(s[key] for s in pair) / 2, rel=1e-12)
     grpo = records[-1]
     for key in ("reward", "test_accuracy", "kl_estimate", "kl_exact", "kl_gap", "k1_negative_fraction", "entropy",
                 "kl_coef", "policy_loss", "kl_term", "completion_tokens"):
@@ -153,6 +165,9 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
         assert expected["components"] == got["components"]  # the KL coefficient's state
     assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
         (killed / "metrics.json").read_text())
+    # the log too: the records written after the checkpoint and before the kill are not repeated
+    expected, got = ((folder / "metrics.jsonl").read_text().splitlines() for folder in (tmp_path / "reference", killed))
+    assert len(expected) == 1 + 12 + 2 and got == expected
 
 
 def test_two_processes_run_the_command(tmp_path):
@@ -169,4 +184,5 @@ def test_two_processes_run_the_command(tmp_path):
     summary = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert 0 <= summary["rl_accuracy"]["mean"] <= 1
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["run"] for r in records] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]  # written once
+    assert [r["run"] for r in records if r["record"] == "evaluation"] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]
+    assert [r["step"] for r in records if r["record"] == "step"] == [1, 2, 3, 4]  # written once

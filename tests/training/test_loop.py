@@ -1,8 +1,9 @@
 """The shared run loop: a run interrupted after a checkpoint and resumed ends bitwise where an
-uninterrupted run ends, with the same history and component state; a finished run is skipped;
-checkpoints are atomic."""
+uninterrupted run ends, with the same history, component state and log; a finished run is
+skipped; checkpoints are atomic."""
 
 import functools
+import json
 import os
 
 import pytest
@@ -29,7 +30,7 @@ class Interrupt(Exception):
     pass
 
 
-def _run(path, stop_at=None, total=12):
+def _run(path, stop_at=None, total=12, log_path=None):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     data = torch.randn(total, 3, generator=torch.Generator().manual_seed(1))
@@ -46,11 +47,12 @@ def _run(path, stop_at=None, total=12):
         counter.seen.append(step)
         return {"loss": float(loss.detach()), "source": f"s{step % 2}"}
 
-    spec = RunSpec("toy", total, str(path), evaluate_every=4, checkpoint_every=3, progress_keys=("loss",))
+    spec = RunSpec("toy", total, str(path), evaluate_every=4, checkpoint_every=3, progress_keys=("loss",),
+                   log_every_step=log_path is not None)
     result = train_run(Accelerator(cpu=True), spec, model, functools.partial(torch.optim.Adam, lr=0.1), step_fn,
                        lambda model, step, means: {"mean_loss": means["loss"], "source": means["source"]},
                        lambda model: {"metrics": {"weight_norm": float(model.weight.detach().norm())}},
-                       components={"counter": counter})
+                       components={"counter": counter}, log_path=None if log_path is None else str(log_path))
     return result, model, counter, calls
 
 
@@ -67,6 +69,29 @@ def test_resume_after_an_interruption_is_bitwise_identical(tmp_path):
     assert reference["state"]["history"][0]["source"] == "s1"  # the last step's non-numeric metric
     assert counter.seen == reference_counter.seen == list(range(12))
     assert resumed["metrics"] == reference["metrics"] and resumed["state"]["done"]
+
+
+def test_the_log_of_a_resumed_run_is_the_log_of_an_uninterrupted_one(tmp_path):
+    """Per-step and per-evaluation records; the records written after the last checkpoint (steps
+    7 and 8, the evaluation at 8) are dropped on resume instead of repeated, other runs' records
+    in the same log are kept."""
+    reference, *_ = _run(tmp_path / "reference.pt", log_path=tmp_path / "reference.jsonl")
+    log = tmp_path / "resumed.jsonl"
+    log.write_text(json.dumps({"run": "other", "step": 50, "record": "evaluation"}) + "\n")
+    with pytest.raises(Interrupt):
+        _run(tmp_path / "resumed.pt", stop_at=8, log_path=log)  # checkpoint at 6; steps 7, 8 and evaluation 8 logged
+    assert load_if_exists(str(tmp_path / "resumed.pt"))["state"]["step"] == 6
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()][-3:] == [7, 8, 8]
+    resumed, *_ = _run(tmp_path / "resumed.pt", log_path=log)
+    expected = (tmp_path / "reference.jsonl").read_text().splitlines()
+    got = log.read_text().splitlines()
+    assert got[0] == json.dumps({"run": "other", "step": 50, "record": "evaluation"}) and got[1:] == expected
+    records = [json.loads(line) for line in expected]
+    assert [(r["record"], r["step"]) for r in records if r["record"] == "evaluation"] == [
+        ("evaluation", 4), ("evaluation", 8), ("evaluation", 12)]
+    assert [r["step"] for r in records if r["record"] == "step"] == list(range(1, 13))
+    assert resumed["state"]["steps"] == reference["state"]["steps"] == [r for r in records if r["record"] == "step"]
+    assert records[4]["mean_loss"] == pytest.approx(sum(r["loss"] for r in records[:4]) / 4, rel=1e-12)
 
 
 def test_a_finished_run_is_skipped_and_its_weights_loaded(tmp_path):

@@ -66,16 +66,21 @@ def metric_bars(summary: Mapping[str, Mapping[str, Mapping[str, float]]], metric
 def training_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str, x_key: str | None = None,
                     title: str | None = None) -> None:
     """``curves[run][series] = values per epoch``; one panel per series, one line per run. With
-    ``x_key``, ``curves[run][x_key]`` holds the x values (e.g. the training step) instead;
-    ``title`` goes above the panels (say what the values were measured on)."""
+    ``x_key``, ``curves[run][x_key]`` holds the x values (e.g. the training step) instead, and a
+    series given as a pair ``(xs, values)`` has its own x values (e.g. per-step metrics next to
+    per-evaluation ones); ``title`` goes above the panels (say what the values were measured on)."""
     plt = _pyplot()
     series = sorted({key for run in curves.values() for key in run} - {x_key})
     figure, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), squeeze=False)
     for axis, key in zip(axes.flat, series):
         for run, values in curves.items():
             if key in values:
-                xs = values[x_key] if x_key else range(1, len(values[key]) + 1)
-                axis.plot(xs, values[key], label=run)
+                ys = values[key]
+                if isinstance(ys, tuple):
+                    xs, ys = ys
+                else:
+                    xs = values[x_key] if x_key else range(1, len(ys) + 1)
+                axis.plot(xs, ys, label=run)
         axis.set_title(key)
         axis.set_xlabel(x_key or "epoch")
     axes.flat[0].legend(fontsize=7)

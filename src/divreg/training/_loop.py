@@ -9,6 +9,12 @@ of an evaluation (``means``: the step metrics averaged since the last one), and
 ``state_dict`` goes into every checkpoint (one per process) and ``load_state_dict`` restores
 it. (A stateful schedule's ``observe`` is called by the recipe's ``evaluate``, which knows what
 it observes.)
+
+The run's log (``log_path``, JSON lines) gets one record per evaluation (``"record":
+"evaluation"``) and, with ``RunSpec.log_every_step``, one per optimizer step (``"record":
+"step"``, that step's numeric metrics). A resumed run first drops its own records past the
+checkpoint's step (written after the checkpoint, before the interruption), so the log of a
+killed-and-resumed run is the log of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._checkpoint import load_if_exists, save_atomic
-from ._run_folder import append_record
+from ._run_folder import append_record, drop_records_after
 
 
 @dataclass
@@ -33,6 +39,7 @@ class RunState:
     step: int = 0  # optimizer steps taken
     done: bool = False  # the run finished and its results are in the checkpoint
     history: list[dict] = field(default_factory=list)  # one record per evaluation
+    steps: list[dict] = field(default_factory=list)  # one record per step (with RunSpec.log_every_step)
     sums: dict[str, float] = field(default_factory=dict)  # numeric step metrics summed since the last evaluation
     count: int = 0  # steps in those sums
     last: dict[str, Any] = field(default_factory=dict)  # the last step's non-numeric metrics (e.g. a data source)
@@ -61,6 +68,7 @@ class RunSpec:
     checkpoint_every: int = 0  # also checkpoint after every this many steps (0: never in between)
     checkpoint_at_evaluation: bool = False  # also checkpoint after each evaluation
     progress_keys: tuple[str, ...] = ()  # record keys shown on the progress bar
+    log_every_step: bool = False  # also log (and keep in RunState.steps) every step's numeric metrics
 
 
 def _gathered_states(accelerator: Accelerator, components: Mapping[str, Any]) -> list[dict]:
@@ -93,6 +101,8 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
         state = RunState(**saved["state"])
     elif on_start is not None:
         on_start(model)
+    if log_path is not None:
+        drop_records_after(accelerator, log_path, spec.name, state.step)
 
     def checkpoint(**results) -> dict:
         states = _gathered_states(accelerator, components)
@@ -108,11 +118,20 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
     progress = tqdm(range(state.step, spec.total_steps), desc=spec.name, leave=False,
                     disable=not accelerator.is_local_main_process)
     for step in progress:
-        state.add_step(step_fn(model, optimizer, step))
+        metrics = step_fn(model, optimizer, step)
+        state.add_step(metrics)
         state.step = done = step + 1
+        if spec.log_every_step:
+            record = {"run": spec.name, "step": done, "record": "step",
+                      **{key: float(value) for key, value in metrics.items()
+                         if isinstance(value, (int, float)) and not isinstance(value, bool)}}
+            state.steps.append(record)
+            if log_path is not None:
+                append_record(accelerator, log_path, record)
         evaluated = done % spec.evaluate_every == 0 or done == spec.total_steps
         if evaluated:
-            record = {"run": spec.name, "step": done, **evaluate(model, done, state.take_means())}
+            record = {"run": spec.name, "step": done, "record": "evaluation",
+                      **evaluate(model, done, state.take_means())}
             state.history.append(record)
             if log_path is not None:
                 append_record(accelerator, log_path, record)

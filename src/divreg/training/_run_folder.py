@@ -123,3 +123,22 @@ def append_record(accelerator: Accelerator, log_path: str, record: dict) -> None
     if accelerator.is_main_process:
         with open(log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def drop_records_after(accelerator: Accelerator, log_path: str, run: str, step: int) -> None:
+    """Remove from the log the records of ``run`` past ``step`` (the step a resumed run restarts
+    from: what was logged after its checkpoint is logged again), atomically, on the main process."""
+    if accelerator.is_main_process and os.path.exists(log_path):
+        with open(log_path) as handle:
+            lines = handle.read().splitlines()
+        kept = [line for line in lines if not _after(json.loads(line), run, step)]
+        if len(kept) != len(lines):
+            temporary = f"{log_path}.tmp"
+            with open(temporary, "w") as handle:
+                handle.write("".join(line + "\n" for line in kept))
+            os.replace(temporary, log_path)
+    accelerator.wait_for_everyone()
+
+
+def _after(record: dict, run: str, step: int) -> bool:
+    return record.get("run") == run and isinstance(record.get("step"), int) and record["step"] > step

@@ -6,8 +6,9 @@ setup -> (per seed) warm-up -> GRPO -> report. Built-in default: integer arithme
 by :func:`divreg.data.arithmetic_problems`, a character tokenizer and a tiny Llama-style policy
 built from a config (nothing is downloaded; ``policy.path`` loads any ``AutoModelForCausalLM``).
 Outputs in ``output_dir``: ``config.yaml``, ``metrics.json``, ``metrics.jsonl`` (one record per
-evaluation: reward, test accuracy, estimated and exact KL, their gap, the fraction of negative
-k1, entropy), ``curves.png`` and ``checkpoints/``.
+GRPO step: reward, estimated and exact KL, their gap, the fraction of negative k1, entropy, the
+KL coefficient; and one per evaluation: those means since the last one and the test accuracy),
+``curves.png`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
         reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
     result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     return {"warmup_accuracy": warmup_accuracy, "rl_accuracy": result["metrics"]["test_accuracy"],
-            "history": result["state"]["history"]}
+            "history": result["state"]["history"], "steps": result["state"]["steps"]}
 
 
 def report(config: RLConfig, results: dict[int, dict]) -> dict:
@@ -102,13 +103,18 @@ def report(config: RLConfig, results: dict[int, dict]) -> dict:
     rows.append({"seed": "mean +- std", "warm-up accuracy": f"{statistics.fmean(warmup):.3f} +- {spread(warmup):.3f}",
                  "after RL": f"{statistics.fmean(rl):.3f} +- {spread(rl):.3f}"})
     print(format_table(rows, ["seed", "warm-up accuracy", "after RL"]))
-    keys = ("step", "reward", "test_accuracy", "kl_estimate", "kl_exact", "entropy")
-    curves = {f"seed {seed}": {key: [h[key] for h in r["history"]] for key in keys
-                               if all(key in h for h in r["history"])} for seed, r in results.items()}
+    curves = {}
+    for seed, r in results.items():  # per step: reward, KL (estimate and exact), entropy; per evaluation: accuracy
+        steps = [s["step"] for s in r["steps"]]
+        curves[f"seed {seed}"] = {key: (steps, [s[key] for s in r["steps"]])
+                                  for key in ("reward", "kl_estimate", "kl_exact", "entropy")
+                                  if r["steps"] and all(key in s for s in r["steps"])}
+        curves[f"seed {seed}"]["test_accuracy"] = ([0] + [h["step"] for h in r["history"]],
+                                                   [r["warmup_accuracy"]] + [h["test_accuracy"] for h in r["history"]])
     training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
-                    title=f"GRPO on {config.digits}-digit '{config.operations}': test accuracy = greedy exact match "
-                          f"on {config.test_size} held-out problems; reward, KL (k-estimate and exact, per token) "
-                          "and entropy: training means since the last evaluation")
+                    title=f"GRPO on {config.digits}-digit '{config.operations}', per step: task reward, KL(pi || ref) "
+                          f"per token ({config.kl_estimator} estimate and exact), entropy; test accuracy = greedy "
+                          f"exact match on {config.test_size} held-out problems (step 0: the warm-up model)")
     return summary
 
 

@@ -209,7 +209,8 @@ class RLTrainer:
             return metrics
 
         spec = RunSpec(f"grpo-seed{seed}", config.steps, checkpoint_path, evaluate_every=config.eval_every,
-                       checkpoint_every=config.checkpoint_every, progress_keys=("test_accuracy", "reward"))
+                       checkpoint_every=config.checkpoint_every, progress_keys=("test_accuracy", "reward"),
+                       log_every_step=True)
         optimizer = functools.partial(torch.optim.AdamW, lr=config.lr, weight_decay=0.0)
         return train_run(accelerator, spec, model, optimizer, step_fn,
                          lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
