@@ -31,3 +31,10 @@ def test_shipped_config_loads_validates_and_round_trips(command, name, tmp_path)
     resolved = tmp_path / "config.yaml"
     resolved.write_text(to_yaml(config))
     assert load_config(schema, str(resolved)) == config
+
+
+@pytest.mark.parametrize("command,name", [("distill-classifier", "digits.yaml"), ("distill-lm", "builtin.yaml")])
+def test_the_spelled_out_defaults_are_the_defaults(command, name):
+    """The configs that spell out a command's defaults (what `make demo` runs) do not drift."""
+    schema, _ = COMMANDS[command].load()
+    assert load_config(schema, os.path.join(ROOT, command, name)) == load_config(schema, None)

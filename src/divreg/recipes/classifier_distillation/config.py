@@ -97,9 +97,9 @@ class DistillClassifierConfig:
     student: ModelSpec = field(default_factory=lambda: ModelSpec(widths=[8, 16]))
     teacher_checkpoint: Optional[str] = None  # load the teacher's state dict from here instead of training it
     teacher_epochs: int = 30  # epochs to train the teacher
-    epochs: int = 30  # epochs per student
+    epochs: int = 20  # epochs per student
     batch_size: int = 64  # global batch (split across processes; drop_last)
-    min_steps: int = 500  # every run takes at least this many optimizer steps: epochs are raised on small data
+    min_steps: int = 300  # every run takes at least this many optimizer steps: epochs are raised on small data
     lr: float = 0.003  # Adam learning rate
     weight_decay: float = 0.0  # Adam weight decay
     kd_temperature: float = 4.0  # T of the kd_* short names

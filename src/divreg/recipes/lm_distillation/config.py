@@ -73,7 +73,7 @@ class DistillLMConfig:
     task_test_size: int = 200  # data=arithmetic: held-out problems
     vocab_size: int = 1024  # size of the builtin tokenizer
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
-    teacher_train_steps: int = 600  # a teacher built from a config is first trained with CE for this many steps
+    teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
     teacher_dtype: str = "float32"  # the live teacher's precision during distillation: float32, bfloat16 or float16
     student: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(32, 1, 2, 86)))
@@ -95,7 +95,7 @@ class DistillLMConfig:
     max_new_tokens: int = 48  # length of on-policy student generations
     sampling_temperature: float = 1.0  # temperature of on-policy and sequence-level generations (TRL GKD: 0.9)
     top_p: float = 1.0  # nucleus sampling of those generations (1: the full distribution)
-    steps: int = 300  # optimizer steps per student
+    steps: int = 200  # optimizer steps per student
     batch_size: int = 16  # global batch (examples), split over processes and accumulation
     grad_accum: int = 1  # micro-batches per step and process
     lr: float = 0.003  # AdamW learning rate of the students

@@ -1,0 +1,66 @@
+"""The one rule by which every experiment in this folder grades a claim, so that a verdict is a
+computation, not a judgement made after seeing the numbers.
+
+A claim "A is better than B" on a metric is graded from the two measured values and their
+standard errors:
+
+- ``held``: the difference is in the claimed direction and larger than ``z`` (default 2)
+  standard errors of the difference;
+- ``did not hold``: the difference is in the opposite direction by more than ``z`` standard errors;
+- ``not shown``: the difference is within ``z`` standard errors (the setting cannot tell).
+
+Standard errors: over seeds, ``std / sqrt(n)`` of each mean (the standard deviation over ``n``
+seeds, as the recipes report it); for an accuracy measured on ``n`` problems, the binomial
+``sqrt(p (1 - p) / n)``, floored at one problem in ``n`` so that 0 and 1 are not exact; with a
+single run and no error estimate, the verdict is marked ``(1 run)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+HELD, NOT_HELD, NOT_SHOWN = "held", "did not hold", "not shown"
+
+
+def grade(better: float, worse: float, se_better: float, se_worse: float, *, higher_is_better: bool = True,
+          z: float = 2.0) -> str:
+    """The verdict on "``better`` beats ``worse``" (see the module docstring)."""
+    difference = (better - worse) if higher_is_better else (worse - better)
+    spread = z * math.hypot(se_better, se_worse)
+    if difference > spread:
+        return HELD
+    if difference < -spread:
+        return NOT_HELD
+    return NOT_SHOWN
+
+
+def seed_se(std: float, seeds: int) -> float:
+    """Standard error of a mean over ``seeds`` runs with standard deviation ``std``."""
+    return std / math.sqrt(seeds)
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` problems (floored at 1/n)."""
+    q = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
+    return math.sqrt(q * (1.0 - q) / n)
+
+
+def single_run(better: float, worse: float, *, higher_is_better: bool = True) -> str:
+    """One run each, no error estimate: the direction only, marked as such."""
+    ahead = better > worse if higher_is_better else better < worse
+    return f"{HELD if ahead else NOT_HELD} (1 run)"
+
+
+def grade_equal(difference: float, se: float, *, z: float = 2.0) -> str:
+    """The verdict on a claim of *no* difference (an unbiased estimator): ``held`` when the
+    measured difference is within ``z`` standard errors of 0, else ``did not hold``."""
+    return HELD if abs(difference) <= z * se else NOT_HELD
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The verdicts as a Markdown table (claim, our figure, verdict)."""
+    keys = ["claim", "our figure", "verdict"]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "|".join("---" for _ in keys) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(row[key]) for key in keys) + " |")

@@ -1,0 +1,52 @@
+"""Claims graded on the classifier distillation job (the first half of `make demo`): KD improves
+the student's accuracy (Hinton et al. 2015, arXiv 1503.02531); PS-KD lowers ECE and NLL versus CE
+(Kim et al. 2021, arXiv 2006.12000); SinKD beats KL, reverse-KL and JS distillation (Cui et al.
+2024, arXiv 2402.17110). Setting: the defaults of `divreg distill-classifier` (8x8 digits, a
+CNN teacher, small CNN students, 3 seeds). Grading rule: experiments/_verdict.py.
+
+    .venv/bin/python experiments/classifier_claims.py                      # runs the job (about 2 minutes)
+    .venv/bin/python experiments/classifier_claims.py --metrics outputs/distill_classifier/metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from _verdict import grade, print_rows, seed_se
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", help="a finished run's metrics.json (default: run the job first)")
+    parser.add_argument("--output-dir", default="outputs/experiments/classifier")
+    args = parser.parse_args()
+    if args.metrics is None:
+        from divreg.config import load_config
+        from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
+
+        config = load_config(DistillClassifierConfig, None, [f"output_dir={args.output_dir}", "overwrite=true"])
+        metrics, seeds = run(config), len(config.seeds)
+    else:
+        with open(args.metrics) as handle:
+            metrics = json.load(handle)
+        seeds = 3  # the default job's seeds
+
+    def compare(claim: str, better: str, worse: str, metric: str, higher_is_better: bool) -> dict:
+        a, b = metrics[better][metric], metrics[worse][metric]
+        verdict = grade(a["mean"], b["mean"], seed_se(a["std"], seeds), seed_se(b["std"], seeds),
+                        higher_is_better=higher_is_better)
+        figure = f"{better} {a['mean']:.3f} ± {a['std']:.3f} vs {worse} {b['mean']:.3f} ± {b['std']:.3f} ({metric})"
+        return {"claim": claim, "our figure": figure, "verdict": verdict}
+
+    rows = [compare("KD improves the student's accuracy over CE", kd, "ce", "accuracy", True)
+            for kd in ("kd_forward_kl", "kd_reverse_kl", "kd_jsd")]
+    rows += [compare("PS-KD lowers ECE versus CE", "pskd", "ce", "ece", False),
+             compare("PS-KD lowers NLL versus CE", "pskd", "ce", "nll", False)]
+    rows += [compare("SinKD beats KL / RKL / JS distillation", "sinkd", kd, "accuracy", True)
+             for kd in ("kd_forward_kl", "kd_reverse_kl", "kd_jsd")]
+    print_rows(rows)
+
+
+if __name__ == "__main__":
+    main()
