@@ -20,7 +20,7 @@ EXPECTED = {
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
              "targets"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
-                   "fused_linear_sparse_divergence", "fused_linear_token_logprobs"},
+                   "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
                     "align_answer_positions", "ADVANTAGE_SCALES", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS",
                     "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LOSS_AGGREGATIONS", "combine_rewards",
@@ -41,7 +41,7 @@ EXPECTED = {
     divreg.training: {"ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
                       "derive_seed", "epoch_batches", "global_item_counts", "load_if_exists", "load_model_state", "prepare_run_folder",
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
-    divreg.divergences.kernels: {"Scratch", "check_sparse_target", "check_temperature", "math_dtype", "sparse_kl_with_grad"},
+    divreg.divergences.kernels: {"Scratch", "check_sparse_target", "check_temperature", "log_softmax_checked", "math_dtype", "sparse_kl_with_grad"},
     divreg.divergences: {
         "DIVERGENCES", "Divergence", "TAIL_POLICIES", "check_divergence_options", "check_tail_policy", "get_divergence", "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
         "sinkhorn_plan", "skew_kl", "sorted_probability_l1", "sparse_kl",

@@ -183,7 +183,10 @@ def test_default_methods_reach_logistic_regression_on_a_small_table(tmp_path, ca
     reference = LogisticRegression(max_iter=5000).fit((x_train - mean) / std, y_train).score((x_test - mean) / std, y_test)
     summary = run(load_config(DistillClassifierConfig, None, [f"data={tmp_path / 'table.npz'}", "seeds=[0]",
                                                               f"output_dir={tmp_path / 'out'}", "checkpoint_every=0"]))
-    assert "notice: epochs=30 would be 30 optimizer steps on 126 training examples" in capsys.readouterr().out
+    defaults = DistillClassifierConfig()
+    out = capsys.readouterr().out
+    assert (f"notice: epochs={defaults.epochs} would be {defaults.epochs} optimizer steps on 126 training examples"
+            f" (batch 64); training {defaults.min_steps} epochs") in out
     assert reference >= 0.85
     for method, metrics in summary.items():
         assert metrics["accuracy"]["mean"] >= reference - 0.06, (method, metrics["accuracy"]["mean"], reference)
