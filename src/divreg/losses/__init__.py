@@ -2,8 +2,10 @@
 schedules. Each takes its divergence by name, its reduction (a function of
 :mod:`divreg.reductions`) and its weight (a number or a :class:`divreg.schedules.Schedule`)."""
 
+from ._apo import dads_kl_weights, group_difficulty, stcr_advantages
 from ._common import LossOutput
 from ._consistency import TwoViewKL
+from ._ctrl import CTRL_TRANSFORMS, TIE_RULES, calibrated_rewards, ctrl_transform
 from ._grpo import (
     ADVANTAGE_SCALES,
     IMPORTANCE_LEVELS,
@@ -20,11 +22,15 @@ from ._grpo import (
 )
 from ._kd import KDLoss
 from ._lm_distill import LMDistillLoss
+from ._lp_reg import LpReg, lp_reg_penalty, lp_reg_token_mask, min_p_proxy_logprobs
 from ._pskd import PSKDLoss
+from ._rapo import reweighted_reference_logits
 from ._sinkd import SinKDLoss
 from ._uld import ULDLoss, align_answer_positions
 
-__all__ = ["ADVANTAGE_SCALES", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss", "KL_DIRECTIONS", "KL_ESTIMATORS",
-           "KL_PLACEMENTS", "LMDistillLoss", "LOSS_AGGREGATIONS", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL",
-           "ULDLoss", "align_answer_positions", "combine_rewards", "group_advantages", "kl_per_token",
-           "loss_aggregation"]
+__all__ = ["ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss",
+           "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LMDistillLoss", "LOSS_AGGREGATIONS", "LossOutput", "LpReg",
+           "PSKDLoss", "SinKDLoss", "TIE_RULES", "TwoViewKL", "ULDLoss", "align_answer_positions", "calibrated_rewards",
+           "combine_rewards", "ctrl_transform", "dads_kl_weights", "group_advantages", "group_difficulty",
+           "kl_per_token", "loss_aggregation", "lp_reg_penalty", "lp_reg_token_mask", "min_p_proxy_logprobs",
+           "reweighted_reference_logits", "stcr_advantages"]

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..estimators import k1, k2, k3, k3_k2grad
 from ..reductions import per_sequence_mean, sum_over_items
+from ._lp_reg import LpReg, lp_reg_penalty
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
@@ -316,7 +317,8 @@ class GRPOLoss(nn.Module):
     def forward(self, logprobs: Tensor, old_logprobs: Optional[Tensor], advantages: Tensor, mask: Tensor, *,
                 tokens: Union[int, float, Tensor], sequences: Union[int, float, Tensor],
                 ref_logprobs: Optional[Tensor] = None, kl_coef: float = 0.0,
-                exact_kl: Optional[Tensor] = None) -> GRPOOutput:
+                exact_kl: Optional[Tensor] = None, kl_weights: Optional[Tensor] = None,
+                lp_reg: Optional[LpReg] = None) -> GRPOOutput:
         """The micro-batch loss.
 
         Args:
@@ -329,6 +331,12 @@ class GRPOLoss(nn.Module):
             ref_logprobs: (B, T) under the reference, for a sampled KL estimator.
             kl_coef: beta at this step (0: no KL term, no reference needed).
             exact_kl: (B, T) the exact per-token KL, for ``kl_estimator="exact"``.
+            kl_weights: (B,) a weight per completion on its KL term (APO's DADS,
+                :func:`~divreg.losses.dads_kl_weights`; 0/1 for KDRL's reward-guided masking);
+                None: 1.
+            lp_reg: Lp-Reg's tokens (:class:`~divreg.losses.LpReg`): at each selected token the
+                clipped surrogate is replaced by the unclipped :math:`-A\rho` plus
+                ``coef * lp_reg_penalty(log pi, log proxy)`` (aggregated with the rest).
         """
         if logprobs.dim() != 2 or mask.shape != logprobs.shape or mask.dtype != torch.bool:
             raise ValueError(f"logprobs must be (B, T) and mask a bool tensor of the same shape, got "
@@ -348,6 +356,12 @@ class GRPOLoss(nn.Module):
         advantage = advantages.detach().to(ratio.dtype).unsqueeze(-1)  # (B, 1)
         clipped = ratio.clamp(1.0 - self.epsilon_low, 1.0 + self.epsilon_high)
         policy_values = -torch.min(ratio * advantage, clipped * advantage)  # (B, T)
+        if lp_reg is not None:
+            if lp_reg.selected.shape != mask.shape or lp_reg.proxy_logprobs.shape != mask.shape:
+                raise ValueError(f"lp_reg.selected and lp_reg.proxy_logprobs must have shape {tuple(mask.shape)}")
+            penalty = lp_reg_penalty(logprobs, lp_reg.proxy_logprobs.detach(), lp_reg.clamp)
+            policy_values = torch.where(lp_reg.selected & mask, -ratio * advantage + lp_reg.coef * penalty,
+                                        policy_values)
         count = self.count(tokens, sequences)
         policy = self.reduction(policy_values, mask, count)
         kl = torch.zeros((), dtype=policy.dtype, device=policy.device)
@@ -355,6 +369,11 @@ class GRPOLoss(nn.Module):
         if kl_coef and self.kl_placement == "loss":
             kl_values = kl_per_token(logprobs, ref_logprobs, self.kl_estimator, self.kl_direction, self.kl_clamp,
                                      exact_kl)
+            if kl_weights is not None:
+                if kl_weights.shape != logprobs.shape[:1]:
+                    raise ValueError(f"kl_weights must have shape ({logprobs.shape[0]},), one per completion, got "
+                                     f"{tuple(kl_weights.shape)}")
+                kl_values = kl_values * kl_weights.detach().to(kl_values.dtype).unsqueeze(-1)
             kl = self.reduction(kl_values, mask, count)
             loss = policy + kl_coef * kl
         # tokens where the clipped branch is taken (its gradient is 0): ratio below 1 - eps_low with a negative

@@ -4,6 +4,7 @@ live in checkpoints (``state_dict`` / ``load_state_dict``)."""
 
 from ._adaptive import AdaptiveKLController, AdaptiveReplayProbability
 from ._base import Schedule, as_schedule
-from ._ramps import Constant, LinearRamp
+from ._ramps import Constant, LinearDecay, LinearRamp
 
-__all__ = ["AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearRamp", "Schedule", "as_schedule"]
+__all__ = ["AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearDecay", "LinearRamp", "Schedule",
+           "as_schedule"]

@@ -48,3 +48,33 @@ class LinearRamp(Schedule):
 
     def __repr__(self) -> str:
         return f"LinearRamp(final_value={self.final_value}, total_steps={self.total_steps})"
+
+
+class LinearDecay(Schedule):
+    r"""A coefficient that falls linearly to a floor:
+
+    .. math:: \beta_t = \max(\beta_0 - \delta\, t,\ \beta_{min}),\quad t = 0, 1, \ldots
+
+    (KDRL's KD coefficient: 5e-3 decaying to 1e-3 in the paper as read by others; the rate is not
+    confirmed, so it is an argument.)
+
+    References:
+        Xu et al. "Unified Knowledge Distillation and Reinforcement Learning" (KDRL), 2025,
+        arXiv 2506.02208.
+    """
+
+    def __init__(self, start: float, floor: float, delta: float):
+        for name, value in (("start", start), ("floor", floor), ("delta", delta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if floor > start:
+            raise ValueError(f"floor ({floor}) must be <= start ({start})")
+        self.start, self.floor, self.delta = float(start), float(floor), float(delta)
+
+    def __call__(self, step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return max(self.start - self.delta * step, self.floor)
+
+    def __repr__(self) -> str:
+        return f"LinearDecay(start={self.start}, floor={self.floor}, delta={self.delta})"
