@@ -214,7 +214,8 @@ def test_sequence_importance_ratio_is_gspo():
     ({"kl_direction": "forward", "kl_estimator": "k2"}, "kl_direction='forward' is available as"),
     ({"loss_agg": "seq_mean_token_sum_norm"}, "pass max_completion_length"),
     ({"loss_agg": "dapo"}, "loss_agg must be one of"),
-    ({"epsilon_low": 1.0}, r"epsilon_low must be a number in \[0, 1\)"),
+    ({"epsilon_low": 1.5}, r"epsilon_low must be a number in \[0, 1\]"),  # 1: no lower clip (Lp-Reg)
+    ({"epsilon_high": math.inf}, r"epsilon_high must be a number in \[0, inf\)"),
 ])
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):

@@ -110,6 +110,30 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
     assert records[-1]["kl_term"] > 0 and records[-1]["kl_term"] == pytest.approx(records[-1]["kl_exact"], rel=1e-4)
 
 
+@pytest.mark.parametrize("name,extra", [
+    ("apo.yaml", []),
+    ("lp-reg.yaml", ["lp_reg_rho=0.2"]),  # 2-3 tokens per tiny completion: rho 0.01 would select none
+    ("kdrl.yaml", ["reference.config.hidden_size=16", "reference.config.intermediate_size=32",
+                   "reference.config.num_hidden_layers=1", "reference_warmup_steps=10", "kl_mask_correct=true"]),
+])
+def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
+    """Each method of issue 13 shipped as a config runs (two GRPO steps) and logs its own terms."""
+    config = load_config(RLConfig, f"configs/rl/{name}", [*TINY, "steps=2", "eval_every=1", "warmup_steps=10",
+                                                          f"output_dir={tmp_path / 'run'}", *extra])
+    summary = run(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("record") == "step"]
+    assert len(steps) == 2 and all(r["loss"] == r["loss"] for r in steps)
+    if name == "apo.yaml":
+        assert all(0 < r["kl_weight"] <= 1 for r in steps)
+    if name == "lp-reg.yaml":
+        assert "lp_reg_tokens" in steps[0] and "kl_exact" not in steps[0]  # no reference at all
+    if name == "kdrl.yaml":
+        assert [r["run"] for r in records][:2] == ["warmup-seed0", "reference-warmup-seed0"]
+        assert steps[0]["kl_coef"] == 0.005 and steps[1]["kl_coef"] == pytest.approx(0.005 - 0.00005)
+        assert "reference_accuracy" in summary["seeds"]["0"] and steps[0]["kl_exact"] > 0  # another model
+
+
 @pytest.mark.parametrize("options,message", [
     (["kl_estimator=k1"], "k1 as a loss has zero gradient"),
     (["kl_direction=forward", "kl_estimator=k2"], "kl_direction='forward' is available as"),
@@ -118,11 +142,20 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
     (["group_size=1"], "group_size=1 has no group standard deviation"),
     (["kl_coef=0", "kl_target=0.1"], "kl_target needs kl_coef > 0"),
     (["digits=3", "max_new_tokens=4"], "cannot hold the longest answer"),
+    (["reference.config.hidden_size=16"], "reference built from reference.config is untrained"),
+    (["dads=true", "kl_coef=0"], "dads and kl_mask_correct weight the KL term"),
+    (["lp_reg=true", "fused=true"], "lp_reg needs the sampling policy's full logits"),
+    (["kl_coef_decay=0.001", "kl_target=0.1"], "choose one"),
 ])
 def test_bad_options_stop_before_training(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         run(_config(tmp_path / "run", *options))
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+def test_correctness_based_shaping_needs_the_exact_match_reward():
+    with pytest.raises(ValueError, match="keep it in rewards"):
+        RLConfig(stcr=True, rewards={"format": 1.0})
 
 
 def test_a_policy_with_another_tokenizer_is_refused(tmp_path):

@@ -284,9 +284,10 @@ class GRPOLoss(nn.Module):
                  kl_clamp: bool = False):
         super().__init__()
         for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < (
-                    1 if name == "epsilon_low" else math.inf):
-                raise ValueError(f"{name} must be a number in [0, {'1' if name == 'epsilon_low' else 'inf'}), got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= (
+                    1 if name == "epsilon_low" else math.inf) or math.isinf(value):
+                raise ValueError(f"{name} must be a number in [0, {'1]' if name == 'epsilon_low' else 'inf)'}, got "
+                                 f"{value!r}")
         _check_choice("importance_sampling", importance_sampling, IMPORTANCE_LEVELS)
         _check_choice("kl_placement", kl_placement, KL_PLACEMENTS)
         _check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)

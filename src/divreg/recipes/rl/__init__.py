@@ -37,6 +37,10 @@ def setup(config: RLConfig):
     """Accelerator, tokenizer, the task's problems, the run folder and the trainer."""
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
+    if config.reference is not None and model_tokenizer(config.reference, tokenizer) is not tokenizer:
+        raise ValueError(f"reference.path {config.reference.path!r} ships its own tokenizer, which differs from the "
+                         f"run's ({config.tokenizer!r}); a KL between the two models needs one vocabulary (a teacher "
+                         "with another tokenizer is not supported here)")
     if model_tokenizer(config.policy, tokenizer) is not tokenizer:
         raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
                          f"{config.tokenizer!r}; the policy, its reference and the rewards must read one tokenizer: "
@@ -75,13 +79,22 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     warmup_accuracy = warmup["metrics"]["test_accuracy"] if warmup else trainer.accuracy(policy)
     policy = build()
     policy.load_state_dict(state)
-    reference = None
+    reference, reference_accuracy = None, None
     if config.kl_coef > 0 or config.kl_target is not None:
-        reference = build()
-        reference.load_state_dict(state)
+        if config.reference is None:  # a frozen copy of the warm-up model
+            reference = build()
+            reference.load_state_dict(state)
+        else:  # another model (KDRL: a teacher), trained by the same warm-up first when asked
+            reference = CausalLM(build_causal_lm(config.reference, tokenizer, seed + 1000), len(tokenizer))
+            if config.reference_warmup_steps:
+                trained = trainer.warmup(reference, seed, os.path.join(checkpoints, f"reference-warmup-seed{seed}.pt"),
+                                         steps=config.reference_warmup_steps, name="reference-warmup")
+                reference.load_state_dict(trained["model"])
+                reference_accuracy = trained["metrics"]["test_accuracy"]
         reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
     result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     return {"warmup_accuracy": warmup_accuracy, "rl_accuracy": result["metrics"]["test_accuracy"],
+            **({"reference_accuracy": reference_accuracy} if reference_accuracy is not None else {}),
             "history": result["state"]["history"], "steps": result["state"]["steps"]}
 
 
@@ -92,8 +105,8 @@ def report(config: RLConfig, results: dict[int, dict]) -> dict:
     def spread(values):
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
-    summary = {"seeds": {str(seed): {"warmup_accuracy": r["warmup_accuracy"], "rl_accuracy": r["rl_accuracy"]}
-                         for seed, r in results.items()},
+    summary = {"seeds": {str(seed): {key: r[key] for key in ("warmup_accuracy", "rl_accuracy", "reference_accuracy")
+                                     if key in r} for seed, r in results.items()},
                "warmup_accuracy": {"mean": statistics.fmean(warmup), "std": spread(warmup)},
                "rl_accuracy": {"mean": statistics.fmean(rl), "std": spread(rl)}}
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:

@@ -57,6 +57,23 @@ class RLConfig:
     kl_target: Optional[float] = None  # set: Ziegler et al.'s adaptive controller tracks this KL (per token)
     kl_horizon: float = 10000.0  # the controller's horizon (in completions)
     kl_clamp: bool = False  # verl's clamps on the k3 forms (log-ratio +-20, value +-10)
+    kl_coef_decay: float = 0.0  # > 0: beta_t = max(kl_coef - kl_coef_decay * t, kl_coef_floor) (KDRL)
+    kl_coef_floor: float = 0.0  # the floor of that decay
+    kl_mask_correct: bool = False  # no KL term on correct completions (KDRL's reward-guided masking)
+    # the KL's target: null = a frozen copy of the warm-up model; or a model by path / config (KDRL: a larger
+    # teacher with the same tokenizer), first trained by the same supervised warm-up for reference_warmup_steps
+    reference: Optional[ModelSource] = None
+    reference_warmup_steps: int = 0
+    # APO (arXiv 2506.21655): DADS weights each completion's KL term, STCR scales long wrong answers' advantages
+    dads: bool = False
+    dads_scale: float = 2.718281828459045  # s in w = 1 - exp(-s (1 - d)); Euler's number in the official code
+    stcr: bool = False
+    stcr_base: float = 1.00001  # b in p = 1 - b^-(L - mu+)
+    # Lp-Reg (arXiv 2510.03222): low-probability tokens of negative completions pulled toward a min-p proxy
+    lp_reg: bool = False
+    lp_reg_kappa: float = 0.02  # the proxy's min-p threshold
+    lp_reg_rho: float = 0.01  # the lowest-probability fraction of negative-completion tokens considered
+    lp_reg_coef: float = 1.0  # beta of the penalty
     max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
     fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
     grad_accum: int = 1  # micro-batches per update and process
@@ -98,6 +115,34 @@ class RLConfig:
         if self.max_new_tokens < longest + 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
                              f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
+        if self.kl_coef_decay < 0 or self.kl_coef_floor < 0 or self.kl_coef_floor > self.kl_coef:
+            raise ValueError(f"kl_coef_decay and kl_coef_floor must be >= 0 with kl_coef_floor <= kl_coef, got "
+                             f"{self.kl_coef_decay}, {self.kl_coef_floor} (kl_coef={self.kl_coef})")
+        if self.kl_coef_decay and self.kl_target is not None:
+            raise ValueError("kl_coef_decay and kl_target both move beta: choose one")
+        if self.reference_warmup_steps < 0:
+            raise ValueError(f"reference_warmup_steps must be >= 0, got {self.reference_warmup_steps}")
+        if self.reference is not None and self.reference.path is None and not self.reference_warmup_steps:
+            raise ValueError("a reference built from reference.config is untrained: set reference_warmup_steps > 0 "
+                             "(the supervised warm-up trains it first) or give reference.path")
+        if self.reference is None and self.reference_warmup_steps:
+            raise ValueError("reference_warmup_steps trains a separate reference: give reference.config or "
+                             "reference.path (without one, the reference is the warm-up model itself)")
+        if self.lp_reg:
+            if not 0 <= self.lp_reg_kappa <= 1 or not 0 < self.lp_reg_rho <= 1 or self.lp_reg_coef < 0:
+                raise ValueError(f"lp_reg needs lp_reg_kappa in [0, 1], lp_reg_rho in (0, 1] and lp_reg_coef >= 0, "
+                                 f"got {self.lp_reg_kappa}, {self.lp_reg_rho}, {self.lp_reg_coef}")
+            if self.fused == "true":
+                raise ValueError("lp_reg needs the sampling policy's full logits for its min-p proxy; use fused=false "
+                                 "(or auto below 32768 tokens)")
+        if (self.dads or self.kl_mask_correct) and not (self.kl_coef > 0 and self.kl_placement == "loss"):
+            raise ValueError("dads and kl_mask_correct weight the KL term of the loss: they need kl_coef > 0 and "
+                             "kl_placement=loss")
+        if (self.dads or self.stcr or self.kl_mask_correct) and "exact_match" not in self.rewards:
+            raise ValueError("dads, stcr and kl_mask_correct read which completions are correct from the exact_match "
+                             "reward: keep it in rewards")
+        if not self.dads_scale > 0 or not self.stcr_base > 1:
+            raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         self.grpo_loss()  # every KL / aggregation option checked now, with GRPOLoss's own messages

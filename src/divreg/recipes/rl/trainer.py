@@ -17,9 +17,10 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
 from ...fused import fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
-from ...losses import combine_rewards, group_advantages, kl_per_token
+from ...losses import (LpReg, combine_rewards, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
+                       min_p_proxy_logprobs, stcr_advantages)
 from ...models import CausalLM, generate_examples, greedy_completions
-from ...schedules import AdaptiveKLController, Constant, Schedule
+from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...training import RunSpec, backward_micro_batches, derive_seed, step_batch, train_run
 from .config import RLConfig
 
@@ -63,6 +64,8 @@ def kl_schedule(config: RLConfig) -> Schedule:
     if config.kl_target is not None:
         return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon, metric="kl_exact",
                                     count_metric="completions")
+    if config.kl_coef_decay:
+        return LinearDecay(config.kl_coef, config.kl_coef_floor, config.kl_coef_decay)
     return Constant(config.kl_coef)
 
 
@@ -72,6 +75,12 @@ class RLTrainer:
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
         self.fused = config.fused == "true" or (config.fused == "auto" and len(tokenizer) >= FUSED_AUTO_VOCAB)
+        if self.fused and config.lp_reg:
+            raise ValueError(f"lp_reg needs the sampling policy's full logits (its min-p proxy), and this "
+                             f"{len(tokenizer)}-token vocabulary turns the fused path on: set fused=false")
+        if self.fused and config.kl_estimator == "exact" and (config.dads or config.kl_mask_correct):
+            raise ValueError("the fused exact KL reduces inside its kernel, without per-completion weights: use "
+                             "kl_estimator=k3 (or k2) with dads / kl_mask_correct, or fused=false")
         # one tokenization of the prompts for warm-up, sampling and evaluation (tokenize_records: with the
         # tokenizer's special tokens or chat template, if it has them)
         if len(warmup_examples) != len(train):
@@ -87,8 +96,11 @@ class RLTrainer:
                                    self.config.max_new_tokens)
         return sum(exact_match_reward(texts, [p.answer for p in self.test])) / len(self.test)
 
-    def warmup(self, model: CausalLM, seed: int, checkpoint_path: str) -> dict:
-        """Supervised warm-up: CE on prompt -> answer (token mean over the global batch)."""
+    def warmup(self, model: CausalLM, seed: int, checkpoint_path: str, steps: Optional[int] = None,
+               name: str = "warmup") -> dict:
+        """Supervised warm-up: CE on prompt -> answer (token mean over the global batch), for
+        ``steps`` (default: ``warmup_steps``); also how a separate reference is trained."""
+        steps = self.config.warmup_steps if steps is None else steps
         accelerator, config = self.accelerator, self.config
         rank, processes = accelerator.process_index, accelerator.num_processes
 
@@ -108,7 +120,7 @@ class RLTrainer:
             optimizer.zero_grad()
             return totals
 
-        spec = RunSpec(f"warmup-seed{seed}", config.warmup_steps, checkpoint_path, evaluate_every=config.warmup_steps,
+        spec = RunSpec(f"{name}-seed{seed}", steps, checkpoint_path, evaluate_every=steps,
                        checkpoint_every=config.checkpoint_every * 4)
         optimizer = functools.partial(torch.optim.AdamW, lr=config.warmup_lr, weight_decay=0.0)
         return train_run(accelerator, spec, model, optimizer, step_fn,
@@ -142,6 +154,7 @@ class RLTrainer:
             texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:] if t != self.tokenizer.eos_token_id],
                                            skip_special_tokens=True) for e in examples]
             answers = [p.answer for p in problems]
+            correct = exact_match_reward(texts, answers)
             rewards = combine_rewards([REWARDS[name](texts, answers) for name in names], names, weights)
             task_reward = _global_mean(accelerator, rewards.tolist())  # before any KL penalty
             batch = _to(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
@@ -164,7 +177,28 @@ class RLTrainer:
             all_rewards = accelerator.gather(rewards.to(accelerator.device))  # (global completions,), rank-major
             advantages = group_advantages(all_rewards.double(), group, config.advantage_scale)
             local = rewards.shape[0]
-            batch["advantages"] = advantages[rank * local:(rank + 1) * local].to(accelerator.device)
+            mine = slice(rank * local, (rank + 1) * local)
+            if config.stcr or config.dads:  # per group: which completions are right, and (STCR) their lengths
+                all_correct = accelerator.gather(torch.tensor(correct, dtype=torch.float64, device=accelerator.device))
+                if config.stcr:
+                    all_lengths = accelerator.gather(mask.sum(-1).double().to(accelerator.device))
+                    advantages = stcr_advantages(advantages, all_lengths, all_correct, group, base=config.stcr_base)
+                if config.dads:
+                    batch["kl_weights"] = dads_kl_weights(all_correct, advantages, group,
+                                                          scale=config.dads_scale)[mine].to(accelerator.device)
+            if config.kl_mask_correct:
+                keep = 1.0 - torch.tensor(correct, dtype=torch.float64, device=accelerator.device)
+                batch["kl_weights"] = batch.get("kl_weights", torch.ones_like(keep)) * keep
+            batch["advantages"] = advantages[mine].to(accelerator.device)
+            if config.lp_reg:  # the min-p proxy of the sampling policy, and the tokens it regularizes
+                proxy = min_p_proxy_logprobs(policy_out, batch["labels"][:, 1:], kappa=config.lp_reg_kappa,
+                                             temperature=config.temperature, ignore_index=IGNORE_INDEX)
+                batch["proxy_logprobs"] = proxy
+                batch["lp_selected"] = lp_reg_token_mask(logprobs, proxy, batch["advantages"], mask,
+                                                         rho=config.lp_reg_rho)
+                stats["lp_reg_tokens"] = (batch["lp_selected"].double(), mask)
+            if "kl_weights" in batch:
+                stats["kl_weight"] = (batch["kl_weights"][:, None].expand(mask.shape).double(), mask)
             micro = [{k: v[i::config.grad_accum] for k, v in batch.items()} for i in range(config.grad_accum)]
 
             def loss_fn(model, micro_batch, counts):
@@ -184,10 +218,12 @@ class RLTrainer:
                             num_items_in_batch=grpo.count(counts.tokens, counts.sequences))
                     else:
                         exact_term = exact_kl(out, ref_out, model, reference, mask, config, False, forward=forward)
+                lp_reg = LpReg(micro_batch["lp_selected"], micro_batch["proxy_logprobs"],
+                               config.lp_reg_coef) if config.lp_reg else None
                 result = grpo(logprobs, micro_batch.get("old_logprobs"), micro_batch["advantages"], mask,
                               tokens=counts.tokens, sequences=counts.sequences,
                               ref_logprobs=micro_batch.get("ref_logprobs"), kl_coef=0.0 if fused_kl is not None
-                              else coef, exact_kl=exact_term)
+                              else coef, exact_kl=exact_term, kl_weights=micro_batch.get("kl_weights"), lp_reg=lp_reg)
                 loss, kl_part = result.loss, result.kl
                 if fused_kl is not None:
                     loss, kl_part = loss + coef * fused_kl, fused_kl.detach()
@@ -200,7 +236,7 @@ class RLTrainer:
                 optimizer.zero_grad()
             metrics = {**totals, **_global_means(accelerator, stats), "kl_coef": coef,
                        "reward": task_reward,
-                       "train_exact_match": _global_mean(accelerator, exact_match_reward(texts, answers)),
+                       "train_exact_match": _global_mean(accelerator, correct),
                        "completion_tokens": float(accelerator.reduce(mask.sum().double(), "sum"))
                        / float(all_rewards.numel())}
             if "kl_exact" in metrics:
