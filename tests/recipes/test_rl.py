@@ -3,6 +3,7 @@ placements and estimators, no reference when the coefficient is 0, exact resume 
 and clear errors before any training."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -113,6 +114,7 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
 @pytest.mark.parametrize("name,extra", [
     ("apo.yaml", []),
     ("lp-reg.yaml", ["lp_reg_rho=0.2"]),  # 2-3 tokens per tiny completion: rho 0.01 would select none
+    ("ctrl.yaml", ["ctrl_samples=3"]),
     ("kdrl.yaml", ["reference.config.hidden_size=16", "reference.config.intermediate_size=32",
                    "reference.config.num_hidden_layers=1", "reference_warmup_steps=10", "kl_mask_correct=true"]),
 ])
@@ -128,6 +130,9 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
         assert all(0 < r["kl_weight"] <= 1 for r in steps)
     if name == "lp-reg.yaml":
         assert "lp_reg_tokens" in steps[0] and "kl_exact" not in steps[0]  # no reference at all
+    if name == "ctrl.yaml":  # the logged reward is the task's, before the calibration (exp(4 C) is in [1, e^4])
+        assert all(0 <= r["reward"] <= 1.1 for r in steps) and "kl_exact" in steps[0]
+        assert all(1 <= r["ctrl_reward"] <= math.exp(4) for r in steps)  # exp(t C), C in [0, 1]
     if name == "kdrl.yaml":
         assert [r["run"] for r in records][:2] == ["warmup-seed0", "reference-warmup-seed0"]
         assert steps[0]["kl_coef"] == 0.005 and steps[1]["kl_coef"] == pytest.approx(0.005 - 0.00005)
@@ -146,6 +151,8 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
     (["dads=true", "kl_coef=0"], "dads and kl_mask_correct weight the KL term"),
     (["lp_reg=true", "fused=true"], "lp_reg needs the sampling policy's full logits"),
     (["kl_coef_decay=0.001", "kl_target=0.1"], "choose one"),
+    (["ctrl=best_of_2"], "ctrl must be 'none' or one of"),
+    (["ctrl=best_of_n", "ctrl_t=0"], "ctrl needs ctrl_t > 0"),
 ])
 def test_bad_options_stop_before_training(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):

@@ -80,7 +80,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     policy = build()
     policy.load_state_dict(state)
     reference, reference_accuracy = None, None
-    if config.kl_coef > 0 or config.kl_target is not None:
+    if config.kl_coef > 0 or config.kl_target is not None or config.ctrl != "none":
         if config.reference is None:  # a frozen copy of the warm-up model
             reference = build()
             reference.load_state_dict(state)

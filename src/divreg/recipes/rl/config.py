@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ...config import require_positive
 from ...data import ARITHMETIC_OPERATIONS
-from ...losses import ADVANTAGE_SCALES, GRPOLoss
+from ...losses import ADVANTAGE_SCALES, CTRL_TRANSFORMS, GRPOLoss
 from ...models import ModelSource
 
 REWARD_FUNCTIONS = ("exact_match", "format")
@@ -74,6 +74,12 @@ class RLConfig:
     lp_reg_kappa: float = 0.02  # the proxy's min-p threshold
     lp_reg_rho: float = 0.01  # the lowest-probability fraction of negative-completion tokens considered
     lp_reg_coef: float = 1.0  # beta of the penalty
+    # InfAlign's CTRL (arXiv 2412.19792): the reward calibrated against ctrl_samples completions of the reference
+    # (the warm-up model) for the same prompt, then transformed: "none" (off), "identity" (the calibrated reward),
+    # "best_of_n" (exp(ctrl_t C)) or "worst_of_n" (-exp(-ctrl_t C))
+    ctrl: str = "none"
+    ctrl_t: float = 1.0
+    ctrl_samples: int = 8
     max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
     fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
     grad_accum: int = 1  # micro-batches per update and process
@@ -141,6 +147,12 @@ class RLConfig:
         if (self.dads or self.stcr or self.kl_mask_correct) and "exact_match" not in self.rewards:
             raise ValueError("dads, stcr and kl_mask_correct read which completions are correct from the exact_match "
                              "reward: keep it in rewards")
+        if self.ctrl not in ("none",) + CTRL_TRANSFORMS:
+            raise ValueError(f"ctrl must be 'none' or one of {list(CTRL_TRANSFORMS)}, got {self.ctrl!r}")
+        if self.ctrl != "none" and (not self.ctrl_t > 0 or self.ctrl_samples < 1):
+            raise ValueError(f"ctrl needs ctrl_t > 0 and ctrl_samples >= 1, got {self.ctrl_t}, {self.ctrl_samples}")
+        if self.ctrl != "none" and self.reference is not None:
+            raise ValueError("ctrl calibrates against the frozen warm-up model; leave reference unset")
         if not self.dads_scale > 0 or not self.stcr_base > 1:
             raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

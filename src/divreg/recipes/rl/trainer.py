@@ -17,7 +17,7 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
 from ...fused import fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
-from ...losses import (LpReg, combine_rewards, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
+from ...losses import (LpReg, calibrated_rewards, combine_rewards, ctrl_transform, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
                        min_p_proxy_logprobs, stcr_advantages)
 from ...models import CausalLM, generate_examples, greedy_completions
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
@@ -136,27 +136,45 @@ class RLTrainer:
         names, weights = list(config.rewards), list(config.rewards.values())
         group = config.group_size
 
-        def generate(policy, step: int) -> tuple[list[TextExample], list[TaskProblem]]:
+        def generate(model, step: int, copies: int, *stream: int) -> tuple[list[TextExample], list[TaskProblem]]:
+            """``copies`` completions of each of this process's prompts at ``step`` (contiguous)."""
             indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
-            problems = [self.train[i] for i in indices for _ in range(group)]  # each prompt's group contiguous
-            prompts = [self.prompt_ids[i] for i in indices for _ in range(group)]
-            examples = generate_examples(policy, prompts, self.tokenizer, config.max_new_tokens,
-                                         derive_seed(seed, step, rank), temperature=config.temperature,
+            problems = [self.train[i] for i in indices for _ in range(copies)]
+            prompts = [self.prompt_ids[i] for i in indices for _ in range(copies)]
+            examples = generate_examples(model, prompts, self.tokenizer, config.max_new_tokens,
+                                         derive_seed(seed, step, rank, *stream), temperature=config.temperature,
                                          top_p=config.top_p)
             return examples, problems
+
+        def calibrated(rewards: Tensor, step: int) -> Tensor:
+            """CTRL: each completion's reward calibrated against ``ctrl_samples`` completions of the
+            reference for the same prompt (their own random stream), then transformed."""
+            examples, problems = generate(reference, step, config.ctrl_samples, 1)
+            reference_rewards, _ = reward_of(examples, problems)
+            table = calibrated_rewards(rewards.view(-1, group), reference_rewards.view(-1, config.ctrl_samples))
+            return ctrl_transform(table, config.ctrl, config.ctrl_t).reshape(-1)
+
+        def reward_of(examples: list[TextExample], problems: list[TaskProblem]) -> tuple[Tensor, list[float]]:
+            """The combined rewards of completions, and which are exactly right."""
+            texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:]
+                                            if t != self.tokenizer.eos_token_id], skip_special_tokens=True)
+                     for e in examples]
+            answers = [p.answer for p in problems]
+            return (combine_rewards([REWARDS[name](texts, answers) for name in names], names, weights),
+                    exact_match_reward(texts, answers))
 
         def step_fn(model, optimizer, step: int) -> dict:
             # scored in eval mode, like the sampling: no dropout, so the log-probs are those of the
             # policy that generated the completions (the KL estimators assume on-policy samples)
             model.eval()
             policy = accelerator.unwrap_model(model)
-            examples, problems = generate(policy, step)
-            texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:] if t != self.tokenizer.eos_token_id],
-                                           skip_special_tokens=True) for e in examples]
-            answers = [p.answer for p in problems]
-            correct = exact_match_reward(texts, answers)
-            rewards = combine_rewards([REWARDS[name](texts, answers) for name in names], names, weights)
-            task_reward = _global_mean(accelerator, rewards.tolist())  # before any KL penalty
+            examples, problems = generate(policy, step, group)
+            rewards, correct = reward_of(examples, problems)
+            task_reward = _global_mean(accelerator, rewards.tolist())  # before any transform or KL penalty
+            shaped_reward = None
+            if config.ctrl != "none":
+                rewards = calibrated(rewards, step)
+                shaped_reward = _global_mean(accelerator, rewards.tolist())
             batch = _to(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
             coef = beta(step)
             with torch.no_grad():
@@ -239,6 +257,8 @@ class RLTrainer:
                        "train_exact_match": _global_mean(accelerator, correct),
                        "completion_tokens": float(accelerator.reduce(mask.sum().double(), "sum"))
                        / float(all_rewards.numel())}
+            if shaped_reward is not None:
+                metrics["ctrl_reward"] = shaped_reward  # the transformed calibrated reward the advantages use
             if "kl_exact" in metrics:
                 metrics["kl_gap"] = metrics["kl_estimate"] - metrics["kl_exact"]
             beta.observe({**metrics, "completions": float(all_rewards.numel())})
