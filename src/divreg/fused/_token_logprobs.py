@@ -77,15 +77,7 @@ def fused_linear_token_logprobs(
     """
     check_temperature(temperature)
     check_output_layer(hidden, weight, bias)
-    if token_ids.shape != hidden.shape[:-1]:
-        raise ValueError(f"token_ids must have shape {tuple(hidden.shape[:-1])} (hidden's leading dims), got "
-                         f"{tuple(token_ids.shape)}")
-    if torch.is_floating_point(token_ids):
-        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
-    valid = token_ids != ignore_index
-    ids = token_ids[valid]
-    if ids.numel() and not bool(((ids >= 0) & (ids < weight.shape[0])).all()):
-        raise ValueError(f"token_ids must be in [0, {weight.shape[0]}) or equal ignore_index={ignore_index}")
+    valid, ids = _checked_token_ids(token_ids, hidden.shape[:-1], weight.shape[0], ignore_index, "hidden")
     chunk = choose_chunk_size(chunk_size, weight.shape[0], max(1, ids.numel()), memory_budget_mb)
     logprobs, entropy = _TokenLogprobsFunction.apply(hidden, weight, bias, token_ids, valid, temperature, chunk,
                                                      return_entropy)
@@ -128,16 +120,8 @@ def token_logprobs(
         True
     """
     check_temperature(temperature)
-    if logits.dim() < 1 or token_ids.shape != logits.shape[:-1]:
-        raise ValueError(f"token_ids must have shape {tuple(logits.shape[:-1])} (logits' leading dims), got "
-                         f"{tuple(token_ids.shape)}")
-    if torch.is_floating_point(token_ids):
-        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
-    valid = token_ids != ignore_index
-    ids = token_ids[valid].long()  # (n,)
-    vocab = logits.shape[-1]
-    if ids.numel() and not bool(((ids >= 0) & (ids < vocab)).all()):
-        raise ValueError(f"token_ids must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    valid, ids = _checked_token_ids(token_ids, logits.shape[:-1], logits.shape[-1], ignore_index, "logits")
+    ids = ids.long()  # (n,)
     dtype = math_dtype(logits)
     log_probs = log_softmax_checked("logits", logits[valid], temperature, dtype)  # (n, V)
     logprobs = torch.zeros(token_ids.shape, dtype=dtype, device=logits.device).masked_scatter(
@@ -148,6 +132,21 @@ def token_logprobs(
     # 0 log 0 = 0 with a finite gradient: the -inf entries are replaced before the product
     entropy = -(probs * torch.where(probs > 0, log_probs, 0.0)).sum(-1)  # (n,)
     return TokenLogprobs(logprobs, torch.zeros_like(logprobs).masked_scatter(valid, entropy))
+
+
+def _checked_token_ids(token_ids: Tensor, shape: torch.Size, vocab: int, ignore_index: int,
+                       source: str) -> tuple[Tensor, Tensor]:
+    """``(valid mask, the valid ids)`` after checking shape, dtype and range (a clear error otherwise)."""
+    if token_ids.shape != shape:
+        raise ValueError(f"token_ids must have shape {tuple(shape)} ({source}'s leading dims), got "
+                         f"{tuple(token_ids.shape)}")
+    if torch.is_floating_point(token_ids):
+        raise ValueError(f"token_ids must be an integer tensor, got dtype {token_ids.dtype}")
+    valid = token_ids != ignore_index
+    ids = token_ids[valid]
+    if ids.numel() and not bool(((ids >= 0) & (ids < vocab)).all()):
+        raise ValueError(f"token_ids must be in [0, {vocab}) or equal ignore_index={ignore_index}")
+    return valid, ids
 
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, dtype: torch.dtype,
