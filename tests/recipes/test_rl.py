@@ -115,6 +115,8 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
     ("apo.yaml", []),
     ("lp-reg.yaml", ["lp_reg_rho=0.2"]),  # 2-3 tokens per tiny completion: rho 0.01 would select none
     ("ctrl.yaml", ["ctrl_samples=3"]),
+    ("rapo.yaml", []),
+    ("rapo.yaml", ["kl_estimator=k3", "grad_accum=2"]),
     ("kdrl.yaml", ["reference.config.hidden_size=16", "reference.config.intermediate_size=32",
                    "reference.config.num_hidden_layers=1", "reference_warmup_steps=10", "kl_mask_correct=true"]),
 ])
@@ -133,6 +135,8 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
     if name == "ctrl.yaml":  # the logged reward is the task's, before the calibration (exp(4 C) is in [1, e^4])
         assert all(0 <= r["reward"] <= 1.1 for r in steps) and "kl_exact" in steps[0]
         assert all(1 <= r["ctrl_reward"] <= math.exp(4) for r in steps)  # exp(t C), C in [0, 1]
+    if name == "rapo.yaml":  # the forward KL to the reweighted reference is in the loss; the entropy bonus too
+        assert all(r["kl_term"] > 0 for r in steps[1:]) and all(r["entropy_term"] > 0 for r in steps)
     if name == "kdrl.yaml":
         assert [r["run"] for r in records][:2] == ["warmup-seed0", "reference-warmup-seed0"]
         assert steps[0]["kl_coef"] == 0.005 and steps[1]["kl_coef"] == pytest.approx(0.005 - 0.00005)
@@ -152,6 +156,8 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
     (["lp_reg=true", "fused=true"], "lp_reg needs the sampling policy's full logits"),
     (["kl_coef_decay=0.001", "kl_target=0.1"], "choose one"),
     (["ctrl=best_of_2"], "ctrl must be 'none' or one of"),
+    (["rapo=true"], "rapo is a forward KL in the loss"),
+    (["rapo=true", "kl_direction=forward", "fused=true"], "rapo reweights"),
     (["ctrl=best_of_n", "ctrl_t=0"], "ctrl needs ctrl_t > 0"),
 ])
 def test_bad_options_stop_before_training(tmp_path, options, message):
@@ -226,3 +232,20 @@ def test_two_processes_run_the_command(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["run"] for r in records if r["record"] == "evaluation"] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]
     assert [r["step"] for r in records if r["record"] == "step"] == [1, 2, 3, 4]  # written once
+
+
+def test_rapo_target_under_the_temperature_is_the_reweighted_reference():
+    """The loss divides its target's logits by T again: rapo_target undoes that, so at phi = 1 the
+    forward KL is the one to the reference itself and at phi = 0 the one to the uniform distribution."""
+    from divreg.divergences import forward_kl
+    from divreg.recipes.rl.trainer import rapo_target
+
+    generator = torch.Generator().manual_seed(0)
+    policy, ref = (torch.randn(2, 3, 9, generator=generator, dtype=torch.float64) for _ in range(2))
+    for temperature in (1.0, 0.7):
+        target = rapo_target(ref, torch.tensor([1.0, 0.0], dtype=torch.float64), temperature)
+        got = forward_kl(policy, target, temperature=temperature)
+        torch.testing.assert_close(got[0], forward_kl(policy, ref, temperature=temperature)[0], rtol=1e-12, atol=1e-12)
+        uniform = torch.zeros(3, 9, dtype=torch.float64)
+        torch.testing.assert_close(got[1], forward_kl(policy[1], uniform, temperature=temperature), rtol=1e-12,
+                                   atol=1e-12)

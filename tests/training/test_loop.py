@@ -30,7 +30,7 @@ class Interrupt(Exception):
     pass
 
 
-def _run(path, stop_at=None, total=12, log_path=None):
+def _run(path, stop_at=None, total=12, log_path=None, stop_when=None):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     data = torch.randn(total, 3, generator=torch.Generator().manual_seed(1))
@@ -48,7 +48,7 @@ def _run(path, stop_at=None, total=12, log_path=None):
         return {"loss": float(loss.detach()), "source": f"s{step % 2}"}
 
     spec = RunSpec("toy", total, str(path), evaluate_every=4, checkpoint_every=3, progress_keys=("loss",),
-                   log_every_step=log_path is not None)
+                   log_every_step=log_path is not None, stop_when=stop_when)
     result = train_run(Accelerator(cpu=True), spec, model, functools.partial(torch.optim.Adam, lr=0.1), step_fn,
                        lambda model, step, means: {"mean_loss": means["loss"], "source": means["source"]},
                        lambda model: {"metrics": {"weight_norm": float(model.weight.detach().norm())}},
@@ -92,6 +92,14 @@ def test_the_log_of_a_resumed_run_is_the_log_of_an_uninterrupted_one(tmp_path):
     assert [r["step"] for r in records if r["record"] == "step"] == list(range(1, 13))
     assert resumed["state"]["steps"] == reference["state"]["steps"] == [r for r in records if r["record"] == "step"]
     assert records[4]["mean_loss"] == pytest.approx(sum(r["loss"] for r in records[:4]) / 4, rel=1e-12)
+
+
+def test_a_run_ends_early_at_an_accepted_evaluation_and_stays_finished(tmp_path):
+    result, _, counter, calls = _run(tmp_path / "early.pt", stop_when=lambda record: record["step"] >= 8)
+    assert calls == list(range(8)) and result["state"]["done"] and result["state"]["step"] == 8
+    assert [r["step"] for r in result["state"]["history"]] == [4, 8]
+    again, _, _, calls = _run(tmp_path / "early.pt", stop_when=lambda record: record["step"] >= 8)
+    assert calls == [] and again["metrics"] == result["metrics"]  # finished: skipped on the next call
 
 
 def test_a_finished_run_is_skipped_and_its_weights_loaded(tmp_path):

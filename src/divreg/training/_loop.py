@@ -69,6 +69,7 @@ class RunSpec:
     checkpoint_at_evaluation: bool = False  # also checkpoint after each evaluation
     progress_keys: tuple[str, ...] = ()  # record keys shown on the progress bar
     log_every_step: bool = False  # also log (and keep in RunState.steps) every step's numeric metrics
+    stop_when: Optional[Callable[[dict], bool]] = None  # end the run early after an evaluation whose record it accepts
 
 
 def _gathered_states(accelerator: Accelerator, components: Mapping[str, Any]) -> list[dict]:
@@ -136,6 +137,8 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
             if log_path is not None:
                 append_record(accelerator, log_path, record)
             progress.set_postfix({key: f"{record[key]:.3f}" for key in spec.progress_keys if key in record})
+            if spec.stop_when is not None and spec.stop_when(record):
+                break  # finished early: the final checkpoint below records where
         periodic = spec.checkpoint_every and done % spec.checkpoint_every == 0
         if done < spec.total_steps and (periodic or (evaluated and spec.checkpoint_at_evaluation)):
             checkpoint()

@@ -31,7 +31,11 @@ class RLConfig:
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
     # supervised warm-up on the task (CE on the answers), then the RL run starts from its weights
-    warmup_steps: int = 1000  # 0: no warm-up (the policy as given)
+    warmup_steps: int = 3000  # at most this many steps (0: no warm-up, the policy as given)
+    # stop the warm-up at the first evaluation (every warmup_eval_every steps) whose test accuracy reaches this, so
+    # that every seed starts RL clearly above 0 and clearly below the ceiling (null: always warmup_steps)
+    warmup_target: Optional[float] = 0.3
+    warmup_eval_every: int = 100
     warmup_lr: float = 0.003
     warmup_batch_size: int = 64
     # GRPO
@@ -80,6 +84,11 @@ class RLConfig:
     ctrl: str = "none"
     ctrl_t: float = 1.0
     ctrl_samples: int = 8
+    # RAPO (arXiv 2510.03865): the KL in the loss is the forward KL(ref_hat || pi) to the reference reweighted per
+    # completion, ref_hat ~ ref^phi per position, phi = the completion's task reward / the largest possible reward,
+    # clipped to [0, 1] (the paper's phi was not available to us: this linear map is our documented default)
+    rapo: bool = False
+    entropy_coef: float = 0.0  # an entropy bonus: - entropy_coef * (entropy aggregated like the loss)
     max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
     fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
     grad_accum: int = 1  # micro-batches per update and process
@@ -121,6 +130,10 @@ class RLConfig:
         if self.max_new_tokens < longest + 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
                              f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
+        if self.warmup_target is not None and not 0 < self.warmup_target <= 1:
+            raise ValueError(f"warmup_target must be in (0, 1] (a test accuracy) or null, got {self.warmup_target}")
+        if self.warmup_eval_every < 1:
+            raise ValueError(f"warmup_eval_every must be >= 1, got {self.warmup_eval_every}")
         if self.kl_coef_decay < 0 or self.kl_coef_floor < 0 or self.kl_coef_floor > self.kl_coef:
             raise ValueError(f"kl_coef_decay and kl_coef_floor must be >= 0 with kl_coef_floor <= kl_coef, got "
                              f"{self.kl_coef_decay}, {self.kl_coef_floor} (kl_coef={self.kl_coef})")
@@ -153,6 +166,16 @@ class RLConfig:
             raise ValueError(f"ctrl needs ctrl_t > 0 and ctrl_samples >= 1, got {self.ctrl_t}, {self.ctrl_samples}")
         if self.ctrl != "none" and self.reference is not None:
             raise ValueError("ctrl calibrates against the frozen warm-up model; leave reference unset")
+        if self.rapo:
+            if not (self.kl_coef > 0 and self.kl_placement == "loss" and self.kl_direction == "forward"
+                    and self.kl_estimator in ("exact", "k3")):
+                raise ValueError("rapo is a forward KL in the loss to the reweighted reference: set kl_coef > 0, "
+                                 "kl_placement=loss, kl_direction=forward and kl_estimator=exact or k3")
+            if self.fused == "true" or self.reference is not None or any(w < 0 for w in self.rewards.values()):
+                raise ValueError("rapo reweights the warm-up model's full logits by rewards with non-negative weights: "
+                                 "use fused=false, no separate reference, and reward weights >= 0")
+        if self.entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0 (a bonus), got {self.entropy_coef}")
         if not self.dads_scale > 0 or not self.stcr_base > 1:
             raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -17,7 +17,7 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
 from ...fused import fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
-from ...losses import (LpReg, calibrated_rewards, combine_rewards, ctrl_transform, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
+from ...losses import (LpReg, calibrated_rewards, combine_rewards, ctrl_transform, reweighted_reference_logits, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
                        min_p_proxy_logprobs, stcr_advantages)
 from ...models import CausalLM, generate_examples, greedy_completions
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
@@ -60,6 +60,12 @@ def exact_kl(policy_out: Tensor, ref_out: Tensor, policy, reference, mask: Tenso
     return torch.where(mask, values, 0.0)
 
 
+def rapo_target(ref_logits: Tensor, phi: Tensor, temperature: float) -> Tensor:
+    """RAPO's reweighted reference as logits *before* the temperature (the divergences and
+    ``token_logprobs`` divide by it again): ``T * phi * log softmax(ref / T)``."""
+    return reweighted_reference_logits(ref_logits, phi.to(ref_logits.device), temperature=temperature) * temperature
+
+
 def kl_schedule(config: RLConfig) -> Schedule:
     if config.kl_target is not None:
         return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon, metric="kl_exact",
@@ -75,6 +81,9 @@ class RLTrainer:
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
         self.fused = config.fused == "true" or (config.fused == "auto" and len(tokenizer) >= FUSED_AUTO_VOCAB)
+        if self.fused and config.rapo:
+            raise ValueError(f"rapo reweights the reference's full logits per position, and this {len(tokenizer)}-token "
+                             "vocabulary turns the fused path on: set fused=false")
         if self.fused and config.lp_reg:
             raise ValueError(f"lp_reg needs the sampling policy's full logits (its min-p proxy), and this "
                              f"{len(tokenizer)}-token vocabulary turns the fused path on: set fused=false")
@@ -120,8 +129,11 @@ class RLTrainer:
             optimizer.zero_grad()
             return totals
 
-        spec = RunSpec(f"{name}-seed{seed}", steps, checkpoint_path, evaluate_every=steps,
-                       checkpoint_every=config.checkpoint_every * 4)
+        target = config.warmup_target if name == "warmup" else None  # a separate reference trains its full steps
+        spec = RunSpec(f"{name}-seed{seed}", steps, checkpoint_path,
+                       evaluate_every=steps if target is None else config.warmup_eval_every,
+                       checkpoint_every=config.checkpoint_every * 4,
+                       stop_when=None if target is None else (lambda record: record["test_accuracy"] >= target))
         optimizer = functools.partial(torch.optim.AdamW, lr=config.warmup_lr, weight_decay=0.0)
         return train_run(accelerator, spec, model, optimizer, step_fn,
                          lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
@@ -170,6 +182,7 @@ class RLTrainer:
             policy = accelerator.unwrap_model(model)
             examples, problems = generate(policy, step, group)
             rewards, correct = reward_of(examples, problems)
+            task_rewards = rewards
             task_reward = _global_mean(accelerator, rewards.tolist())  # before any transform or KL penalty
             shaped_reward = None
             if config.ctrl != "none":
@@ -190,6 +203,11 @@ class RLTrainer:
                     stats |= {"kl_exact": (exact, mask), "kl_estimate": (estimate, mask),
                               "k1_negative_fraction": ((k1(logprobs, ref_logprobs) < 0).double(), mask)}
                     rewards = grpo.penalized_rewards(rewards.to(logprobs.dtype), logprobs, ref_logprobs, mask, coef)
+                    if config.rapo:  # the loss's KL target: the reference reweighted by each completion's reward
+                        batch["rapo_phi"] = (task_rewards.double() / sum(weights)).clamp(0, 1).to(accelerator.device)
+                        batch["ref_logprobs"] = token_logprobs(
+                            rapo_target(ref_out, batch["rapo_phi"], config.temperature), batch["labels"][:, 1:],
+                            temperature=config.temperature, ignore_index=IGNORE_INDEX)
                 if config.num_iterations > 1:
                     batch["old_logprobs"] = logprobs
             all_rewards = accelerator.gather(rewards.to(accelerator.device))  # (global completions,), rank-major
@@ -220,7 +238,7 @@ class RLTrainer:
             micro = [{k: v[i::config.grad_accum] for k, v in batch.items()} for i in range(config.grad_accum)]
 
             def loss_fn(model, micro_batch, counts):
-                logprobs, _, mask, out = completion_signal(model, micro_batch, config.temperature, self.fused)
+                logprobs, entropy, mask, out = completion_signal(model, micro_batch, config.temperature, self.fused)
                 exact_term, fused_kl = None, None
                 if config.kl_estimator == "exact" and coef and reference is not None:
                     forward = config.kl_direction == "forward"
@@ -235,6 +253,8 @@ class RLTrainer:
                             target_bias=reference.output_bias, reduction=grpo.reduction,
                             num_items_in_batch=grpo.count(counts.tokens, counts.sequences))
                     else:
+                        if config.rapo:
+                            ref_out = rapo_target(ref_out, micro_batch["rapo_phi"], config.temperature)
                         exact_term = exact_kl(out, ref_out, model, reference, mask, config, False, forward=forward)
                 lp_reg = LpReg(micro_batch["lp_selected"], micro_batch["proxy_logprobs"],
                                config.lp_reg_coef) if config.lp_reg else None
@@ -245,7 +265,12 @@ class RLTrainer:
                 loss, kl_part = result.loss, result.kl
                 if fused_kl is not None:
                     loss, kl_part = loss + coef * fused_kl, fused_kl.detach()
-                return loss, {"loss": loss.detach(), "policy_loss": result.policy_loss, "kl_term": kl_part}
+                parts = {"policy_loss": result.policy_loss, "kl_term": kl_part}
+                if config.entropy_coef:  # an entropy bonus, aggregated like the loss
+                    entropy_term = grpo.reduction(entropy, mask, grpo.count(counts.tokens, counts.sequences))
+                    loss = loss - config.entropy_coef * entropy_term
+                    parts["entropy_term"] = entropy_term.detach()
+                return loss, {"loss": loss.detach(), **parts}
 
             for _ in range(config.num_iterations):
                 totals = backward_micro_batches(accelerator, model, micro, loss_fn)
