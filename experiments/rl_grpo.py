@@ -7,7 +7,7 @@
   Divergence"): the mean of (k3 estimate - exact KL) over all logged steps, against its standard
   error over those steps (an equality claim: held when within 2 standard errors of 0).
 
-    .venv/bin/python experiments/rl_grpo.py                  # runs divreg rl (about 3 minutes)
+    .venv/bin/python experiments/rl_grpo.py                  # runs divreg rl (about 4 minutes)
     .venv/bin/python experiments/rl_grpo.py --output-dir outputs/rl --no-run
 """
 
