@@ -11,10 +11,14 @@ without DADS's weights (`divreg.losses.dads_kl_weights`, e = Euler's number), at
 to change little (the claim is about hard prompts). Measured exactly from the tables:
 KL(pi || ref) per prompt and the probability of the right answer, averaged per difficulty.
 
-STCR is not tested here: with the official b = 1.00001 its factor is below 1 + 1e-4 for answers
-shorter than 10 tokens, so a short-answer toy cannot show it.
+STCR (a wrong answer longer than the group's correct ones gets its advantage x (1 + p), p = 1 -
+b^-(L - mu+), b = 1.00001) is tested on a second tabular task whose responses carry lengths in
+tokens without writing them: one prompt, 12 responses, 4 correct (lengths 300-600) and 8 wrong
+(lengths 200-4000); the reference gives the right ones 0.1 in all. GRPO without KL, 16 groups of 8
+per step, 100 steps, with and without STCR (`divreg.losses.stcr_advantages`); measured exactly
+from the table: the mean length of a wrong answer, E[L | wrong], at the end.
 
-    .venv/bin/python experiments/rl_apo.py      # about a minute
+    .venv/bin/python experiments/rl_apo.py      # about two minutes; writes outputs/experiments/rl_apo.png
 """
 
 from __future__ import annotations
@@ -67,16 +71,78 @@ def train(seed: int, dads: bool, steps: int, beta: float):
         return kl, pi[:, 0]
 
 
+def train_lengths(seed: int, stcr: bool, steps: int, base: float = 1.00001):
+    """The STCR task: a categorical over responses with fixed (correct, length)."""
+    from divreg.losses import stcr_advantages
+
+    generator = torch.Generator().manual_seed(seed)
+    correct = torch.tensor([1.0] * 4 + [0.0] * 8)
+    lengths = torch.tensor([300.0, 400.0, 500.0, 600.0, 200.0, 400.0, 800.0, 1200.0, 1800.0, 2500.0, 3200.0, 4000.0])
+    start = torch.cat([torch.full((4,), 0.1 / 4), torch.full((8,), 0.9 / 8)]).log()
+    logits = start.clone().requires_grad_()
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    loss_fn = GRPOLoss()
+    groups = 16
+    for _ in range(steps):
+        with torch.no_grad():
+            picks = torch.multinomial(torch.softmax(logits, -1), groups * GROUP, replacement=True, generator=generator)
+            advantages = group_advantages(correct[picks], GROUP, "group")
+            if stcr:
+                advantages = stcr_advantages(advantages, lengths[picks], correct[picks], GROUP, base=base)
+        logprobs = torch.log_softmax(logits, -1)[picks][:, None]
+        mask = torch.ones_like(logprobs, dtype=torch.bool)
+        out = loss_fn(logprobs, None, advantages, mask, tokens=len(picks), sequences=len(picks))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pi = torch.softmax(logits, -1)
+        wrong = pi * (1 - correct)
+        return float((wrong * lengths).sum() / wrong.sum()), float((pi * correct).sum())
+
+
+def _plot(summaries: dict, lengths: dict, folder: str) -> None:
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(summaries) + 1, figsize=(4.2 * (len(summaries) + 1), 3.6))
+    for axis, (beta, summary) in zip(axes, summaries.items()):
+        keys = ["kl_easy", "kl_hard"]
+        for offset, (dads, label) in enumerate(((False, "GRPO"), (True, "DADS"))):
+            means = [statistics.fmean(summary[dads][key]) for key in keys]
+            errors = [statistics.stdev(summary[dads][key]) for key in keys]
+            axis.bar([i + 0.4 * offset for i in range(len(keys))], means, width=0.4, yerr=errors, label=label)
+        axis.set_xticks([0.2, 1.2], ["easy prompts", "hard prompts"])
+        axis.set_ylabel("KL(pi || ref) at the end")
+        axis.set_title(f"DADS, beta {beta}")
+        axis.legend(fontsize=7)
+    axis = axes[-1]
+    for offset, (stcr, label) in enumerate(((False, "GRPO"), (True, "STCR"))):
+        values = [r[0] for r in lengths[stcr]]
+        axis.bar([0.4 * offset], [statistics.fmean(values)], width=0.4, yerr=[statistics.stdev(values)], label=label)
+    axis.set_xticks([0.2], ["E[L | wrong]"])
+    axis.set_title("STCR: mean length of a wrong answer")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    os.makedirs(folder, exist_ok=True)
+    figure.savefig(os.path.join(folder, "rl_apo.png"), dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--output-dir", default="outputs/experiments")
     args = parser.parse_args()
     hard = [p for p in range(PROMPTS) if p not in EASY]
-    rows = []
+    rows, summaries = [], {}
     for beta in args.betas:
-        summary = {}
+        summary = summaries[beta] = {}
         for dads in (False, True):
             runs = [train(seed, dads, args.steps, beta) for seed in range(args.seeds)]
             summary[dads] = {name: [float(values[group].mean()) for values in (r[index] for r in runs)]
@@ -92,7 +158,17 @@ def main() -> None:
                          "verdict": grade(statistics.fmean(a), statistics.fmean(b),
                                           seed_se(statistics.stdev(a), args.seeds),
                                           seed_se(statistics.stdev(b), args.seeds))})
+    lengths = {stcr: [train_lengths(seed, stcr, 100) for seed in range(args.seeds)] for stcr in (False, True)}
+    a, b = [r[0] for r in lengths[True]], [r[0] for r in lengths[False]]
+    rows.append({"claim": "STCR shortens wrong answers (lower E[L | wrong] than GRPO)",
+                 "our figure": f"{statistics.fmean(a):.1f} ± {statistics.stdev(a):.1f} vs {statistics.fmean(b):.1f} ± "
+                               f"{statistics.stdev(b):.1f} tokens; p(right) "
+                               f"{statistics.fmean(r[1] for r in lengths[True]):.3f} vs "
+                               f"{statistics.fmean(r[1] for r in lengths[False]):.3f} ({args.seeds} seeds)",
+                 "verdict": grade(statistics.fmean(a), statistics.fmean(b), seed_se(statistics.stdev(a), args.seeds),
+                                  seed_se(statistics.stdev(b), args.seeds), higher_is_better=False)})
     print_rows(rows)
+    _plot(summaries, lengths, args.output_dir)
 
 
 if __name__ == "__main__":
