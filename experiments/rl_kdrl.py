@@ -13,7 +13,8 @@ held-out accuracy in fewer steps than GRPO alone and than the teacher's KL alone
    never does counts as steps + 25: censored, so its mean is a lower bound), graded over seeds by
    the rule of experiments/_verdict.py; the final accuracies too.
 
-    .venv/bin/python experiments/rl_kdrl.py      # about 20 minutes on 2 CPU cores
+    .venv/bin/python experiments/rl_kdrl.py      # about 20 minutes on 2 CPU cores; rl_kdrl.png
+    .venv/bin/python experiments/rl_kdrl.py --no-run     # grade and plot the finished runs again
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ def rl(overrides: list[str]) -> dict:
     return run(load_config(RLConfig, None, ["overwrite=true", *overrides]))
 
 
-def train_teacher(folder: str, steps: int) -> float:
+def train_teacher(folder: str, steps: int) -> None:
     """The teacher: the recipe's warm-up of a larger policy, saved with the run's tokenizer."""
     from divreg.data import char_tokenizer
     from divreg.models import CausalLM, ModelSource, build_causal_lm
 
     run_dir = os.path.join(folder, "teacher_run")
-    summary = rl([f"output_dir={run_dir}", "seeds=[0]", f"warmup_steps={steps}", "warmup_target=null", "steps=1",
+    rl([f"output_dir={run_dir}", "seeds=[0]", f"warmup_steps={steps}", "warmup_target=null", "steps=1",
                   "kl_coef=0", *[f"policy.config.{key}={value}" for key, value in TEACHER.items()
                                  if key != "model_type"]])
     tokenizer = char_tokenizer()
@@ -54,7 +55,6 @@ def train_teacher(folder: str, steps: int) -> float:
     teacher.load_state_dict(state)
     teacher.model.save_pretrained(os.path.join(folder, "teacher"))
     tokenizer.save_pretrained(os.path.join(folder, "teacher"))
-    return summary["seeds"]["0"]["warmup_accuracy"]
 
 
 def main() -> None:
@@ -63,26 +63,35 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threshold", type=float, default=0.45)
+    parser.add_argument("--no-run", action="store_true", help="grade and plot the runs already in --output-dir")
     args = parser.parse_args()
-    teacher_accuracy = train_teacher(args.output_dir, args.teacher_steps)
     teacher = os.path.join(args.output_dir, "teacher")
-    common = [f"steps={args.steps}", "eval_every=25"]
     kd_terms = [f"reference.path={teacher}", "kl_estimator=k2", "kl_coef=0.005", "kl_coef_decay=0.00005",
                 "kl_coef_floor=0.001"]
     runs = {"grpo": [], "kd": [*kd_terms, "rewards.exact_match=0", "rewards.format=0"], "kdrl": kd_terms}
-    reached, final = {}, {}
-    for name, overrides in runs.items():
+    if not args.no_run:
+        train_teacher(args.output_dir, args.teacher_steps)
+        for name, overrides in runs.items():
+            rl([f"output_dir={os.path.join(args.output_dir, name)}", f"steps={args.steps}", "eval_every=25",
+                *overrides])
+    with open(os.path.join(args.output_dir, "teacher_run", "metrics.json")) as handle:
+        teacher_accuracy = json.load(handle)["seeds"]["0"]["warmup_accuracy"]
+    reached, final, curves = {}, {}, {}
+    for name in runs:
         folder = os.path.join(args.output_dir, name)
-        summary = rl([f"output_dir={folder}", *common, *overrides])
+        with open(os.path.join(folder, "metrics.json")) as handle:
+            summary = json.load(handle)
         with open(os.path.join(folder, "metrics.jsonl")) as handle:
             records = [r for r in map(json.loads, handle) if r.get("record") == "evaluation"
                        and r["run"].startswith("grpo-")]
-        reached[name], final[name] = [], []
-        for seed in summary["seeds"]:
-            curve = [(r["step"], r["test_accuracy"]) for r in records if r["run"] == f"grpo-seed{seed}"]
+        reached[name], final[name], curves[name] = [], [], {}
+        for seed, result in summary["seeds"].items():
+            curve = [(0, result["warmup_accuracy"])] + [(r["step"], r["test_accuracy"]) for r in records
+                                                        if r["run"] == f"grpo-seed{seed}"]
+            curves[name][seed] = curve
             reached[name].append(next((step for step, accuracy in curve if accuracy >= args.threshold),
                                       args.steps + 25))
-            final[name].append(summary["seeds"][seed]["rl_accuracy"])
+            final[name].append(result["rl_accuracy"])
     seeds = len(reached["kdrl"])
 
     def mean_std(values):
@@ -103,6 +112,22 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "summary.json"), "w") as handle:
         json.dump({"teacher_accuracy": teacher_accuracy, "steps_to_threshold": reached, "final": final}, handle,
                   indent=2)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, color in (("grpo", "tab:blue"), ("kd", "tab:orange"), ("kdrl", "tab:green")):
+        for index, curve in enumerate(curves[name].values()):
+            axis.plot(*zip(*curve), color=color, alpha=0.7, label=name if index == 0 else None)
+    axis.axhline(args.threshold, color="grey", linestyle="--", linewidth=1)
+    axis.set_xlabel("RL step (0: the warm-up model)")
+    axis.set_ylabel("held-out exact match")
+    axis.set_title(f"KDRL vs GRPO vs on-policy KD (teacher {teacher_accuracy:.2f})")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(os.path.join(args.output_dir, "rl_kdrl.png"), dpi=100)
 
 
 if __name__ == "__main__":
