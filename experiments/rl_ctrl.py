@@ -116,7 +116,7 @@ def main() -> None:
         axis.set_xscale("log")
         axis.set_xlabel("t")
         axis.set_ylabel(f"best-of-{n} win rate vs pi0's best-of-{n}")
-        axis.set_title(f"N = {n} (dashed: the best raw-reward shape at the same KL)")
+        axis.set_title(f"N = {n}; dashed: best raw reward, same KL", fontsize=9)
         axis.legend(fontsize=7)
     figure.tight_layout()
     os.makedirs(args.output_dir, exist_ok=True)
