@@ -124,3 +124,37 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["state.pt"]
     assert torch.equal(load_if_exists(str(path))["a"], torch.arange(4))
     assert load_if_exists(str(tmp_path / "missing.pt")) is None
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch):
+    """SIGINT in the middle of torch.save: the file is completed and renamed, then the
+    KeyboardInterrupt arrives; no temporary file is left."""
+    import signal
+
+    import divreg.training._checkpoint as checkpoint_module
+
+    real_save = torch.save
+
+    def interrupted_save(obj, handle):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered while the write is under way
+        real_save(obj, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"a": torch.arange(5)}, str(tmp_path / "state.pt"))
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    assert os.listdir(tmp_path) == ["state.pt"]
+    assert torch.equal(load_if_exists(str(tmp_path / "state.pt"))["a"], torch.arange(5))
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import divreg.training._checkpoint as checkpoint_module
+
+    def failing_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"a": 1}, str(tmp_path / "state.pt"))
+    assert os.listdir(tmp_path) == []

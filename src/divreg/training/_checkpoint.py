@@ -1,29 +1,63 @@
 """Atomic checkpoint files: written to a temporary file, flushed to disk, then renamed over the
-old one, so a run killed at any moment leaves either the previous checkpoint or the new one."""
+old one, so a run killed at any moment leaves either the previous checkpoint or the new one.
+A Ctrl-C (SIGINT) that arrives while a checkpoint is written is held until the file is in place,
+then raised: the interrupted run stops with its newest checkpoint complete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import torch
 
 
 def save_atomic(state: Any, path: str) -> None:
-    """``torch.save(state, path)`` that never leaves a partial file at ``path``."""
+    """``torch.save(state, path)`` that never leaves a partial file at ``path`` (nor a temporary
+    one beside it when the write fails)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    descriptor = os.open(directory, os.O_RDONLY)
+    with _interrupt_held():
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # make the rename itself durable
+        finally:
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _interrupt_held():
+    """Hold SIGINT for the block (main thread only: signals are delivered there), then deliver it
+    to the handler that was in place (by default: ``KeyboardInterrupt``). A KeyboardInterrupt
+    raised inside ``torch.save`` would leave its zip writer half-closed and surface as an
+    unrelated RuntimeError."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(frame))
     try:
-        os.fsync(descriptor)  # make the rename itself durable
+        yield
     finally:
-        os.close(descriptor)
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, received[-1])
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def load_if_exists(path: str) -> Optional[Any]:
