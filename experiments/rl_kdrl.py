@@ -11,7 +11,8 @@ held-out accuracy in fewer steps than GRPO alone and than the teacher's KL alone
    - ``kdrl``: the task rewards and the same KL to the teacher (configs/rl/kdrl.yaml's values).
 3. The first evaluated step at which the held-out accuracy reaches ``--threshold`` (a run that
    never does counts as steps + 25: censored, so its mean is a lower bound), graded over seeds by
-   the rule of experiments/_verdict.py; the final accuracies too.
+   the rule of experiments/_verdict.py, the standard error including the 25-step grid's rounding;
+   the final accuracies too.
 
     .venv/bin/python experiments/rl_kdrl.py      # about 20 minutes on 2 CPU cores; rl_kdrl.png
     .venv/bin/python experiments/rl_kdrl.py --no-run     # grade and plot the finished runs again
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 
@@ -98,12 +100,18 @@ def main() -> None:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = []
+    def steps_se(spread: float) -> float:
+        """The standard error of a mean step count read on a grid of ``eval_every`` = 25 steps: the
+        spread over seeds and the grid's own rounding (a uniform error of variance 25^2 / 12 per
+        seed), so that seeds landing on one grid point do not make the error 0."""
+        return math.sqrt(seed_se(spread, seeds) ** 2 + 25 ** 2 / 12 / seeds)
+
     for other in ("grpo", "kd"):
         (a, sa), (b, sb) = mean_std(reached["kdrl"]), mean_std(reached[other])
         rows.append({"claim": f"KDRL reaches {args.threshold} accuracy in fewer steps than {other}",
                      "our figure": f"steps {reached['kdrl']} vs {reached[other]} (mean {a:.0f} vs {b:.0f}; teacher "
                                    f"{teacher_accuracy:.3f})",
-                     "verdict": grade(a, b, seed_se(sa, seeds), seed_se(sb, seeds), higher_is_better=False)})
+                     "verdict": grade(a, b, steps_se(sa), steps_se(sb), higher_is_better=False)})
         (a, sa), (b, sb) = mean_std(final["kdrl"]), mean_std(final[other])
         rows.append({"claim": f"KDRL ends with a higher accuracy than {other}",
                      "our figure": f"{a:.3f} ± {sa:.3f} vs {b:.3f} ± {sb:.3f} after {args.steps} steps",

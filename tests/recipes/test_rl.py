@@ -157,6 +157,8 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
     (["kl_coef_decay=0.001", "kl_target=0.1"], "choose one"),
     (["ctrl=best_of_2"], "ctrl must be 'none' or one of"),
     (["rapo=true"], "rapo is a forward KL in the loss"),
+    (["rapo=true", "kl_direction=forward", "kl_estimator=exact", "kl_target=0.1"], "rapo needs a fixed"),
+    (["reference.path=/nonexistent", "kl_coef=0"], "reference is the KL's target"),
     (["rapo=true", "kl_direction=forward", "fused=true"], "rapo reweights"),
     (["ctrl=best_of_n", "ctrl_t=0"], "ctrl needs ctrl_t > 0"),
 ])

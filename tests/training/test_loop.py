@@ -73,8 +73,8 @@ def test_resume_after_an_interruption_is_bitwise_identical(tmp_path):
 
 def test_the_log_of_a_resumed_run_is_the_log_of_an_uninterrupted_one(tmp_path):
     """Per-step and per-evaluation records; the records written after the last checkpoint (steps
-    7 and 8, the evaluation at 8) are dropped on resume instead of repeated, other runs' records
-    in the same log are kept."""
+    7 and 8, the evaluation at 8, and a line cut short by the kill) are dropped on resume instead
+    of repeated, other runs' records in the same log are kept."""
     reference, *_ = _run(tmp_path / "reference.pt", log_path=tmp_path / "reference.jsonl")
     log = tmp_path / "resumed.jsonl"
     log.write_text(json.dumps({"run": "other", "step": 50, "record": "evaluation"}) + "\n")
@@ -82,6 +82,8 @@ def test_the_log_of_a_resumed_run_is_the_log_of_an_uninterrupted_one(tmp_path):
         _run(tmp_path / "resumed.pt", stop_at=8, log_path=log)  # checkpoint at 6; steps 7, 8 and evaluation 8 logged
     assert load_if_exists(str(tmp_path / "resumed.pt"))["state"]["step"] == 6
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()][-3:] == [7, 8, 8]
+    with open(log, "a") as handle:  # a kill in the middle of a write leaves half a line
+        handle.write('{"run": "toy", "step": 9, "rec')
     resumed, *_ = _run(tmp_path / "resumed.pt", log_path=log)
     expected = (tmp_path / "reference.jsonl").read_text().splitlines()
     got = log.read_text().splitlines()

@@ -43,7 +43,10 @@ def _interrupt_held():
     """Hold SIGINT for the block (main thread only: signals are delivered there), then deliver it
     to the handler that was in place (by default: ``KeyboardInterrupt``). A KeyboardInterrupt
     raised inside ``torch.save`` would leave its zip writer half-closed and surface as an
-    unrelated RuntimeError."""
+    unrelated RuntimeError. Scope: the process that receives the Ctrl-C (a single-process run);
+    under ``accelerate launch`` the launcher answers it with SIGTERM to the workers, which is not
+    held (the previous checkpoint stays intact; a temporary file may remain). If the block
+    raises, that error propagates and a held SIGINT is dropped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 from accelerate import Accelerator
@@ -131,7 +131,7 @@ def drop_records_after(accelerator: Accelerator, log_path: str, run: str, step: 
     if accelerator.is_main_process and os.path.exists(log_path):
         with open(log_path) as handle:
             lines = handle.read().splitlines()
-        kept = [line for line in lines if not _after(json.loads(line), run, step)]
+        kept = [line for line in lines if not _after(_parsed(line), run, step)]
         if len(kept) != len(lines):
             temporary = f"{log_path}.tmp"
             with open(temporary, "w") as handle:
@@ -140,5 +140,16 @@ def drop_records_after(accelerator: Accelerator, log_path: str, run: str, step: 
     accelerator.wait_for_everyone()
 
 
-def _after(record: dict, run: str, step: int) -> bool:
+def _parsed(line: str) -> Optional[dict]:
+    """A log line as a record; None for a line cut short (a kill in the middle of a write)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _after(record: Optional[dict], run: str, step: int) -> bool:
+    if record is None:
+        return True  # a truncated line: dropped
+
     return record.get("run") == run and isinstance(record.get("step"), int) and record["step"] > step

@@ -85,8 +85,10 @@ class RLConfig:
     ctrl_t: float = 1.0
     ctrl_samples: int = 8
     # RAPO (arXiv 2510.03865): the KL in the loss is the forward KL(ref_hat || pi) to the reference reweighted per
-    # completion, ref_hat ~ ref^phi per position, phi = the completion's task reward / the largest possible reward,
-    # clipped to [0, 1] (the paper's phi was not available to us: this linear map is our documented default)
+    # completion, ref_hat ~ ref^phi per position, phi = the completion's task reward / the sum of the reward weights
+    # (the largest reward, as each built-in reward is at most 1), clipped to [0, 1] (the paper's phi was not available
+    # to us: this linear map is our documented default). The logged kl_exact / kl_estimate stay the reverse KL to the
+    # plain reference (the drift); the loss's KL term is logged as kl_term.
     rapo: bool = False
     entropy_coef: float = 0.0  # an entropy bonus: - entropy_coef * (entropy aggregated like the loss)
     max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
@@ -166,7 +168,14 @@ class RLConfig:
             raise ValueError(f"ctrl needs ctrl_t > 0 and ctrl_samples >= 1, got {self.ctrl_t}, {self.ctrl_samples}")
         if self.ctrl != "none" and self.reference is not None:
             raise ValueError("ctrl calibrates against the frozen warm-up model; leave reference unset")
+        if self.reference is not None and not (self.kl_coef > 0 or self.kl_target is not None):
+            raise ValueError("reference is the KL's target, and kl_coef=0 uses no KL: set kl_coef > 0 or leave reference "
+                             "unset")
         if self.rapo:
+            if self.kl_target is not None or sum(self.rewards.values()) <= 0:
+                raise ValueError("rapo needs a fixed or scheduled kl_coef (the adaptive controller tracks the reverse KL "
+                                 "to the plain reference, not RAPO's) and reward weights with a positive sum (phi = "
+                                 "reward / the sum of the weights)")
             if not (self.kl_coef > 0 and self.kl_placement == "loss" and self.kl_direction == "forward"
                     and self.kl_estimator in ("exact", "k3")):
                 raise ValueError("rapo is a forward KL in the loss to the reweighted reference: set kl_coef > 0, "

@@ -148,13 +148,16 @@ class RLTrainer:
         names, weights = list(config.rewards), list(config.rewards.values())
         group = config.group_size
 
-        def generate(model, step: int, copies: int, *stream: int) -> tuple[list[TextExample], list[TaskProblem]]:
-            """``copies`` completions of each of this process's prompts at ``step`` (contiguous)."""
+        def generate(model, step: int, copies: int, stream: int = 0) -> tuple[list[TextExample], list[TaskProblem]]:
+            """``copies`` completions of each of this process's prompts at ``step`` (contiguous);
+            ``stream`` 1 (CTRL's reference samples) draws as a virtual process past the real ones,
+            so it never meets a policy stream of this run."""
             indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
             problems = [self.train[i] for i in indices for _ in range(copies)]
             prompts = [self.prompt_ids[i] for i in indices for _ in range(copies)]
             examples = generate_examples(model, prompts, self.tokenizer, config.max_new_tokens,
-                                         derive_seed(seed, step, rank, *stream), temperature=config.temperature,
+                                         derive_seed(seed, step, rank + stream * processes),
+                                         temperature=config.temperature,
                                          top_p=config.top_p)
             return examples, problems
 
