@@ -18,6 +18,7 @@ single run and no error estimate, the verdict is marked ``(1 run)``.
 from __future__ import annotations
 
 import math
+import os
 
 HELD, NOT_HELD, NOT_SHOWN = "held", "did not hold", "not shown"
 
@@ -64,3 +65,32 @@ def print_rows(rows: list[dict]) -> None:
     print("|" + "|".join("---" for _ in keys) + "|")
     for row in rows:
         print("| " + " | ".join(str(row[key]) for key in keys) + " |")
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, folder: str, name: str) -> None:
+    """Lay out ``figure`` and write it to ``folder/name`` (the folder created if missing)."""
+    figure.tight_layout()
+    os.makedirs(folder, exist_ok=True)
+    figure.savefig(os.path.join(folder, name), dpi=100)
+
+
+def run_setting(metrics_path: str, key: str) -> int:
+    """A setting of the finished run whose ``metrics.json`` is at ``metrics_path``, read from the
+    ``config.yaml`` beside it (so that a saved run is graded with its own seeds and sizes)."""
+    from omegaconf import OmegaConf
+
+    config_path = os.path.join(os.path.dirname(os.path.abspath(metrics_path)), "config.yaml")
+    if not os.path.exists(config_path):
+        raise SystemExit(f"no config.yaml beside {metrics_path}: give the metrics.json of a divreg run folder")
+    value = OmegaConf.to_container(OmegaConf.load(config_path))[key]
+    return len(value) if isinstance(value, list) else int(value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _verdict import grade, print_rows, seed_se
+from _verdict import grade, print_rows, run_setting, seed_se
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     else:
         with open(args.metrics) as handle:
             metrics = json.load(handle)
-        seeds = 3  # the default job's seeds
+        seeds = run_setting(args.metrics, "seeds")
 
     def compare(claim: str, better: str, worse: str, metric: str, higher_is_better: bool) -> dict:
         a, b = metrics[better][metric], metrics[worse][metric]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _verdict import grade, print_rows, proportion_se, single_run
+from _verdict import grade, print_rows, proportion_se, run_setting, single_run
 
 
 def main() -> None:
@@ -35,10 +35,12 @@ def main() -> None:
 
         source = "configs/distill-lm/arithmetic.yaml" if args.setting == "arithmetic" else None
         overrides = ["overwrite=true"] + ([] if source else ["output_dir=outputs/experiments/distill_lm"])
-        metrics = run(load_config(DistillLMConfig, source, overrides))
+        config = load_config(DistillLMConfig, source, overrides)
+        metrics, problems = run(config), config.task_test_size
     else:
         with open(args.metrics) as handle:
             metrics = json.load(handle)
+        problems = run_setting(args.metrics, "task_test_size")
     rows = []
     if args.setting == "perplexity":
         for metric in ("perplexity", "kl_to_teacher"):
@@ -47,7 +49,7 @@ def main() -> None:
                          "our figure": f"forward_kl {a:.3f} vs ce_only {b:.3f}",
                          "verdict": single_run(a, b, higher_is_better=False)})
     else:
-        n = 200  # the config's task_test_size
+        n = problems
         for better, worse, claim in (("on_policy_jsd", "forward_kl", "on-policy JSD (GKD) beats supervised forward KL"),
                                      ("reverse_kl", "forward_kl", "reverse KL (MiniLLM's objective) beats forward KL"),
                                      ("forward_kl", "ce_only", "forward-KL distillation beats CE on the labels")):

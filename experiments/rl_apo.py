@@ -24,12 +24,11 @@ from the table: the mean length of a wrong answer, E[L | wrong], at the end.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 
 import torch
 
-from _verdict import grade, print_rows, seed_se
+from _verdict import grade, print_rows, pyplot, save_figure, seed_se
 from divreg.losses import GRPOLoss, dads_kl_weights, group_advantages
 
 torch.set_default_dtype(torch.float64)
@@ -102,13 +101,7 @@ def train_lengths(seed: int, stcr: bool, steps: int, base: float = 1.00001):
 
 
 def _plot(summaries: dict, lengths: dict, folder: str) -> None:
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(summaries) + 1, figsize=(4.2 * (len(summaries) + 1), 3.6))
     for axis, (beta, summary) in zip(axes, summaries.items()):
         keys = ["kl_easy", "kl_hard"]
@@ -127,9 +120,7 @@ def _plot(summaries: dict, lengths: dict, folder: str) -> None:
     axis.set_xticks([0.2], ["E[L | wrong]"])
     axis.set_title("STCR: mean length of a wrong answer")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    os.makedirs(folder, exist_ok=True)
-    figure.savefig(os.path.join(folder, "rl_apo.png"), dpi=100)
+    save_figure(figure, folder, "rl_apo.png")
 
 
 def main() -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 import torch
 
-from _verdict import HELD, NOT_HELD, print_rows
+from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
 from divreg.losses import ctrl_transform
 
 torch.set_default_dtype(torch.float64)
@@ -102,11 +101,7 @@ def main() -> None:
                          "verdict": HELD if by_t[best_t] > max(raw, identity) + 1e-9 else NOT_HELD})
             curves[(n, target)] = (raw, identity, by_t)
     print_rows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for axis, n in zip(axes, (4, 16)):
         for target in (0.25, 1.0, 2.0):
@@ -118,9 +113,7 @@ def main() -> None:
         axis.set_ylabel(f"best-of-{n} win rate vs pi0's best-of-{n}")
         axis.set_title(f"N = {n}; dashed: best raw reward, same KL", fontsize=9)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    os.makedirs(args.output_dir, exist_ok=True)
-    figure.savefig(os.path.join(args.output_dir, "rl_ctrl.png"), dpi=100)
+    save_figure(figure, args.output_dir, "rl_ctrl.png")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ def main() -> None:
     # consecutive steps are correlated (the policy drifts slowly): the standard error of the mean gap from
     # the means of blocks of 20 steps of one run (batch means), not from the steps as if independent
     blocks = []
-    for run in sorted({r["run"] for r in steps}):
-        gaps = [r["kl_gap"] for r in steps if r["run"] == run]
+    for name in sorted({r["run"] for r in steps}):
+        gaps = [r["kl_gap"] for r in steps if r["run"] == name]
         blocks += [statistics.fmean(gaps[i:i + 20]) for i in range(0, len(gaps) - 19, 20)]
     mean, se = statistics.fmean(blocks), statistics.stdev(blocks) / math.sqrt(len(blocks))
     exact = statistics.fmean(r["kl_exact"] for r in steps)

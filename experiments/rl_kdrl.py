@@ -28,7 +28,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, seed_se
+from _verdict import grade, print_rows, pyplot, save_figure, seed_se
 
 TEACHER = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
            "num_key_value_heads": 4, "intermediate_size": 256, "max_position_embeddings": 32,
@@ -120,11 +120,7 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "summary.json"), "w") as handle:
         json.dump({"teacher_accuracy": teacher_accuracy, "steps_to_threshold": reached, "final": final}, handle,
                   indent=2)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, color in (("grpo", "tab:blue"), ("kd", "tab:orange"), ("kdrl", "tab:green")):
         for index, curve in enumerate(curves[name].values()):
@@ -134,8 +130,7 @@ def main() -> None:
     axis.set_ylabel("held-out exact match")
     axis.set_title(f"KDRL vs GRPO vs on-policy KD (teacher {teacher_accuracy:.2f})")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(os.path.join(args.output_dir, "rl_kdrl.png"), dpi=100)
+    save_figure(figure, args.output_dir, "rl_kdrl.png")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 
 import torch
 
-from _verdict import grade, print_rows, seed_se
+from _verdict import grade, print_rows, pyplot, save_figure, seed_se
 from divreg.losses import GRPOLoss, LpReg, group_advantages, lp_reg_token_mask, min_p_proxy_logprobs
 
 torch.set_default_dtype(torch.float64)
@@ -109,11 +108,7 @@ def main() -> None:
         if setting == SETTINGS[0]:
             shown = results  # the plot: the first setting, where the rare plan is above the min-p threshold
     print_rows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for axis, index, title in ((axes[0], 0, "p(rare useful plan)"), (axes[1], 1, "expected reward")):
         for method, color in (("grpo", "tab:blue"), ("lp_reg", "tab:green")):
@@ -124,9 +119,7 @@ def main() -> None:
         axis.set_xlabel("step")
         axis.legend(fontsize=7)
     axes[0].set_yscale("log")
-    figure.tight_layout()
-    os.makedirs(args.output_dir, exist_ok=True)
-    figure.savefig(os.path.join(args.output_dir, "rl_lp_reg.png"), dpi=100)
+    save_figure(figure, args.output_dir, "rl_lp_reg.png")
 
 
 if __name__ == "__main__":

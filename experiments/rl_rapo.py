@@ -18,12 +18,10 @@ Adam on the logits; the expected reward is tracked per step.
 from __future__ import annotations
 
 import argparse
-import math
-import os
 
 import torch
 
-from _verdict import HELD, NOT_HELD, print_rows
+from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
 from divreg.divergences import forward_kl, reverse_kl
 from divreg.losses import reweighted_reference_logits
 
@@ -49,7 +47,7 @@ def train(method: str, ref_logits: torch.Tensor, reward: torch.Tensor, beta: flo
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    history.append(float((torch.softmax(logits, -1) * reward).sum()))
+    history.append(float((torch.softmax(logits.detach(), -1) * reward).sum()))
     return history
 
 
@@ -79,11 +77,7 @@ def main() -> None:
                                    f"{reached['reverse']}), no KL {final['none']:.3f}",
                      "verdict": HELD if final["rapo"] >= 0.5 and final["reverse"] < 0.5 else NOT_HELD})
     print_rows(rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for axis, beta in zip(axes, (0.05, 0.2)):
         for method in ("none", "reverse", "rapo"):
@@ -93,9 +87,7 @@ def main() -> None:
         axis.set_ylabel("E_pi[r]")
         axis.set_title(f"reference mass 1e-4 on the rewarded token, beta {beta}")
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    os.makedirs(args.output_dir, exist_ok=True)
-    figure.savefig(os.path.join(args.output_dir, "rl_rapo.png"), dpi=100)
+    save_figure(figure, args.output_dir, "rl_rapo.png")
 
 
 if __name__ == "__main__":
