@@ -13,7 +13,10 @@ Departures: the official code picks the lowest-probability fraction per micro-ba
 with the current policy's (detached) log-probs; :func:`lp_reg_token_mask` picks it over the
 batch it is given, once per generated batch, from the sampling policy's log-probs (the same
 numbers with one update per batch, ``num_iterations=1`` as in the on-policy scripts), so the
-selection does not depend on how the batch is split into micro-batches. A filtered token's
+selection does not depend on how the batch is split into micro-batches (``divreg rl`` calls it
+on each process's share, so it does depend on the number of processes, as the official code's
+per-GPU choice does). With ``num_iterations > 1`` the selection and the proxy stay those of the
+sampling policy for every update (the official ``minp_old_log_prob=True``). A filtered token's
 proxy log-prob is ``-inf`` (the code uses logits of -1e4: the same selection).
 """
 

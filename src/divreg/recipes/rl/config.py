@@ -63,7 +63,9 @@ class RLConfig:
     kl_clamp: bool = False  # verl's clamps on the k3 forms (log-ratio +-20, value +-10)
     kl_coef_decay: float = 0.0  # > 0: beta_t = max(kl_coef - kl_coef_decay * t, kl_coef_floor) (KDRL)
     kl_coef_floor: float = 0.0  # the floor of that decay
-    kl_mask_correct: bool = False  # no KL term on correct completions (KDRL's reward-guided masking)
+    # no KL term on correct completions (KDRL's reward-guided masking); their tokens still count in the loss's
+    # normalization, so the KL's effective weight falls as more completions are correct
+    kl_mask_correct: bool = False
     # the KL's target: null = a frozen copy of the warm-up model; or a model by path / config (KDRL: a larger
     # teacher with the same tokenizer), first trained by the same supervised warm-up for reference_warmup_steps
     reference: Optional[ModelSource] = None
