@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from divreg.losses import f_divergence_link, preference_loss
+from divreg.losses import (PreferenceLoss, f_divergence_link, hypo_kl_surrogate, leave_one_out_baseline,
+                            preference_loss)
 
 
 def _pairs(seed=0, n=6):
@@ -104,3 +105,165 @@ def test_bad_input_is_a_clear_error():
         preference_loss(pc, pr, rc, rr, divergence="hellinger")
     with pytest.raises(ValueError, match="alpha must be"):
         f_divergence_link(pc, "alpha", alpha=1.5)
+
+
+# ---- combined losses, SFT term, TRL's DPOTrainer as a reference, HyPO's surrogate ----
+
+def _token_pairs(seed=0, b=5, t=7):
+    """Per-token log-probs and masks of chosen and rejected answers of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    values = [-torch.rand(b, t, generator=g, dtype=torch.float64) * 3 for _ in range(2)]
+    lengths = [torch.randint(1, t + 1, (b,), generator=g) for _ in range(2)]
+    masks = [torch.arange(t)[None] < n[:, None] for n in lengths]
+    refs = [-torch.rand(b, generator=g, dtype=torch.float64) * 10 for _ in range(2)]
+    return values, masks, refs
+
+
+def _trl_loss(loss_types, weights, chosen, rejected, masks, refs, beta, label_smoothing=0.0,
+              divergence="reverse_kl", alpha_coef=1.0):
+    """TRL's ``DPOTrainer._compute_loss`` itself, on given per-token log-probs: a stand-in model
+    returns them as its ``log_probs`` (0 off the completion, as TRL's fused head gives for
+    label -100), the reference log-probs are 'precomputed'."""
+    from types import SimpleNamespace
+
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    b, t = chosen.shape
+    per_token = torch.cat([torch.where(masks[0], chosen, 0.0), torch.where(masks[1], rejected, 0.0)])
+    completion = torch.cat([torch.cat([torch.zeros(b, 1), masks[0].float()], 1),
+                            torch.cat([torch.zeros(b, 1), masks[1].float()], 1)]).long()  # (2B, T+1)
+
+    class Model(torch.nn.Module):
+        def forward(self, **kwargs):
+            return SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
+                                   mean_logits=torch.zeros_like(per_token),
+                                   is_top1=torch.zeros_like(per_token, dtype=torch.bool))
+
+    class Gather:
+        gather_for_metrics = gather = staticmethod(lambda x: x)
+        device = torch.device("cpu")
+
+    from collections import defaultdict
+
+    model = Model()
+    trainer = SimpleNamespace(model=model, accelerator=Gather(), aux_loss_enabled=False, ld_alpha=None,
+                              precompute_ref_logps=True, f_divergence_type=divergence,
+                              f_alpha_divergence_coef=alpha_coef, loss_types=loss_types, loss_weights=weights,
+                              beta=beta, label_smoothing=label_smoothing, use_weighting=False,
+                              _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+                              _total_train_tokens=0, _tp_size=1, args=SimpleNamespace())
+    inputs = {"input_ids": torch.zeros(2 * b, t + 1, dtype=torch.long), "attention_mask": torch.ones(2 * b, t + 1),
+              "completion_mask": completion, "ref_chosen_logps": refs[0], "ref_rejected_logps": refs[1]}
+    return DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+
+
+@pytest.mark.parametrize("losses,divergence,alpha", [
+    ({"sigmoid": 1.0}, "reverse_kl", 0.5),
+    ({"hinge": 1.0}, "reverse_kl", 0.5),
+    ({"ipo": 1.0}, "reverse_kl", 0.5),
+    ({"sigmoid_norm": 1.0}, "reverse_kl", 0.5),
+    ({"robust": 1.0}, "reverse_kl", 0.5),
+    ({"sigmoid": 0.8, "hinge": 0.3}, "reverse_kl", 0.5),
+    ({"sigmoid": 1.0}, "forward_kl", 0.5),
+    ({"sigmoid": 1.0}, "js", 0.5),
+    ({"sigmoid": 0.5, "hinge": 0.2}, "alpha", 0.3),
+    ({"ipo": 0.5, "sigmoid_norm": 0.2}, "reverse_kl", 0.5),
+])
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_the_losses_equal_trl_dpotrainer_on_the_same_log_probs(losses, divergence, alpha, sft_weight):
+    """TRL (a test dependency only) computes each loss type both have, their weighted sum (MPO)
+    and its 'sft' term from the same per-token log-probs; label smoothing only for 'robust'
+    (TRL's 'sigmoid' no longer smooths). The length-normalized losses are compared under the
+    reverse KL only: with another divergence TRL divides the link f'(u) of the whole answer by its
+    length, we apply the link to the per-token log-ratio (documented in preference_loss)."""
+    pytest.importorskip("trl")
+    (chosen, rejected), masks, refs = _token_pairs(len(losses))
+    smoothing = 0.2 if "robust" in losses else 0.0
+    ours = PreferenceLoss(losses, beta=0.3, label_smoothing=smoothing, divergence=divergence, alpha=alpha,
+                          sft_weight=sft_weight)(chosen, masks[0], rejected, masks[1], refs[0], refs[1])
+    names = {"js": "js_divergence", "alpha": "alpha_divergence"}
+    types, weights = list(losses), list(losses.values())
+    if sft_weight:
+        types, weights = types + ["sft"], weights + [sft_weight]
+    # TRL's alpha link only takes float32 (its clamp table has no float64): compare that one in float32
+    dtype = torch.float32 if divergence == "alpha" else torch.float64
+    trl = _trl_loss(types, weights, chosen.to(dtype), rejected.to(dtype), masks, [r.to(dtype) for r in refs], 0.3,
+                    smoothing, names.get(divergence, divergence), 1 - alpha)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ours.loss, trl.to(torch.float64), rtol=tolerance, atol=tolerance)
+
+
+def test_combined_loss_by_hand_and_its_split_invariance():
+    (chosen, rejected), masks, refs = _token_pairs(3, b=6)
+    module = PreferenceLoss({"sigmoid": 0.6, "ipo": 0.4}, beta=0.2, sft_weight=0.5)
+    out = module(chosen, masks[0], rejected, masks[1], refs[0], refs[1])
+    seq = [torch.where(m, v, 0.0).sum(1) for v, m in zip((chosen, rejected), masks)]
+    lengths = [m.sum(1).double() for m in masks]
+    h = 0.2 * ((seq[0] - refs[0]) - (seq[1] - refs[1]))
+    ipo = (((seq[0] - refs[0]) / lengths[0] - (seq[1] - refs[1]) / lengths[1]) - 1 / 0.4) ** 2
+    sft = -torch.where(masks[0], chosen, 0.0).sum() / masks[0].sum()
+    expected = 0.6 * -F.logsigmoid(h).mean() + 0.4 * ipo.mean() + 0.5 * sft
+    torch.testing.assert_close(out.loss, expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(out.margins, h, rtol=0, atol=1e-14)
+    assert torch.equal(out.reward_accuracy, (h > 0).double())
+    assert set(out.parts) == {"sigmoid", "ipo", "sft"}
+    torch.testing.assert_close(sum(out.parts.values()), out.loss.detach(), rtol=1e-14, atol=1e-14)
+    # three micro-batches with the global counts sum to the whole batch's loss
+    pieces = [slice(0, 2), slice(2, 3), slice(3, 6)]
+    total = sum(module(chosen[s], masks[0][s], rejected[s], masks[1][s], refs[0][s], refs[1][s], num_pairs=6,
+                       num_chosen_tokens=masks[0].sum()).loss for s in pieces)
+    torch.testing.assert_close(total, out.loss, rtol=1e-13, atol=1e-13)
+
+
+def test_combined_loss_gradcheck():
+    (chosen, rejected), masks, refs = _token_pairs(4, b=3, t=4)
+    chosen, rejected = chosen.requires_grad_(), rejected.requires_grad_()
+    for divergence in ("reverse_kl", "forward_kl", "js", "alpha"):
+        module = PreferenceLoss({"sigmoid": 1.0, "ipo": 0.5, "sigmoid_norm": 0.3}, beta=0.5, divergence=divergence,
+                                alpha=0.4, sft_weight=0.2)
+        assert torch.autograd.gradcheck(lambda c, r: module(c, masks[0], r, masks[1], refs[0], refs[1]).loss,
+                                        (chosen, rejected))
+
+
+def test_combined_loss_bad_options():
+    with pytest.raises(ValueError, match="losses must name some of"):
+        PreferenceLoss({"dpo": 1.0})
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        PreferenceLoss({"sigmoid": -1.0})
+    with pytest.raises(ValueError, match="nothing would be trained"):
+        PreferenceLoss({"sigmoid": 0.0})
+    with pytest.raises(ValueError, match="beta must be"):
+        PreferenceLoss("sigmoid", beta=-1)
+    (chosen, rejected), masks, refs = _token_pairs(5)
+    with pytest.raises(ValueError, match="bool chosen_mask"):
+        PreferenceLoss()(chosen, masks[0].long(), rejected, masks[1])
+
+
+def test_hypo_surrogate_expected_gradient_is_the_exact_kl_gradient():
+    """A tabular policy over 4 responses: averaging the surrogate's gradient over every k-tuple of
+    samples, weighted by its probability (exact enumeration, no sampling), gives the gradient of
+    KL(pi || ref) to 1e-10; without the baseline the expectation is the same, with it each
+    sample's coefficient is l_i minus the mean of the others."""
+    import itertools
+
+    theta = torch.tensor([0.3, -1.2, 0.8, 0.1], dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.tensor([0.0, 0.5, -0.7, 1.1], dtype=torch.float64), 0)
+    log_pi = torch.log_softmax(theta, 0)
+    (exact,) = torch.autograd.grad((log_pi.exp() * (log_pi - ref)).sum(), theta)
+    k = 3
+    expected = torch.zeros_like(theta)
+    for tuple_ in itertools.product(range(4), repeat=k):
+        index = torch.tensor(tuple_)
+        log_pi = torch.log_softmax(theta, 0)
+        weight = log_pi[index].sum().exp().detach()
+        (grad,) = torch.autograd.grad(hypo_kl_surrogate(log_pi[index], ref[index], k).mean(), theta)
+        expected += weight * grad
+    torch.testing.assert_close(expected, exact, rtol=0, atol=1e-10)
+    # the coefficients by hand
+    l = torch.tensor([1.0, 2.0, 4.0, -1.0, 0.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(leave_one_out_baseline(l, 3), torch.tensor([-2.0, -0.5, 2.5, -2.5, -1.0, 3.5],
+                                                                          dtype=torch.float64))
+    with pytest.raises(ValueError, match="group_size must be an integer >= 2"):
+        leave_one_out_baseline(l, 1)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        leave_one_out_baseline(l, 4)

@@ -2,6 +2,7 @@
 examples for language models (prompt positions labelled ``IGNORE_INDEX``)."""
 
 from ._classification import ClassificationData, augment, load_classification_data
+from ._pairs import PreferencePair, load_preference_records, tokenize_pairs
 from ._tasks import (
     ARITHMETIC_ALPHABET,
     ARITHMETIC_OPERATIONS,
@@ -21,6 +22,7 @@ from ._text import (
     examples_fingerprint,
     load_text_examples,
     load_text_records,
+    read_records,
     tokenize_records,
     train_bpe_tokenizer,
 )
@@ -28,4 +30,5 @@ from ._text import (
 __all__ = ["ARITHMETIC_ALPHABET", "ARITHMETIC_OPERATIONS", "TaskProblem", "arithmetic_problems", "char_tokenizer", "exact_match_reward",
            "format_reward", "task_records", "ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts", "collate",
            "examples_fingerprint", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
+           "PreferencePair", "load_preference_records", "read_records", "tokenize_pairs",
            "train_bpe_tokenizer"]

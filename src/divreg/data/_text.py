@@ -73,6 +73,16 @@ def load_text_records(source) -> list[dict]:
     """Records from a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its ``train`` split if
     it has several), or an in-memory ``datasets.Dataset``. Each record has ``prompt`` and
     ``completion``, or ``text``, or chat ``messages``."""
+    records = read_records(source)
+    for index, record in enumerate(records):
+        if not ({"prompt", "completion"} <= set(record) or "text" in record or "messages" in record):
+            raise ValueError(f"record {index} has keys {sorted(record)}; expected prompt+completion, text or messages")
+    return records
+
+
+def read_records(source) -> list[dict]:
+    """The records (objects) of a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its
+    ``train`` split if it has several) or an in-memory sequence, keys with None values dropped."""
     if isinstance(source, str) and source.endswith(".jsonl"):
         if not os.path.isfile(source):
             raise ValueError(f"data file {source!r} does not exist")
@@ -99,14 +109,9 @@ def load_text_records(source) -> list[dict]:
         records = list(source)
     for index, record in enumerate(records):
         if not isinstance(record, dict):
-            raise ValueError(f"record {index} is {type(record).__name__}, not an object with prompt+completion, text "
-                             "or messages")
+            raise ValueError(f"record {index} is {type(record).__name__}, not an object (a JSON object per line)")
     # a datasets table gives every row every column: drop the empty ones
-    records = [{key: value for key, value in record.items() if value is not None} for record in records]
-    for index, record in enumerate(records):
-        if not ({"prompt", "completion"} <= set(record) or "text" in record or "messages" in record):
-            raise ValueError(f"record {index} has keys {sorted(record)}; expected prompt+completion, text or messages")
-    return records
+    return [{key: value for key, value in record.items() if value is not None} for record in records]
 
 
 def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int]]:

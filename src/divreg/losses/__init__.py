@@ -23,7 +23,8 @@ from ._grpo import (
 from ._kd import KDLoss
 from ._lm_distill import LMDistillLoss
 from ._lp_reg import LpReg, lp_reg_penalty, lp_reg_token_mask, min_p_proxy_logprobs
-from ._preference import (PREFERENCE_DIVERGENCES, PREFERENCE_LOSSES, PreferenceOutput, f_divergence_link,
+from ._preference import (PREFERENCE_DIVERGENCES, PREFERENCE_LOSSES, PreferenceLoss, PreferenceLossOutput,
+                          PreferenceOutput, f_divergence_link, hypo_kl_surrogate, leave_one_out_baseline,
                           preference_loss)
 from ._pskd import PSKDLoss
 from ._rapo import reweighted_reference_logits
@@ -32,7 +33,7 @@ from ._uld import ULDLoss, align_answer_positions
 
 __all__ = ["ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss",
            "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LMDistillLoss", "LOSS_AGGREGATIONS", "LossOutput", "LpReg",
-           "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PSKDLoss", "PreferenceOutput", "SinKDLoss", "TIE_RULES", "TwoViewKL", "ULDLoss", "align_answer_positions", "calibrated_rewards",
-           "combine_rewards", "ctrl_transform", "dads_kl_weights", "f_divergence_link", "group_advantages", "group_difficulty",
-           "kl_per_token", "loss_aggregation", "lp_reg_penalty", "lp_reg_token_mask", "min_p_proxy_logprobs",
+           "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PSKDLoss", "PreferenceLoss", "PreferenceLossOutput", "PreferenceOutput", "SinKDLoss", "TIE_RULES", "TwoViewKL", "ULDLoss", "align_answer_positions", "calibrated_rewards",
+           "combine_rewards", "ctrl_transform", "dads_kl_weights", "f_divergence_link", "group_advantages", "group_difficulty", "hypo_kl_surrogate",
+           "kl_per_token", "leave_one_out_baseline", "loss_aggregation", "lp_reg_penalty", "lp_reg_token_mask", "min_p_proxy_logprobs",
            "preference_loss", "reweighted_reference_logits", "stcr_advantages"]

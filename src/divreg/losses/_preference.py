@@ -15,16 +15,22 @@ References:
     Zhao et al. "SLiC-HF", 2023, arXiv 2305.10425 (``hinge``).
     Wang et al. "Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse
     Divergence Constraints", 2023, arXiv 2309.16240 (f-divergence links).
+    Wang et al. "Enhancing the Reasoning Ability of Multimodal Large Language Models via Mixed
+    Preference Optimization", 2024, arXiv 2411.10442 (MPO: several losses with weights plus SFT).
+    Song et al. "The Importance of Online Data: Understanding Preference Fine-tuning via Coverage",
+    2024, arXiv 2406.01462 (HyPO: :func:`hypo_kl_surrogate`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from ..reductions import sum_over_items
 
 PREFERENCE_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "sigmoid_norm")
 PREFERENCE_DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
@@ -86,7 +92,10 @@ def preference_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: 
       divided by each answer's number of tokens (as TRL, confirmed with the IPO authors there);
     - ``sigmoid_norm``: DPO on per-token-normalized log-ratios.
 
-    ``ipo`` and ``sigmoid_norm`` need ``chosen_tokens`` and ``rejected_tokens`` (B,). A reference of
+    ``ipo`` and ``sigmoid_norm`` need ``chosen_tokens`` and ``rejected_tokens`` (B,). With a
+    divergence other than the reverse KL, the link is applied to the per-token log-ratio
+    :math:`\ell/n` (TRL instead divides the link of the whole answer, :math:`f'(e^{\ell})/n`; the
+    two agree for the reverse KL, the only case the papers define). A reference of
     None means 0 (reference-free). Inputs are (B,) sequence log-probs (sums over the answer tokens).
     """
     if loss not in PREFERENCE_LOSSES:
@@ -122,3 +131,143 @@ def preference_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: 
     chosen_reward, rejected_reward = (beta * chosen_score).detach(), (beta * rejected_score).detach()
     return PreferenceOutput(values, chosen_reward, rejected_reward, chosen_reward - rejected_reward,
                             (chosen_reward > rejected_reward).to(values.dtype))
+
+
+class PreferenceLossOutput(NamedTuple):
+    r"""``loss`` (a scalar with the gradient, normalized by the global counts) and detached
+    per-step values: ``parts`` (each loss's weighted contribution, and ``sft``), and per pair
+    (B,): the sequence log-ratios, the implicit rewards :math:`\beta f'(e^{\ell})`, their margins
+    and whether the chosen answer's reward is the larger."""
+
+    loss: Tensor
+    parts: dict
+    chosen_logratios: Tensor
+    rejected_logratios: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    margins: Tensor
+    reward_accuracy: Tensor
+
+
+class PreferenceLoss(nn.Module):
+    r"""Several DPO-family losses combined with weights (as MPO), plus an optional SFT term on the
+    chosen answers, on per-token log-probs of one micro-batch of pairs:
+
+    .. math::
+        L = \sum_k w_k \frac{1}{P}\sum_{pairs} \ell_k(h) \;+\; w_{sft}\,\frac{1}{N_w}
+            \sum_{chosen\ tokens} -\log\pi(y_t|x, y_{<t})
+
+    with :math:`\ell_k` from :func:`preference_loss`, :math:`P` the number of pairs and :math:`N_w`
+    the number of chosen-answer tokens **of the global batch** (every micro-batch of every process:
+    pass ``num_pairs`` and ``num_chosen_tokens``), so the summed micro-batch losses are the loss of
+    the whole batch however it is split. Without them, the local counts (one micro-batch = the
+    batch). TRL's ``loss_type=[...]`` with ``loss_weights`` is the same sum; its ``"sft"`` is our
+    ``sft_weight`` (a token mean over the chosen answers, as TRL).
+
+    Args:
+        losses: a loss name of :data:`PREFERENCE_LOSSES`, or ``{name: weight}``.
+        beta, label_smoothing, divergence, alpha: as :func:`preference_loss` (shared by every loss).
+        sft_weight: weight of the SFT term (0: none).
+    """
+
+    def __init__(self, losses: Union[str, Mapping[str, float]] = "sigmoid", *, beta: float = 0.1,
+                 label_smoothing: float = 0.0, divergence: str = "reverse_kl", alpha: float = 0.5,
+                 sft_weight: float = 0.0):
+        super().__init__()
+        weights = {losses: 1.0} if isinstance(losses, str) else dict(losses)
+        if not weights or any(name not in PREFERENCE_LOSSES for name in weights):
+            raise ValueError(f"losses must name some of {PREFERENCE_LOSSES} (with weights), got {losses!r}")
+        bad = {k: w for k, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float))
+               or not math.isfinite(w) or w < 0}
+        if bad or isinstance(sft_weight, bool) or not math.isfinite(sft_weight) or sft_weight < 0:
+            raise ValueError(f"loss weights and sft_weight must be finite numbers >= 0, got {weights}, {sft_weight!r}")
+        if not any(weights.values()) and not sft_weight:
+            raise ValueError("every loss weight and sft_weight is 0: nothing would be trained")
+        self.weights, self.sft_weight = weights, float(sft_weight)
+        self.options = {"beta": beta, "label_smoothing": label_smoothing, "divergence": divergence, "alpha": alpha}
+        ones = torch.ones(1, dtype=torch.float64)
+        for name in weights:  # every option checked now, with preference_loss's own messages
+            preference_loss(ones, ones, None, None, loss=name, chosen_tokens=ones, rejected_tokens=ones,
+                            **self.options)
+
+    def forward(self, chosen_logprobs: Tensor, chosen_mask: Tensor, rejected_logprobs: Tensor,
+                rejected_mask: Tensor, ref_chosen: Optional[Tensor] = None, ref_rejected: Optional[Tensor] = None,
+                *, num_pairs=None, num_chosen_tokens=None) -> PreferenceLossOutput:
+        """``*_logprobs`` (B, T) per-token log-probs of the answers (any value off ``*_mask``, which
+        is (B, T) bool); ``ref_*`` (B,) the reference's sequence log-probs (None: reference-free)."""
+        for name, values, mask in (("chosen", chosen_logprobs, chosen_mask),
+                                   ("rejected", rejected_logprobs, rejected_mask)):
+            if values.dim() != 2 or mask.shape != values.shape or mask.dtype != torch.bool:
+                raise ValueError(f"{name}_logprobs must be (B, T) with a bool {name}_mask of the same shape, got "
+                                 f"{tuple(values.shape)} and {tuple(mask.shape)} {mask.dtype}")
+        if chosen_logprobs.shape[0] != rejected_logprobs.shape[0]:
+            raise ValueError(f"{chosen_logprobs.shape[0]} chosen answers for {rejected_logprobs.shape[0]} rejected ones")
+        chosen = torch.where(chosen_mask, chosen_logprobs, 0.0).sum(1)
+        rejected = torch.where(rejected_mask, rejected_logprobs, 0.0).sum(1)
+        lengths = chosen_mask.sum(1).to(chosen.dtype), rejected_mask.sum(1).to(chosen.dtype)
+        loss, parts = chosen.new_zeros(()), {}
+        for name, weight in self.weights.items():
+            out = preference_loss(chosen, rejected, ref_chosen, ref_rejected, loss=name, chosen_tokens=lengths[0],
+                                  rejected_tokens=lengths[1], **self.options)
+            term = sum_over_items(out.loss, None, num_pairs if num_pairs is not None else out.loss.numel())
+            loss = loss + weight * term
+            parts[name] = (weight * term).detach()
+        if self.sft_weight:
+            count = num_chosen_tokens if num_chosen_tokens is not None else chosen_mask.sum().clamp(min=1)
+            sft = sum_over_items(-chosen_logprobs, chosen_mask, count)
+            loss = loss + self.sft_weight * sft
+            parts["sft"] = (self.sft_weight * sft).detach()
+        chosen_ratio = (chosen - (0 if ref_chosen is None else ref_chosen)).detach()
+        rejected_ratio = (rejected - (0 if ref_rejected is None else ref_rejected)).detach()
+        beta, divergence, alpha = self.options["beta"], self.options["divergence"], self.options["alpha"]
+        chosen_reward = beta * f_divergence_link(chosen_ratio, divergence, alpha)
+        rejected_reward = beta * f_divergence_link(rejected_ratio, divergence, alpha)
+        return PreferenceLossOutput(loss, parts, chosen_ratio, rejected_ratio, chosen_reward, rejected_reward,
+                                    chosen_reward - rejected_reward,
+                                    (chosen_reward > rejected_reward).to(chosen_ratio.dtype))
+
+
+def leave_one_out_baseline(values: Tensor, group_size: int) -> Tensor:
+    r""":math:`v_i - \frac{1}{k-1}\sum_{j \ne i} v_j` within each group of ``group_size`` = k
+    contiguous values (the samples of one prompt): RLOO's baseline-corrected value. Needs k >= 2."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an integer >= 2 (a leave-one-out baseline needs another sample of the "
+                         f"same prompt), got {group_size!r}")
+    if values.dim() != 1 or values.numel() == 0 or values.numel() % group_size:
+        raise ValueError(f"values must be a non-empty 1-D tensor whose length is a multiple of group_size="
+                         f"{group_size}, got shape {tuple(values.shape)}")
+    groups = values.view(-1, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def hypo_kl_surrogate(policy_logprobs: Tensor, ref_logprobs: Tensor, group_size: int) -> Tensor:
+    r"""HyPO's KL regularizer as a per-sample surrogate whose gradient, in expectation over the
+    samples, is the gradient of the sequence-level :math:`KL(\pi\|\pi_{ref})`:
+
+    .. math::
+        s_i = \mathrm{sg}\!\Big(l_i - \frac{1}{k-1}\sum_{j\ne i} l_j\Big)\,\log\pi(y_i|x),
+        \qquad l_i = \log\pi(y_i|x) - \log\pi_{ref}(y_i|x),
+
+    for k samples :math:`y_1..y_k \sim \pi(\cdot|x)` of one prompt (contiguous groups). Since
+    :math:`\nabla KL = E_\pi[(l + 1)\nabla\log\pi] = E_\pi[l\,\nabla\log\pi]` and the other samples
+    are independent of :math:`y_i` (:math:`E[\nabla\log\pi(y_i)] = 0`), the leave-one-out baseline
+    removes variance without bias. The mean of :math:`l_i` (detached) is an unbiased estimate of
+    the sequence KL; the value of :math:`s_i` itself is not the KL.
+
+    Args:
+        policy_logprobs: (N,) sequence log-probs :math:`\log\pi(y_i|x)` (with gradient), N = prompts x k.
+        ref_logprobs: (N,) the reference's, no gradient needed.
+        group_size: k, samples per prompt (>= 2).
+
+    Returns:
+        (N,) per-sample surrogate values (sum them / the global number of samples).
+
+    Reference: Song et al. 2024, arXiv 2406.01462 (HyPO, Algorithm 1); the leave-one-out baseline
+    is the form this library's issue specifies (see the recipe's docs for the paper's defaults).
+    """
+    if policy_logprobs.shape != ref_logprobs.shape:
+        raise ValueError(f"policy and reference log-probs differ in shape: {tuple(policy_logprobs.shape)} vs "
+                         f"{tuple(ref_logprobs.shape)}")
+    coefficients = leave_one_out_baseline((policy_logprobs - ref_logprobs).detach(), group_size)
+    return coefficients * policy_logprobs
