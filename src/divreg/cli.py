@@ -40,6 +40,8 @@ COMMANDS = {
                              "divreg.recipes.teacher_cache", "CacheTeacherConfig"),
     "rl": Command("GRPO with a KL to a frozen reference on a verifiable task (warm-up, then RL), several seeds",
                   "divreg.recipes.rl", "RLConfig"),
+    "preference": Command("DPO-family preference optimization and HyPO's online KL from one warm-up model, several seeds",
+                          "divreg.recipes.preference", "PreferenceConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
                             "divreg.recipes.mode_fitting", "ModeFittingConfig"),
 }

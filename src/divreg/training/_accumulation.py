@@ -5,7 +5,7 @@ processes), so the gradient does not depend on how the batch was split."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -37,15 +37,18 @@ def global_item_counts(batches: Sequence[dict], accelerator: Accelerator,
 
 
 def backward_micro_batches(accelerator: Accelerator, model: nn.Module, micro_batches: Sequence[dict],
-                           loss_fn: MicroBatchLoss) -> dict[str, float]:
+                           loss_fn: MicroBatchLoss, counts: Any = None) -> dict[str, float]:
     """Backward through every micro-batch (gradients synchronized once, after the last), each
     loss given the :func:`global_item_counts` to normalize by; returns each reported part summed over the
     micro-batches and processes (so a part normalized like the loss is its global value).
 
     DDP averages gradients over the P processes, so each loss is multiplied by P: the result is
     the gradient of the global sum / N, as in one process.
+
+    ``counts``: the global counts to pass instead (a recipe whose items are not the ``labels``
+    tokens of each micro-batch, e.g. preference pairs, computes its own, globally).
     """
-    num_items = global_item_counts(micro_batches, accelerator)
+    num_items = global_item_counts(micro_batches, accelerator) if counts is None else counts
     totals: dict[str, float] = {}
     for index, batch in enumerate(micro_batches):
         context = accelerator.no_sync(model) if index < len(micro_batches) - 1 else nullcontext()

@@ -16,32 +16,17 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
                      tokenize_records)
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
-from ...fused import fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
+from ...fused import fused_linear_divergence, token_logprobs
 from ...losses import (LpReg, calibrated_rewards, combine_rewards, ctrl_transform, reweighted_reference_logits, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
                        min_p_proxy_logprobs, stcr_advantages)
-from ...models import CausalLM, generate_examples, greedy_completions
+from ...models import CausalLM, generate_examples
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...training import RunSpec, backward_micro_batches, derive_seed, step_batch, train_run
+from .._lm_task import completion_signal, exact_match_accuracy, global_mean, global_means, supervised_warmup, to_device
 from .config import RLConfig
 
 REWARDS = {"exact_match": exact_match_reward, "format": format_reward}
 FUSED_AUTO_VOCAB = 32768  # at least this many tokens: per-token log-probs and the exact KL go through divreg.fused
-
-
-def completion_signal(model, batch: dict, temperature: float, fused: bool):
-    """``(logprobs (B, T-1), entropy (B, T-1), mask (B, T-1), hidden-or-logits)`` of the
-    completion tokens (``labels``) under ``model`` at ``temperature``; 0 off the mask."""
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    core = model.module if hasattr(model, "module") else model
-    if fused:
-        hidden = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
-        out = fused_linear_token_logprobs(hidden, core.output_weight, labels, temperature=temperature,
-                                          bias=core.output_bias, ignore_index=IGNORE_INDEX, return_entropy=True)
-        return out.logprobs, out.entropy, mask, hidden
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V)
-    out = token_logprobs(logits, labels, temperature=temperature, ignore_index=IGNORE_INDEX, return_entropy=True)
-    return out.logprobs, out.entropy, mask, logits
 
 
 def exact_kl(policy_out: Tensor, ref_out: Tensor, policy, reference, mask: Tensor, config: RLConfig, fused: bool,
@@ -101,43 +86,21 @@ class RLTrainer:
 
     def accuracy(self, model) -> float:
         """Exact-match accuracy of greedy completions on the held-out problems."""
-        texts = greedy_completions(self.accelerator.unwrap_model(model), self.test_prompt_ids, self.tokenizer,
-                                   self.config.max_new_tokens)
-        return sum(exact_match_reward(texts, [p.answer for p in self.test])) / len(self.test)
+        return exact_match_accuracy(self.accelerator, model, self.test_prompt_ids, self.test, self.tokenizer,
+                                    self.config.max_new_tokens)
 
     def warmup(self, model: CausalLM, seed: int, checkpoint_path: str, steps: Optional[int] = None,
                name: str = "warmup") -> dict:
-        """Supervised warm-up: CE on prompt -> answer (token mean over the global batch), for
-        ``steps`` (default: ``warmup_steps``); also how a separate reference is trained."""
-        steps = self.config.warmup_steps if steps is None else steps
-        accelerator, config = self.accelerator, self.config
-        rank, processes = accelerator.process_index, accelerator.num_processes
-
-        def ce(model, batch, counts):
-            logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:],
-                                                     ignore_index=IGNORE_INDEX, reduction="sum") / counts.tokens
-            return loss, {"loss": loss.detach()}
-
-        def step_fn(model, optimizer, step: int) -> dict:
-            indices = step_batch(len(self.warmup_examples), config.warmup_batch_size, seed, step)[rank::processes]
-            examples = [self.warmup_examples[i] for i in indices.tolist()]
-            micro = [collate(examples[i::config.grad_accum], self.tokenizer.pad_token_id)
-                     for i in range(config.grad_accum)]
-            totals = backward_micro_batches(accelerator, model, [_to(b, accelerator.device) for b in micro], ce)
-            optimizer.step()
-            optimizer.zero_grad()
-            return totals
-
-        target = config.warmup_target if name == "warmup" else None  # a separate reference trains its full steps
-        spec = RunSpec(f"{name}-seed{seed}", steps, checkpoint_path,
-                       evaluate_every=steps if target is None else config.warmup_eval_every,
-                       checkpoint_every=config.checkpoint_every * 4,
-                       stop_when=None if target is None else (lambda record: record["test_accuracy"] >= target))
-        optimizer = functools.partial(torch.optim.AdamW, lr=config.warmup_lr, weight_decay=0.0)
-        return train_run(accelerator, spec, model, optimizer, step_fn,
-                         lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
-                         lambda model: {"metrics": {"test_accuracy": self.accuracy(model)}}, log_path=self.log_path)
+        """Supervised warm-up: CE on prompt -> answer, for ``steps`` (default: ``warmup_steps``),
+        stopped at ``warmup_target``; also how a separate reference is trained (its full steps)."""
+        config = self.config
+        return supervised_warmup(self.accelerator, model, self.warmup_examples, self.tokenizer, name=f"{name}-seed{seed}",
+                                 seed=seed, steps=config.warmup_steps if steps is None else steps,
+                                 batch_size=config.warmup_batch_size, lr=config.warmup_lr,
+                                 grad_accum=config.grad_accum, checkpoint_path=checkpoint_path,
+                                 checkpoint_every=config.checkpoint_every * 4, accuracy=self.accuracy,
+                                 target=config.warmup_target if name == "warmup" else None,
+                                 eval_every=config.warmup_eval_every, log_path=self.log_path)
 
     def grpo(self, model: CausalLM, reference: Optional[CausalLM], seed: int, checkpoint_path: str) -> dict:
         """The GRPO run from the warm-up weights; ``reference`` frozen (None when no KL is used)."""
@@ -186,12 +149,12 @@ class RLTrainer:
             examples, problems = generate(policy, step, group)
             rewards, correct = reward_of(examples, problems)
             task_rewards = rewards
-            task_reward = _global_mean(accelerator, rewards.tolist())  # before any transform or KL penalty
+            task_reward = global_mean(accelerator, rewards.tolist())  # before any transform or KL penalty
             shaped_reward = None
             if config.ctrl != "none":
                 rewards = calibrated(rewards, step)
-                shaped_reward = _global_mean(accelerator, rewards.tolist())
-            batch = _to(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
+                shaped_reward = global_mean(accelerator, rewards.tolist())
+            batch = to_device(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
             coef = beta(step)
             with torch.no_grad():
                 logprobs, entropy, mask, policy_out = completion_signal(policy, batch, config.temperature, self.fused)
@@ -280,9 +243,9 @@ class RLTrainer:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            metrics = {**totals, **_global_means(accelerator, stats), "kl_coef": coef,
+            metrics = {**totals, **global_means(accelerator, stats), "kl_coef": coef,
                        "reward": task_reward,
-                       "train_exact_match": _global_mean(accelerator, correct),
+                       "train_exact_match": global_mean(accelerator, correct),
                        "completion_tokens": float(accelerator.reduce(mask.sum().double(), "sum"))
                        / float(all_rewards.numel())}
             if shaped_reward is not None:
@@ -301,21 +264,3 @@ class RLTrainer:
                          lambda model: {"metrics": {"test_accuracy": self.accuracy(model)}},
                          components={"kl_coef": beta}, log_path=self.log_path)
 
-
-def _to(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-def _global_means(accelerator: Accelerator, stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
-    """Token means over the global batch of masked per-token values."""
-    names = list(stats)
-    local = torch.tensor([[float(torch.where(m, v, 0.0).sum()), float(m.sum())] for v, m in stats.values()],
-                         dtype=torch.float64, device=accelerator.device)
-    total = accelerator.reduce(local, "sum")
-    return {name: float(total[i, 0] / total[i, 1].clamp(min=1)) for i, name in enumerate(names)}
-
-
-def _global_mean(accelerator: Accelerator, values: list[float]) -> float:
-    total = accelerator.reduce(torch.tensor([sum(values), len(values)], dtype=torch.float64,
-                                            device=accelerator.device), "sum")
-    return float(total[0] / total[1])

@@ -1,0 +1,94 @@
+"""Parts shared by the language-model recipes that train on a generated task (``rl``,
+``preference``): the supervised warm-up on the task's answers, greedy exact-match accuracy,
+moving batches to a device and global means over processes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from ..data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward
+from ..fused import fused_linear_token_logprobs, token_logprobs
+from ..models import CausalLM, greedy_completions
+from ..training import RunSpec, backward_micro_batches, step_batch, train_run
+
+
+def completion_signal(model, batch: dict, temperature: float, fused: bool):
+    """``(logprobs (B, T-1), entropy (B, T-1), mask (B, T-1), hidden-or-logits)`` of the
+    completion tokens (``labels``) under ``model`` at ``temperature``; 0 off the mask."""
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    core = model.module if hasattr(model, "module") else model
+    if fused:
+        hidden = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
+        out = fused_linear_token_logprobs(hidden, core.output_weight, labels, temperature=temperature,
+                                          bias=core.output_bias, ignore_index=IGNORE_INDEX, return_entropy=True)
+        return out.logprobs, out.entropy, mask, hidden
+    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V)
+    out = token_logprobs(logits, labels, temperature=temperature, ignore_index=IGNORE_INDEX, return_entropy=True)
+    return out.logprobs, out.entropy, mask, logits
+
+
+def to_device(batch: dict, device) -> dict:
+    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
+
+
+def global_means(accelerator: Accelerator, stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Means over the global batch of masked values: ``{name: (values, mask)}``."""
+    names = list(stats)
+    local = torch.tensor([[float(torch.where(m, v, 0.0).sum()), float(m.sum())] for v, m in stats.values()],
+                         dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local, "sum")
+    return {name: float(total[i, 0] / total[i, 1].clamp(min=1)) for i, name in enumerate(names)}
+
+
+def global_mean(accelerator: Accelerator, values: Sequence[float]) -> float:
+    total = accelerator.reduce(torch.tensor([float(sum(values)), float(len(values))], dtype=torch.float64,
+                                            device=accelerator.device), "sum")
+    return float(total[0] / total[1])
+
+
+def exact_match_accuracy(accelerator: Accelerator, model, prompt_ids: list[list[int]], problems: list[TaskProblem],
+                         tokenizer, max_new_tokens: int) -> float:
+    """Exact-match accuracy of greedy completions of ``prompt_ids`` against the problems' answers."""
+    texts = greedy_completions(accelerator.unwrap_model(model), prompt_ids, tokenizer, max_new_tokens)
+    return sum(exact_match_reward(texts, [p.answer for p in problems])) / len(problems)
+
+
+def supervised_warmup(accelerator: Accelerator, model: CausalLM, examples: list[TextExample], tokenizer, *,
+                      name: str, seed: int, steps: int, batch_size: int, lr: float, grad_accum: int,
+                      checkpoint_path: str, checkpoint_every: int, accuracy: Callable[[CausalLM], float],
+                      target: Optional[float] = None, eval_every: int = 100, log_path: Optional[str] = None,
+                      metric: str = "test_accuracy") -> dict:
+    """CE on prompt -> answer (token mean over the global batch) for ``steps`` steps, evaluated by
+    ``accuracy(model)`` (logged as ``metric``); with ``target``, evaluated every ``eval_every``
+    steps and stopped at the first evaluation whose value reaches it. Returns the run's final
+    checkpoint."""
+    rank, processes = accelerator.process_index, accelerator.num_processes
+
+    def ce(model, batch, counts):
+        logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:],
+                                                 ignore_index=IGNORE_INDEX, reduction="sum") / counts.tokens
+        return loss, {"loss": loss.detach()}
+
+    def step_fn(model, optimizer, step: int) -> dict:
+        indices = step_batch(len(examples), batch_size, seed, step)[rank::processes]
+        chosen = [examples[i] for i in indices.tolist()]
+        micro = [collate(chosen[i::grad_accum], tokenizer.pad_token_id) for i in range(grad_accum)]
+        totals = backward_micro_batches(accelerator, model, [to_device(b, accelerator.device) for b in micro], ce)
+        optimizer.step()
+        optimizer.zero_grad()
+        return totals
+
+    spec = RunSpec(name, steps, checkpoint_path, evaluate_every=steps if target is None else eval_every,
+                   checkpoint_every=checkpoint_every,
+                   stop_when=None if target is None else (lambda record: record[metric] >= target))
+    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
+    return train_run(accelerator, spec, model, optimizer, step_fn,
+                     lambda model, step, means: {**means, metric: accuracy(model)},
+                     lambda model: {"metrics": {metric: accuracy(model)}}, log_path=log_path)

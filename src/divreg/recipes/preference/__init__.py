@@ -1,0 +1,220 @@
+"""Preference optimization of a language model (``divreg preference``): per seed, a supervised
+warm-up, then each method from its weights on the same pairs: DPO and its family
+(:class:`divreg.losses.PreferenceLoss`: any weighted mix of sigmoid / robust / hinge / IPO /
+length-normalized losses, f-divergence links, an SFT term) and HyPO, which adds the KL to the
+reference estimated on fresh samples of the current policy (:func:`divreg.losses.hypo_kl_surrogate`).
+
+setup -> (per seed) warm-up -> pairs -> reference log-probs -> each method -> report.
+Built-in default: the arithmetic task of ``divreg rl`` (character tokenizer, tiny Llama built from a
+config; nothing downloaded): chosen = the right answer, rejected = a wrong completion of the warm-up
+model. ``data=<pairs.jsonl or datasets folder>`` trains on your pairs (prompt/chosen/rejected, as
+strings or chat messages) with ``policy.path`` / ``tokenizer`` your model. Outputs in
+``output_dir``: ``config.yaml``, ``metrics.json``, ``metrics.jsonl`` (one record per step: the loss
+parts, reward accuracy, margin, chosen/rejected log-ratios, HyPO's KL estimate; one per evaluation:
+held-out exact match, held-out reward accuracy and margin, the sequence KL to the reference),
+``pairs-seed*.jsonl`` (the built-in pairs), ``curves.png`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..._table import format_table
+from ...data import (arithmetic_problems, char_tokenizer, load_preference_records, task_records, tokenize_pairs,
+                     tokenize_records)
+from ...metrics import training_curves
+from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
+from ...training import prepare_run_folder
+from .._lm_task import supervised_warmup
+from .config import PreferenceConfig
+from .trainer import PreferenceTrainer, prompt_of, sequence_logprobs, task_pairs
+
+__all__ = ["PreferenceConfig", "run"]
+
+
+def _user_pairs(config: PreferenceConfig, tokenizer):
+    train = tokenize_pairs(load_preference_records(config.data), tokenizer, config.max_length)
+    if config.held_out is not None:
+        return train, tokenize_pairs(load_preference_records(config.held_out), tokenizer, config.max_length,
+                                     first_id=len(train))
+    if len(train) < 2:
+        raise ValueError(f"data {config.data!r} holds {len(train)} pair; give at least 2 (a tenth is held out) or "
+                         "held_out=<file>")
+    cut = max(1, len(train) // 10)
+    return train[cut:], train[:cut]
+
+
+def setup(config: PreferenceConfig):
+    """Accelerator, tokenizer, data (task problems or pairs), the run folder and the trainer; every
+    check before any training."""
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+    tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
+    if model_tokenizer(config.policy, tokenizer) is not tokenizer:
+        raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
+                         f"{config.tokenizer!r}: pass the policy's (tokenizer=<policy.path>)")
+    if config.batch_size % (accelerator.num_processes * config.grad_accum):
+        raise ValueError(f"batch_size={config.batch_size} pairs must split evenly over {accelerator.num_processes} "
+                         f"process(es) x grad_accum={config.grad_accum}")
+    if config.warmup_steps and config.warmup_batch_size % (accelerator.num_processes * config.grad_accum):
+        raise ValueError(f"warmup_batch_size={config.warmup_batch_size} must be divisible by processes x grad_accum")
+    if config.data == "builtin":
+        train, test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
+                                          operations=config.operations, seed=config.data_seed)
+        data = {"problems": (train, test),
+                "warmup": tokenize_records(task_records(train), tokenizer, max_length=64, prompt_len=1)}
+        size = len(train)
+    else:
+        pairs = _user_pairs(config, tokenizer)
+        data = {"pairs": pairs, "warmup": [p.chosen for p in pairs[0]]}
+        size = len(pairs[0])
+    if config.batch_size > size:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {size} training pairs")
+    _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
+    return accelerator, tokenizer, data, PreferenceTrainer(accelerator, config, tokenizer, log_path)
+
+
+def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, data: dict, seed: int) -> dict:
+    accelerator = trainer.accelerator
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+    builtin = "problems" in data
+    pad = tokenizer.pad_token_id
+
+    def build() -> CausalLM:
+        return CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
+
+    if builtin:
+        train_problems, test_problems = data["problems"]
+        test_prompts = [tokenizer(p.prompt)["input_ids"] for p in test_problems]
+
+        def warmup_metric(model):
+            return trainer.accuracy(model, test_prompts, test_problems)
+        metric = "test_accuracy"
+    else:
+        held_chosen = [p.chosen for p in data["pairs"][1]]
+
+        def warmup_metric(model):  # the held-out chosen answers' mean sequence log-prob
+            return float(sequence_logprobs(accelerator.unwrap_model(model), held_chosen, pad, trainer.fused).mean())
+        metric = "held_out_chosen_logprob"
+    policy = build()
+    if config.warmup_steps:
+        result = supervised_warmup(accelerator, policy, data["warmup"], tokenizer, name=f"warmup-seed{seed}",
+                                   seed=seed, steps=config.warmup_steps, batch_size=config.warmup_batch_size,
+                                   lr=config.warmup_lr, grad_accum=config.grad_accum,
+                                   checkpoint_path=os.path.join(checkpoints, f"warmup-seed{seed}.pt"),
+                                   checkpoint_every=config.checkpoint_every * 4, accuracy=warmup_metric,
+                                   target=config.warmup_target, eval_every=config.warmup_eval_every,
+                                   log_path=trainer.log_path, metric=metric)
+        state = result["model"]
+    else:
+        state = policy.state_dict()
+    policy.load_state_dict(state)
+    policy.eval()
+    outcome = {"warmup": {metric: warmup_metric(policy)}}
+    if builtin:  # the pairs, from the warm-up model's own wrong answers
+        train_pairs, records, fallbacks = task_pairs(policy, train_problems, tokenizer, config, seed, 0)
+        held_out, held_records, held_fallbacks = task_pairs(policy, test_problems, tokenizer, config, seed, 1)
+        outcome["fallback_rejected"] = fallbacks + held_fallbacks
+        if accelerator.is_main_process:
+            with open(os.path.join(config.output_dir, f"pairs-seed{seed}.jsonl"), "w") as handle:
+                for split, rows in (("train", records), ("held_out", held_records)):
+                    for row in rows:
+                        handle.write(json.dumps({"split": split, **row}) + "\n")
+    else:
+        train_pairs, held_out = data["pairs"]
+    reference, tables = None, {"train": None, "held_out": None}
+    if config.reference == "warmup":
+        reference = build()
+        reference.load_state_dict(state)
+        reference = reference.eval().requires_grad_(False).to(accelerator.device)
+        splits = {"train": train_pairs, "held_out": held_out} if config.precompute_reference else {
+            "held_out": held_out}
+        tables.update(trainer.reference_logprobs(reference, splits, os.path.join(
+            checkpoints, f"reference-logprobs-seed{seed}{'' if config.precompute_reference else '-held-out'}.pt")))
+    kl_prompts = list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]
+    kl_prompts = [list(p) for p in kl_prompts]
+
+    def evaluate(model) -> dict:
+        record = trainer.held_out_metrics(model, held_out, tables["held_out"])
+        if builtin:
+            record["test_accuracy"] = trainer.accuracy(model, test_prompts, test_problems)
+        if reference is not None and config.kl_eval != "none":
+            record["kl"] = trainer.kl_to_reference(model, reference, kl_prompts, seed)
+        return record
+
+    outcome["warmup"] |= evaluate(policy)  # its KL to itself: 0 (a check of the measurement)
+    for method in config.methods:
+        model = build()
+        model.load_state_dict(state)
+        result = trainer.optimize(method, model, reference, train_pairs, tables["train"], evaluate, seed,
+                                  os.path.join(checkpoints, f"{method}-seed{seed}.pt"))
+        outcome[method] = {**result["metrics"], "history": result["state"]["history"],
+                           "steps": result["state"]["steps"]}
+    return outcome
+
+
+COLUMNS = (("test_accuracy", "held-out exact match"), ("held_out_reward_accuracy", "held-out reward accuracy"),
+           ("kl", "KL(pi || ref) per prompt"))
+
+
+def report(config: PreferenceConfig, results: dict[int, dict]) -> dict:
+    """metrics.json (per seed and mean +- std over seeds), the table and curves.png."""
+    def spread(values):
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    runs = ["warmup", *config.methods]
+    keys = [key for key, _ in COLUMNS if key in next(iter(results.values()))["warmup"]]
+    summary = {"seeds": {str(seed): {run: {key: r[run][key] for key in keys} for run in runs}
+                         for seed, r in results.items()},
+               "fallback_rejected": {str(seed): r.get("fallback_rejected", 0) for seed, r in results.items()}}
+    rows = []
+    for run_name in runs:
+        row = {"run": run_name}
+        for key, title in COLUMNS:
+            if key in keys:
+                values = [r[run_name][key] for r in results.values()]
+                summary.setdefault(run_name, {})[key] = {"mean": statistics.fmean(values), "std": spread(values)}
+                row[title] = f"{statistics.fmean(values):.3f} +- {spread(values):.3f}"
+        rows.append(row)
+    with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    print(format_table(rows, ["run", *[title for key, title in COLUMNS if key in keys]]))
+    curves = {}
+    for seed, r in results.items():
+        for method in config.methods:
+            steps = r[method]["steps"]
+            x = [s["step"] for s in steps]
+            curve = {key: (x, [s[key] for s in steps]) for key in ("reward_accuracy", "margin", "hypo_kl_estimate")
+                     if steps and all(key in s for s in steps)}
+            history = r[method]["history"]
+            for key in keys:
+                curve[key] = ([0] + [h["step"] for h in history], [r["warmup"][key]] + [h[key] for h in history])
+            curves[f"{method} seed {seed}"] = curve
+    training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
+                    title="preference optimization per step: train reward accuracy, margin, HyPO's sampled sequence "
+                          "KL; per evaluation: held-out exact match, reward accuracy and KL(pi || ref) (step 0: the "
+                          "warm-up model)")
+    return summary
+
+
+def run(config: PreferenceConfig) -> dict:
+    started = time.perf_counter()
+    accelerator, tokenizer, data, trainer = setup(config)
+    results = {}
+    for seed in tqdm(config.seeds, desc="seeds", disable=not accelerator.is_local_main_process):
+        results[seed] = run_seed(config, trainer, tokenizer, data, seed)
+    summary = None
+    if accelerator.is_main_process:
+        summary = report(config, results)
+        print(f"{len(config.seeds)} seed(s), methods {config.methods}, {config.steps} steps of {config.batch_size} "
+              f"pairs each, {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
+              f"outputs in {config.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary

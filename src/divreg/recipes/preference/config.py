@@ -1,0 +1,122 @@
+"""Configuration of the preference-optimization recipe (``divreg preference``): the DPO family
+(:class:`divreg.losses.PreferenceLoss`) and HyPO's online KL (:func:`divreg.losses.hypo_kl_surrogate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ...config import require_positive
+from ...data import ARITHMETIC_OPERATIONS
+from ...losses import PreferenceLoss
+from ...models import ModelSource
+
+METHODS = ("dpo", "hypo")
+KL_EVALUATIONS = ("auto", "exact", "sampled", "none")
+
+
+def _tiny_llama() -> dict[str, Any]:
+    return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
+            "tie_word_embeddings": True}
+
+
+@dataclass
+class PreferenceConfig:
+    # "builtin": pairs built from the arithmetic task (chosen = the right answer, rejected = a wrong completion of the
+    # warm-up model); else a pairs file (.jsonl) or a datasets folder with prompt/chosen/rejected (strings or chat)
+    data: str = "builtin"
+    held_out: Optional[str] = None  # held-out pairs for a data file (null: the first tenth of data)
+    max_length: int = 64  # prompt + answer + EOS tokens of a data file's pairs (longer answers are truncated)
+    # the built-in task: integer arithmetic, a train/test split by seed (as `divreg rl`)
+    digits: int = 2
+    operations: str = "+"
+    train_size: int = 2000  # training prompts (one pair each)
+    test_size: int = 200  # held-out prompts: exact match (greedy), held-out pairs' reward accuracy, KL
+    data_seed: int = 0
+    rejected_samples: int = 8  # completions of the warm-up model per prompt; the first wrong one is the rejected
+    policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
+    tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
+    # supervised warm-up (CE on the chosen answers); each method starts from it, and it is the frozen reference
+    warmup_steps: int = 3000  # at most this many steps (0: the policy as given)
+    warmup_target: Optional[float] = 0.3  # built-in task: stop at the first evaluation reaching this test accuracy
+    warmup_eval_every: int = 100
+    warmup_lr: float = 0.003
+    warmup_batch_size: int = 64
+    # preference optimization: every method from the same warm-up model, on the same pairs
+    methods: list[str] = field(default_factory=lambda: ["dpo", "hypo"])  # "dpo": the losses; "hypo": + the online KL
+    losses: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})  # name: weight (MPO-style sums)
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid) / robust DPO (robust)
+    divergence: str = "reverse_kl"  # f-DPO: reverse_kl (DPO), forward_kl, js, alpha
+    alpha: float = 0.5  # of divergence=alpha (0: reverse KL, 1: forward KL)
+    sft_weight: float = 0.0  # + this weight x CE on the chosen answers (token mean over the global batch)
+    reference: str = "warmup"  # "warmup": the frozen warm-up model; "none": reference-free losses (no KL at all)
+    precompute_reference: bool = True  # the reference's log-probs of every pair computed once, before training
+    # HyPO (arXiv 2406.01462): + hypo_coef x KL(pi || ref) estimated on hypo_samples fresh samples per prompt (a
+    # leave-one-out score-function surrogate); the paper's lambda and k for this setting were not available to us
+    hypo_coef: float = 0.05
+    hypo_samples: int = 4
+    max_new_tokens: int = 4  # completion length limit of samples and greedy evaluation
+    steps: int = 300
+    batch_size: int = 32  # pairs per step (global, split over processes)
+    lr: float = 0.0003
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 50
+    # KL(pi || ref) per held-out prompt (sequence level): "exact" enumerates every completion (small vocabularies and
+    # short completions), "sampled" averages the log-ratio of kl_samples samples, "auto" is exact when it fits
+    kl_eval: str = "auto"
+    kl_prompts: int = 40  # held-out prompts the KL is measured on
+    kl_samples: int = 16
+    fused: str = "auto"  # per-token log-probs through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
+    checkpoint_every: int = 50
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "outputs/preference"
+    resume: bool = False
+    overwrite: bool = False
+    cpu: bool = False
+
+    def __post_init__(self):
+        require_positive(self, ("max_length", "digits", "train_size", "test_size", "rejected_samples", "warmup_lr",
+                                "warmup_batch_size", "warmup_eval_every", "steps", "batch_size", "lr",
+                                "max_grad_norm", "grad_accum", "eval_every", "max_new_tokens", "kl_prompts",
+                                "kl_samples"))
+        self.fused = str(self.fused).lower()
+        if self.fused not in ("auto", "true", "false"):
+            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("warmup_steps and checkpoint_every must be >= 0")
+        if not self.operations or any(op not in ARITHMETIC_OPERATIONS for op in self.operations):
+            raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
+        if self.data == "builtin" and self.max_new_tokens < self.digits + 2:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({self.digits + 1} "
+                             f"characters) and its EOS; use max_new_tokens >= {self.digits + 2}")
+        if self.warmup_target is not None and not 0 < self.warmup_target <= 1:
+            raise ValueError(f"warmup_target must be in (0, 1] (a test accuracy) or null, got {self.warmup_target}")
+        if self.warmup_target is not None and self.data != "builtin":
+            raise ValueError("warmup_target stops at a test accuracy, which only the built-in task has: set "
+                             "warmup_target=null (the warm-up then runs warmup_steps)")
+        if not self.methods or len(set(self.methods)) != len(self.methods) or any(m not in METHODS for m in self.methods):
+            raise ValueError(f"methods must be a non-empty list of {list(METHODS)} without repeats, got {self.methods}")
+        if self.reference not in ("warmup", "none"):
+            raise ValueError(f"reference must be 'warmup' or 'none', got {self.reference!r}")
+        if "hypo" in self.methods:
+            if self.reference == "none":
+                raise ValueError("hypo regularizes KL(pi || ref): it needs reference=warmup")
+            if not self.hypo_coef > 0 or self.hypo_samples < 2:
+                raise ValueError(f"hypo needs hypo_coef > 0 and hypo_samples >= 2 (its leave-one-out baseline needs "
+                                 f"another sample of the prompt), got {self.hypo_coef}, {self.hypo_samples}")
+        if self.kl_eval not in KL_EVALUATIONS:
+            raise ValueError(f"kl_eval must be one of {list(KL_EVALUATIONS)}, got {self.kl_eval!r}")
+        if self.reference == "none" and self.kl_eval != "none":
+            raise ValueError("reference=none loads no reference, so no KL to it can be measured: set kl_eval=none")
+        if self.data == "builtin" and self.held_out is not None:
+            raise ValueError("held_out is for a data file; the built-in task holds out test_size problems")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        self.preference_loss()  # every loss option checked now, with PreferenceLoss's own messages
+
+    def preference_loss(self) -> PreferenceLoss:
+        return PreferenceLoss(dict(self.losses), beta=self.beta, label_smoothing=self.label_smoothing,
+                              divergence=self.divergence, alpha=self.alpha, sft_weight=self.sft_weight)

@@ -1,0 +1,219 @@
+"""Preference optimization of one seed on the shared run loop: the supervised warm-up (CE on
+the chosen answers), the pairs (built-in: a wrong completion of the warm-up model as the
+rejected answer), the reference's log-probs (precomputed once), then each method (DPO; HyPO =
+DPO + lambda x the online KL surrogate on fresh samples) from the warm-up weights. All randomness
+is a function of (seed, step, process), so a resumed run ends with the same weights."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import NamedTuple, Optional
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from ...data import IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, tokenize_pairs
+from ...losses import f_divergence_link, leave_one_out_baseline
+from ...models import CausalLM, exact_sequence_kl, generate_examples
+from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
+from .._lm_task import completion_signal, exact_match_accuracy, global_mean, to_device
+from .config import PreferenceConfig
+
+FUSED_AUTO_VOCAB = 32768  # at least this many tokens: per-token log-probs through divreg.fused
+_NUMBER = re.compile(r"\d+")
+
+
+class PairCounts(NamedTuple):
+    """The global batch's counts each micro-batch loss divides by (all micro-batches, all processes)."""
+
+    pairs: Tensor
+    chosen_tokens: Tensor
+    samples: Tensor
+
+
+def prompt_of(pair: PreferencePair) -> list[int]:
+    return pair.chosen.input_ids[:pair.chosen.prompt_length]
+
+
+def sequence_logprobs(model, examples: list[TextExample], pad_token_id: int, fused: bool,
+                      batch_size: int = 256) -> Tensor:
+    """(N,) float64 log-probs of each example's completion (its labelled tokens), no gradient."""
+    values = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = to_device(collate(examples[start:start + batch_size], pad_token_id), device)
+            logprobs, _, mask, _ = completion_signal(model, batch, 1.0, fused)
+            values.append(torch.where(mask, logprobs, 0.0).sum(1).double().cpu())
+    return torch.cat(values)
+
+
+def task_pairs(model: CausalLM, problems: list[TaskProblem], tokenizer, config: PreferenceConfig, seed: int,
+               stream: int) -> tuple[list[PreferencePair], list[dict], int]:
+    """One pair per problem: chosen = the right answer; rejected = the first of ``rejected_samples``
+    completions of ``model`` (temperature 1) that is a number other than the answer, or, when none
+    is, the answer plus one (a plausible wrong number). Returns the pairs, their records and how
+    many rejected answers are that fallback."""
+    prompts = [tokenizer(p.prompt)["input_ids"] for p in problems]
+    count = config.rejected_samples
+    samples = generate_examples(model, [p for p in prompts for _ in range(count)], tokenizer, config.max_new_tokens,
+                                derive_seed(seed, 1_000_003, stream))
+    records, fallbacks = [], 0
+    for index, problem in enumerate(problems):
+        wrong = None
+        for example in samples[index * count:(index + 1) * count]:
+            text = tokenizer.decode([t for t in example.input_ids[example.prompt_length:] if t != tokenizer.eos_token_id],
+                                    skip_special_tokens=True)
+            if _NUMBER.fullmatch(text) and text != problem.answer:
+                wrong = text
+                break
+        if wrong is None:
+            wrong, fallbacks = str(int(problem.answer) + 1), fallbacks + 1
+        records.append({"prompt": problem.prompt, "chosen": problem.answer, "rejected": wrong})
+    return tokenize_pairs(records, tokenizer, max_length=64), records, fallbacks
+
+
+class PreferenceTrainer:
+    def __init__(self, accelerator: Accelerator, config: PreferenceConfig, tokenizer, log_path: str):
+        self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
+        self.fused = config.fused == "true" or (config.fused == "auto" and len(tokenizer) >= FUSED_AUTO_VOCAB)
+
+    def reference_logprobs(self, reference: CausalLM, pairs: dict[str, list[PreferencePair]], path: str) -> dict:
+        """``{split: (N, 2) [chosen, rejected]}`` log-probs of the reference, computed once and kept
+        in ``path`` (written atomically; a resumed run reads it instead of running the reference)."""
+        saved = load_if_exists(path)
+        if saved is not None:
+            return saved
+        pad = self.tokenizer.pad_token_id
+        table = {split: torch.stack([sequence_logprobs(reference, [p.chosen for p in items], pad, self.fused),
+                                     sequence_logprobs(reference, [p.rejected for p in items], pad, self.fused)], 1)
+                 for split, items in pairs.items()}
+        if self.accelerator.is_main_process:
+            save_atomic(table, path)
+        self.accelerator.wait_for_everyone()
+        return table
+
+    def held_out_metrics(self, model, held_out: list[PreferencePair], ref_table: Optional[Tensor]) -> dict:
+        """Reward accuracy, mean margin and log-ratios of the held-out pairs under ``model``."""
+        pad = self.tokenizer.pad_token_id
+        core = self.accelerator.unwrap_model(model)
+        chosen = sequence_logprobs(core, [p.chosen for p in held_out], pad, self.fused)
+        rejected = sequence_logprobs(core, [p.rejected for p in held_out], pad, self.fused)
+        ref = ref_table if ref_table is not None else torch.zeros(len(held_out), 2, dtype=torch.float64)
+        loss = self.config.preference_loss()
+        link = functools.partial(_link, loss)
+        margins = link(chosen - ref[:, 0]) - link(rejected - ref[:, 1])
+        return {"held_out_reward_accuracy": float((margins > 0).double().mean()),
+                "held_out_margin": float(margins.mean()),
+                "held_out_chosen_logratio": float((chosen - ref[:, 0]).mean()),
+                "held_out_rejected_logratio": float((rejected - ref[:, 1]).mean())}
+
+    def kl_to_reference(self, model, reference: CausalLM, prompts: list[list[int]], seed: int) -> float:
+        """Mean over ``prompts`` of the sequence KL(pi || ref): exact by enumeration, or the mean
+        log-ratio of ``kl_samples`` samples per prompt (unbiased, seeded)."""
+        config = self.config
+        core = self.accelerator.unwrap_model(model)
+        exact_fits = (core.vocab_size - 1) ** (config.max_new_tokens - 1) <= 500_000
+        if config.kl_eval == "exact" or (config.kl_eval == "auto" and exact_fits):
+            return float(exact_sequence_kl(core, reference, prompts, self.tokenizer.eos_token_id,
+                                           config.max_new_tokens).mean())
+        samples = generate_examples(core, [p for p in prompts for _ in range(config.kl_samples)], self.tokenizer,
+                                    config.max_new_tokens, derive_seed(seed, 2_000_003))
+        pad = self.tokenizer.pad_token_id
+        return float((sequence_logprobs(core, samples, pad, self.fused)
+                      - sequence_logprobs(reference, samples, pad, self.fused)).mean())
+
+    def optimize(self, method: str, model: CausalLM, reference: Optional[CausalLM], pairs: list[PreferencePair],
+                 ref_table: Optional[Tensor], evaluate, seed: int, checkpoint_path: str) -> dict:
+        """One method's run from the warm-up weights: each step, ``batch_size`` pairs (global) by
+        (seed, step); HyPO adds ``hypo_samples`` fresh samples of each pair's prompt from the
+        current policy. ``ref_table``: the precomputed reference log-probs (None: computed live, or
+        0 without a reference)."""
+        accelerator, config = self.accelerator, self.config
+        rank, processes = accelerator.process_index, accelerator.num_processes
+        loss_module = config.preference_loss()
+        pad, k = self.tokenizer.pad_token_id, config.hypo_samples
+        hypo = method == "hypo"
+
+        def step_fn(model, optimizer, step: int) -> dict:
+            # eval mode throughout (no dropout, as TRL's default disable_dropout): the samples and the
+            # log-probs of one step come from one policy
+            model.eval()
+            indices = step_batch(len(pairs), config.batch_size, seed, step)[rank::processes].tolist()
+            local = [pairs[i] for i in indices]
+            chosen_tokens = sum(int(label != IGNORE_INDEX) for p in local for label in p.chosen.labels[1:])
+            samples, coefficients, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None
+            if hypo:  # fresh samples of each local prompt from the current policy, and their LOO coefficients
+                policy = accelerator.unwrap_model(model)
+                samples = generate_examples(policy, [prompt_of(p) for p in local for _ in range(k)], self.tokenizer,
+                                            config.max_new_tokens, derive_seed(seed, step, rank))
+                logratios = (sequence_logprobs(policy, samples, pad, self.fused)
+                             - sequence_logprobs(reference, samples, pad, self.fused))
+                coefficients = leave_one_out_baseline(logratios, k)
+                kl_estimate = global_mean(accelerator, logratios.tolist())
+            micro = []
+            for part in range(config.grad_accum):  # one batch per micro-batch: chosen, rejected, then samples
+                chosen = local[part::config.grad_accum]
+                batch = collate([p.chosen for p in chosen] + [p.rejected for p in chosen]
+                                + samples[part::config.grad_accum], pad)
+                batch["sample_coefficients"] = coefficients[part::config.grad_accum]
+                if ref_table is not None:
+                    rows = ref_table[torch.tensor(indices[part::config.grad_accum], dtype=torch.long)]
+                    batch["ref_chosen"], batch["ref_rejected"] = rows[:, 0], rows[:, 1]
+                micro.append(batch)
+            counts = PairCounts(*accelerator.reduce(torch.tensor([float(len(local)), float(chosen_tokens),
+                                                                  float(len(samples))], dtype=torch.float64,
+                                                                 device=accelerator.device), "sum"))
+
+            def loss_fn(model, batch, counts):
+                logprobs, _, mask, _ = completion_signal(model, batch, 1.0, self.fused)
+                size = (logprobs.shape[0] - batch["sample_coefficients"].shape[0]) // 2  # pairs in this micro-batch
+                ref = (batch.get("ref_chosen"), batch.get("ref_rejected"))
+                if ref[0] is None and reference is not None:  # the reference live, without gradient
+                    with torch.no_grad():
+                        ref_lp, _, _, _ = completion_signal(reference, batch, 1.0, self.fused)
+                        ref_seq = torch.where(mask, ref_lp, 0.0).sum(1)
+                    ref = (ref_seq[:size], ref_seq[size:2 * size])
+                out = loss_module(logprobs[:size], mask[:size], logprobs[size:2 * size], mask[size:2 * size], *ref,
+                                  num_pairs=counts.pairs, num_chosen_tokens=counts.chosen_tokens)
+                loss = out.loss
+                parts = {f"loss_{name}": value for name, value in out.parts.items()}
+                if hypo:
+                    sequence = torch.where(mask[2 * size:], logprobs[2 * size:], 0.0).sum(1)
+                    surrogate = (batch["sample_coefficients"].to(sequence.dtype) * sequence).sum() / counts.samples
+                    loss = loss + config.hypo_coef * surrogate
+                    parts["loss_hypo_kl"] = (config.hypo_coef * surrogate).detach()
+                pairs_n = counts.pairs.to(out.margins.dtype)
+                parts |= {"reward_accuracy": out.reward_accuracy.sum() / pairs_n,
+                          "margin": out.margins.sum() / pairs_n,
+                          "chosen_logratio": out.chosen_logratios.sum() / pairs_n,
+                          "rejected_logratio": out.rejected_logratios.sum() / pairs_n}
+                return loss, {"loss": loss.detach(), **parts}
+
+            totals = backward_micro_batches(accelerator, model, [to_device(b, accelerator.device) for b in micro],
+                                            loss_fn, counts=counts)
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+            if kl_estimate is not None:
+                totals["hypo_kl_estimate"] = kl_estimate  # the mean sequence log-ratio of the fresh samples
+            return totals
+
+        spec = RunSpec(f"{method}-seed{seed}", config.steps, checkpoint_path, evaluate_every=config.eval_every,
+                       checkpoint_every=config.checkpoint_every,
+                       progress_keys=("test_accuracy", "held_out_reward_accuracy", "kl"), log_every_step=True)
+        optimizer = functools.partial(torch.optim.AdamW, lr=config.lr, weight_decay=0.0)
+        return train_run(accelerator, spec, model, optimizer, step_fn,
+                         lambda model, step, means: {**means, **evaluate(model)},
+                         lambda model: {"metrics": evaluate(model)}, log_path=self.log_path)
+
+    def accuracy(self, model, prompts: list[list[int]], problems: list[TaskProblem]) -> float:
+        return exact_match_accuracy(self.accelerator, model, prompts, problems, self.tokenizer,
+                                    self.config.max_new_tokens)
+
+
+def _link(loss_module, logratios: Tensor) -> Tensor:
+    options = loss_module.options
+    return options["beta"] * f_divergence_link(logratios, options["divergence"], options["alpha"])
