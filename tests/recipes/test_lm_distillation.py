@@ -147,8 +147,8 @@ def test_jsonl_and_datasets_records_and_chat_templates(tmp_path):
                               "{% if add_generation_prompt %}<assistant>{% endif %}"
     chat = tokenize_records([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
                             tokenizer, 64, 3)[0]
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
-                                           tokenize=True)
+    prompt = tokenizer("<user>hi<assistant>", add_special_tokens=False)["input_ids"]  # the rendered prompt's tokens
+    assert chat.input_ids == prompt + tokenizer("yo", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert chat.prompt_length == len(prompt) and chat.labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="expected prompt\\+completion, text or messages"):

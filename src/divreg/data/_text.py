@@ -114,6 +114,15 @@ def read_records(source) -> list[dict]:
     return [{key: value for key, value in record.items() if value is not None} for record in records]
 
 
+def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool = False) -> list[int]:
+    """The token ids of ``messages`` under the tokenizer's chat template (transformers 5 returns
+    a ``BatchEncoding`` where 4.x returned the list)."""
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    if hasattr(rendered, "keys"):
+        rendered = rendered["input_ids"]
+    return list(rendered)
+
+
 def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int]]:
     if "messages" in record:
         if not getattr(tokenizer, "chat_template", None):
@@ -121,15 +130,17 @@ def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int
         messages = record["messages"]
         if not messages or messages[-1]["role"] != "assistant":
             raise ValueError("the last chat message must be the assistant's (the completion)")
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=True)
-        return list(prompt), list(full[len(prompt):])
+        prompt = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+        full = _chat_ids(tokenizer, messages)
+        if full[:len(prompt)] != prompt:
+            raise ValueError("the chat template renders the conversation without its prompt as a prefix; the "
+                             "completion cannot be separated from the prompt")
+        return prompt, full[len(prompt):]
     if "text" in record:
         return [], tokenizer(record["text"])["input_ids"]
     prompt = record["prompt"]
     if getattr(tokenizer, "chat_template", None):
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   tokenize=True)
+        prompt_ids = _chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
     else:
         prompt_ids = tokenizer(prompt)["input_ids"]
     # the completion continues the prompt: no special tokens (a BOS here would sit mid-sequence)
