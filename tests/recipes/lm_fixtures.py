@@ -106,3 +106,51 @@ def accumulated_grads(mode: str, examples_of_process, micro_batches: int, accele
              for i in range(micro_batches)]
     backward_micro_batches(accelerator, student, micro, micro_loss(mode))
     return grads(accelerator.unwrap_model(student))
+
+
+# the preference recipe's micro-batch loss: precomputed reference log-probs with an SFT term and a
+# second loss; or the reference live with HyPO's surrogate on samples (2 per pair)
+PREFERENCE_MODES = ("preference_precomputed", "preference_live_hypo")
+
+
+def preference_pairs():
+    """8 pairs: chosen = an example, rejected = the same prompt with its completion reversed and
+    cut to 5 tokens; 16 'samples' (2 per pair, pair-major) with fixed coefficients."""
+    from divreg.data import PreferencePair, TextExample
+
+    every = examples(24)
+    pairs = [PreferencePair(e.example_id, e, TextExample.with_prompt(
+        e.example_id, e.input_ids[:e.prompt_length] + e.input_ids[e.prompt_length:][::-1][:5], e.prompt_length))
+        for e in every[:8]]
+    extra = every[8:]
+    coefficients = torch.sin(torch.arange(16, dtype=torch.float64) + 0.3)
+    return pairs, extra, coefficients
+
+
+def preference_grads(mode: str, rank: int, processes: int, micro_batches: int, accelerator) -> dict[str, torch.Tensor]:
+    """Gradients of one student after this process's share of the 8 pairs (rank::processes), in
+    ``micro_batches`` micro-batches, through the recipe's own micro-batches, counts and loss."""
+    from divreg.losses import PreferenceLoss
+    from divreg.recipes.preference.trainer import (pair_counts, pair_loss_fn, pair_micro_batches,
+                                                   sequence_logprobs)
+    from divreg.training import backward_micro_batches
+
+    pairs, samples, coefficients = preference_pairs()
+    reference = model(seed=2).eval()
+    student = accelerator.prepare(model(seed=1))
+    indices = list(range(8))[rank::processes]
+    local = [pairs[i] for i in indices]
+    pad = tokenizer().pad_token_id
+    if mode == "preference_precomputed":
+        table = torch.stack([sequence_logprobs(reference, [p.chosen for p in pairs], pad, False),
+                             sequence_logprobs(reference, [p.rejected for p in pairs], pad, False)], 1)
+        loss = PreferenceLoss({"sigmoid": 1.0, "ipo": 0.3}, beta=0.2, sft_weight=0.5)
+        local_samples, local_coefficients, hypo = [], torch.zeros(0, dtype=torch.float64), 0.0
+    else:
+        table, loss, hypo = None, PreferenceLoss("sigmoid", beta=0.2), 0.7
+        local_samples = [samples[2 * i + j] for i in indices for j in range(2)]
+        local_coefficients = torch.stack([coefficients[2 * i + j] for i in indices for j in range(2)])
+    micro = pair_micro_batches(local, indices, local_samples, local_coefficients, table, micro_batches, pad)
+    counts = pair_counts(accelerator, local, len(local_samples))
+    backward_micro_batches(accelerator, student, micro, pair_loss_fn(loss, reference, False, hypo), counts=counts)
+    return grads(accelerator.unwrap_model(student))

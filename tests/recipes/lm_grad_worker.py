@@ -1,6 +1,6 @@
 """Run under ``accelerate launch --num_processes 2``: each process takes its half of one global
 batch (and its accumulation micro-batches), computes each objective of ``lm_fixtures.MODES``
-(JSD; ULD per token and per sequence) normalized by the global counts, and backpropagates
+(JSD; ULD per token and per sequence; GRPO; the preference recipe's loss) normalized by the global counts, and backpropagates
 through DDP; rank 0 saves the averaged gradients. Each process also checks that a teacher cache
 returns the rows of *its* examples.
 
@@ -24,6 +24,8 @@ def main(out_path: str, cache_dir: str, micro_batches: int) -> None:
     examples = fx.examples(8)
     local = examples[accelerator.process_index::accelerator.num_processes]
     all_grads = {mode: fx.accumulated_grads(mode, local, micro_batches, accelerator) for mode in fx.MODES}
+    all_grads |= {mode: fx.preference_grads(mode, accelerator.process_index, accelerator.num_processes, micro_batches,
+                                            accelerator) for mode in fx.PREFERENCE_MODES}
     teacher = fx.model(seed=2).eval()
     cache = TeacherCache(cache_dir)
     batch = collate(local, fx.tokenizer().pad_token_id, length=24)

@@ -82,19 +82,23 @@ def test_cached_signal_trains_like_the_live_teacher_topk(tmp_path):
 
 
 def _atol(mode, gradient):
-    """1e-8, or for the GRPO modes (whose per-sequence sums make gradients up to 20x larger, so
-    that fp32 summation order alone moves small entries by ~1e-7) 1e-6 of the gradient's
-    largest entry: about 8 float32 roundings of the largest term."""
-    return 1e-6 * float(gradient.abs().max()) if mode.startswith("grpo_") else 1e-8
+    """1e-8, or for the GRPO and preference modes (whose per-sequence sums make gradients up to
+    20x larger, so that fp32 summation order alone moves small entries by ~1e-7) 1e-6 of the
+    gradient's largest entry: about 8 float32 roundings of the largest term."""
+    return 1e-6 * float(gradient.abs().max()) if mode.startswith(("grpo_", "preference_")) else 1e-8
 
 
 def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
-    """Every objective (JSD; ULD per token and per sequence, each with its CE) gives the same
-    gradient for one batch of 8, 4 micro-batches of 2, and 2 processes x 4 (DDP)."""
+    """Every objective (JSD; ULD per token and per sequence, each with its CE; GRPO with each
+    aggregation; the preference recipe's loss with precomputed reference log-probs, a second loss
+    and SFT, and with a live reference and HyPO's surrogate) gives the same gradient for one batch
+    of 8, 4 micro-batches of 2, and 2 processes x 4 (DDP)."""
     examples = fx.examples(8)
     one = {mode: fx.accumulated_grads(mode, examples, 1, Accelerator(cpu=True)) for mode in fx.MODES}
-    for mode in fx.MODES:
-        four = fx.accumulated_grads(mode, examples, 4, Accelerator(cpu=True))
+    one |= {mode: fx.preference_grads(mode, 0, 1, 1, Accelerator(cpu=True)) for mode in fx.PREFERENCE_MODES}
+    for mode in (*fx.MODES, *fx.PREFERENCE_MODES):
+        four = (fx.preference_grads(mode, 0, 1, 4, Accelerator(cpu=True)) if mode in fx.PREFERENCE_MODES
+                else fx.accumulated_grads(mode, examples, 4, Accelerator(cpu=True)))
         for name in one[mode]:
             torch.testing.assert_close(four[name], one[mode][name], rtol=1e-5, atol=_atol(mode, one[mode][name]),
                                        msg=f"{mode} {name}")
@@ -107,7 +111,7 @@ def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=False)
     assert saved["processes"] == 2 and saved["cache_ok"] == [True, True]  # each process fetched its own rows
-    for mode in fx.MODES:
+    for mode in (*fx.MODES, *fx.PREFERENCE_MODES):
         for name in one[mode]:
             torch.testing.assert_close(saved["grads"][mode][name], one[mode][name], rtol=1e-5,
                                        atol=_atol(mode, one[mode][name]), msg=f"{mode} {name}")

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch import Tensor
 
 from ...data import IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, tokenize_pairs
-from ...losses import f_divergence_link, leave_one_out_baseline
+from ...losses import PreferenceLoss, f_divergence_link, leave_one_out_baseline
 from ...models import CausalLM, exact_sequence_kl, generate_examples
 from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
 from .._lm_task import completion_signal, exact_match_accuracy, global_mean, to_device
@@ -143,7 +143,6 @@ class PreferenceTrainer:
             model.eval()
             indices = step_batch(len(pairs), config.batch_size, seed, step)[rank::processes].tolist()
             local = [pairs[i] for i in indices]
-            chosen_tokens = sum(int(label != IGNORE_INDEX) for p in local for label in p.chosen.labels[1:])
             samples, coefficients, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None
             if hypo:  # fresh samples of each local prompt from the current policy, and their LOO coefficients
                 policy = accelerator.unwrap_model(model)
@@ -153,45 +152,9 @@ class PreferenceTrainer:
                              - sequence_logprobs(reference, samples, pad, self.fused))
                 coefficients = leave_one_out_baseline(logratios, k)
                 kl_estimate = global_mean(accelerator, logratios.tolist())
-            micro = []
-            for part in range(config.grad_accum):  # one batch per micro-batch: chosen, rejected, then samples
-                chosen = local[part::config.grad_accum]
-                batch = collate([p.chosen for p in chosen] + [p.rejected for p in chosen]
-                                + samples[part::config.grad_accum], pad)
-                batch["sample_coefficients"] = coefficients[part::config.grad_accum]
-                if ref_table is not None:
-                    rows = ref_table[torch.tensor(indices[part::config.grad_accum], dtype=torch.long)]
-                    batch["ref_chosen"], batch["ref_rejected"] = rows[:, 0], rows[:, 1]
-                micro.append(batch)
-            counts = PairCounts(*accelerator.reduce(torch.tensor([float(len(local)), float(chosen_tokens),
-                                                                  float(len(samples))], dtype=torch.float64,
-                                                                 device=accelerator.device), "sum"))
-
-            def loss_fn(model, batch, counts):
-                logprobs, _, mask, _ = completion_signal(model, batch, 1.0, self.fused)
-                size = (logprobs.shape[0] - batch["sample_coefficients"].shape[0]) // 2  # pairs in this micro-batch
-                ref = (batch.get("ref_chosen"), batch.get("ref_rejected"))
-                if ref[0] is None and reference is not None:  # the reference live, without gradient
-                    with torch.no_grad():
-                        ref_lp, _, _, _ = completion_signal(reference, batch, 1.0, self.fused)
-                        ref_seq = torch.where(mask, ref_lp, 0.0).sum(1)
-                    ref = (ref_seq[:size], ref_seq[size:2 * size])
-                out = loss_module(logprobs[:size], mask[:size], logprobs[size:2 * size], mask[size:2 * size], *ref,
-                                  num_pairs=counts.pairs, num_chosen_tokens=counts.chosen_tokens)
-                loss = out.loss
-                parts = {f"loss_{name}": value for name, value in out.parts.items()}
-                if hypo:
-                    sequence = torch.where(mask[2 * size:], logprobs[2 * size:], 0.0).sum(1)
-                    surrogate = (batch["sample_coefficients"].to(sequence.dtype) * sequence).sum() / counts.samples
-                    loss = loss + config.hypo_coef * surrogate
-                    parts["loss_hypo_kl"] = (config.hypo_coef * surrogate).detach()
-                pairs_n = counts.pairs.to(out.margins.dtype)
-                parts |= {"reward_accuracy": out.reward_accuracy.sum() / pairs_n,
-                          "margin": out.margins.sum() / pairs_n,
-                          "chosen_logratio": out.chosen_logratios.sum() / pairs_n,
-                          "rejected_logratio": out.rejected_logratios.sum() / pairs_n}
-                return loss, {"loss": loss.detach(), **parts}
-
+            micro = pair_micro_batches(local, indices, samples, coefficients, ref_table, config.grad_accum, pad)
+            counts = pair_counts(accelerator, local, len(samples))
+            loss_fn = pair_loss_fn(loss_module, reference, self.fused, config.hypo_coef if hypo else 0.0)
             totals = backward_micro_batches(accelerator, model, [to_device(b, accelerator.device) for b in micro],
                                             loss_fn, counts=counts)
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -205,13 +168,77 @@ class PreferenceTrainer:
                        checkpoint_every=config.checkpoint_every,
                        progress_keys=("test_accuracy", "held_out_reward_accuracy", "kl"), log_every_step=True)
         optimizer = functools.partial(torch.optim.AdamW, lr=config.lr, weight_decay=0.0)
-        return train_run(accelerator, spec, model, optimizer, step_fn,
-                         lambda model, step, means: {**means, **evaluate(model)},
-                         lambda model: {"metrics": evaluate(model)}, log_path=self.log_path)
+        last: dict = {}  # the evaluation after the last step is the run's result (not measured twice)
+
+        def evaluation(model, step: int, means: dict) -> dict:
+            last.update(step=step, record=evaluate(model))
+            return {**means, **last["record"]}
+
+        def finish(model) -> dict:
+            return {"metrics": last["record"] if last.get("step") == config.steps else evaluate(model)}
+
+        return train_run(accelerator, spec, model, optimizer, step_fn, evaluation, finish, log_path=self.log_path)
 
     def accuracy(self, model, prompts: list[list[int]], problems: list[TaskProblem]) -> float:
         return exact_match_accuracy(self.accelerator, model, prompts, problems, self.tokenizer,
                                     self.config.max_new_tokens)
+
+
+def pair_micro_batches(local: list[PreferencePair], indices: list[int], samples: list[TextExample],
+                       coefficients: Tensor, ref_table: Optional[Tensor], grad_accum: int, pad: int) -> list[dict]:
+    """This process's pairs (and HyPO's samples with their coefficients) as ``grad_accum``
+    micro-batches, each one batch of rows: chosen answers, rejected answers, then samples; with the
+    precomputed reference log-probs of its pairs (``ref_table`` rows ``indices``)."""
+    micro = []
+    for part in range(grad_accum):
+        chosen = local[part::grad_accum]
+        batch = collate([p.chosen for p in chosen] + [p.rejected for p in chosen] + samples[part::grad_accum], pad)
+        batch["sample_coefficients"] = coefficients[part::grad_accum]
+        if ref_table is not None:
+            rows = ref_table[torch.tensor(indices[part::grad_accum], dtype=torch.long)]
+            batch["ref_chosen"], batch["ref_rejected"] = rows[:, 0], rows[:, 1]
+        micro.append(batch)
+    return micro
+
+
+def pair_counts(accelerator: Accelerator, local: list[PreferencePair], samples: int) -> PairCounts:
+    """The global batch's pairs, chosen-answer tokens and samples (one all-reduce)."""
+    chosen_tokens = sum(int(label != IGNORE_INDEX) for p in local for label in p.chosen.labels[1:])
+    return PairCounts(*accelerator.reduce(torch.tensor([float(len(local)), float(chosen_tokens), float(samples)],
+                                                       dtype=torch.float64, device=accelerator.device), "sum"))
+
+
+def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], fused: bool, hypo_coef: float):
+    """``loss_fn(model, micro_batch, counts)`` of one micro-batch of :func:`pair_micro_batches`:
+    the preference loss of its pairs (normalized by the global pair and chosen-token counts) plus
+    ``hypo_coef`` x the HyPO surrogate of its samples (normalized by the global sample count);
+    the reference's log-probs live when they were not precomputed."""
+
+    def loss_fn(model, batch, counts):
+        logprobs, _, mask, _ = completion_signal(model, batch, 1.0, fused)
+        size = (logprobs.shape[0] - batch["sample_coefficients"].shape[0]) // 2  # pairs in this micro-batch
+        ref = (batch.get("ref_chosen"), batch.get("ref_rejected"))
+        if ref[0] is None and reference is not None:  # the reference live, without gradient
+            with torch.no_grad():
+                ref_lp, _, _, _ = completion_signal(reference, batch, 1.0, fused)
+                ref_seq = torch.where(mask, ref_lp, 0.0).sum(1)
+            ref = (ref_seq[:size], ref_seq[size:2 * size])
+        out = loss_module(logprobs[:size], mask[:size], logprobs[size:2 * size], mask[size:2 * size], *ref,
+                          num_pairs=counts.pairs, num_chosen_tokens=counts.chosen_tokens)
+        loss = out.loss
+        parts = {f"loss_{name}": value for name, value in out.parts.items()}
+        if hypo_coef:
+            sequence = torch.where(mask[2 * size:], logprobs[2 * size:], 0.0).sum(1)
+            surrogate = (batch["sample_coefficients"].to(sequence.dtype) * sequence).sum() / counts.samples
+            loss = loss + hypo_coef * surrogate
+            parts["loss_hypo_kl"] = (hypo_coef * surrogate).detach()
+        pairs_n = counts.pairs.to(out.margins.dtype)
+        parts |= {"reward_accuracy": out.reward_accuracy.sum() / pairs_n, "margin": out.margins.sum() / pairs_n,
+                  "chosen_logratio": out.chosen_logratios.sum() / pairs_n,
+                  "rejected_logratio": out.rejected_logratios.sum() / pairs_n}
+        return loss, {"loss": loss.detach(), **parts}
+
+    return loss_fn
 
 
 def _link(loss_module, logratios: Tensor) -> Tensor:
