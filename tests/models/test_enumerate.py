@@ -20,10 +20,16 @@ def _model(seed):
     return CausalLM(build_causal_lm(ModelSource(config=CONFIG), tokenizer, seed), len(tokenizer)).double().eval()
 
 
-def _sequence_logprob(model, prompt, completion):
-    ids = torch.tensor([prompt + completion])
-    log_probs = torch.log_softmax(model(ids, torch.ones_like(ids))[0].double(), -1)
-    return sum(float(log_probs[len(prompt) - 1 + i, token]) for i, token in enumerate(completion))
+def _sequence_logprobs(model, prompt, completions):
+    """log p(y | prompt) of each complete sequence y, from one right-padded batch (causal: the
+    padding after y never changes y's positions)."""
+    width = len(prompt) + max(len(y) for y in completions)
+    ids = torch.zeros(len(completions), width, dtype=torch.long)
+    for row, y in enumerate(completions):
+        ids[row, :len(prompt) + len(y)] = torch.tensor(prompt + y)
+    log_probs = torch.log_softmax(model(ids, torch.ones_like(ids)).double(), -1)
+    return [sum(float(log_probs[row, len(prompt) - 1 + i, token]) for i, token in enumerate(y))
+            for row, y in enumerate(completions)]
 
 
 def test_exact_sequence_kl_equals_the_brute_force_sum_over_complete_sequences():
@@ -39,8 +45,8 @@ def test_exact_sequence_kl_equals_the_brute_force_sum_over_complete_sequences():
                 complete = [list(body) + [eos] for d in range(length) for body in itertools.product(others, repeat=d)]
                 complete += [list(body) for body in itertools.product(others, repeat=length)]  # cut at the limit
                 kl, mass = 0.0, 0.0
-                for y in complete:
-                    lp, lr = _sequence_logprob(policy, prompt, y), _sequence_logprob(reference, prompt, y)
+                for lp, lr in zip(_sequence_logprobs(policy, prompt, complete), _sequence_logprobs(reference, prompt,
+                                                                                                    complete)):
                     kl += math.exp(lp) * (lp - lr)
                     mass += math.exp(lp)
                 assert mass == pytest.approx(1.0, abs=1e-9)  # every complete sequence enumerated once

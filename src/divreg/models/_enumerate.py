@@ -3,6 +3,7 @@ vocabularies and short completions only): no sampling noise."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import torch
@@ -20,9 +21,10 @@ def exact_sequence_kl(policy, reference, prompts: list[list[int]], eos_token_id:
         KL = \sum_{s} \pi(s|x)\; KL\big(\pi(\cdot|x, s) \,\|\, \pi_{ref}(\cdot|x, s)\big)
 
     over every unfinished prefix :math:`s` (no EOS, fewer than ``max_new_tokens`` tokens): the
-    chain rule of the KL over the tree of completions. One forward pass per model over the
-    :math:`(V-1)^{L-1}` EOS-free continuations of length :math:`L-1` gives the next-token
-    distributions of every prefix.
+    chain rule of the KL over the tree of completions. Per model, one forward pass over the
+    :math:`(V-1)^{L-2}` EOS-free continuations of length :math:`L-2` (with their KV cache), then
+    one token for each of their :math:`V-1` extensions, give the next-token distributions of every
+    prefix.
 
     Args:
         policy, reference: :class:`CausalLM` with the same ``vocab_size`` V (and tokenizer).
@@ -46,24 +48,51 @@ def exact_sequence_kl(policy, reference, prompts: list[list[int]], eos_token_id:
                          f"max_sequences={max_sequences}: the exact KL is for small vocabularies and short completions; "
                          "use a sampled estimate instead")
     tokens = [t for t in range(vocab) if t != eos_token_id]
-    continuations = torch.tensor(list(itertools.product(tokens, repeat=depth)), dtype=torch.long).reshape(
-        len(tokens) ** depth, depth)
-    # a depth-d prefix appears (V-1)^(depth-d) times among the continuations: weight each copy down
-    copies = torch.tensor([float(len(tokens)) ** (depth - d) for d in range(depth + 1)], dtype=torch.float64)
+    width = len(tokens)
+    # the EOS-free continuations of length depth - 1 (their last-position logits give depth - 1), then
+    # one more token each from their KV cache (depth): every unfinished prefix's next-token distribution
+    stems = torch.tensor(list(itertools.product(tokens, repeat=max(depth - 1, 0))), dtype=torch.long).reshape(
+        width ** max(depth - 1, 0), max(depth - 1, 0))
+    last = torch.tensor(tokens, dtype=torch.long)
+    # a depth-d prefix appears width^(depth-d) times among the full continuations: weight each copy down
+    copies = torch.tensor([float(width) ** (depth - d) for d in range(depth + 1)], dtype=torch.float64)
     device = next(policy.parameters()).device
+    stems_per_batch = max(1, batch_size // width)
     results = []
     for prompt in prompts:
         total = torch.zeros((), dtype=torch.float64)
-        for start in range(0, continuations.shape[0], batch_size):
-            rows = continuations[start:start + batch_size]
-            ids = torch.cat([torch.tensor(prompt).expand(rows.shape[0], -1), rows], 1).to(device)
-            mask = torch.ones_like(ids)
-            positions = slice(len(prompt) - 1, len(prompt) + depth)  # predicting completion tokens 0..depth
-            log_pi = torch.log_softmax(policy(ids, mask)[:, positions].double(), -1).cpu()  # (N, depth+1, V)
-            log_ref = torch.log_softmax(reference(ids, mask)[:, positions].double(), -1).cpu()
-            step_kl = (log_pi.exp() * (log_pi - log_ref)).sum(-1)  # (N, depth+1): KL at each prefix
-            taken = log_pi[:, :depth].gather(-1, rows[..., None]).squeeze(-1)  # log pi of each continuation token
-            prefix = torch.cat([torch.zeros(rows.shape[0], 1, dtype=torch.float64), taken.cumsum(1)], 1).exp()
+        for start in range(0, stems.shape[0], stems_per_batch):
+            rows = stems[start:start + stems_per_batch]
+            log_pi = _next_token_logprobs(policy, prompt, rows, last if depth else None, device)
+            log_ref = _next_token_logprobs(reference, prompt, rows, last if depth else None, device)
+            full = rows  # depth 0: the prompt alone
+            if depth:  # every stem with every last token, stem-major: (N, depth)
+                full = torch.cat([rows.repeat_interleave(width, 0), last.repeat(rows.shape[0])[:, None]], 1)
+            step_kl = (log_pi.exp() * (log_pi - log_ref)).sum(-1)  # (N, depth + 1): KL at each prefix
+            taken = log_pi[:, :depth].gather(-1, full[..., None]).squeeze(-1)  # log pi of each continuation token
+            prefix = torch.cat([torch.zeros(full.shape[0], 1, dtype=torch.float64), taken.cumsum(1)], 1).exp()
             total += (prefix * step_kl / copies).sum()
         results.append(total)
     return torch.stack(results)
+
+
+def _next_token_logprobs(model, prompt: list[int], stems: Tensor, last: Tensor, device) -> Tensor:
+    """(stems x len(last), depth + 1, V) float64 next-token log-probs along ``prompt + stem +
+    last token`` for every stem and every last token (stem-major), the last position from the
+    stems' KV cache; with ``last`` None, along ``prompt`` alone (depth 0)."""
+    ids = torch.cat([torch.tensor(prompt).expand(stems.shape[0], -1), stems], 1).to(device)
+    out = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=last is not None)
+    positions = slice(len(prompt) - 1, ids.shape[1])
+    head = torch.log_softmax(out.logits[:, positions, :model.vocab_size].double(), -1).cpu()  # (S, depth, V)
+    if last is None:
+        return head
+    width = last.shape[0]
+    # transformers 5 names the KV cache `cache` (4.x: `past_key_values`)
+    name = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
+    cache = out[name]
+    cache.batch_repeat_interleave(width)
+    step = last.repeat(stems.shape[0])[:, None].to(device)
+    tail = model.model(input_ids=step, attention_mask=torch.ones(step.shape[0], ids.shape[1] + 1, dtype=torch.long,
+                                                                 device=device), use_cache=True, **{name: cache})
+    tail = torch.log_softmax(tail.logits[:, -1:, :model.vocab_size].double(), -1).cpu()  # (S * width, 1, V)
+    return torch.cat([head.repeat_interleave(width, 0), tail], 1)
