@@ -33,7 +33,8 @@ def test_shipped_config_loads_validates_and_round_trips(command, name, tmp_path)
     assert load_config(schema, str(resolved)) == config
 
 
-@pytest.mark.parametrize("command,name", [("distill-classifier", "digits.yaml"), ("distill-lm", "builtin.yaml")])
+@pytest.mark.parametrize("command,name", [("distill-classifier", "digits.yaml"), ("distill-lm", "builtin.yaml"),
+                                          ("preference", "builtin.yaml")])
 def test_the_spelled_out_defaults_are_the_defaults(command, name):
     """The configs that spell out a command's defaults (what `make demo` runs) do not drift."""
     schema, _ = COMMANDS[command].load()

@@ -3,6 +3,7 @@ loss options, user pair files with a saved model, precomputed = live reference, 
 resume after SIGKILL, and clear errors before training."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -167,3 +168,14 @@ def test_user_pairs_file_with_a_saved_model_and_tokenizer(tmp_path):
 def test_bad_options_stop_before_training(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         run(_config(tmp_path / "bad", *options))
+
+
+CONFIGS = pathlib.Path(__file__).parents[2] / "configs" / "preference"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_runs_two_steps(tmp_path, name):
+    path = CONFIGS / name
+    config = load_config(PreferenceConfig, str(path), [*TINY, "steps=2", "seeds=[0]", f"output_dir={tmp_path / 'r'}"])
+    summary = run(config)
+    assert set(config.methods) <= set(summary)

@@ -160,7 +160,7 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
 
 
 COLUMNS = (("test_accuracy", "held-out exact match"), ("held_out_reward_accuracy", "held-out reward accuracy"),
-           ("kl", "KL(pi || ref) per prompt"))
+           ("kl", "KL(pi || ref) per prompt"), ("held_out_unseen_mass", "mass off the pair's answers"))
 
 
 def report(config: PreferenceConfig, results: dict[int, dict]) -> dict:

@@ -96,7 +96,8 @@ class PreferenceTrainer:
         return table
 
     def held_out_metrics(self, model, held_out: list[PreferencePair], ref_table: Optional[Tensor]) -> dict:
-        """Reward accuracy, mean margin and log-ratios of the held-out pairs under ``model``."""
+        """Reward accuracy, mean margin and log-ratios of the held-out pairs under ``model``, and
+        its probability mass on completions that are neither the chosen nor the rejected answer."""
         pad = self.tokenizer.pad_token_id
         core = self.accelerator.unwrap_model(model)
         chosen = sequence_logprobs(core, [p.chosen for p in held_out], pad, self.fused)
@@ -106,6 +107,8 @@ class PreferenceTrainer:
         link = functools.partial(_link, loss)
         margins = link(chosen - ref[:, 0]) - link(rejected - ref[:, 1])
         return {"held_out_reward_accuracy": float((margins > 0).double().mean()),
+                # the policy's mass on answers that are neither of the pair's (the paper's "unseen" responses)
+                "held_out_unseen_mass": float((1 - chosen.exp() - rejected.exp()).clamp(min=0).mean()),
                 "held_out_margin": float(margins.mean()),
                 "held_out_chosen_logratio": float((chosen - ref[:, 0]).mean()),
                 "held_out_rejected_logratio": float((rejected - ref[:, 1]).mean())}
