@@ -179,3 +179,26 @@ def test_every_shipped_config_runs_two_steps(tmp_path, name):
     config = load_config(PreferenceConfig, str(path), [*TINY, "steps=2", "seeds=[0]", f"output_dir={tmp_path / 'r'}"])
     summary = run(config)
     assert set(config.methods) <= set(summary)
+
+
+def test_precomputed_reference_is_never_run_again(tmp_path, monkeypatch):
+    """With precomputed log-probs, DPO and no KL evaluation, the reference model runs once over
+    the pairs and never after (its forward raises from then on)."""
+    from divreg.recipes.preference.trainer import PreferenceTrainer
+
+    original = PreferenceTrainer.reference_logprobs
+    calls = []
+
+    def once(self, reference, pairs, path):
+        table = original(self, reference, pairs, path)
+        calls.append(sorted(pairs))
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the reference ran after its log-probs were precomputed")
+
+        monkeypatch.setattr(reference, "forward", refuse)
+        return table
+
+    monkeypatch.setattr(PreferenceTrainer, "reference_logprobs", once)
+    summary = run(_config(tmp_path / "r", "methods=[dpo]", "kl_eval=none"))
+    assert calls == [["held_out", "train"]] and 0 <= summary["dpo"]["held_out_reward_accuracy"]["mean"] <= 1

@@ -137,6 +137,8 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
             "held_out": held_out}
         tables.update(trainer.reference_logprobs(reference, splits, os.path.join(
             checkpoints, f"reference-logprobs-seed{seed}{'' if config.precompute_reference else '-held-out'}.pt")))
+        if config.precompute_reference and "hypo" not in config.methods and config.kl_eval == "none":
+            reference = None  # nothing reads the reference model again: free it
     kl_prompts = list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]
     kl_prompts = [list(p) for p in kl_prompts]
 
