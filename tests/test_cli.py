@@ -205,7 +205,10 @@ def test_ctrl_c_says_where_the_checkpoints_are_and_how_to_resume(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "divreg")
     process = subprocess.Popen([script, "distill-classifier", "methods=[ce]", "seeds=[0]", "teacher_epochs=200",
                                 "checkpoint_every=1", "output_dir=out"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # the default Ctrl-C disposition, whatever launched the tests (a background job of a
+                               # shell without job control ignores SIGINT, and a child inherits that)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not (tmp_path / "out/checkpoints/teacher.pt").exists():
         time.sleep(0.05)

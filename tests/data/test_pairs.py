@@ -64,3 +64,13 @@ def test_prompts_that_differ_or_leave_no_room_are_refused():
         tokenize_pairs([{"prompt": "12+34=", "chosen": "46", "rejected": "47"}], char_tokenizer(), max_length=3)
     with pytest.raises(ValueError, match=r"pair record 0 \(chosen\): chat 'messages' need a tokenizer with a chat"):
         tokenize_pairs([different], char_tokenizer(), max_length=64)
+
+
+def test_pairs_from_a_datasets_folder(tmp_path):
+    import datasets
+
+    rows = [{"prompt": "1+2=", "chosen": "3", "rejected": "4"}, {"prompt": "5+5=", "chosen": "10", "rejected": "11"}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "pairs"))
+    pairs = tokenize_pairs(load_preference_records(str(tmp_path / "pairs")), char_tokenizer(), max_length=16)
+    assert [p.chosen.input_ids[:p.chosen.prompt_length] for p in pairs] == [char_tokenizer()(r["prompt"])["input_ids"]
+                                                                            for r in rows]

@@ -142,8 +142,13 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypat
         real_save(obj, handle)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", interrupted_save)
-    with pytest.raises(KeyboardInterrupt):
-        save_atomic({"a": torch.arange(5)}, str(tmp_path / "state.pt"))
+    # Python's own Ctrl-C handler, whatever launched the tests (a shell's background job ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_atomic({"a": torch.arange(5)}, str(tmp_path / "state.pt"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
     assert os.listdir(tmp_path) == ["state.pt"]
     assert torch.equal(load_if_exists(str(tmp_path / "state.pt"))["a"], torch.arange(5))
