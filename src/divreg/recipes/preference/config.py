@@ -4,21 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from ...config import require_positive
 from ...data import ARITHMETIC_OPERATIONS
 from ...losses import PreferenceLoss
 from ...models import ModelSource
+from .._lm_task import tiny_llama
 
 METHODS = ("dpo", "hypo")
 KL_EVALUATIONS = ("auto", "exact", "sampled", "none")
-
-
-def _tiny_llama() -> dict[str, Any]:
-    return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
-            "tie_word_embeddings": True}
 
 
 @dataclass
@@ -35,7 +30,7 @@ class PreferenceConfig:
     test_size: int = 200  # held-out prompts: exact match (greedy), held-out pairs' reward accuracy, KL
     data_seed: int = 0
     rejected_samples: int = 8  # completions of the warm-up model per prompt; the first wrong one is the rejected
-    policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
+    policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
     # supervised warm-up (CE on the chosen answers); each method starts from it, and it is the frozen reference
     warmup_steps: int = 3000  # at most this many steps (0: the policy as given)

@@ -4,20 +4,15 @@ KL design choice is an explicit option (see :class:`divreg.losses.GRPOLoss`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from ...config import require_positive
 from ...data import ARITHMETIC_OPERATIONS
 from ...losses import ADVANTAGE_SCALES, CTRL_TRANSFORMS, GRPOLoss
 from ...models import ModelSource
+from .._lm_task import tiny_llama
 
 REWARD_FUNCTIONS = ("exact_match", "format")
-
-
-def _tiny_llama() -> dict[str, Any]:
-    return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
-            "tie_word_embeddings": True}
 
 
 @dataclass
@@ -28,7 +23,7 @@ class RLConfig:
     train_size: int = 3000  # training problems (prompts)
     test_size: int = 200  # held-out problems (exact-match accuracy, greedy decoding)
     data_seed: int = 0  # seeds the split (the same for every training seed)
-    policy: ModelSource = field(default_factory=lambda: ModelSource(config=_tiny_llama()))
+    policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
     # supervised warm-up on the task (CE on the answers), then the RL run starts from its weights
     warmup_steps: int = 3000  # at most this many steps (0: no warm-up, the policy as given)
