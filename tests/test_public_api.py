@@ -3,6 +3,7 @@
 import types
 
 import divreg
+import divreg.alignment
 import divreg.data
 import divreg.divergences
 import divreg.divergences.kernels
@@ -17,6 +18,12 @@ import divreg.targets
 import divreg.training
 
 EXPECTED = {
+    divreg.alignment: {"BernoulliGap", "CalibratedPolicy", "Frontier", "KLEstimates", "adaptive_proposal_update",
+                       "alignment_frontier", "bernoulli_best_of_n_gap", "bernoulli_tilted_parameter", "best_of_n",
+                       "best_of_n_kl_bound", "beta_for_kl", "beta_for_reward", "calibrate", "calibrated_beta_for_kl",
+                       "calibrated_policy", "calibrated_transform", "dpg_kl_estimates", "dpg_surrogate", "kl",
+                       "log_importance_weights", "log_partition", "log_partition_estimate", "regularized_objective",
+                       "tilted_policy", "win_rate"},
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
              "targets"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",

@@ -1,0 +1,84 @@
+r"""Distribution matching toward an unnormalized target (DPG / GDC): train a policy
+:math:`\pi_\theta` toward :math:`p = P/Z`, e.g. :math:`P(y) = \pi_0(y) e^{r(y)/\beta}` (the tilted
+policy, reached by minimizing :math:`KL(p\|\pi)` instead of :math:`KL(\pi\|p)`) or
+:math:`P(y) = \pi_0(y)\,1[y \text{ satisfies a constraint}]`, from samples of a proposal q.
+
+.. math::
+    \nabla_\theta KL(p\|\pi_\theta) = -E_p[\nabla\log\pi_\theta]
+    = -\frac{1}{Z} E_q\Big[\frac{P(y)}{q(y)} \nabla\log\pi_\theta(y)\Big],
+    \qquad \hat Z = \frac1N\sum_i \frac{P(y_i)}{q(y_i)}
+
+References:
+    Parshakova, Andreoli, Dymetman. "Distributional Reinforcement Learning for Energy-Based
+    Sequential Models", 2019, arXiv 1912.08517 (DPG).
+    Khalifa, Elsahar, Dymetman. "A Distributional Approach to Controlled Text Generation", 2021,
+    arXiv 2012.11635 (GDC: the KL-adaptive proposal, q replaced by pi when KL(p||pi) < KL(p||q)).
+    Korbak, Perez, Buckley, 2022, arXiv 2205.11275 (the Bayesian view: the tilted policy as p).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+
+def _check(*tensors: Tensor) -> None:
+    shapes = {t.shape for t in tensors}
+    if len(shapes) != 1 or tensors[0].dim() != 1 or tensors[0].numel() == 0:
+        raise ValueError(f"the log-values must be non-empty 1-D tensors of one shape, got {sorted(map(tuple, shapes))}")
+
+
+def log_importance_weights(log_target: Tensor, proposal_logprobs: Tensor) -> Tensor:
+    r""":math:`\log (P(y_i)/q(y_i))` (-inf where the target is 0, e.g. a violated constraint)."""
+    _check(log_target, proposal_logprobs)
+    return log_target - proposal_logprobs
+
+
+def log_partition_estimate(log_target: Tensor, proposal_logprobs: Tensor) -> Tensor:
+    r""":math:`\log \hat Z = \log \frac1N \sum_i P(y_i)/q(y_i)` (unbiased for Z, not for log Z)."""
+    weights = log_importance_weights(log_target, proposal_logprobs)
+    return torch.logsumexp(weights, 0) - math.log(weights.numel())
+
+
+def dpg_surrogate(policy_logprobs: Tensor, log_target: Tensor, proposal_logprobs: Tensor,
+                  log_partition: Optional[Tensor] = None) -> Tensor:
+    r"""Per-sample :math:`-\frac{P(y_i)}{Z\,q(y_i)} \log\pi_\theta(y_i)` (the weight detached):
+    its mean's gradient, in expectation over :math:`y_i \sim q`, is :math:`\nabla KL(p\|\pi_\theta)`
+    when ``log_partition`` is the true log Z; with None, :math:`\hat Z` of the same samples
+    (self-normalized: consistent, slightly biased)."""
+    _check(policy_logprobs, log_target, proposal_logprobs)
+    log_z = log_partition_estimate(log_target, proposal_logprobs) if log_partition is None else log_partition
+    weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z).detach()
+    return -weights * policy_logprobs
+
+
+class KLEstimates(NamedTuple):
+    log_partition: float  # log Z_hat
+    policy: float  # KL(p || pi) estimated from the proposal's samples
+    proposal: float  # KL(p || q)
+
+
+def dpg_kl_estimates(policy_logprobs: Tensor, log_target: Tensor, proposal_logprobs: Tensor) -> KLEstimates:
+    r"""Importance-sampled :math:`KL(p\|\pi) \approx \frac1N\sum_i \frac{P_i}{\hat Z q_i}
+    \log\frac{P_i}{\hat Z \pi_i}` and the same with q in place of :math:`\pi`, from samples of q
+    (GDC's estimates; samples where P = 0 contribute 0)."""
+    _check(policy_logprobs, log_target, proposal_logprobs)
+    log_z = log_partition_estimate(log_target, proposal_logprobs)
+    weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z)
+    keep = weights > 0
+    n = weights.numel()
+
+    def estimate(logprobs: Tensor) -> float:
+        terms = weights[keep] * (log_target[keep] - log_z - logprobs[keep])
+        return float(terms.sum() / n)
+
+    return KLEstimates(float(log_z), estimate(policy_logprobs.detach()), estimate(proposal_logprobs))
+
+
+def adaptive_proposal_update(estimates: KLEstimates) -> bool:
+    """GDC's rule: replace the proposal q by the current policy when the policy is estimated to be
+    closer to the target, KL(p || pi) < KL(p || q)."""
+    return estimates.policy < estimates.proposal

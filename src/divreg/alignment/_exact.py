@@ -1,0 +1,318 @@
+r"""Exact alignment analytics on distributions small enough to enumerate (float64): the
+KL-regularized optimum (the tilted policy), best-of-N, the reward-versus-KL frontier of both, the
+memoryless Bernoulli model in closed form, and InfAlign's calibrated space by quadrature.
+
+References:
+    Korbak, Perez, Buckley. "RL with KL penalties is better viewed as Bayesian inference", 2022,
+    arXiv 2205.11275 (the tilted policy and the identity of :func:`regularized_objective`).
+    Yang et al. "Asymptotics of Language Model Alignment", 2024, arXiv 2404.01730 (best-of-N vs the
+    tilted policy; the memoryless Bernoulli model).
+    Beirami et al. "Theoretical guarantees on the best-of-n alignment policy", 2024, arXiv
+    2401.01879 (KL(BoN || base) <= log N - (N - 1)/N).
+    Balashankar et al. "InfAlign: Inference-aware language model alignment", 2024, arXiv
+    2412.19792 (calibrated rewards, transforms exp(t u) / -exp(-t u)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _distribution(probs, name: str = "base") -> Tensor:
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    if p.dim() != 1 or p.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D probability vector, got shape {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"{name} must be finite, >= 0 and sum to 1 (within 1e-6), got sum {float(p.sum())!r}")
+    return p / p.sum()  # float32 input rounds: renormalized in float64
+
+
+def _rewards(rewards, like: Tensor) -> Tensor:
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    if r.shape != like.shape or not bool(torch.isfinite(r).all()):
+        raise ValueError(f"rewards must be finite with the base's shape {tuple(like.shape)}, got {tuple(r.shape)}")
+    return r
+
+
+def _beta(beta: float) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    return float(beta)
+
+
+def kl(p, q) -> float:
+    r"""Exact :math:`KL(p\|q) = \sum_y p \log(p/q)` with :math:`0 \log 0 = 0` (inf where q = 0 < p)."""
+    p, q = _distribution(p, "p"), _distribution(q, "q")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
+    support = p > 0
+    if bool((q[support] == 0).any()):
+        return math.inf
+    return float((p[support] * (p[support].log() - q[support].log())).sum())
+
+
+def log_partition(base, rewards, beta: float) -> float:
+    r""":math:`\log Z = \log \sum_y \pi_0(y) e^{r(y)/\beta}` (log-sum-exp, stable for small beta)."""
+    p = _distribution(base)
+    r, beta = _rewards(rewards, p), _beta(beta)
+    support = p > 0
+    return float(torch.logsumexp(p[support].log() + r[support] / beta, 0))
+
+
+def tilted_policy(base, rewards, beta: float) -> Tensor:
+    r"""The maximizer of :math:`E_\pi[r] - \beta KL(\pi\|\pi_0)` over the simplex:
+    :math:`\pi^*(y) = \pi_0(y) e^{r(y)/\beta} / Z` (Korbak et al. 2022)."""
+    p = _distribution(base)
+    r, beta = _rewards(rewards, p), _beta(beta)
+    logits = torch.where(p > 0, p.clamp(min=1e-300).log() + r / beta, -math.inf)
+    return torch.softmax(logits, 0)
+
+
+def regularized_objective(policy, base, rewards, beta: float) -> float:
+    r""":math:`E_\pi[r] - \beta KL(\pi\|\pi_0)`; for any :math:`\pi` it equals
+    :math:`-\beta KL(\pi\|\pi^*) + \beta \log Z` (the identity of Korbak et al.)."""
+    pi, p = _distribution(policy, "policy"), _distribution(base)
+    r = _rewards(rewards, p)
+    return float((pi * r).sum()) - _beta(beta) * kl(pi, p)
+
+
+def _bisect(f: Callable[[float], float], target: float, low: float, high: float, decreasing: bool,
+            tolerance: float = 1e-12, iterations: int = 400) -> float:
+    """The x in [low, high] (log-scale search) where the monotone f(x) = target."""
+    lo, hi = math.log(low), math.log(high)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        value = f(math.exp(mid))
+        if (value > target) == decreasing:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < tolerance:
+            break
+    return math.exp(0.5 * (lo + hi))
+
+
+def beta_for_kl(base, rewards, target_kl: float) -> float:
+    r"""The beta whose tilted policy has :math:`KL(\pi^*_\beta\|\pi_0)` = ``target_kl``
+    (bisection; the KL decreases in beta). The target must lie in (0, KL of the best-reward
+    policy) = (0, -log pi0(best set))."""
+    p = _distribution(base)
+    r = _rewards(rewards, p)
+    best = r[p > 0].max()
+    ceiling = -math.log(float(p[(r == best) & (p > 0)].sum()))
+    if not 0 < target_kl < ceiling:
+        raise ValueError(f"target_kl must be in (0, {ceiling:.6g}) (the KL of the base restricted to its best rewards), "
+                         f"got {target_kl!r}")
+    spread = float(r[p > 0].max() - r[p > 0].min())
+    return _bisect(lambda b: kl(tilted_policy(p, r, b), p), target_kl, spread * 1e-8 + 1e-12, spread * 1e8 + 1e-12,
+                   decreasing=True)
+
+
+def beta_for_reward(base, rewards, target_reward: float) -> float:
+    r"""The beta whose tilted policy has :math:`E_{\pi^*_\beta}[r]` = ``target_reward`` (the
+    expected reward decreases in beta), between the base's expected reward and the best reward."""
+    p = _distribution(base)
+    r = _rewards(rewards, p)
+    low, high = float((p * r).sum()), float(r[p > 0].max())
+    if not low < target_reward < high:
+        raise ValueError(f"target_reward must be in ({low:.6g}, {high:.6g}) (the base's expected reward, the best "
+                         f"reward), got {target_reward!r}")
+    spread = high - float(r[p > 0].min())
+    return _bisect(lambda b: float((tilted_policy(p, r, b) * r).sum()), target_reward, spread * 1e-8 + 1e-12,
+                   spread * 1e8 + 1e-12, decreasing=True)
+
+
+def best_of_n(base, rewards, n: int) -> Tensor:
+    r"""The exact distribution of the best of ``n`` i.i.d. samples of :math:`\pi_0` by reward. For
+    distinct rewards :math:`\pi_{BoN}(y) = F(y)^n - F^-(y)^n` with :math:`F(y) = P(r \le r(y))`,
+    :math:`F^-(y) = P(r < r(y))`; a level of tied rewards gets :math:`F^n - F^{-n}` in all, split
+    in proportion to :math:`\pi_0` (a tie broken uniformly among the tied samples)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    p = _distribution(base)
+    r = _rewards(rewards, p)
+    levels, index = torch.unique(r, return_inverse=True)  # sorted ascending
+    mass = torch.zeros(levels.numel(), dtype=torch.float64).index_add_(0, index, p)
+    upper = mass.cumsum(0).clamp(max=1.0)
+    lower = upper - mass
+    level_mass = upper ** n - lower.clamp(min=0) ** n
+    share = torch.where(mass[index] > 0, p / mass[index].clamp(min=1e-300), 0.0)
+    return level_mass[index] * share
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """:math:`\\log N - (N - 1)/N`, the KL of best-of-N to the base when all rewards are distinct
+    and the base has no atoms (an upper bound otherwise; Beirami et al. 2024)."""
+    return math.log(n) - (n - 1) / n
+
+
+def win_rate(policy, base, rewards, ties: float = 0.5) -> float:
+    r""":math:`P(r(Y) > r(Y_0)) + \text{ties}\cdot P(r(Y) = r(Y_0))`, Y ~ policy, Y_0 ~ base,
+    independent (ties count one half by default)."""
+    pi, p = _distribution(policy, "policy"), _distribution(base)
+    r = _rewards(rewards, p)
+    greater = (r[:, None] > r[None, :]).double()
+    equal = (r[:, None] == r[None, :]).double()
+    return float(pi @ (greater + ties * equal) @ p)
+
+
+class Frontier(NamedTuple):
+    """Expected reward against KL(pi || base) along the tilted family (one point per beta) and
+    along best-of-N (one per N), and at each N the tilted policy's reward at the same KL."""
+
+    betas: list
+    tilted_kl: list
+    tilted_reward: list
+    ns: list
+    best_of_n_kl: list
+    best_of_n_reward: list
+    tilted_reward_at_best_of_n_kl: list  # the gap to best-of-N at equal KL is this minus best_of_n_reward
+
+
+def alignment_frontier(base, rewards, betas: Sequence[float], ns: Sequence[int]) -> Frontier:
+    p = _distribution(base)
+    r = _rewards(rewards, p)
+    tilted = [tilted_policy(p, r, b) for b in betas]
+    bon = [best_of_n(p, r, n) for n in ns]
+    bon_kl = [kl(q, p) for q in bon]
+    matched = []
+    for value in bon_kl:
+        if value <= 0:
+            matched.append(float((p * r).sum()))
+        else:
+            matched.append(float((tilted_policy(p, r, beta_for_kl(p, r, value)) * r).sum()))
+    return Frontier(list(betas), [kl(q, p) for q in tilted], [float((q * r).sum()) for q in tilted], list(ns),
+                    bon_kl, [float((q * r).sum()) for q in bon], matched)
+
+
+def _bernoulli_kl(q: float, p: float) -> float:
+    terms = 0.0
+    if q > 0:
+        terms += q * math.log(q / p)
+    if q < 1:
+        terms += (1 - q) * math.log((1 - q) / (1 - p))
+    return terms
+
+
+class BernoulliGap(NamedTuple):
+    n: int  # sequence length
+    N: int  # best-of-N
+    kl: float  # KL(BoN || base) of the sequences, = that of the tilted policy matched to it
+    best_of_n_reward: float  # E[#ones] under best-of-N
+    tilted_reward: float  # E[#ones] under the tilted policy with the same KL
+    gap_per_token: float  # (tilted - best-of-N) / n
+
+
+def bernoulli_tilted_parameter(p: float, beta: float) -> float:
+    r"""The per-token parameter of the tilted policy of n i.i.d. Bernoulli(p) tokens with reward
+    = the number of ones: again i.i.d., :math:`q = p e^{1/\beta} / (1 - p + p e^{1/\beta})`."""
+    _beta(beta)
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    return 1.0 / (1.0 + (1 - p) / p * math.exp(-1.0 / beta))
+
+
+def bernoulli_best_of_n_gap(n: int, N: int, p: float = 0.5) -> BernoulliGap:
+    """Best-of-N over whole sequences of n Bernoulli(p) tokens (exact, from the Binomial: within a
+    count, every sequence has the same base probability, so the KL is that of the counts) against
+    the tilted policy of the same KL (its per-token q found by bisection)."""
+    from math import comb
+
+    counts = torch.arange(n + 1, dtype=torch.float64)
+    pmf = torch.tensor([comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)], dtype=torch.float64)
+    pmf = pmf / pmf.sum()
+    bon = best_of_n(pmf, counts, N)
+    value = kl(bon, pmf)
+    bon_reward = float((bon * counts).sum())
+    if value <= 0:
+        return BernoulliGap(n, N, 0.0, bon_reward, n * p, (n * p - bon_reward) / n)
+    per_token = value / n
+    if per_token >= -math.log(p):
+        raise ValueError("the best-of-N KL exceeds what a tilted policy can reach")
+    lo, hi = p, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _bernoulli_kl(mid, p) < per_token:
+            lo = mid
+        else:
+            hi = mid
+    q = 0.5 * (lo + hi)
+    return BernoulliGap(n, N, value, bon_reward, n * q, (n * q - bon_reward) / n)
+
+
+# ---- InfAlign's calibrated space: the base is uniform on u in [0, 1] ----
+
+def calibrate(base, rewards) -> Tensor:
+    r"""The calibrated reward :math:`C(y) = P_{y' \sim \pi_0}(r(y') < r(y)) + \frac12
+    P_{y' \sim \pi_0}(r(y') = r(y))` (mid-rank: for a continuous reward, C is uniform under
+    :math:`\pi_0`)."""
+    p = _distribution(base)
+    r = _rewards(rewards, p)
+    below = ((r[None, :] < r[:, None]).double() * p[None, :]).sum(1)
+    tied = ((r[None, :] == r[:, None]).double() * p[None, :]).sum(1)
+    return below + 0.5 * tied
+
+
+def calibrated_transform(kind: str, t: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """Phi(u): ``identity`` (u), ``best_of_n`` (exp(t u)) or ``worst_of_n`` (-exp(-t u))."""
+    if kind == "identity":
+        return lambda u: u
+    if not t > 0:
+        raise ValueError(f"t must be > 0, got {t!r}")
+    if kind == "best_of_n":
+        return lambda u: torch.exp(t * u)
+    if kind == "worst_of_n":
+        return lambda u: -torch.exp(-t * u)
+    raise ValueError(f"kind must be 'identity', 'best_of_n' or 'worst_of_n', got {kind!r}")
+
+
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(400)
+_U = torch.tensor((_NODES + 1) / 2, dtype=torch.float64)  # Gauss-Legendre on [0, 1]
+_W = torch.tensor(_WEIGHTS / 2, dtype=torch.float64)
+
+
+class CalibratedPolicy(NamedTuple):
+    beta: float
+    kl: float  # KL(pi || uniform) = int pi log pi
+    win_rate: float  # P(best of N under pi > best of N under the base)
+    expected_u: float
+
+
+def calibrated_policy(phi: Callable[[Tensor], Tensor], beta: float, n: int = 1) -> CalibratedPolicy:
+    r"""The aligned policy in calibrated space, density :math:`\pi(u) \propto e^{\Phi(u)/\beta}` on
+    [0, 1] (the base is uniform), by 400-point Gauss-Legendre quadrature: its KL to the base
+    :math:`\int \pi \log \pi`, and its best-of-``n`` win rate against the base's best-of-``n``,
+    :math:`\int_0^1 n\,G(u)^{n-1}\pi(u)\,u^n\,du` with :math:`G` the policy's CDF."""
+    beta = _beta(beta)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    log_unnormalized, log_z, density, kl_value = _calibrated_density(phi, beta)
+    # the CDF at each node: integrate the density over [0, u] by the same rule on [0, u]
+    cdf = torch.stack([_integral(phi, beta, float(u), log_z) for u in _U])
+    win = float((_W * n * cdf.clamp(0, 1) ** (n - 1) * density * _U ** n).sum())
+    return CalibratedPolicy(beta, kl_value, win, float((_W * density * _U).sum()))
+
+
+def _calibrated_density(phi, beta: float):
+    log_unnormalized = phi(_U) / beta
+    log_z = torch.logsumexp(log_unnormalized + _W.log(), 0)
+    density = torch.exp(log_unnormalized - log_z)
+    return log_unnormalized, log_z, density, float((_W * density * (log_unnormalized - log_z)).sum())
+
+
+def _integral(phi, beta: float, upper: float, log_z: Tensor) -> Tensor:
+    nodes = _U * upper
+    return (upper * _W * torch.exp(phi(nodes) / beta - log_z)).sum()
+
+
+def calibrated_beta_for_kl(phi: Callable[[Tensor], Tensor], target_kl: float) -> float:
+    """The beta at which the calibrated-space policy of ``phi`` has KL ``target_kl`` to the base."""
+    if not target_kl > 0:
+        raise ValueError(f"target_kl must be > 0, got {target_kl!r}")
+    return _bisect(lambda b: _calibrated_density(phi, b)[3], target_kl, 1e-4, 1e4, decreasing=True, tolerance=1e-10,
+                   iterations=100)
