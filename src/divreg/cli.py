@@ -42,6 +42,8 @@ COMMANDS = {
                   "divreg.recipes.rl", "RLConfig"),
     "preference": Command("DPO-family preference optimization and HyPO's online KL from one warm-up model, several seeds",
                           "divreg.recipes.preference", "PreferenceConfig"),
+    "frontier": Command("the exact reward-vs-KL frontier of best-of-N and the KL-regularized optimum",
+                        "divreg.recipes.frontier", "FrontierConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
                             "divreg.recipes.mode_fitting", "ModeFittingConfig"),
 }

@@ -138,9 +138,18 @@ def best_of_n(base, rewards, n: int) -> Tensor:
     r = _rewards(rewards, p)
     levels, index = torch.unique(r, return_inverse=True)  # sorted ascending
     mass = torch.zeros(levels.numel(), dtype=torch.float64).index_add_(0, index, p)
-    upper = mass.cumsum(0).clamp(max=1.0)
-    lower = upper - mass
-    level_mass = upper ** n - lower.clamp(min=0) ** n
+    # log F and log F^- (F = P(r <= level), F^- = P(r < level)) from the lower tails where F < 1/2 and from the
+    # upper tails (1 - P(r > level)) above, so that neither loses digits; then F^n - F^-n = F^n (1 - exp(n (log F^-
+    # - log F))) without cancellation, for any n
+    upper_cdf = mass.cumsum(0)
+    lower_cdf = torch.cat([mass.new_zeros(1), upper_cdf[:-1]])
+    at_least = mass.flip(0).cumsum(0).flip(0).clamp(max=1.0)
+    above = (at_least - mass).clamp(min=0.0)
+    log_upper = torch.where(upper_cdf < 0.5, upper_cdf.log(), torch.log1p(-above))
+    log_lower = torch.where(lower_cdf < 0.5, lower_cdf.log(), torch.log1p(-at_least))  # -inf at the bottom
+    difference = torch.where(mass > 0, log_lower - log_upper, 0.0)  # a level without mass gets nothing
+    power = float(n)  # n may exceed int64 (best-of-e^50)
+    level_mass = torch.where(mass > 0, torch.exp(power * log_upper) * -torch.expm1(power * difference), 0.0)
     share = torch.where(mass[index] > 0, p / mass[index].clamp(min=1e-300), 0.0)
     return level_mass[index] * share
 
