@@ -150,8 +150,14 @@ def test_calibrated_space_against_closed_forms():
         cdf = (torch.exp(u / beta) - 1) / math.expm1(1 / beta)
         assert A.calibrated_policy(identity, beta, 2).win_rate == pytest.approx(
             float(torch.trapezoid(2 * cdf * density * u ** 2, u)), abs=1e-8)
-    beta = A.calibrated_beta_for_kl(A.calibrated_transform("best_of_n", 4.0), 0.7)
-    assert A.calibrated_policy(A.calibrated_transform("best_of_n", 4.0), beta).kl == pytest.approx(0.7, abs=1e-8)
+    for t in (4.0, 64.0):  # exp(64 u) spans e^64: beta is searched relative to Phi's range
+        phi = A.calibrated_transform("best_of_n", t)
+        beta = A.calibrated_beta_for_kl(phi, 0.7)
+        assert A.calibrated_policy(phi, beta).kl == pytest.approx(0.7, abs=1e-8)
+        u = torch.linspace(0, 1, 400001, dtype=torch.float64)  # the KL by a fine trapezoid rule
+        shifted = phi(u) / beta - float((phi(u) / beta).max())
+        log_density = shifted - math.log(float(torch.trapezoid(shifted.exp(), u)))
+        assert float(torch.trapezoid(log_density.exp() * log_density, u)) == pytest.approx(0.7, abs=1e-6)
 
 
 def test_dpg_expected_gradient_is_the_exact_kl_gradient():

@@ -323,5 +323,14 @@ def calibrated_beta_for_kl(phi: Callable[[Tensor], Tensor], target_kl: float) ->
     """The beta at which the calibrated-space policy of ``phi`` has KL ``target_kl`` to the base."""
     if not target_kl > 0:
         raise ValueError(f"target_kl must be > 0, got {target_kl!r}")
-    return _bisect(lambda b: _calibrated_density(phi, b)[3], target_kl, 1e-4, 1e4, decreasing=True, tolerance=1e-10,
-                   iterations=100)
+    ends = phi(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    spread = float((ends[1] - ends[0]).abs())  # beta is searched relative to Phi's range (exp(64 u) spans e^64)
+    if not spread > 0:
+        raise ValueError("Phi is constant on [0, 1]: no beta moves the policy")
+    beta = _bisect(lambda b: _calibrated_density(phi, b)[3], target_kl, spread * 1e-12, spread * 1e6, decreasing=True,
+                   tolerance=1e-10, iterations=200)
+    reached = _calibrated_density(phi, beta)[3]
+    if abs(reached - target_kl) > 1e-6 * max(1.0, target_kl):
+        raise ValueError(f"KL {target_kl} is out of reach for this Phi by quadrature (got {reached:.6g}); use a smaller "
+                         "KL or a smaller t")
+    return beta
