@@ -95,6 +95,17 @@ def test_best_of_n_by_enumeration_with_ties_and_monte_carlo():
     assert bool(((empirical - exact).abs() <= 5 * se + 1e-12).all()), (empirical, exact)
 
 
+def test_win_rate_by_enumeration():
+    """Best-of-3 against the base: P(r(Y) > r(Y0)) + P(=)/2 over every (3-tuple, base sample)."""
+    base = torch.tensor([0.1, 0.25, 0.15, 0.3, 0.2], dtype=torch.float64)
+    tied = torch.tensor([1.0, 2.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    bon = _enumerated_best_of_n(base, tied, 3)
+    expected = sum(float(bon[i] * base[j]) * (1.0 if tied[i] > tied[j] else 0.5 if tied[i] == tied[j] else 0.0)
+                   for i in range(5) for j in range(5))
+    assert A.win_rate(A.best_of_n(base, tied, 3), base, tied) == pytest.approx(expected, abs=1e-14)
+    assert A.win_rate(base, base, tied) == pytest.approx(0.5, abs=1e-14)  # against itself: one half
+
+
 def test_best_of_n_kl_bound():
     for n in (2, 4, 16, 64):
         base, rewards = _toy(n, size=30)
@@ -189,6 +200,31 @@ def test_dpg_expected_gradient_is_the_exact_kl_gradient():
     assert estimates.policy == pytest.approx(A.kl(p, policy.exp()), abs=0.01)
     assert estimates.proposal == pytest.approx(A.kl(p, proposal), abs=0.01)
     assert A.adaptive_proposal_update(estimates) == (A.kl(p, policy.exp()) < A.kl(p, proposal))
+
+
+def test_dpg_toward_a_constraint_and_the_best_transform():
+    """P = pi0 x 1[allowed]: samples outside the constraint weigh 0 (no NaN), and the expected
+    gradient is again that of KL(p || pi); best_transform_parameter picks the grid's best t."""
+    base, _ = _toy(6, size=6)
+    allowed = torch.tensor([True, False, True, True, False, True])
+    log_target = torch.where(allowed, base.log(), -math.inf)
+    log_z = torch.logsumexp(log_target, 0)
+    p = torch.exp(log_target - log_z)
+    theta = torch.tensor([0.1, 0.3, -0.2, 0.0, 0.5, -0.1], dtype=torch.float64, requires_grad=True)
+    (exact,) = torch.autograd.grad(-(p[allowed] * torch.log_softmax(theta, 0)[allowed]).sum(), theta)
+    expected = torch.zeros_like(theta)
+    for y in range(6):
+        value = A.dpg_surrogate(torch.log_softmax(theta, 0)[y:y + 1], log_target[y:y + 1], base.log()[y:y + 1], log_z)
+        (grad,) = torch.autograd.grad(value.mean(), theta)
+        assert bool(torch.isfinite(grad).all())
+        expected += base[y] * grad
+    torch.testing.assert_close(expected, exact, rtol=0, atol=1e-12)
+    ts = (1.0, 4.0, 16.0)
+    t, rate = A.best_transform_parameter("best_of_n", 4, 1.0, ts)
+    rates = [A.calibrated_policy(A.calibrated_transform("best_of_n", x),
+                                 A.calibrated_beta_for_kl(A.calibrated_transform("best_of_n", x), 1.0), 4).win_rate
+             for x in ts]
+    assert rate == max(rates) and t == ts[rates.index(max(rates))]
 
 
 def test_bad_input_is_a_clear_error():

@@ -334,3 +334,21 @@ def calibrated_beta_for_kl(phi: Callable[[Tensor], Tensor], target_kl: float) ->
         raise ValueError(f"KL {target_kl} is out of reach for this Phi by quadrature (got {reached:.6g}); use a smaller "
                          "KL or a smaller t")
     return beta
+
+
+def best_transform_parameter(kind: str, n: int, target_kl: float, ts: Sequence[float]) -> tuple[float, float]:
+    """The t of ``ts`` whose transform (``best_of_n``: exp(t u), ``worst_of_n``: -exp(-t u)) gives the
+    highest best-of-``n`` win rate at KL ``target_kl`` to the base, and that win rate (a t whose
+    policy cannot reach the KL by quadrature is skipped)."""
+    results = []
+    for t in ts:
+        phi = calibrated_transform(kind, t)
+        try:
+            beta = calibrated_beta_for_kl(phi, target_kl)
+        except ValueError:
+            continue
+        results.append((calibrated_policy(phi, beta, n).win_rate, t))
+    if not results:
+        raise ValueError(f"no t of {list(ts)} reaches KL {target_kl} for kind={kind!r}")
+    rate, t = max(results)
+    return t, rate
