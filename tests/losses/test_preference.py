@@ -267,3 +267,33 @@ def test_hypo_surrogate_expected_gradient_is_the_exact_kl_gradient():
         leave_one_out_baseline(l, 1)
     with pytest.raises(ValueError, match="multiple of group_size"):
         leave_one_out_baseline(l, 4)
+
+
+def test_dpo_optimum_is_the_tilted_policy():
+    """With Bradley-Terry labels on every pair (full coverage), the minimizer of DPO's expected
+    loss over a tabular policy is the KL-regularized optimum pi0 exp(r / beta) / Z
+    (divreg.alignment.tilted_policy as ground truth)."""
+    from divreg.alignment import tilted_policy
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.softmax(torch.randn(5, generator=g, dtype=torch.float64), 0)
+    reward = torch.randn(5, generator=g, dtype=torch.float64)
+    beta = 0.7
+    i, j = torch.triu_indices(5, 5, 1)
+    prefer_i = torch.sigmoid(reward[i] - reward[j])
+    logits = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], lr=1, max_iter=1000, tolerance_grad=1e-15, tolerance_change=1e-18,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        log_pi = torch.log_softmax(logits, 0)
+        forward = preference_loss(log_pi[i], log_pi[j], ref.log()[i], ref.log()[j], beta=beta).loss
+        backward = preference_loss(log_pi[j], log_pi[i], ref.log()[j], ref.log()[i], beta=beta).loss
+        loss = (prefer_i * forward + (1 - prefer_i) * backward).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        optimizer.step(closure)
+    torch.testing.assert_close(torch.softmax(logits.detach(), 0), tilted_policy(ref, reward, beta), rtol=0, atol=1e-7)
