@@ -51,6 +51,9 @@ def dpg_surrogate(policy_logprobs: Tensor, log_target: Tensor, proposal_logprobs
     (self-normalized: consistent, slightly biased)."""
     _check(policy_logprobs, log_target, proposal_logprobs)
     log_z = log_partition_estimate(log_target, proposal_logprobs) if log_partition is None else log_partition
+    if not bool(torch.isfinite(torch.as_tensor(log_z))):
+        raise ValueError("no sample has target mass > 0 (every log_target is -inf, e.g. a constraint none satisfies): "
+                         "there is nothing to match; draw more samples or use a proposal closer to the target")
     weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z).detach()
     return -weights * policy_logprobs
 
@@ -67,6 +70,8 @@ def dpg_kl_estimates(policy_logprobs: Tensor, log_target: Tensor, proposal_logpr
     (GDC's estimates; samples where P = 0 contribute 0)."""
     _check(policy_logprobs, log_target, proposal_logprobs)
     log_z = log_partition_estimate(log_target, proposal_logprobs)
+    if not bool(torch.isfinite(log_z)):
+        raise ValueError("no sample has target mass > 0: the KLs to the target cannot be estimated from these samples")
     weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z)
     keep = weights > 0
     n = weights.numel()

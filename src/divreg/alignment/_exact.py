@@ -24,11 +24,13 @@ from torch import Tensor
 
 
 def _distribution(probs, name: str = "base") -> Tensor:
-    p = torch.as_tensor(probs, dtype=torch.float64)
+    given = torch.as_tensor(probs)
+    tolerance = 1e-6 if given.dtype == torch.float64 else 1e-3  # a float32 softmax over many outcomes rounds
+    p = given.to(torch.float64)
     if p.dim() != 1 or p.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D probability vector, got shape {tuple(p.shape)}")
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"{name} must be finite, >= 0 and sum to 1 (within 1e-6), got sum {float(p.sum())!r}")
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > tolerance:
+        raise ValueError(f"{name} must be finite, >= 0 and sum to 1 (within {tolerance:g}), got sum {float(p.sum())!r}")
     return p / p.sum()  # float32 input rounds: renormalized in float64
 
 
@@ -61,7 +63,8 @@ def log_partition(base, rewards, beta: float) -> float:
     p = _distribution(base)
     r, beta = _rewards(rewards, p), _beta(beta)
     support = p > 0
-    return float(torch.logsumexp(p[support].log() + r[support] / beta, 0))
+    top = float(r[support].max())
+    return top / beta + float(torch.logsumexp(p[support].log() + (r[support] - top) / beta, 0))
 
 
 def tilted_policy(base, rewards, beta: float) -> Tensor:
@@ -69,7 +72,7 @@ def tilted_policy(base, rewards, beta: float) -> Tensor:
     :math:`\pi^*(y) = \pi_0(y) e^{r(y)/\beta} / Z` (Korbak et al. 2022)."""
     p = _distribution(base)
     r, beta = _rewards(rewards, p), _beta(beta)
-    logits = torch.where(p > 0, p.clamp(min=1e-300).log() + r / beta, -math.inf)
+    logits = torch.where(p > 0, p.clamp(min=1e-300).log() + (r - r.max()) / beta, -math.inf)
     return torch.softmax(logits, 0)
 
 
@@ -108,9 +111,11 @@ def beta_for_kl(base, rewards, target_kl: float) -> float:
     if not 0 < target_kl < ceiling:
         raise ValueError(f"target_kl must be in (0, {ceiling:.6g}) (the KL of the base restricted to its best rewards), "
                          f"got {target_kl!r}")
+    gaps = torch.diff(torch.unique(r[p > 0]))  # the smallest reward gap sets the smallest useful beta
     spread = float(r[p > 0].max() - r[p > 0].min())
-    return _bisect(lambda b: kl(tilted_policy(p, r, b), p), target_kl, spread * 1e-8 + 1e-12, spread * 1e8 + 1e-12,
+    beta = _bisect(lambda b: kl(tilted_policy(p, r, b), p), target_kl, float(gaps.min()) * 1e-6, spread * 1e8,
                    decreasing=True)
+    return _checked(beta, kl(tilted_policy(p, r, beta), p), target_kl, "KL")
 
 
 def beta_for_reward(base, rewards, target_reward: float) -> float:
@@ -123,8 +128,18 @@ def beta_for_reward(base, rewards, target_reward: float) -> float:
         raise ValueError(f"target_reward must be in ({low:.6g}, {high:.6g}) (the base's expected reward, the best "
                          f"reward), got {target_reward!r}")
     spread = high - float(r[p > 0].min())
-    return _bisect(lambda b: float((tilted_policy(p, r, b) * r).sum()), target_reward, spread * 1e-8 + 1e-12,
-                   spread * 1e8 + 1e-12, decreasing=True)
+    gaps = torch.diff(torch.unique(r[p > 0]))
+    beta = _bisect(lambda b: float((tilted_policy(p, r, b) * r).sum()), target_reward, float(gaps.min()) * 1e-6,
+                   spread * 1e8, decreasing=True)
+    return _checked(beta, float((tilted_policy(p, r, beta) * r).sum()), target_reward, "expected reward")
+
+
+def _checked(beta: float, reached: float, target: float, what: str) -> float:
+    """``beta`` if it reaches ``target`` (relative 1e-7), else a clear error (never a wrong beta)."""
+    if abs(reached - target) > 1e-7 * max(1.0, abs(target)):
+        raise ValueError(f"no beta reaches {what} {target!r} to 1e-7 in float64 (the closest gives {reached!r}); the "
+                         "target is too close to its limit")
+    return beta
 
 
 def best_of_n(base, rewards, n: int) -> Tensor:
@@ -144,7 +159,7 @@ def best_of_n(base, rewards, n: int) -> Tensor:
     upper_cdf = mass.cumsum(0)
     lower_cdf = torch.cat([mass.new_zeros(1), upper_cdf[:-1]])
     at_least = mass.flip(0).cumsum(0).flip(0).clamp(max=1.0)
-    above = (at_least - mass).clamp(min=0.0)
+    above = torch.cat([at_least[1:], at_least.new_zeros(1)])  # P(r > level): the next level's tail, exactly
     log_upper = torch.where(upper_cdf < 0.5, upper_cdf.log(), torch.log1p(-above))
     log_lower = torch.where(lower_cdf < 0.5, lower_cdf.log(), torch.log1p(-at_least))  # -inf at the bottom
     difference = torch.where(mass > 0, log_lower - log_upper, 0.0)  # a level without mass gets nothing
@@ -190,9 +205,13 @@ def alignment_frontier(base, rewards, betas: Sequence[float], ns: Sequence[int])
     bon = [best_of_n(p, r, n) for n in ns]
     bon_kl = [kl(q, p) for q in bon]
     matched = []
+    best = r[p > 0].max()
+    ceiling = -math.log(float(p[(r == best) & (p > 0)].sum()))
     for value in bon_kl:
-        if value <= 0:
+        if value <= 1e-12:
             matched.append(float((p * r).sum()))
+        elif value >= ceiling * (1 - 1e-9):  # best-of-N has reached the best rewards: so has the tilted limit
+            matched.append(float(best))
         else:
             matched.append(float((tilted_policy(p, r, beta_for_kl(p, r, value)) * r).sum()))
     return Frontier(list(betas), [kl(q, p) for q in tilted], [float((q * r).sum()) for q in tilted], list(ns),
@@ -226,23 +245,30 @@ def bernoulli_tilted_parameter(p: float, beta: float) -> float:
     return 1.0 / (1.0 + (1 - p) / p * math.exp(-1.0 / beta))
 
 
+def bernoulli_count_pmf(n: int, p: float) -> Tensor:
+    """The Binomial(n, p) probabilities of 0..n ones, in log space (exact for n in the thousands)."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    log_pmf = (torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+               + k * math.log(p) + (n - k) * math.log1p(-p))
+    return torch.softmax(log_pmf, 0)
+
+
 def bernoulli_best_of_n_gap(n: int, N: int, p: float = 0.5) -> BernoulliGap:
     """Best-of-N over whole sequences of n Bernoulli(p) tokens (exact, from the Binomial: within a
     count, every sequence has the same base probability, so the KL is that of the counts) against
     the tilted policy of the same KL (its per-token q found by bisection)."""
-    from math import comb
-
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
     counts = torch.arange(n + 1, dtype=torch.float64)
-    pmf = torch.tensor([comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)], dtype=torch.float64)
-    pmf = pmf / pmf.sum()
+    pmf = bernoulli_count_pmf(n, p)
     bon = best_of_n(pmf, counts, N)
     value = kl(bon, pmf)
     bon_reward = float((bon * counts).sum())
     if value <= 0:
         return BernoulliGap(n, N, 0.0, bon_reward, n * p, (n * p - bon_reward) / n)
     per_token = value / n
-    if per_token >= -math.log(p):
-        raise ValueError("the best-of-N KL exceeds what a tilted policy can reach")
+    if per_token >= -math.log(p) * (1 - 1e-9):  # best-of-N puts (nearly) everything on all ones: the tilted limit
+        return BernoulliGap(n, N, value, bon_reward, float(n), (n - bon_reward) / n)
     lo, hi = p, 1.0
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -301,9 +327,16 @@ def calibrated_policy(phi: Callable[[Tensor], Tensor], beta: float, n: int = 1) 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     log_unnormalized, log_z, density, kl_value = _calibrated_density(phi, beta)
-    # the CDF at each node: integrate the density over [0, u] by the same rule on [0, u]
+    win = _win_rate(phi, beta, n, log_z, 0.0, 1.0)
     cdf = torch.stack([_integral(phi, beta, float(u), log_z) for u in _U])
-    win = float((_W * n * cdf.clamp(0, 1) ** (n - 1) * density * _U ** n).sum())
+    # a density too peaked for the rule: the same rule on each half of [0, 1] disagrees with it on the whole
+    # (or the CDF at the last node plus the mass after it does not make 1)
+    halves = float(_integral(phi, beta, 0.5, log_z)) + float(_segment(phi, beta, 0.5, 1.0, log_z))
+    tail = float(cdf[-1]) + float(_segment(phi, beta, float(_U[-1]), 1.0, log_z))
+    split = _win_rate(phi, beta, n, log_z, 0.0, 0.5) + _win_rate(phi, beta, n, log_z, 0.5, 1.0)
+    if abs(halves - 1.0) > 1e-9 or abs(tail - 1.0) > 1e-8 or abs(split - win) > 1e-8:
+        raise ValueError(f"beta={beta:.3g} makes the density too peaked for the 400-point quadrature (its CDF does not "
+                         "reach 1); use a larger beta (a smaller KL)")
     return CalibratedPolicy(beta, kl_value, win, float((_W * density * _U).sum()))
 
 
@@ -312,6 +345,19 @@ def _calibrated_density(phi, beta: float):
     log_z = torch.logsumexp(log_unnormalized + _W.log(), 0)
     density = torch.exp(log_unnormalized - log_z)
     return log_unnormalized, log_z, density, float((_W * density * (log_unnormalized - log_z)).sum())
+
+
+def _win_rate(phi, beta: float, n: int, log_z: Tensor, lower: float, upper: float) -> float:
+    """:math:`\int n G^{n-1} \pi u^n du` over [lower, upper] by the rule scaled to it (G by the rule on [0, u])."""
+    nodes = lower + _U * (upper - lower)
+    density = torch.exp(phi(nodes) / beta - log_z)
+    cdf = torch.stack([_integral(phi, beta, float(u), log_z) for u in nodes]).clamp(0, 1)
+    return float(((upper - lower) * _W * n * cdf ** (n - 1) * density * nodes ** n).sum())
+
+
+def _segment(phi, beta: float, lower: float, upper: float, log_z: Tensor) -> Tensor:
+    nodes = lower + _U * (upper - lower)
+    return ((upper - lower) * _W * torch.exp(phi(nodes) / beta - log_z)).sum()
 
 
 def _integral(phi, beta: float, upper: float, log_z: Tensor) -> Tensor:

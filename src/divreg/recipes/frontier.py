@@ -59,17 +59,18 @@ def _load_vector(path: str, name: str) -> list[float]:
 
 def setup(config: FrontierConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
     if config.base is None:
-        from math import comb
-
         n, p = config.bernoulli_length, config.bernoulli_p
-        base = torch.tensor([comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(n + 1)], dtype=torch.float64)
         # the counts suffice: within a count every sequence has the same base probability and reward
-        return base / base.sum(), torch.arange(n + 1, dtype=torch.float64), f"{n} Bernoulli({p}) tokens, reward = #ones"
+        return A.bernoulli_count_pmf(n, p), torch.arange(n + 1, dtype=torch.float64), \
+            f"{n} Bernoulli({p}) tokens, reward = #ones"
     base, rewards = _load_vector(config.base, "base"), _load_vector(config.rewards, "rewards")
     if len(base) != len(rewards):
         raise ValueError(f"base has {len(base)} entries and rewards {len(rewards)}: one reward per outcome")
-    return torch.tensor(base, dtype=torch.float64), torch.tensor(rewards, dtype=torch.float64), \
-        f"{len(base)} outcomes from {config.base}"
+    base_t, rewards_t = torch.tensor(base, dtype=torch.float64), torch.tensor(rewards, dtype=torch.float64)
+    A.kl(base_t, base_t)  # the base is checked here, with the library's message
+    if len(set(rewards_t[base_t > 0].tolist())) < 2:
+        raise ValueError("every outcome with base probability > 0 has the same reward: there is no trade-off to draw")
+    return base_t, rewards_t, f"{len(base)} outcomes from {config.base}"
 
 
 def frontier_plot(frontier: A.Frontier, path: str, title: str) -> None:
