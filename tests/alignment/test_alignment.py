@@ -244,9 +244,9 @@ def test_review_edge_cases_give_right_answers_or_clear_errors():
     """Huge N (the upper tail below float precision), rewards 1e-10 apart, an overflowing reward,
     a quadrature too coarse for a peaked density, and a constraint no sample satisfies."""
     got = A.best_of_n([1 - 1e-20, 1e-20], [0.0, 1.0], 2 ** 70)
-    expected_top = -math.expm1(2 ** 70 * math.log1p(-1e-20))  # 1 - (1 - 1e-20)^(2^70)
-    torch.testing.assert_close(got, torch.tensor([1 - expected_top, expected_top], dtype=torch.float64), rtol=1e-9,
-                               atol=0)
+    bottom = math.exp(2 ** 70 * math.log1p(-1e-20))  # (1 - 1e-20)^(2^70): all N samples are the 0-reward one
+    torch.testing.assert_close(got, torch.tensor([bottom, -math.expm1(2 ** 70 * math.log1p(-1e-20))],
+                                                 dtype=torch.float64), rtol=1e-9, atol=0)
     beta = A.beta_for_kl([1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 1 + 1e-10], 1.0)
     assert A.kl(A.tilted_policy([1 / 3] * 3, [0.0, 1.0, 1 + 1e-10], beta), [1 / 3] * 3) == pytest.approx(1.0, abs=1e-7)
     torch.testing.assert_close(A.tilted_policy([0.5, 0.5], [1e300, 0.0], 1e-10),

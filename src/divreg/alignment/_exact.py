@@ -348,7 +348,7 @@ def _calibrated_density(phi, beta: float):
 
 
 def _win_rate(phi, beta: float, n: int, log_z: Tensor, lower: float, upper: float) -> float:
-    """:math:`\int n G^{n-1} \pi u^n du` over [lower, upper] by the rule scaled to it (G by the rule on [0, u])."""
+    r""":math:`\int n G^{n-1} \pi u^n du` over [lower, upper] by the rule scaled to it (G by the rule on [0, u])."""
     nodes = lower + _U * (upper - lower)
     density = torch.exp(phi(nodes) / beta - log_z)
     cdf = torch.stack([_integral(phi, beta, float(u), log_z) for u in nodes]).clamp(0, 1)
