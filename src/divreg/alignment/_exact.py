@@ -24,7 +24,8 @@ from torch import Tensor
 
 
 def _distribution(probs, name: str = "base") -> Tensor:
-    given = torch.as_tensor(probs)
+    # a Python list becomes float64 directly (torch.as_tensor would round it to float32 first)
+    given = torch.as_tensor(probs) if isinstance(probs, (Tensor, np.ndarray)) else torch.tensor(probs, dtype=torch.float64)
     tolerance = 1e-6 if given.dtype == torch.float64 else 1e-3  # a float32 softmax over many outcomes rounds
     p = given.to(torch.float64)
     if p.dim() != 1 or p.numel() == 0:
@@ -35,7 +36,8 @@ def _distribution(probs, name: str = "base") -> Tensor:
 
 
 def _rewards(rewards, like: Tensor) -> Tensor:
-    r = torch.as_tensor(rewards, dtype=torch.float64)
+    r = (torch.as_tensor(rewards) if isinstance(rewards, (Tensor, np.ndarray)) else
+         torch.tensor(rewards, dtype=torch.float64)).to(torch.float64)
     if r.shape != like.shape or not bool(torch.isfinite(r).all()):
         raise ValueError(f"rewards must be finite with the base's shape {tuple(like.shape)}, got {tuple(r.shape)}")
     return r
