@@ -74,3 +74,17 @@ def test_pairs_from_a_datasets_folder(tmp_path):
     pairs = tokenize_pairs(load_preference_records(str(tmp_path / "pairs")), char_tokenizer(), max_length=16)
     assert [p.chosen.input_ids[:p.chosen.prompt_length] for p in pairs] == [char_tokenizer()(r["prompt"])["input_ids"]
                                                                             for r in rows]
+
+
+def test_unknown_characters_are_refused_and_a_chat_eos_is_not_doubled():
+    with pytest.raises(ValueError, match="pair record 0: its text has characters the tokenizer cannot encode"):
+        tokenize_pairs([{"prompt": "a+b=", "chosen": "x", "rejected": "y"}], char_tokenizer(), max_length=16)
+    tokenizer = _chat_tokenizer()
+    eos = tokenizer.eos_token
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}" + eos + "{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    pair = tokenize_pairs([{"prompt": [{"role": "user", "content": "the"}],
+                            "chosen": [{"role": "assistant", "content": "module"}],
+                            "rejected": [{"role": "assistant", "content": "class"}]}], tokenizer, max_length=64)[0]
+    for example in (pair.chosen, pair.rejected):
+        assert example.input_ids[-1] == tokenizer.eos_token_id and example.input_ids[-2] != tokenizer.eos_token_id

@@ -152,7 +152,29 @@ def test_user_pairs_file_with_a_saved_model_and_tokenizer(tmp_path):
     assert "held_out_chosen_logprob" in records[0]  # the warm-up's held-out measure without task answers
 
 
+def test_user_data_checks_and_a_changed_data_file_on_resume(tmp_path):
+    """max_new_tokens must cover the longest answer when HyPO or the KL samples completions; the
+    warm-up batch must fit the data; a resume refuses pairs that changed since the reference's
+    log-probs were saved."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b) * 3, "rejected": str(a + b + 1)} for a in range(5)
+            for b in range(4)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    common = [f"data={path}", "warmup_target=null", "methods=[dpo]", "warmup_batch_size=8"]
+    with pytest.raises(ValueError, match="shorter than the longest chosen answer"):
+        run(_config(tmp_path / "a", *common, "max_new_tokens=3", "kl_eval=sampled"))
+    with pytest.raises(ValueError, match="warmup_batch_size=24 exceeds the 18 warm-up examples"):
+        run(_config(tmp_path / "b", *common[:3], "warmup_batch_size=24", "max_new_tokens=7", "kl_eval=none"))
+    arguments = [*common, "max_new_tokens=7", "kl_eval=none"]
+    run(_config(tmp_path / "c", *arguments))
+    rows[5]["rejected"] = "99"  # the same number of pairs, one changed
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match="the pairs differ from those whose reference log-probs are saved"):
+        run(_config(tmp_path / "c", *arguments, "resume=true"))
+
+
 @pytest.mark.parametrize("options,message", [
+    (["losses={hinge: 1.0}", "label_smoothing=0.1"], "label_smoothing has no meaning"),
     (["methods=[ppo]"], "methods must be a non-empty list of"),
     (["methods=[hypo]", "hypo_samples=1"], "hypo_samples >= 2"),
     (["methods=[hypo]", "reference=none", "kl_eval=none"], "hypo regularizes KL"),

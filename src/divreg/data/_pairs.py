@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ._text import TextExample, _prompt_and_completion, read_records
+from ._text import TextExample, _prompt_and_completion, read_records, with_eos
 
 
 @dataclass
@@ -69,8 +69,12 @@ def tokenize_pairs(records: Sequence[dict], tokenizer, max_length: int, first_id
                              f"within max_length={max_length}; raise max_length or shorten the prompt")
         if not prompt:
             raise ValueError(f"pair record {index}: the prompt is empty (no token to condition on)")
-        examples = [TextExample.with_prompt(first_id + index, (prompt + answer + [tokenizer.eos_token_id])[:max_length],
-                                            len(prompt)) for answer in (chosen, rejected)]
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        if unknown is not None and unknown in prompt + chosen + rejected:
+            raise ValueError(f"pair record {index}: its text has characters the tokenizer cannot encode (they map to "
+                             f"{tokenizer.unk_token!r}); use a tokenizer that covers them")
+        examples = [TextExample.with_prompt(first_id + index, (prompt + with_eos(answer, tokenizer.eos_token_id))
+                                            [:max_length], len(prompt)) for answer in (chosen, rejected)]
         pairs.append(PreferencePair(first_id + index, *examples))
     if not pairs:
         raise ValueError("no preference pairs: the data holds no records")

@@ -147,6 +147,11 @@ def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int
     return list(prompt_ids), tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
 
 
+def with_eos(completion: list[int], eos_token_id: int) -> list[int]:
+    """The completion ending in exactly one EOS (a chat template may already end the turn with it)."""
+    return completion if completion and completion[-1] == eos_token_id else completion + [eos_token_id]
+
+
 def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt_len: int,
                      first_id: int = 0) -> list[TextExample]:
     """Prompt-completion examples (completion followed by EOS), truncated to ``max_length``.
@@ -156,7 +161,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt
         prompt, completion = _prompt_and_completion(record, tokenizer)
         if not prompt:
             prompt, completion = completion[:prompt_len], completion[prompt_len:]
-        ids = (prompt + completion + [tokenizer.eos_token_id])[:max_length]
+        ids = (prompt + with_eos(completion, tokenizer.eos_token_id))[:max_length]
         if len(ids) <= len(prompt):
             continue  # nothing left to learn after truncation
         examples.append(TextExample.with_prompt(first_id + len(examples), ids, len(prompt)))

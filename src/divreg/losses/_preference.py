@@ -105,6 +105,9 @@ def preference_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: 
     limit = 0.5 if loss == "robust" else 1.0
     if isinstance(label_smoothing, bool) or not 0 <= label_smoothing < limit:
         raise ValueError(f"label_smoothing must be in [0, {limit}) for loss={loss!r}, got {label_smoothing!r}")
+    if label_smoothing and loss in ("hinge", "ipo"):
+        raise ValueError(f"label_smoothing has no meaning for loss={loss!r} (it would be ignored): use sigmoid "
+                         "(conservative DPO), sigmoid_norm or robust, or label_smoothing=0")
     shapes = {t.shape for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected) if t is not None}
     if len(shapes) != 1 or policy_chosen.dim() != 1:
         raise ValueError(f"the log-probs must all be (B,) tensors of one shape, got {sorted(map(tuple, shapes))}")

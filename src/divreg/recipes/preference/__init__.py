@@ -74,6 +74,14 @@ def setup(config: PreferenceConfig):
         pairs = _user_pairs(config, tokenizer)
         data = {"pairs": pairs, "warmup": [p.chosen for p in pairs[0]]}
         size = len(pairs[0])
+        longest = max(len(p.chosen.input_ids) - p.chosen.prompt_length for p in pairs[0])
+        if config.max_new_tokens < longest and ("hypo" in config.methods or config.kl_eval != "none"):
+            raise ValueError(f"max_new_tokens={config.max_new_tokens} is shorter than the longest chosen answer "
+                             f"({longest} tokens with its EOS): HyPO's samples and the KL evaluation would only cover "
+                             f"prefixes; set max_new_tokens={longest} (or more)")
+    if config.warmup_steps and config.warmup_batch_size > len(data["warmup"]):
+        raise ValueError(f"warmup_batch_size={config.warmup_batch_size} exceeds the {len(data['warmup'])} warm-up "
+                         "examples; lower warmup_batch_size")
     if config.batch_size > size:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {size} training pairs")
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)

@@ -14,7 +14,8 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from ...data import IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, tokenize_pairs
+from ...data import (IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, examples_fingerprint,
+                     tokenize_pairs)
 from ...losses import PreferenceLoss, f_divergence_link, leave_one_out_baseline
 from ...models import CausalLM, exact_sequence_kl, generate_examples
 from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
@@ -83,15 +84,20 @@ class PreferenceTrainer:
     def reference_logprobs(self, reference: CausalLM, pairs: dict[str, list[PreferencePair]], path: str) -> dict:
         """``{split: (N, 2) [chosen, rejected]}`` log-probs of the reference, computed once and kept
         in ``path`` (written atomically; a resumed run reads it instead of running the reference)."""
+        fingerprint = examples_fingerprint([e for items in pairs.values() for p in items for e in (p.chosen,
+                                                                                                   p.rejected)])
         saved = load_if_exists(path)
         if saved is not None:
-            return saved
+            if saved.get("fingerprint") != fingerprint:
+                raise ValueError(f"the pairs differ from those whose reference log-probs are saved in {path} (the data "
+                                 "changed since the run started): restore the data, or start anew with overwrite=true")
+            return saved["logprobs"]
         pad = self.tokenizer.pad_token_id
         table = {split: torch.stack([sequence_logprobs(reference, [p.chosen for p in items], pad, self.fused),
                                      sequence_logprobs(reference, [p.rejected for p in items], pad, self.fused)], 1)
                  for split, items in pairs.items()}
         if self.accelerator.is_main_process:
-            save_atomic(table, path)
+            save_atomic({"fingerprint": fingerprint, "logprobs": table}, path)
         self.accelerator.wait_for_everyone()
         return table
 
