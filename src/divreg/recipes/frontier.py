@@ -112,8 +112,8 @@ def run(config: FrontierConfig) -> dict:
         json.dump(frontier._asdict(), handle, indent=2)
     frontier_plot(frontier, os.path.join(config.output_dir, "frontier.png"),
                   f"reward vs KL, exact: {what}")
-    rows = [{"N": n, "KL(BoN || base)": k, "bound log N - (N-1)/N": A.best_of_n_kl_bound(n), "best-of-N reward": b,
-             "tilted reward at that KL": t, "gap": t - b}
+    rows = [{"N": n, "KL(BoN || base)": abs(k) if abs(k) < 1e-12 else k, "bound log N - (N-1)/N": A.best_of_n_kl_bound(n), "best-of-N reward": b,
+             "tilted reward at that KL": t, "gap": 0.0 if abs(t - b) < 1e-12 else t - b}
             for n, k, b, t in zip(frontier.ns, frontier.best_of_n_kl, frontier.best_of_n_reward,
                                   frontier.tilted_reward_at_best_of_n_kl)]
     print(format_table(rows, list(rows[0])))
