@@ -44,6 +44,8 @@ COMMANDS = {
                           "divreg.recipes.preference", "PreferenceConfig"),
     "frontier": Command("the exact reward-vs-KL frontier of best-of-N and the KL-regularized optimum",
                         "divreg.recipes.frontier", "FrontierConfig"),
+    "select": Command("data selection by importance resampling (DSIR): the raw examples closest to a target corpus",
+                      "divreg.recipes.selection", "SelectConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
                             "divreg.recipes.mode_fitting", "ModeFittingConfig"),
 }
