@@ -1,0 +1,119 @@
+"""DSIR: the reference package (`data-selection`, HashedNgramDSIR, joblib over 2 processes) against
+divreg's `compat` and `fast` modes, each in its own subprocess, on a synthetic corpus generated here
+(documents of 100-300 words from 5 topic word distributions; the target is 2000 documents of topic
+0). Phases: fit (bag-of-n-grams of target and raw), weights (every raw document), resample
+(deterministic top-k of 1%); peak memory (max RSS of the subprocess). Also whether the selections
+are identical.
+
+    .venv/bin/python benchmarks/dsir.py --docs 20000      # the README's table (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def make_corpus(folder: str, docs: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    vocabulary = [f"w{i}" for i in range(20000)]
+    topics = [rng.sample(vocabulary, 400) for _ in range(5)]
+    common = ["the", "a", "of", "and", "to", "in", "is", ",", ".", "it's"]
+
+    def document(topic: int) -> str:
+        return " ".join(rng.choice(topics[topic]) if rng.random() < 0.5 else rng.choice(common)
+                        for _ in range(rng.randint(100, 300)))
+
+    with open(os.path.join(folder, "raw.jsonl"), "w") as handle:
+        for i in range(docs):
+            handle.write(json.dumps({"text": document(rng.randrange(5)), "id": i}) + "\n")
+    with open(os.path.join(folder, "target.jsonl"), "w") as handle:
+        for i in range(2000):
+            handle.write(json.dumps({"text": document(0), "id": i}) + "\n")
+
+
+def run_variant(variant: str, folder: str, k: int) -> dict:
+    """In this (sub)process: the variant's phases; returns seconds per phase and the selected ids."""
+    raw, target = os.path.join(folder, "raw.jsonl"), os.path.join(folder, "target.jsonl")
+    times = {}
+    if variant == "reference":
+        import numpy as np
+        from data_selection import HashedNgramDSIR
+
+        started = time.perf_counter()
+        dsir = HashedNgramDSIR([raw], [target], os.path.join(folder, "cache"), num_proc=2)
+        dsir.fit_importance_estimator(num_tokens_to_fit="all")
+        times["fit"] = time.perf_counter() - started
+        started = time.perf_counter()
+        dsir.compute_importance_weights()
+        times["weights"] = time.perf_counter() - started
+        started = time.perf_counter()
+        np.random.seed(0)
+        dsir.resample(os.path.join(folder, "out"), num_to_sample=k, cache_dir=os.path.join(folder, "out_cache"),
+                      top_k=True)
+        times["resample"] = time.perf_counter() - started
+        ids = sorted(json.loads(line)["id"] for name in os.listdir(os.path.join(folder, "out"))
+                     for line in open(os.path.join(folder, "out", name)))
+    else:
+        from divreg.data.selection import NgramHasher, bag_of_ngrams, log_importance_weights, log_ratio, resample
+
+        def texts(path):
+            with open(path) as handle:
+                for line in handle:
+                    yield json.loads(line)["text"]
+
+        hasher = NgramHasher(10000, 2, "sha256" if variant == "compat" else "blake2b")
+        started = time.perf_counter()
+        counts = [bag_of_ngrams(texts(target), hasher), bag_of_ngrams(texts(raw), hasher)]
+        times["fit"] = time.perf_counter() - started
+        started = time.perf_counter()
+        weights, lengths = log_importance_weights(texts(raw), hasher, log_ratio(*counts))
+        times["weights"] = time.perf_counter() - started
+        started = time.perf_counter()
+        chosen = resample(weights, lengths >= 100, k, top_k=True)
+        ids = sorted(int(i) for i in chosen)  # ids are the line numbers
+        times["resample"] = time.perf_counter() - started
+    times["total"] = sum(times.values())
+    return {"seconds": times, "ids": ids, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20000)
+    parser.add_argument("--variant")  # internal: run one variant in this process
+    parser.add_argument("--folder")
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.folder, args.docs // 100)))
+        return
+    folder = tempfile.mkdtemp(prefix="dsir-bench-")
+    make_corpus(folder, args.docs)
+    results = {}
+    for variant in ("reference", "compat", "fast"):
+        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--folder", folder, "--docs",
+                              str(args.docs)], capture_output=True, text=True, env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "2"})
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["reference"]["seconds"]["total"]
+    print(f"{args.docs} raw documents, 2000 target documents, 1% selected (deterministic top-k), 2 cores\n")
+    print("| variant | fit s | weights s | resample s | total s | vs reference | peak MB | same selection |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant, r in results.items():
+        s = r["seconds"]
+        same = r["ids"] == results["reference"]["ids"]
+        print(f"| {variant} | {s['fit']:.1f} | {s['weights']:.1f} | {s['resample']:.2f} | {s['total']:.1f} | "
+              f"{base / s['total']:.2f}x | {r['max_rss_mb']:.0f} | {'yes' if same else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
