@@ -175,6 +175,7 @@ def test_user_data_checks_and_a_changed_data_file_on_resume(tmp_path):
 
 @pytest.mark.parametrize("options,message", [
     (["losses={hinge: 1.0}", "label_smoothing=0.1"], "label_smoothing has no meaning"),
+    (["kl_eval=exact", "max_new_tokens=7"], "kl_eval=exact would enumerate 15"),
     (["methods=[ppo]"], "methods must be a non-empty list of"),
     (["methods=[hypo]", "hypo_samples=1"], "hypo_samples >= 2"),
     (["methods=[hypo]", "reference=none", "kl_eval=none"], "hypo regularizes KL"),

@@ -193,6 +193,12 @@ class PreferenceLoss(nn.Module):
             preference_loss(ones, ones, None, None, loss=name, chosen_tokens=ones, rejected_tokens=ones,
                             **self.options)
 
+    def implicit_rewards(self, logratios: Tensor) -> Tensor:
+        r"""The implicit reward :math:`\beta f'(e^{\ell})` of answers with sequence log-ratios
+        :math:`\ell = \log\pi - \log\pi_{ref}` (what reward accuracy and margins compare)."""
+        options = self.options
+        return options["beta"] * f_divergence_link(logratios, options["divergence"], options["alpha"])
+
     def forward(self, chosen_logprobs: Tensor, chosen_mask: Tensor, rejected_logprobs: Tensor,
                 rejected_mask: Tensor, ref_chosen: Optional[Tensor] = None, ref_rejected: Optional[Tensor] = None,
                 *, num_pairs=None, num_chosen_tokens=None) -> PreferenceLossOutput:
@@ -222,9 +228,7 @@ class PreferenceLoss(nn.Module):
             parts["sft"] = (self.sft_weight * sft).detach()
         chosen_ratio = (chosen - (0 if ref_chosen is None else ref_chosen)).detach()
         rejected_ratio = (rejected - (0 if ref_rejected is None else ref_rejected)).detach()
-        beta, divergence, alpha = self.options["beta"], self.options["divergence"], self.options["alpha"]
-        chosen_reward = beta * f_divergence_link(chosen_ratio, divergence, alpha)
-        rejected_reward = beta * f_divergence_link(rejected_ratio, divergence, alpha)
+        chosen_reward, rejected_reward = self.implicit_rewards(chosen_ratio), self.implicit_rewards(rejected_ratio)
         return PreferenceLossOutput(loss, parts, chosen_ratio, rejected_ratio, chosen_reward, rejected_reward,
                                     chosen_reward - rejected_reward,
                                     (chosen_reward > rejected_reward).to(chosen_ratio.dtype))

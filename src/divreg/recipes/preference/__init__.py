@@ -34,7 +34,8 @@ from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import prepare_run_folder
 from .._lm_task import supervised_warmup
 from .config import PreferenceConfig
-from .trainer import PreferenceTrainer, prompt_of, sequence_logprobs, task_pairs
+from .trainer import (EXACT_KL_LIMIT, PreferenceTrainer, exact_kl_fits, prompt_of, sequence_logprobs,
+                      task_pairs)
 
 __all__ = ["PreferenceConfig", "run"]
 
@@ -59,6 +60,9 @@ def setup(config: PreferenceConfig):
     if model_tokenizer(config.policy, tokenizer) is not tokenizer:
         raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
                          f"{config.tokenizer!r}: pass the policy's (tokenizer=<policy.path>)")
+    if config.kl_eval == "exact" and not exact_kl_fits(len(tokenizer), config):
+        raise ValueError(f"kl_eval=exact would enumerate {len(tokenizer) - 1}^{config.max_new_tokens - 1} completions per "
+                         f"prompt (more than {EXACT_KL_LIMIT}): use kl_eval=sampled (or auto)")
     if config.batch_size % (accelerator.num_processes * config.grad_accum):
         raise ValueError(f"batch_size={config.batch_size} pairs must split evenly over {accelerator.num_processes} "
                          f"process(es) x grad_accum={config.grad_accum}")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...data import (IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, examples_fingerprint,
                      tokenize_pairs)
-from ...losses import PreferenceLoss, f_divergence_link, leave_one_out_baseline
+from ...losses import PreferenceLoss, leave_one_out_baseline
 from ...models import CausalLM, exact_sequence_kl, generate_examples
 from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
 from .._lm_task import completion_signal, exact_match_accuracy, global_mean, to_device
@@ -24,6 +24,13 @@ from .config import PreferenceConfig
 
 FUSED_AUTO_VOCAB = 32768  # at least this many tokens: per-token log-probs through divreg.fused
 _NUMBER = re.compile(r"\d+")
+
+
+EXACT_KL_LIMIT = 500_000  # the exact sequence KL enumerates at most this many continuations per prompt
+
+
+def exact_kl_fits(vocab_size: int, config: PreferenceConfig) -> bool:
+    return (vocab_size - 1) ** (config.max_new_tokens - 1) <= EXACT_KL_LIMIT
 
 
 class PairCounts(NamedTuple):
@@ -109,9 +116,8 @@ class PreferenceTrainer:
         chosen = sequence_logprobs(core, [p.chosen for p in held_out], pad, self.fused)
         rejected = sequence_logprobs(core, [p.rejected for p in held_out], pad, self.fused)
         ref = ref_table if ref_table is not None else torch.zeros(len(held_out), 2, dtype=torch.float64)
-        loss = self.config.preference_loss()
-        link = functools.partial(_link, loss)
-        margins = link(chosen - ref[:, 0]) - link(rejected - ref[:, 1])
+        rewards = self.config.preference_loss().implicit_rewards
+        margins = rewards(chosen - ref[:, 0]) - rewards(rejected - ref[:, 1])
         return {"held_out_reward_accuracy": float((margins > 0).double().mean()),
                 # the policy's mass on answers that are neither of the pair's (the paper's "unseen" responses)
                 "held_out_unseen_mass": float((1 - chosen.exp() - rejected.exp()).clamp(min=0).mean()),
@@ -124,10 +130,9 @@ class PreferenceTrainer:
         log-ratio of ``kl_samples`` samples per prompt (unbiased, seeded)."""
         config = self.config
         core = self.accelerator.unwrap_model(model)
-        exact_fits = (core.vocab_size - 1) ** (config.max_new_tokens - 1) <= 500_000
-        if config.kl_eval == "exact" or (config.kl_eval == "auto" and exact_fits):
+        if config.kl_eval == "exact" or (config.kl_eval == "auto" and exact_kl_fits(core.vocab_size, config)):
             return float(exact_sequence_kl(core, reference, prompts, self.tokenizer.eos_token_id,
-                                           config.max_new_tokens).mean())
+                                           config.max_new_tokens, max_sequences=EXACT_KL_LIMIT).mean())
         samples = generate_examples(core, [p for p in prompts for _ in range(config.kl_samples)], self.tokenizer,
                                     config.max_new_tokens, derive_seed(seed, 2_000_003))
         pad = self.tokenizer.pad_token_id
@@ -249,7 +254,3 @@ def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], fus
 
     return loss_fn
 
-
-def _link(loss_module, logratios: Tensor) -> Tensor:
-    options = loss_module.options
-    return options["beta"] * f_divergence_link(logratios, options["divergence"], options["alpha"])
