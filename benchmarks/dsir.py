@@ -61,27 +61,19 @@ def run_variant(variant: str, folder: str, k: int) -> dict:
         times["resample"] = time.perf_counter() - started
         ids = sorted(json.loads(line)["id"] for name in os.listdir(os.path.join(folder, "out"))
                      for line in open(os.path.join(folder, "out", name)))
-    else:
-        from divreg.data.selection import NgramHasher, bag_of_ngrams, log_importance_weights, log_ratio, resample
+        kl = None
+    else:  # the whole command: featurize, fit, weights, resample, write (2 worker processes)
+        from divreg.recipes.selection import SelectConfig, run
 
-        def texts(path):
-            with open(path) as handle:
-                for line in handle:
-                    yield json.loads(line)["text"]
-
-        hasher = NgramHasher(10000, 2, "sha256" if variant == "compat" else "blake2b")
-        started = time.perf_counter()
-        counts = [bag_of_ngrams(texts(target), hasher), bag_of_ngrams(texts(raw), hasher)]
-        times["fit"] = time.perf_counter() - started
-        started = time.perf_counter()
-        weights, lengths = log_importance_weights(texts(raw), hasher, log_ratio(*counts))
-        times["weights"] = time.perf_counter() - started
-        started = time.perf_counter()
-        chosen = resample(weights, lengths >= 100, k, top_k=True)
-        ids = sorted(int(i) for i in chosen)  # ids are the line numbers
-        times["resample"] = time.perf_counter() - started
+        report = run(SelectConfig(raw=[raw], target=[target], num_to_sample=k, mode=variant, top_k=True, workers=2,
+                                  random_baselines=0, output_dir=os.path.join(folder, f"out-{variant}")))
+        times = dict(report["seconds"])
+        times["resample"] += times.pop("write")
+        kl = report["kl_reduction"]
+        ids = sorted(json.loads(line)["id"] for name in sorted(os.listdir(os.path.join(folder, f"out-{variant}")))
+                     if name.startswith("selected") for line in open(os.path.join(folder, f"out-{variant}", name)))
     times["total"] = sum(times.values())
-    return {"seconds": times, "ids": ids, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": times, "ids": ids, "kl_reduction": kl if variant != "reference" else None, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
@@ -106,13 +98,15 @@ def main() -> None:
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["reference"]["seconds"]["total"]
     print(f"{args.docs} raw documents, 2000 target documents, 1% selected (deterministic top-k), 2 cores\n")
-    print("| variant | fit s | weights s | resample s | total s | vs reference | peak MB | same selection |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | fit s | weights s | resample + write s | total s | vs reference | peak MB | same selection "
+          "| KL reduction |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, r in results.items():
         s = r["seconds"]
         same = r["ids"] == results["reference"]["ids"]
         print(f"| {variant} | {s['fit']:.1f} | {s['weights']:.1f} | {s['resample']:.2f} | {s['total']:.1f} | "
-              f"{base / s['total']:.2f}x | {r['max_rss_mb']:.0f} | {'yes' if same else 'no'} |")
+              f"{base / s['total']:.2f}x | {r['max_rss_mb']:.0f} | {'yes' if same else 'no'} | "
+              f"{'-' if r['kl_reduction'] is None else format(r['kl_reduction'], '.3f')} |")
 
 
 if __name__ == "__main__":

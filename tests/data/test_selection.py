@@ -11,8 +11,9 @@ import random
 import numpy as np
 import pytest
 
-from divreg.data.selection import (NgramHasher, bag_of_ngrams, gumbel_top_k_probability, kl_reduction,
-                                    log_importance_weights, log_ratio, resample, virtual_shard_order)
+from divreg.data.selection import (Features, NgramHasher, bag_of_ngrams, featurize, fit_mask, gumbel_top_k_probability,
+                                    kl_reduction, log_importance_weights, log_ratio, reference_order, resample,
+                                    resample_targets, split_counts, virtual_shard_order)
 
 TOPICS = [["model", "training", "loss", "gradient", "layer", "token"], ["river", "mountain", "forest", "rain", "valley"],
           ["market", "price", "trade", "bank", "stock", "Tax"], ["goal", "match", "team", "score", "league"]]
@@ -112,7 +113,7 @@ def test_kl_reduction_of_the_target_topic_against_random_selections():
 
 def test_bad_input_is_a_clear_error():
     hasher = NgramHasher()
-    with pytest.raises(ValueError, match="the target has no n-grams"):
+    with pytest.raises(ValueError, match="a target has no n-grams"):
         log_ratio(np.zeros(10000, dtype=np.int64), np.ones(10000, dtype=np.int64))
     with pytest.raises(ValueError, match=r"num_to_sample=5 must be in \[1, 2\]"):
         resample(np.zeros(3), np.array([True, True, False]), 5)
@@ -121,42 +122,117 @@ def test_bad_input_is_a_clear_error():
     assert hasher.words("Hello, World! it's") == ["hello", ",", "world", "!", "it", "'", "s"]
 
 
-def test_select_command_writes_shards_report_and_plot(tmp_path):
-    """`divreg select` on JSONL (one raw file gzip-compressed): the selection equals the library's,
-    the output folder appears only when complete, the report's KL reduction beats random ones;
-    clear errors."""
-    import gzip
+def _reference_ids(text: str, n: int, buckets: int, hash: str) -> list[int]:
+    """The reference's features by its own definition: every n-gram's text hashed on its own."""
+    import hashlib
+    import re
 
-    from divreg.config import load_config
-    from divreg.recipes.selection import SelectConfig, run
+    words = re.findall(r"\w+|[^\w\s]+", text.lower())
+    grams = list(words) + [" ".join(words[j:j + k]) for k in range(2, n + 1) for j in range(len(words) - k + 1)]
+    if hash == "sha256":
+        return [int(hashlib.sha256(g.encode("utf-8")).hexdigest(), 16) % buckets for g in grams]
+    return [int.from_bytes(hashlib.blake2b(g.encode("utf-8"), digest_size=8).digest(), "big") % buckets for g in grams]
 
-    raw, target = corpus(300, 4), corpus(30, 5, topics=(2,))
-    _write(tmp_path / "raw1.jsonl", raw[:150])
-    with gzip.open(tmp_path / "raw2.jsonl.gz", "wt") as handle:
-        handle.write("".join(json.dumps(d) + "\n" for d in raw[150:]))
-    _write(tmp_path / "target.jsonl", target)
-    overrides = [f"raw=[{tmp_path / 'raw1.jsonl'},{tmp_path / 'raw2.jsonl.gz'}]", f"target=[{tmp_path / 'target.jsonl'}]",
-                 "num_to_sample=30", "shard_size=20", f"output_dir={tmp_path / 'out'}", "seed=3"]
-    report = run(load_config(SelectConfig, None, overrides))
-    files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["report.json", "selected-00000.jsonl", "selected-00001.jsonl", "weights.png"]
-    ids = [json.loads(line)["id"] for name in files if name.startswith("selected")
-           for line in (tmp_path / "out" / name).read_text().splitlines()]
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("hash", ["sha256", "blake2b"])
+def test_batched_hasher_equals_hashing_every_ngram_text(n, hash):
+    """Word ids, integer n-gram codes, the numpy hash table, batches and cache resets change
+    nothing: each example's bucket ids (in the reference's order) are those of hashing every
+    n-gram's text; a prime B exercises the vectorized remainder."""
+    texts = [d["text"] for d in corpus(120, 9)] + ["", "a", "Hello, World! it's", "x y", "Ünïcode wörds, ÜNÏCODE"]
+    hasher = NgramHasher(10007, n, hash, cache_size=3000)  # small: the interned n-grams are dropped several times
+    for _ in range(2):  # cold, then warm caches
+        for start in range(0, len(texts), 37):
+            batch = texts[start:start + 37]
+            ids, ngrams, words = hasher.ids_batch(batch)
+            offsets = np.concatenate([[0], np.cumsum(ngrams)])
+            for i, text in enumerate(batch):
+                assert ids[offsets[i]:offsets[i + 1]].tolist() == _reference_ids(text, n, 10007, hash)
+                assert words[i] == len(hasher.words(text))
+    import hashlib
+
+    big = 2**61 - 1  # past the vectorized remainder's range: the Python fallback
+    for modulus in (big, 10007):
+        expected = int(hashlib.sha256("big modulus".encode()).hexdigest(), 16) % modulus
+        assert NgramHasher(modulus, 2).bucket("big modulus") == expected
+
+
+def test_features_weights_counts_and_spill_round_trip(tmp_path):
+    texts = [d["text"] for d in corpus(50, 10)]
+    hasher = NgramHasher(1000, 2)
+    features = featurize(texts, hasher, batch_size=7)
+    log_diff = np.random.RandomState(0).randn(2, 1000)  # two targets
+    dense = np.stack([hasher.counts(t) for t in texts])  # (N, B)
+    assert np.array_equal(features.log_weights(log_diff), np.stack([np.dot(log_diff, row) for row in dense]))
+    mask = np.arange(50) % 3 == 0
+    assert np.array_equal(features.counts(mask), dense[mask].sum(0)) and np.array_equal(features.counts(), dense.sum(0))
+    features.save(str(tmp_path / "f.npz"))
+    loaded = Features.load(str(tmp_path / "f.npz"))
+    assert features.ids.dtype == np.uint16 and np.array_equal(loaded.ids, features.ids)
+    assert np.array_equal(loaded.ngrams, features.ngrams) and np.array_equal(loaded.words, features.words)
+
+
+@pytest.fixture(scope="module")
+def reference_budget_run(tmp_path_factory):
+    """The reference with num_proc=2, a token budget that binds for raw and targets, and two
+    separate targets with proportions."""
+    pytest.importorskip("data_selection")
+    from data_selection import HashedNgramDSIR
+
+    folder = tmp_path_factory.mktemp("dsir-budget")
+    raw, targets = corpus(300, 11), [corpus(40, 12, topics=(0,)), corpus(40, 13, topics=(3,))]
+    _write(folder / "raw.jsonl", raw)
+    for i, docs in enumerate(targets):
+        _write(folder / f"target{i}.jsonl", docs)
+    dsir = HashedNgramDSIR([str(folder / "raw.jsonl")], [str(folder / f"target{i}.jsonl") for i in (0, 1)],
+                           str(folder / "cache"), num_proc=2, separate_targets=True, target_proportions=[0.7, 0.3])
+    dsir.fit_importance_estimator(num_tokens_to_fit=8000)
+    dsir.compute_importance_weights()
+    selections = {}
+    for name, top_k, seed in (("top_k", True, 0), ("gumbel", False, 5)):
+        np.random.seed(seed)
+        dsir.resample(str(folder / name), num_to_sample=50, cache_dir=str(folder / f"{name}_cache"), top_k=top_k)
+        selections[name] = sorted(json.loads(line)["id"] for i in (0, 1)
+                                  for line in (folder / name / f"{i}.jsonl").read_text().splitlines())
+    return {"folder": folder, "raw": raw, "targets": targets, "dsir": dsir, "selections": selections}
+
+
+def test_token_budget_and_separate_targets_equal_the_reference(reference_budget_run):
+    raw, targets, dsir = reference_budget_run["raw"], reference_budget_run["targets"], reference_budget_run["dsir"]
     hasher = NgramHasher()
-    counts = [bag_of_ngrams((d["text"] for d in docs), hasher) for docs in (target, raw)]
-    weights, lengths = log_importance_weights((d["text"] for d in raw), hasher, log_ratio(*counts))
-    assert ids == [raw[i]["id"] for i in resample(weights, lengths >= 100, 30, seed=3)]
-    assert report["selected"] == 30 and report["kl_reduction"] > report["random_kl_reduction"]["mean"] + 0.3
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["kl_reduction"] == report["kl_reduction"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".select-")]  # no staging folder left
-    with pytest.raises(ValueError, match="already holds a selection"):
-        run(load_config(SelectConfig, None, overrides))
-    with pytest.raises(ValueError, match="exceeds the"):
-        run(load_config(SelectConfig, None, overrides[:2] + ["num_to_sample=1000", f"output_dir={tmp_path / 'o2'}"]))
-    with pytest.raises(ValueError, match="no string field 'body'"):
-        run(load_config(SelectConfig, None, overrides[:2] + ["num_to_sample=5", "text_field=body",
-                                                             f"output_dir={tmp_path / 'o3'}"]))
-    with pytest.raises(ValueError, match="no such file or folder"):
-        run(load_config(SelectConfig, None, ["raw=[missing.jsonl]", overrides[1], "num_to_sample=5",
-                                             f"output_dir={tmp_path / 'o4'}"]))
-    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    features = featurize((d["text"] for d in raw), hasher)
+    mask = fit_mask(features.ngrams, [len(raw)], 8000, num_proc=2)
+    assert 0 < mask.sum() < len(raw)  # the budget binds
+    raw_counts = features.counts(mask)
+    assert np.array_equal(raw_counts / raw_counts.sum(), dsir.raw_probs)
+    target_counts = []
+    for docs in targets:
+        target_features = featurize((d["text"] for d in docs), hasher)
+        target_mask = fit_mask(target_features.ngrams, [len(docs)], 8000, num_proc=2)
+        assert target_mask.sum() < len(docs)
+        target_counts.append(target_features.counts(target_mask))
+    target_counts = np.stack(target_counts)
+    assert np.array_equal(target_counts / target_counts.sum(1, keepdims=True), dsir.target_probs)
+    log_diff = log_ratio(target_counts, raw_counts)
+    assert np.array_equal(log_diff, dsir.log_diff)
+    order = reference_order([len(raw)], 2)
+    weights = features.log_weights(log_diff)  # (N, 2)
+    eligible = features.words >= 100
+    shares = split_counts(50, [0.7, 0.3])
+    assert shares == [35, 15]
+    for name, top_k, seed in (("top_k", True, 0), ("gumbel", False, 5)):
+        chosen = resample_targets(weights[order], eligible[order], shares, seed=seed, top_k=top_k)
+        assert [len(c) for c in chosen] == shares and not set(chosen[0]) & set(chosen[1])
+        ids = sorted(raw[i]["id"] for c in chosen for i in order[c])
+        assert ids == reference_budget_run["selections"][name], name
+
+
+def test_reference_order_and_budget_split_over_several_files():
+    assert reference_order([3, 4], 1).tolist() == list(range(7))
+    assert reference_order([5], 2).tolist() == [0, 2, 4, 1, 3]
+    assert reference_order([3, 4], 3).tolist() == [0, 2, 1, 3, 4, 5, 6]  # 2 virtual shards for the first file, 1
+    mask = fit_mask(np.array([5, 5, 5, 5, 5, 5, 5]), [3, 4], 10, num_proc=3)  # 3 shards: 10 // 3 n-grams each
+    assert mask.tolist() == [True, True, False, True, False, False, False]  # each shard stops after its first example
+    assert fit_mask(np.array([2, 2, 2]), [3], 4, num_proc=1).tolist() == [True, True, True]  # 0, 2 <= 4; 4 <= 4
+    assert fit_mask(np.array([2, 2, 2]), [3], None).all()

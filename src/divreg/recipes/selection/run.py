@@ -1,0 +1,220 @@
+"""``divreg select``: featurize target and raw corpus once (processes or Ray tasks over pieces),
+fit the bag-of-n-grams models, weight every raw example, resample, write the selection with a
+report and a plot. Everything is written into a temporary folder renamed to ``output_dir`` at the
+end: an interrupted run leaves nothing that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..._table import format_table
+from ...data.selection import (NgramHasher, fit_mask, kl_reduction, log_ratio, reference_order, resample,
+                               resample_targets, split_counts)
+from .config import SelectConfig
+from .corpus import check_has_examples, check_readable, plan_pieces, read_piece
+from .engine import LocalBackend, RayBackend
+
+
+def _piece_bytes(config: SelectConfig, workers: int) -> int:
+    sizes = [os.path.getsize(path) for path in config.raw + config.target if os.path.isfile(path)]
+    return int(max(1 << 16, min(config.piece_mb * 2**20, sum(sizes) // (4 * workers) + 1)))
+
+
+def _split(values: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum(sizes)[:-1], axis=-1)
+
+
+def _masked_counts(backend, handles, summaries, masks: np.ndarray, desc: str) -> np.ndarray:
+    """(M, B) counts of the examples in each of M masks ((M, N) over the pieces' examples)."""
+    if masks.all():
+        return np.tile(sum(counts for _, _, counts in summaries), (len(masks), 1))
+    per_piece = backend.counts(handles, _split(masks, [len(ngrams) for ngrams, _, _ in summaries]), desc)
+    return sum(per_piece)
+
+
+def _fit(config, backend, raw, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target counts (B,) or (T, B), the raw model's counts (B,), all raw counts (B,))."""
+    budget, handles, summaries, pieces = config.token_budget(), *raw
+    ngrams = np.concatenate([n for n, _, _ in summaries])
+    per_file = np.bincount([p.file_index for p in pieces], weights=[len(n) for n, _, _ in summaries],
+                           minlength=len(config.raw)).astype(int).tolist()
+    mask = fit_mask(ngrams, per_file, budget, config.reference_num_proc)[None]
+    raw_counts = _masked_counts(backend, handles, summaries, mask, "raw: fit")[0]
+    all_counts = sum(counts for _, _, counts in summaries)
+    t_handles, t_summaries, t_pieces = target
+    if not config.separate_targets:  # the reference fits a pooled target on all its tokens
+        return sum(counts for _, _, counts in t_summaries), raw_counts, all_counts
+    counts = []
+    for index, path in enumerate(config.target):
+        mine = [i for i, p in enumerate(t_pieces) if p.file_index == index]
+        sub = [t_summaries[i] for i in mine]
+        ngrams = np.concatenate([n for n, _, _ in sub])
+        mask = fit_mask(ngrams, [len(ngrams)], budget, config.reference_num_proc)[None]
+        counts.append(_masked_counts(backend, [t_handles[i] for i in mine], sub, mask, f"target {index}: fit")[0])
+    return np.stack(counts), raw_counts, all_counts
+
+
+def run(config: SelectConfig) -> dict:
+    if os.path.exists(config.output_dir) and os.listdir(config.output_dir) and not config.overwrite:
+        raise ValueError(f"{config.output_dir} already holds a selection: choose another output_dir or overwrite=true")
+    check_readable(config.raw, "raw")
+    check_readable(config.target, "target")
+    check_has_examples(config.target, "target")
+    workers, times = config.num_workers(), {}
+    hasher = NgramHasher(config.buckets, config.ngrams, "sha256" if config.mode == "compat" else "blake2b")
+    parent = os.path.dirname(os.path.abspath(config.output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
+    backend = None
+    try:
+        backend = (RayBackend(workers, config.ray_address) if config.backend == "ray"
+                   else LocalBackend(workers, os.path.join(staging, ".features")))
+        piece_bytes = _piece_bytes(config, workers)
+        started = time.perf_counter()
+        target_pieces, raw_pieces = plan_pieces(config.target, piece_bytes), plan_pieces(config.raw, piece_bytes)
+        handles, summaries = backend.featurize(target_pieces + raw_pieces, config.text_field, hasher, "featurize")
+        split = len(target_pieces)
+        target = (handles[:split], summaries[:split], target_pieces)
+        raw = (handles[split:], summaries[split:], raw_pieces)
+        if not sum(int(counts.sum()) for _, _, counts in target[1]):
+            raise ValueError("the target corpus holds no text: give target examples")
+        target_counts, raw_counts, all_counts = _fit(config, backend, raw, target)
+        log_diff = log_ratio(target_counts, raw_counts, config.target_smoothing)  # (B,) or (T, B)
+        times["fit"] = time.perf_counter() - started
+        started = time.perf_counter()
+        weights = np.concatenate(backend.log_weights(raw[0], log_diff))  # (N,) or (N, T)
+        times["weights"] = time.perf_counter() - started
+        report = _select_and_write(config, backend, raw, weights, target_counts, all_counts, staging, times)
+        shutil.rmtree(os.path.join(staging, ".features"), ignore_errors=True)
+        if os.path.exists(config.output_dir):
+            shutil.rmtree(config.output_dir)
+        os.rename(staging, config.output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if backend is not None:
+            backend.close()
+    _print(report, config.output_dir)
+    return report
+
+
+def _choose(config, weights, eligible, per_file, target_counts) -> tuple[list[int], list[np.ndarray]]:
+    """(examples per target, sorted indices chosen for each target)."""
+    order = reference_order(per_file, config.reference_num_proc)  # the noise is drawn in the reference's order
+    if weights.ndim == 1:
+        shares = [config.num_to_sample]
+        picked = [resample(weights[order], eligible[order], config.num_to_sample, seed=config.seed, top_k=config.top_k)]
+    else:
+        proportions = config.target_proportions or target_counts.sum(axis=1)
+        shares = split_counts(config.num_to_sample, proportions)
+        picked = resample_targets(weights[order], eligible[order], shares, seed=config.seed, top_k=config.top_k)
+    return shares, [np.sort(order[indices]) for indices in picked]
+
+
+def _select_and_write(config, backend, raw, weights, target_counts, all_counts, staging, times) -> dict:
+    handles, summaries, pieces = raw
+    started = time.perf_counter()
+    ngrams, n = np.concatenate([counts for counts, _, _ in summaries]), config.ngrams
+    lengths = (ngrams + n * (n - 1) // 2) // n  # the reference's example length (= words, for >= n - 1 words)
+    eligible = lengths >= config.min_example_length
+    if config.num_to_sample > int(eligible.sum()):
+        raise ValueError(f"num_to_sample={config.num_to_sample} exceeds the {int(eligible.sum())} raw examples with at "
+                         f"least min_example_length={config.min_example_length} words")
+    per_file = np.bincount([p.file_index for p in pieces], weights=[len(c) for c, _, _ in summaries],
+                           minlength=len(config.raw)).astype(int).tolist()
+    shares, chosen = _choose(config, weights, eligible, per_file, target_counts)
+    candidates = np.where(eligible)[0]
+    baselines = [[np.random.RandomState(config.seed + 1 + i).choice(candidates, share, replace=False)
+                  for i in range(config.random_baselines)] for share in shares]
+    times["resample"] = time.perf_counter() - started
+    started = time.perf_counter()
+    groups = [[indices] + rest for indices, rest in zip(chosen, baselines)]  # per target: selection, baselines
+    masks = np.zeros((sum(len(g) for g in groups), len(ngrams)), dtype=bool)
+    for row, indices in enumerate(i for group in groups for i in group):
+        masks[row, indices] = True
+    counts = iter(_masked_counts(backend, handles, summaries, masks, "raw: selected counts"))
+    targets = target_counts if target_counts.ndim == 2 else target_counts[None]
+    per_target = []
+    for target, group, share in zip(targets, groups, shares):
+        values = [kl_reduction(target, all_counts, next(counts)) for _ in group]
+        per_target.append({"selected": share, "kl_reduction": values[0],
+                           "random_kl_reduction": {"values": values[1:], "mean": float(np.mean(values[1:])) if values[1:]
+                                                   else None, "std": float(np.std(values[1:])) if values[1:] else None}})
+    selected = np.zeros(len(ngrams), dtype=bool)
+    for indices in chosen:
+        selected[indices] = True
+    written = _write(config, pieces, selected, staging)
+    times["write"] = time.perf_counter() - started
+    report = {"raw_examples": int(len(ngrams)), "eligible_examples": int(eligible.sum()), "selected": written,
+              "mode": config.mode, "backend": config.backend, "workers": config.num_workers(),
+              "kl_reduction": per_target[0]["kl_reduction"], "random_kl_reduction": per_target[0]["random_kl_reduction"],
+              "targets": [dict(path=path, **values) for path, values in
+                          zip(config.target if config.separate_targets else ["+".join(config.target)], per_target)],
+              "log_weight_quantiles": {str(q): np.quantile(weights[eligible], q, axis=0).tolist()
+                                       for q in (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)},
+              "seconds": times}
+    with open(os.path.join(staging, "report.json"), "w") as out:
+        json.dump(report, out, indent=2)
+    _plot(weights, eligible, chosen, os.path.join(staging, "weights.png"))
+    return report
+
+
+def _write(config, pieces, selected: np.ndarray, staging: str) -> int:
+    """The selected examples, in corpus order, as JSON lines in shards of ``shard_size``."""
+    written, handle, index = 0, None, 0
+    try:
+        for piece in tqdm(pieces, desc="raw: write", leave=False):
+            for _, line in read_piece(piece, config.text_field, parse=False):
+                if selected[index]:
+                    if written % config.shard_size == 0:
+                        if handle is not None:
+                            handle.close()
+                        handle = open(os.path.join(staging, f"selected-{written // config.shard_size:05d}.jsonl"), "w",
+                                      encoding="utf-8")
+                    handle.write(line + "\n")
+                    written += 1
+                index += 1
+    finally:
+        if handle is not None:
+            handle.close()
+    return written
+
+
+def _print(report: dict, output_dir: str) -> None:
+    rows = [{"target": os.path.basename(t["path"]) if len(report["targets"]) > 1 else "all", "selected": t["selected"],
+             "of eligible": report["eligible_examples"], "KL reduction": t["kl_reduction"],
+             "random selections": (f"{t['random_kl_reduction']['mean']:.4f} +- {t['random_kl_reduction']['std']:.4f}"
+                                   if t["random_kl_reduction"]["values"] else "-")} for t in report["targets"]]
+    print(format_table(rows, ["target", "selected", "of eligible", "KL reduction", "random selections"]))
+    print(f"outputs in {output_dir}")
+
+
+def _plot(weights: np.ndarray, eligible: np.ndarray, chosen: list[np.ndarray], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = weights if weights.ndim == 2 else weights[:, None]
+    figure, axes = plt.subplots(1, len(chosen), figsize=(6 * len(chosen), 3.5), squeeze=False)
+    for target, (axis, indices) in enumerate(zip(axes[0], chosen)):
+        selected = np.zeros(len(eligible), dtype=bool)
+        selected[indices] = True
+        rest, column = eligible & ~selected, weights[:, target]
+        bins = np.linspace(float(column[eligible].min()), float(column[eligible].max()), 60)
+        axis.hist(column[rest], bins=bins, alpha=0.6, label=f"rest ({int(rest.sum())})")
+        axis.hist(column[selected], bins=bins, alpha=0.6, label=f"selected ({int(selected.sum())})")
+        axis.set_xlabel("log importance weight" + (f" (target {target})" if len(chosen) > 1 else ""))
+        axis.set_ylabel("examples")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
