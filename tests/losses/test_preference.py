@@ -2,8 +2,6 @@
 IPO and length-normalized DPO; the f-divergence links against the generators' derivatives (by
 autograd), reverse KL = DPO exactly, alpha's limits; metrics and clear errors."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
