@@ -18,15 +18,17 @@ from divreg.data.selection import (Features, NgramHasher, bag_of_ngrams, featuri
 TOPICS = [["model", "training", "loss", "gradient", "layer", "token"], ["river", "mountain", "forest", "rain", "valley"],
           ["market", "price", "trade", "bank", "stock", "Tax"], ["goal", "match", "team", "score", "league"]]
 COMMON = ["the", "a", "of", "and", "to", "in", "is", ",", ".", "it's", "was"]
+UNICODE = ["cafe\u0301", "mc²", "हिन्दी", "İstanbul"]  # where the regex engines differ: NLTK 3.10 uses `regex`
 
 
-def corpus(count: int, seed: int, topics=(0, 1, 2, 3)) -> list[dict]:
+def corpus(count: int, seed: int, topics=(0, 1, 2, 3), unicode: bool = False) -> list[dict]:
     rng = random.Random(seed)
+    common = COMMON + UNICODE if unicode else COMMON
     docs = []
     for _ in range(count):
         topic = TOPICS[rng.choice(topics)]
         length = rng.choice([40, 120, 150, 200])  # some below the 100-word minimum
-        docs.append({"text": " ".join(rng.choice(topic) if rng.random() < 0.4 else rng.choice(COMMON)
+        docs.append({"text": " ".join(rng.choice(topic) if rng.random() < 0.4 else rng.choice(common)
                                       for _ in range(length)), "id": len(docs)})
     return docs
 
@@ -41,7 +43,7 @@ def reference_run(tmp_path_factory):
     from data_selection import HashedNgramDSIR
 
     folder = tmp_path_factory.mktemp("dsir")
-    raw, target = corpus(300, 0), corpus(40, 1, topics=(0,))
+    raw, target = corpus(300, 0, unicode=True), corpus(40, 1, topics=(0,), unicode=True)
     _write(folder / "raw.jsonl", raw)
     _write(folder / "target.jsonl", target)
     dsir = HashedNgramDSIR([str(folder / "raw.jsonl")], [str(folder / "target.jsonl")], str(folder / "cache"),
@@ -120,6 +122,18 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="hash must be one of"):
         NgramHasher(hash="md5")
     assert hasher.words("Hello, World! it's") == ["hello", ",", "world", "!", "it", "'", "s"]
+    with pytest.raises(ValueError, match="engine must be one of"):
+        NgramHasher(engine="pcre")
+
+
+def test_tokenizer_is_nltks_on_unicode():
+    """NLTK's WordPunctTokenizer (the reference's tokenizer) compiles its pattern with the `regex`
+    engine; the default engine agrees with it where the standard library's `re` does not."""
+    nltk = pytest.importorskip("nltk.tokenize")
+    texts = ["हिन्दी भाषा में लिखा गया पाठ", "cafe\u0301 mc² İstanbul ½ naïve", "Hello, World! it's 3.5%"]
+    for text in texts:
+        assert NgramHasher().words(text) == nltk.WordPunctTokenizer().tokenize(text.lower())
+    assert NgramHasher(engine="re").words(texts[0]) != NgramHasher().words(texts[0])
 
 
 def _reference_ids(text: str, n: int, buckets: int, hash: str) -> list[int]:
@@ -181,7 +195,8 @@ def reference_budget_run(tmp_path_factory):
     from data_selection import HashedNgramDSIR
 
     folder = tmp_path_factory.mktemp("dsir-budget")
-    raw, targets = corpus(300, 11), [corpus(40, 12, topics=(0,)), corpus(40, 13, topics=(3,))]
+    raw, targets = corpus(300, 11, unicode=True), [corpus(40, 12, topics=(0,), unicode=True),
+                                                     corpus(40, 13, topics=(3,), unicode=True)]
     _write(folder / "raw.jsonl", raw)
     for i, docs in enumerate(targets):
         _write(folder / f"target{i}.jsonl", docs)

@@ -80,42 +80,102 @@ def test_zstd_and_fast_mode(tmp_path):
 
 
 def test_ray_backend_selects_the_same_examples(reference_budget_run, tmp_path):
-    pytest.importorskip("ray")
+    """A local Ray with 2 CPUs (started here, so the backend uses it as it is): the same selection
+    and report as local processes; a bad line in a task is its own one-line error."""
+    ray = pytest.importorskip("ray")
     folder = reference_budget_run["folder"]
     common = [f"raw=[{folder / 'raw.jsonl'}]", f"target=[{folder / 'target0.jsonl'}]", "num_to_sample=40",
               "seed=2", "workers=2", "piece_mb=0.02"]
-    reports = {}
-    for backend in ("local", "ray"):
-        reports[backend] = run(load_config(SelectConfig, None, common + [f"backend={backend}",
-                                                                         f"output_dir={tmp_path / backend}"]))
+    (tmp_path / "broken.jsonl").write_text((folder / "raw.jsonl").read_text() + '{"text": 3}\n')
+    reports = {"local": run(load_config(SelectConfig, None, common + [f"output_dir={tmp_path / 'local'}"]))}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        reports["ray"] = run(load_config(SelectConfig, None, common + ["backend=ray", f"output_dir={tmp_path / 'ray'}"]))
+        with pytest.raises(ValueError, match=r"^\S*broken.jsonl, line 301: field 'text' is int, not a string$"):
+            run(load_config(SelectConfig, None, [f"raw=[{tmp_path / 'broken.jsonl'}]"] + common[1:]
+                            + ["backend=ray", f"output_dir={tmp_path / 'ray-broken'}"]))
+    finally:
+        ray.shutdown()
     assert _selected(tmp_path / "ray") == _selected(tmp_path / "local") and len(_selected(tmp_path / "ray")) == 40
     assert reports["ray"]["kl_reduction"] == reports["local"]["kl_reduction"]
+    assert not (tmp_path / "ray-broken").exists()
 
 
-def test_bad_input_is_one_clear_error_and_leaves_no_output(tmp_path):
+def test_bad_input_is_one_clear_error_and_leaves_no_output(tmp_path, monkeypatch):
+    import datasets
+
     raw, target = corpus(60, 8), corpus(10, 9, topics=(0,))
     _write(tmp_path / "raw.jsonl", raw)
     _write(tmp_path / "target.jsonl", target)
     (tmp_path / "empty.jsonl").write_text("\n\n")
     (tmp_path / "broken.jsonl").write_text(json.dumps(raw[0]) + "\n{not json\n")
+    (tmp_path / "list.jsonl").write_text(json.dumps(raw[0]) + "\n[1, 2]\n")
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all")
+    datasets.Dataset.from_list([{"text": None}, {"text": "words"}]).save_to_disk(str(tmp_path / "none_ds"))
+    (tmp_path / "plain_folder").mkdir()
     good = [f"raw=[{tmp_path / 'raw.jsonl'}]", f"target=[{tmp_path / 'target.jsonl'}]", "workers=2"]
 
-    def fails(overrides, match):
-        out = tmp_path / f"out{len(os.listdir(tmp_path))}"
+    def fails(overrides, match, out=None):
+        out = out or tmp_path / f"out{len(os.listdir(tmp_path))}"
         with pytest.raises(ValueError, match=match):
             run(load_config(SelectConfig, None, overrides + [f"output_dir={out}"]))
-        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".select-")]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".select-")]
+        return out
 
-    fails([good[0], f"target=[{tmp_path / 'empty.jsonl'}]", "num_to_sample=5"], "the target corpus is empty")
+    assert not fails([good[0], f"target=[{tmp_path / 'empty.jsonl'}]", "num_to_sample=5"],
+                     "the target corpus is empty").exists()
+    fails([f"raw=[{tmp_path / 'empty.jsonl'}]", good[1], "num_to_sample=5"], "the raw corpus is empty")
+    fails([good[0], f"target=[{tmp_path / 'target.jsonl'},{tmp_path / 'empty.jsonl'}]", "separate_targets=true",
+           "num_to_sample=5"], r"the target corpus is empty \(\S*empty.jsonl\)")
     fails(good + ["num_to_sample=1000"], "num_to_sample=1000 exceeds the .* raw examples with at least")
-    fails(good + ["num_to_sample=5", "text_field=body"], "no string field 'body'; set text_field")
+    fails(good + ["num_to_sample=5", "text_field=body"], "no field 'body' .*; set text_field")
     fails([f"raw=[{tmp_path / 'missing.jsonl'}]", good[1], "num_to_sample=5"], "raw: .*missing.jsonl: no such file")
     fails([f"raw=[{tmp_path / 'broken.jsonl'}]", good[1], "num_to_sample=1"], r"broken.jsonl, line 2: not valid JSON")
+    fails([f"raw=[{tmp_path / 'list.jsonl'}]", good[1], "num_to_sample=1"], r"list.jsonl, line 2: a JSON list, not an")
+    fails([f"raw=[{tmp_path / 'bad.gz'}]", good[1], "num_to_sample=1"], r"bad.gz: cannot be read")
+    fails([f"raw=[{tmp_path / 'none_ds'}]", good[1], "num_to_sample=1"], r"none_ds, row 0: field 'text' is NoneType")
+    fails([f"raw=[{tmp_path / 'plain_folder'}]", good[1], "num_to_sample=1"], "not a datasets folder")
     with pytest.raises(ValueError, match="target_proportions needs separate_targets=true"):
         load_config(SelectConfig, None, good + ["num_to_sample=5", "target_proportions=[1.0]"])
     with pytest.raises(ValueError, match="fit_tokens must be 'auto', 'all' or a positive integer"):
         load_config(SelectConfig, None, good + ["num_to_sample=5", "fit_tokens=some"])
-    run(load_config(SelectConfig, None, good + ["num_to_sample=5", f"output_dir={tmp_path / 'done'}"]))
+    # overwrite replaces an earlier selection only: never the inputs, the current folder, other files
+    (tmp_path / "data").mkdir()
+    _write(tmp_path / "data" / "raw.jsonl", raw)
+    fails([f"raw=[{tmp_path / 'data' / 'raw.jsonl'}]", good[1], "num_to_sample=5", "overwrite=true"],
+          "holds the input .*raw.jsonl", out=tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    fails(good + ["num_to_sample=5", "overwrite=true"], "is the current folder or holds it", out=tmp_path)
+    assert (tmp_path / "data" / "raw.jsonl").exists() and (tmp_path / "raw.jsonl").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    fails(good + ["num_to_sample=5", "overwrite=true"], r"holds files that are not a selection \(todo.txt\)",
+          out=tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    done = [f"output_dir={tmp_path / 'done'}"]
+    run(load_config(SelectConfig, None, good + ["num_to_sample=5"] + done))
+    assert oct(os.stat(tmp_path / "done").st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
     with pytest.raises(ValueError, match="already holds a selection"):
-        run(load_config(SelectConfig, None, good + ["num_to_sample=5", f"output_dir={tmp_path / 'done'}"]))
+        run(load_config(SelectConfig, None, good + ["num_to_sample=5"] + done))
+    report = run(load_config(SelectConfig, None, good + ["num_to_sample=5", "overwrite=true"] + done))
     assert np.isfinite(json.loads((tmp_path / "done" / "report.json").read_text())["kl_reduction"])
+    assert report["selected"] == 5
+
+
+def test_a_target_with_a_zero_share_reports_null(tmp_path):
+    raw, targets = corpus(80, 14), [corpus(10, 15, topics=(0,)), corpus(10, 16, topics=(1,))]
+    _write(tmp_path / "raw.jsonl", raw)
+    for i, docs in enumerate(targets):
+        _write(tmp_path / f"t{i}.jsonl", docs)
+    report = run(load_config(SelectConfig, None, [f"raw=[{tmp_path / 'raw.jsonl'}]", "separate_targets=true",
+                                                  f"target=[{tmp_path / 't0.jsonl'},{tmp_path / 't1.jsonl'}]",
+                                                  "target_proportions=[1,0]", "num_to_sample=10", "workers=1",
+                                                  f"output_dir={tmp_path / 'out'}"]))
+    assert [t["selected"] for t in report["targets"]] == [10, 0] and report["targets"][1]["kl_reduction"] is None
+    json.loads((tmp_path / "out" / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name))  # no NaN
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

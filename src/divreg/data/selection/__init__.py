@@ -12,8 +12,8 @@ from ._dsir import (LOG_FLOOR, bag_of_ngrams, fit_mask, gumbel_top_k_probability
                     log_ratio, reference_order, reference_virtual_shards, resample, resample_targets, split_counts,
                     virtual_shard_order)
 from ._features import Features, featurize
-from ._ngrams import HASHES, WORDPUNCT, NgramHasher
+from ._ngrams import ENGINES, HASHES, WORDPUNCT, NgramHasher
 
-__all__ = ["HASHES", "LOG_FLOOR", "WORDPUNCT", "Features", "NgramHasher", "bag_of_ngrams", "featurize", "fit_mask",
+__all__ = ["ENGINES", "HASHES", "LOG_FLOOR", "WORDPUNCT", "Features", "NgramHasher", "bag_of_ngrams", "featurize", "fit_mask",
            "gumbel_top_k_probability", "kl_reduction", "log_importance_weights", "log_ratio", "reference_order",
            "reference_virtual_shards", "resample", "resample_targets", "split_counts", "virtual_shard_order"]

@@ -16,6 +16,7 @@ class SelectConfig:
     text_field: str = "text"  # the field of a JSON record (or datasets column) that holds the text
     num_to_sample: int = 0  # examples to select
     mode: str = "compat"  # "compat": the reference's sha256 buckets; "fast": blake2b buckets (other buckets, same method)
+    tokenizer_engine: str = "regex"  # "regex": NLTK 3.10's WordPunctTokenizer (the reference today); "re": older NLTK's
     buckets: int = 10000  # hashed n-gram buckets (B)
     ngrams: int = 2  # unigrams plus 2..n-grams
     min_example_length: int = 100  # words; shorter raw examples are never selected
@@ -44,6 +45,9 @@ class SelectConfig:
             raise ValueError("buckets and ngrams must be >= 1, min_example_length and target_smoothing >= 0")
         if self.random_baselines < 0 or self.shard_size < 1 or self.workers < 0 or self.piece_mb <= 0:
             raise ValueError("random_baselines and workers must be >= 0, shard_size >= 1, piece_mb > 0")
+        if self.tokenizer_engine not in ("regex", "re"):
+            raise ValueError(f"tokenizer_engine must be 'regex' (NLTK 3.10's) or 're' (older NLTK's), got "
+                             f"{self.tokenizer_engine!r}")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.reference_num_proc < 1:

@@ -48,17 +48,23 @@ def check_readable(paths: list[str], what: str) -> None:
             raise ValueError(f"{what}: {path}: cannot be read ({error.strerror})") from None
 
 
-def check_has_examples(paths: list[str], what: str) -> None:
-    """One clear error before any work when every file is empty (no non-blank line, no row)."""
+def check_has_examples(paths: list[str], what: str, each: bool = False) -> None:
+    """One clear error before any work when every file is empty (``each``: when any file is),
+    that is without a non-blank line or a row."""
+    empty = []
     for path in paths:
         if os.path.isdir(path):
-            if _load_dataset(path, None).num_rows:
-                return
-            continue
-        with _open_stream(path) as handle:
-            if any(line.strip() for line in handle):
-                return
-    raise ValueError(f"the {what} corpus is empty ({', '.join(paths)}): give {what} examples")
+            has = _load_dataset(path, None).num_rows > 0
+        else:
+            try:
+                with _open_stream(path) as handle:
+                    has = any(line.strip() for line in handle)
+            except (EOFError, OSError) as error:
+                raise ValueError(f"{what}: {path}: cannot be read ({type(error).__name__}: {error})") from None
+        if not has:
+            empty.append(path)
+    if empty and (each or len(empty) == len(paths)):
+        raise ValueError(f"the {what} corpus is empty ({', '.join(empty)}): give {what} examples")
 
 
 def plan_pieces(paths: list[str], piece_bytes: int) -> list[Piece]:
@@ -82,8 +88,15 @@ def plan_pieces(paths: list[str], piece_bytes: int) -> list[Piece]:
 def _load_dataset(path: str, text_field: Optional[str]):
     import datasets
 
-    loaded = datasets.load_from_disk(path)
-    loaded = loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: a folder, but not a datasets folder (saved with save_to_disk)") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise ValueError(f"{path}: a DatasetDict without a 'train' split (splits: {list(loaded)}); save the split to "
+                             "read as its own folder")
+        loaded = loaded["train"]
     if text_field is not None and text_field not in loaded.column_names:
         raise ValueError(f"{path}: no column {text_field!r} (columns: {loaded.column_names}); set text_field")
     return loaded
@@ -129,12 +142,27 @@ def _where(piece: Piece, offset: int) -> str:
 
 def read_piece(piece: Piece, text_field: str, parse: bool = True) -> Iterator[tuple[Optional[str], str]]:
     """(text, the example as one JSON line) of each example of the piece; blank lines are skipped;
-    a line that is not JSON or lacks ``text_field`` is a clear error with its line number.
-    ``parse=False``: JSON lines are passed through unread (text None), for writing a selection."""
+    a line that is not a JSON object with a string ``text_field`` is a clear error with its line
+    number. ``parse=False`` (writing a selection): the text is None and JSON lines pass through
+    unread; the JSON line of a datasets row is built only then."""
+    try:
+        yield from _read(piece, text_field, parse)
+    except (EOFError, OSError) as error:  # a truncated or corrupt .gz / .zst, a file that vanished
+        raise ValueError(f"{piece.path}: cannot be read to the end ({type(error).__name__}: {error})") from None
+    except Exception as error:
+        if type(error).__module__.startswith("zstd") or "Zstd" in type(error).__name__:
+            raise ValueError(f"{piece.path}: not a valid zstd stream ({error})") from None
+        raise
+
+
+def _read(piece: Piece, text_field: str, parse: bool) -> Iterator[tuple[Optional[str], str]]:
     if os.path.isdir(piece.path):
         loaded = _load_dataset(piece.path, text_field)
-        for record in loaded.select(range(piece.start, piece.stop)):
-            yield record[text_field], json.dumps(record)
+        for row, record in enumerate(loaded.select(range(piece.start, piece.stop)), piece.start):
+            if not isinstance(record[text_field], str):
+                raise ValueError(f"{piece.path}, row {row}: field {text_field!r} is "
+                                 f"{type(record[text_field]).__name__}, not a string")
+            yield record[text_field], (json.dumps(record, default=str) if not parse else "")
         return
     for offset, line in _lines(piece):
         try:
@@ -153,6 +181,13 @@ def read_piece(piece: Piece, text_field: str, parse: bool = True) -> Iterator[tu
             record = json.loads(decoded)
         except json.JSONDecodeError as error:
             raise ValueError(f"{_where(piece, offset)}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise ValueError(f"{_where(piece, offset)}: no string field {text_field!r}; set text_field")
+        if not isinstance(record, dict):
+            raise ValueError(f"{_where(piece, offset)}: a JSON {type(record).__name__}, not an object with a "
+                             f"{text_field!r} field")
+        if text_field not in record:
+            raise ValueError(f"{_where(piece, offset)}: no field {text_field!r} (fields: {sorted(record)[:8]}); "
+                             "set text_field")
+        if not isinstance(record[text_field], str):
+            raise ValueError(f"{_where(piece, offset)}: field {text_field!r} is {type(record[text_field]).__name__}, "
+                             "not a string")
         yield record[text_field], decoded

@@ -24,7 +24,7 @@ _HASHERS: dict[tuple, NgramHasher] = {}  # one per worker process and setting: i
 def featurize_piece(piece: Piece, text_field: str, hasher: NgramHasher) -> Features:
     """The features of one piece, with this process's hasher of the same setting (a hasher
     arrives pickled with an empty cache; a warm cache hashes far fewer n-grams)."""
-    key = (hasher.buckets, hasher.n, hasher.hash, hasher.cache_size)
+    key = (hasher.buckets, hasher.n, hasher.hash, hasher.cache_size, hasher.engine)
     hasher = _HASHERS.setdefault(key, hasher)
     return featurize((text for text, _ in read_piece(piece, text_field)), hasher)
 
@@ -62,7 +62,8 @@ class LocalBackend:
 
     def _map(self, function, argument_lists, desc: str) -> list:
         if self._pool is None:
-            return [function(*arguments) for arguments in tqdm(argument_lists, desc=desc, leave=False)]
+            with tqdm(argument_lists, desc=desc, leave=False) as bar:
+                return [function(*arguments) for arguments in bar]
         futures = [self._pool.submit(function, *arguments) for arguments in argument_lists]
         with tqdm(total=len(futures), desc=desc, leave=False) as bar:
             for future in futures:  # in order; the bar moves as pieces finish in order
@@ -74,7 +75,7 @@ class LocalBackend:
         """(handles, summaries: (n-grams per example, words per example, counts)) per piece."""
         handles = [os.path.join(self.spill_dir, f"{name}-{i:06d}.npz") for i in range(len(pieces))]
         summaries = self._map(_local_featurize, [(piece, text_field, hasher, handle)
-                                                 for piece, handle in zip(pieces, handles)], f"{name}: featurize")
+                                                 for piece, handle in zip(pieces, handles)], name)
         return handles, summaries
 
     def log_weights(self, handles: list, log_diff: np.ndarray) -> list[np.ndarray]:
@@ -87,12 +88,15 @@ class LocalBackend:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
+        _HASHERS.clear()  # (in this process, with workers=1) the n-gram cache goes with the run
 
 
 class RayBackend:
     """Ray tasks over the pieces. ``address=None`` starts a local Ray with ``workers`` CPUs (unless
-    one is running); otherwise ``ray.init(address=address)`` joins a cluster. The input paths must
-    be readable from every node (shared storage), as for any Ray job that reads files."""
+    one is running); otherwise ``ray.init(address=address)`` joins a cluster. A Ray session already
+    running in this process is used as it is. The input paths must be readable from every node
+    (shared storage), as for any Ray job that reads files. A user error in a task (a bad line) is
+    raised here as the task's own ``ValueError``."""
 
     def __init__(self, workers: int, address: Optional[str]):
         try:
@@ -101,10 +105,14 @@ class RayBackend:
             raise ValueError("backend=ray needs Ray: pip install 'divreg[ray]'") from None
         self.ray, self._started = ray, False
         if not ray.is_initialized():
-            if address is None:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            except ConnectionError as error:
+                raise ValueError(f"backend=ray: cannot reach a Ray cluster at ray_address={address!r} ({error}); "
+                                 "start one (ray start --head) or leave ray_address unset for a local Ray") from None
             self._started = True
         self._featurize = ray.remote(num_returns=2)(_ray_featurize)
         self._weights = ray.remote(_ray_weights)
@@ -116,6 +124,12 @@ class RayBackend:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 bar.update(len(done))
+                try:
+                    ray.get(done)
+                except ray.exceptions.RayTaskError as error:
+                    if isinstance(error.cause, ValueError):  # a user error: its one line, not a remote traceback
+                        raise ValueError(str(error.cause)) from None
+                    raise
         return ray.get(list(refs))
 
     def featurize(self, pieces: list[Piece], text_field: str, hasher: NgramHasher, name: str):

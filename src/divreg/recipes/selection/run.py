@@ -61,14 +61,42 @@ def _fit(config, backend, raw, target) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.stack(counts), raw_counts, all_counts
 
 
+_OUTPUTS = ("report.json", "weights.png")  # with selected-*.jsonl: what a selection folder holds
+
+
+def _check_output_dir(config: SelectConfig) -> None:
+    """Refuse an ``output_dir`` whose replacement would delete anything but an earlier selection:
+    the current folder or one above it, a folder holding an input, a folder with other files."""
+    out = os.path.realpath(config.output_dir)
+    here = os.path.realpath(os.getcwd())
+    if here == out or here.startswith(out.rstrip(os.sep) + os.sep):
+        raise ValueError(f"output_dir={config.output_dir!r} is the current folder or holds it: choose a new folder")
+    for path in config.raw + config.target:
+        real = os.path.realpath(path)
+        if real == out or real.startswith(out.rstrip(os.sep) + os.sep):
+            raise ValueError(f"output_dir={config.output_dir!r} holds the input {path}: choose another output_dir")
+    if os.path.isfile(out):
+        raise ValueError(f"output_dir={config.output_dir!r} is a file: choose a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        others = [name for name in os.listdir(out) if name not in _OUTPUTS
+                  and not (name.startswith("selected-") and name.endswith(".jsonl"))]
+        if others:
+            raise ValueError(f"output_dir={config.output_dir!r} holds files that are not a selection "
+                             f"({', '.join(sorted(others)[:3])}): choose another output_dir")
+        if not config.overwrite:
+            raise ValueError(f"{config.output_dir} already holds a selection: choose another output_dir or "
+                             "overwrite=true")
+
+
 def run(config: SelectConfig) -> dict:
-    if os.path.exists(config.output_dir) and os.listdir(config.output_dir) and not config.overwrite:
-        raise ValueError(f"{config.output_dir} already holds a selection: choose another output_dir or overwrite=true")
+    _check_output_dir(config)
     check_readable(config.raw, "raw")
     check_readable(config.target, "target")
-    check_has_examples(config.target, "target")
+    check_has_examples(config.raw, "raw")
+    check_has_examples(config.target, "target", each=config.separate_targets)
     workers, times = config.num_workers(), {}
-    hasher = NgramHasher(config.buckets, config.ngrams, "sha256" if config.mode == "compat" else "blake2b")
+    hasher = NgramHasher(config.buckets, config.ngrams, "sha256" if config.mode == "compat" else "blake2b",
+                         engine=config.tokenizer_engine)
     parent = os.path.dirname(os.path.abspath(config.output_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
@@ -83,8 +111,10 @@ def run(config: SelectConfig) -> dict:
         split = len(target_pieces)
         target = (handles[:split], summaries[:split], target_pieces)
         raw = (handles[split:], summaries[split:], raw_pieces)
-        if not sum(int(counts.sum()) for _, _, counts in target[1]):
-            raise ValueError("the target corpus holds no text: give target examples")
+        for index, path in enumerate(config.target if config.separate_targets else ["+".join(config.target)]):
+            if not sum(int(counts.sum()) for (_, _, counts), piece in zip(target[1], target_pieces)
+                       if piece.file_index == index or not config.separate_targets):
+                raise ValueError(f"the target {path} holds no words: give target examples with text")
         target_counts, raw_counts, all_counts = _fit(config, backend, raw, target)
         log_diff = log_ratio(target_counts, raw_counts, config.target_smoothing)  # (B,) or (T, B)
         times["fit"] = time.perf_counter() - started
@@ -93,6 +123,9 @@ def run(config: SelectConfig) -> dict:
         times["weights"] = time.perf_counter() - started
         report = _select_and_write(config, backend, raw, weights, target_counts, all_counts, staging, times)
         shutil.rmtree(os.path.join(staging, ".features"), ignore_errors=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private; the selection is not
         if os.path.exists(config.output_dir):
             shutil.rmtree(config.output_dir)
         os.rename(staging, config.output_dir)
@@ -144,10 +177,11 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
     targets = target_counts if target_counts.ndim == 2 else target_counts[None]
     per_target = []
     for target, group, share in zip(targets, groups, shares):
-        values = [kl_reduction(target, all_counts, next(counts)) for _ in group]
+        values = [kl_reduction(target, all_counts, next(counts)) if share else None for _ in group]  # None: no examples
+        random = values[1:] if share else []
         per_target.append({"selected": share, "kl_reduction": values[0],
-                           "random_kl_reduction": {"values": values[1:], "mean": float(np.mean(values[1:])) if values[1:]
-                                                   else None, "std": float(np.std(values[1:])) if values[1:] else None}})
+                           "random_kl_reduction": {"values": random, "mean": float(np.mean(random)) if random else None,
+                                                   "std": float(np.std(random)) if random else None}})
     selected = np.zeros(len(ngrams), dtype=bool)
     for indices in chosen:
         selected[indices] = True
@@ -190,7 +224,8 @@ def _write(config, pieces, selected: np.ndarray, staging: str) -> int:
 
 def _print(report: dict, output_dir: str) -> None:
     rows = [{"target": os.path.basename(t["path"]) if len(report["targets"]) > 1 else "all", "selected": t["selected"],
-             "of eligible": report["eligible_examples"], "KL reduction": t["kl_reduction"],
+             "of eligible": report["eligible_examples"],
+             "KL reduction": "-" if t["kl_reduction"] is None else t["kl_reduction"],
              "random selections": (f"{t['random_kl_reduction']['mean']:.4f} +- {t['random_kl_reduction']['std']:.4f}"
                                    if t["random_kl_reduction"]["values"] else "-")} for t in report["targets"]]
     print(format_table(rows, ["target", "selected", "of eligible", "KL reduction", "random selections"]))
@@ -209,7 +244,8 @@ def _plot(weights: np.ndarray, eligible: np.ndarray, chosen: list[np.ndarray], p
         selected = np.zeros(len(eligible), dtype=bool)
         selected[indices] = True
         rest, column = eligible & ~selected, weights[:, target]
-        bins = np.linspace(float(column[eligible].min()), float(column[eligible].max()), 60)
+        low, high = float(column[eligible].min()), float(column[eligible].max())
+        bins = np.linspace(low, max(high, low + 1e-9), 60)
         axis.hist(column[rest], bins=bins, alpha=0.6, label=f"rest ({int(rest.sum())})")
         axis.hist(column[selected], bins=bins, alpha=0.6, label=f"selected ({int(selected.sum())})")
         axis.set_xlabel("log importance weight" + (f" (target {target})" if len(chosen) > 1 else ""))
