@@ -13,6 +13,7 @@ import divreg.losses
 import divreg.metrics
 import divreg.models
 import divreg.reductions
+import divreg.regularizers
 import divreg.schedules
 import divreg.targets
 import divreg.training
@@ -24,8 +25,10 @@ EXPECTED = {
                        "calibrated_policy", "calibrated_transform", "dpg_kl_estimates", "dpg_surrogate", "kl",
                        "log_importance_weights", "log_partition", "log_partition_estimate", "regularized_objective",
                        "tilted_policy", "win_rate"},
-    divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "schedules",
-             "targets"},
+    divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "regularizers",
+             "schedules", "targets"},
+    divreg.regularizers: {"BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty",
+                          "neighbour_proportions", "soft_cross_entropy", "svls_kernel", "svls_loss", "svls_targets"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
                    "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
@@ -37,7 +40,8 @@ EXPECTED = {
                     "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PreferenceOutput", "f_divergence_link",
                     "preference_loss", "PreferenceLoss", "PreferenceLossOutput", "hypo_kl_surrogate",
                     "leave_one_out_baseline"},
-    divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "e_aurc",
+    divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "classwise_ece",
+                     "e_aurc", "pixel_ece",
                      "expected_calibration_error", "metric_bars", "nll", "optimal_aurc", "reliability_diagrams",
                      "training_curves"},
     divreg.schedules: {"AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearDecay", "LinearRamp", "Schedule", "as_schedule"},

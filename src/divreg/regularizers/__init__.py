@@ -1,0 +1,14 @@
+"""Regularizers beyond distillation: ``loss = task_loss + weight * regularizer`` where the
+regularizer pulls toward something other than a teacher's distribution. One small module per
+family; pure functions hold the math (per-element values, unreduced unless the paper's loss is
+a scalar), thin modules compose them with a weight (a number or a :mod:`divreg.schedules`
+schedule).
+
+Families: calibration for dense prediction (SVLS, NACL).
+"""
+
+from ._calibration import (BORDERS, DISTANCES, NACLLoss, SVLSLoss, nacl_loss, nacl_penalty, neighbour_proportions,
+                           soft_cross_entropy, svls_kernel, svls_loss, svls_targets)
+
+__all__ = ["BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
+           "svls_kernel", "svls_loss", "svls_targets"]
