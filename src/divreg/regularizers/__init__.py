@@ -4,11 +4,13 @@ family; pure functions hold the math (per-element values, unreduced unless the p
 a scalar), thin modules compose them with a weight (a number or a :mod:`divreg.schedules`
 schedule).
 
-Families: calibration for dense prediction (SVLS, NACL).
+Families: calibration for dense prediction (SVLS, NACL); generalized category discovery
+(LegoGCD's local entropy regularization).
 """
 
 from ._calibration import (BORDERS, DISTANCES, NACLLoss, SVLSLoss, nacl_loss, nacl_penalty, neighbour_proportions,
                            soft_cross_entropy, svls_kernel, svls_loss, svls_targets)
+from ._discovery import LocalEntropyRegularizer, PriorEMA, known_confident_mask, local_entropy
 
-__all__ = ["BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
+__all__ = ["LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
            "svls_kernel", "svls_loss", "svls_targets"]
