@@ -60,7 +60,7 @@ EXPECTED = {
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
     divreg.divergences.kernels: {"Scratch", "check_sparse_target", "check_temperature", "log_softmax_checked", "math_dtype", "sparse_kl_with_grad"},
     divreg.divergences: {
-        "DIVERGENCES", "Divergence", "TAIL_POLICIES", "check_divergence_options", "check_tail_policy", "get_divergence", "alpha_divergence", "cross_entropy", "forward_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
+        "DIVERGENCES", "Divergence", "TAIL_POLICIES", "check_divergence_options", "check_tail_policy", "get_divergence", "alpha_divergence", "cross_entropy", "forward_kl", "gaussian_kl", "generalized_jsd", "reverse_kl", "sinkhorn_distance",
         "sinkhorn_plan", "skew_kl", "sorted_probability_l1", "sparse_kl",
         "skew_reverse_kl", "topk_kl", "total_variation",
     },

@@ -4,13 +4,15 @@ Every function is pure, takes ``(logits, target_logits, *, temperature=1.0, dim=
 and returns one unreduced value per position (shape ``logits.shape`` without ``dim``), computed
 in fp32 (fp64 for fp64 inputs) in log space. Reduce with :mod:`divreg.reductions`.
 ``sinkhorn_plan`` / ``sinkhorn_distance`` are batch-level: entropic optimal transport between
-two sets of samples given their cost matrix. ``get_divergence(name)`` / ``DIVERGENCES`` look a
+two sets of samples given their cost matrix. ``gaussian_kl`` is the per-element KL between
+diagonal Gaussians (a VAE's or variational SAE's term), from means and log-variances. ``get_divergence(name)`` / ``DIVERGENCES`` look a
 divergence up by name (what configs and losses use); :mod:`divreg.divergences.kernels` holds
 the value-and-gradient building blocks of the fused path.
 """
 
 from ._alpha import alpha_divergence
 from ._cross_entropy import cross_entropy
+from ._gaussian import gaussian_kl
 from ._jsd import generalized_jsd
 from ._kl import forward_kl, reverse_kl
 from ._registry import DIVERGENCES, Divergence, check_divergence_options, get_divergence
@@ -31,6 +33,7 @@ __all__ = [
     "alpha_divergence",
     "cross_entropy",
     "forward_kl",
+    "gaussian_kl",
     "generalized_jsd",
     "reverse_kl",
     "sinkhorn_distance",
