@@ -64,7 +64,7 @@ def test_auxk_dead_latents_and_topk_baseline():
     torch.testing.assert_close(auxk_loss(x, reconstruction, pre, dead, decoder, 2), expected)
     none = auxk_loss(x, reconstruction, pre, torch.zeros(6, dtype=torch.bool), decoder, 2)
     none.backward()
-    assert float(none) == 0.0 and pre.grad is not None
+    assert none.item() == 0.0 and pre.grad is not None
     model = TopKSAE(5, 6, 2, dead_after=8)
     z = torch.zeros(4, 6)
     z[:, 0] = 1.0
