@@ -32,7 +32,7 @@ EXPECTED = {
                           "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy",
                           "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude",
                           "AffineAdapter", "lambda_orthogonality", "orthogonality_gap", "IgniteDual",
-                          "surrogate_gradient_norm_grads"},
+                          "surrogate_gradient_norm_grads", "InputConvexNetwork", "proximal_matching_loss"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
                    "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",

@@ -5,7 +5,7 @@ a scalar), thin modules compose them with a weight (a number or a :mod:`divreg.s
 schedule).
 
 Families: calibration for dense prediction (SVLS, NACL); generalized category discovery
-(LegoGCD's local entropy regularization); sparsity (TopK and variational sparse autoencoders); representations (lambda-orthogonality); sharpness of a surrogate (IGNITE).
+(LegoGCD's local entropy regularization); sparsity (TopK and variational sparse autoencoders); representations (lambda-orthogonality); sharpness of a surrogate (IGNITE); priors (learned proximal networks).
 """
 
 from ._calibration import (BORDERS, DISTANCES, NACLLoss, SVLSLoss, nacl_loss, nacl_penalty, neighbour_proportions,
@@ -14,6 +14,7 @@ from ._discovery import LocalEntropyRegularizer, PriorEMA, known_confident_mask,
 from ._sparse import TopKSAE, VariationalSAE, auxk_loss, sae_loss, topk_by_magnitude
 from ._orthogonality import AffineAdapter, lambda_orthogonality, orthogonality_gap
 from ._sharpness import IgniteDual, surrogate_gradient_norm_grads
+from ._prox import InputConvexNetwork, proximal_matching_loss
 
-__all__ = ["IgniteDual", "surrogate_gradient_norm_grads", "AffineAdapter", "lambda_orthogonality", "orthogonality_gap", "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude", "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
+__all__ = ["InputConvexNetwork", "proximal_matching_loss", "IgniteDual", "surrogate_gradient_norm_grads", "AffineAdapter", "lambda_orthogonality", "orthogonality_gap", "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude", "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
            "svls_kernel", "svls_loss", "svls_targets"]
