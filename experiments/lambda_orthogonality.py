@@ -7,9 +7,9 @@ unconstrained affine map's).
 Digits (scikit-learn, 8x8): two MLP encoders (64-128-32, unit-norm embeddings) trained
 independently on all classes with a linear classifier; the adapter B(h) = W h + b is fit on the
 training images of classes 0-4 (mean squared error to the old embedding, plus the regularizer)
-by 500 Adam steps. Test images: compatibility = top-1 retrieval with B(new) queries against an old
-gallery, same class = hit, separately on classes 0-4 and 5-9; preservation = top-1 retrieval
-within the mapped new space on 5-9. Modes: affine, strict (W = exp(A - A^T)), lambda in {0.5, 2,
+by 500 Adam steps. Test images: compatibility = mean average precision of B(new) queries against
+an old gallery (same class = relevant), separately on classes 0-4 and 5-9; preservation = the
+same within the mapped new space on 5-9 (top-1 retrieval saturated at 0.98-1.00 for every map). Modes: affine, strict (W = exp(A - A^T)), lambda in {0.5, 2,
 8} (weight 1, steepness 1), 5 seeds.
 
     .venv/bin/python experiments/lambda_orthogonality.py      # about a minute; outputs/experiments/lambda_orthogonality.png
@@ -44,10 +44,17 @@ def encoder(x, y, seed: int) -> torch.nn.Module:
 
 
 def retrieval(queries, query_labels, gallery, gallery_labels, same: bool = False) -> float:
+    """Mean average precision of the gallery ranked by cosine similarity (same class = relevant;
+    ``same``: the query itself left out)."""
     similarity = F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
+    relevant = (query_labels[:, None] == gallery_labels[None]).float()
     if same:
         similarity.fill_diagonal_(-float("inf"))
-    return float((gallery_labels[similarity.argmax(1)] == query_labels).float().mean())
+        relevant.fill_diagonal_(0)
+    order = similarity.argsort(dim=1, descending=True)
+    hits = relevant.gather(1, order)  # (Q, G) in rank order
+    precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1)
+    return float(((precision * hits).sum(1) / hits.sum(1).clamp(min=1)).mean())
 
 
 def run(seed: int):
@@ -118,7 +125,7 @@ def main() -> None:
     for key, label in (("compat_seen", "compatibility 0-4"), ("compat_unseen", "compatibility 5-9"),
                        ("preserve_unseen", "structure kept 5-9")):
         axis.plot(names, [summary[n][key][0] for n in names], marker="o", label=label)
-    axis.set_ylabel("top-1 retrieval")
+    axis.set_ylabel("mean average precision")
     axis.legend(fontsize=8)
     save_figure(figure, "outputs/experiments", "lambda_orthogonality.png")
 
