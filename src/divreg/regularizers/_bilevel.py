@@ -24,7 +24,8 @@ tightening them by tau (up to 3 attempts per step). ``adaptive=False`` keeps eps
 
 Departures, documented: the error bound is :math:`\omega = (B/\mu)(L_g\epsilon + \delta)` with B the
 operator norm of the cross derivative (a few power iterations), exact for a lower level quadratic
-in x with a cross term independent of x; the official code adds terms with Lipschitz constants it
+in x with a cross term independent of x (with a learned weight decay e^theta ||x||^2 / 2 the cross
+term e^theta x depends on x, and the bound is a first-order approximation); the official code adds terms with Lipschitz constants it
 estimates at random points. The code's sufficient decrease uses eta squared, we use eta (with
 eta = 1e-4 the two barely differ). Its FISTA resets its momentum every iteration (plain gradient
 descent): we use gradient descent and say so.
@@ -33,7 +34,7 @@ descent): we use gradient descent and say so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -59,16 +60,25 @@ def _grad_x(lower, x: Tensor, theta: Tensor, create_graph: bool = False) -> Tens
 
 
 class MAID:
-    """MAID for ``lower(x, theta)`` (mu-strongly convex in x, gradient L-Lipschitz) and
+    """MAID for ``lower(x, theta)`` (mu-strongly convex in x, gradient L-Lipschitz; ``mu`` and
+    ``lipschitz`` numbers or functions of theta, e.g. with a learned weight decay e^theta) and
     ``upper(x)`` (gradient L_g-Lipschitz). :meth:`step` takes one outer step; :meth:`run` several."""
 
-    def __init__(self, lower: Callable[[Tensor, Tensor], Tensor], upper: Callable[[Tensor], Tensor], *, mu: float,
-                 lipschitz: float, upper_lipschitz: float, eps: float = 0.1, delta: float = 0.1, eta: float = 1e-4,
+    def __init__(self, lower: Callable[[Tensor, Tensor], Tensor], upper: Callable[[Tensor], Tensor], *,
+                 mu: Union[float, Callable[[Tensor], float]], lipschitz: Union[float, Callable[[Tensor], float]],
+                 upper_lipschitz: float, eps: float = 0.1, delta: float = 0.1, eta: float = 1e-4,
                  rho: float = 0.5, tau: float = 0.5, nu: float = 1.25, beta: float = 0.01, max_backtracks: int = 10,
                  attempts: int = 3, max_inner: int = 2000, adaptive: bool = True):
-        if not (mu > 0 and lipschitz >= mu and upper_lipschitz >= 0 and 0 < rho < 1 and 0 < tau < 1 and nu >= 1):
+        self._mu = mu if callable(mu) else (lambda theta, value=float(mu): value)
+        self._lipschitz = lipschitz if callable(lipschitz) else (lambda theta, value=float(lipschitz): value)
+        if callable(mu) or callable(lipschitz):
+            mu_value = lipschitz_value = None
+        else:
+            mu_value, lipschitz_value = float(mu), float(lipschitz)
+        if (mu_value is not None and not (mu_value > 0 and lipschitz_value >= mu_value)) or not (
+                upper_lipschitz >= 0 and 0 < rho < 1 and 0 < tau < 1 and nu >= 1):
             raise ValueError("need mu > 0, lipschitz >= mu, upper_lipschitz >= 0, 0 < rho < 1, 0 < tau < 1, nu >= 1")
-        self.lower, self.upper, self.mu, self.lipschitz, self.upper_lipschitz = lower, upper, mu, lipschitz, upper_lipschitz
+        self.lower, self.upper, self.upper_lipschitz = lower, upper, upper_lipschitz
         self.eta, self.rho, self.tau, self.nu, self.max_backtracks = eta, rho, tau, nu, max_backtracks
         self.attempts, self.max_inner, self.adaptive = attempts, max_inner, adaptive
         self.defaults = (eps, delta, beta)
@@ -85,8 +95,8 @@ class MAID:
         for _ in range(self.max_inner):
             gradient = _grad_x(self.lower, x, theta)
             state.lower_iterations += 1
-            x = x - gradient / self.lipschitz
-            if float(gradient.norm()) / self.mu < state.eps:
+            x = x - gradient / self._lipschitz(theta)
+            if float(gradient.norm()) / self._mu(theta) < state.eps:
                 break
         return x.detach()
 
@@ -151,7 +161,8 @@ class MAID:
 
     def error_bound(self, state: MAIDState) -> float:
         """omega = (B / mu) (L_g eps + delta) (see the module docstring)."""
-        return self.cross_norm(state.x, state.theta) / self.mu * (self.upper_lipschitz * state.eps + state.delta)
+        return self.cross_norm(state.x, state.theta) / self._mu(state.theta) * (
+            self.upper_lipschitz * state.eps + state.delta)
 
     def step(self, state: MAIDState) -> bool:
         """One outer step; True when a new theta was accepted."""
