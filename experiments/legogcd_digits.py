@@ -11,7 +11,7 @@ mean prediction); LegoGCD adds LER (weight 2, threshold 0.7, tau_o 0.05, EMA pri
 Adam steps of 128 images; test accuracy with one Hungarian matching of clusters to classes over
 all test images, reported on old and new classes; 5 seeds.
 
-    .venv/bin/python experiments/legogcd_digits.py      # about 3 minutes; outputs/experiments/legogcd_digits.png
+    .venv/bin/python experiments/legogcd_digits.py      # about a minute; outputs/experiments/legogcd_digits.png
 """
 
 from __future__ import annotations
