@@ -3,7 +3,9 @@ loss options, user pair files with a saved model, precomputed = live reference, 
 resume after SIGKILL, and clear errors before training."""
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -89,7 +91,7 @@ def test_precomputed_reference_gives_the_live_reference_run(tmp_path):
 def _launch(arguments, processes=1):
     prefix = accelerate_prefix(processes) if processes > 1 else [sys.executable]
     return subprocess.Popen([*prefix, "-m", "divreg.cli", "preference", *TINY, *arguments], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def test_two_processes_run_the_command(tmp_path):
@@ -99,7 +101,11 @@ def test_two_processes_run_the_command(tmp_path):
     references, SFT and HyPO, is tested in tests/recipes/test_lm_losses.py; Adam's first steps
     turn float rounding into visible weight differences, so weights are not compared here.)"""
     process = _launch([f"output_dir={tmp_path / 'two'}", "sft_weight=0.5"], processes=2)
-    out, err = process.communicate(timeout=600)
+    try:
+        out, err = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers: no process outlives the test
+        raise
     assert process.returncode == 0, err[-3000:]
     assert "2 process(es)" in out and out.count("held-out reward accuracy") == 1
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
@@ -225,3 +231,31 @@ def test_precomputed_reference_is_never_run_again(tmp_path, monkeypatch):
     monkeypatch.setattr(PreferenceTrainer, "reference_logprobs", once)
     summary = run(_config(tmp_path / "r", "methods=[dpo]", "kl_eval=none"))
     assert calls == [["held_out", "train"]] and 0 <= summary["dpo"]["held_out_reward_accuracy"]["mean"] <= 1
+
+
+def test_every_process_looks_for_saved_reference_logprobs_before_any_writes(tmp_path, monkeypatch):
+    """The race behind a 2-process hang: a process that looked for the saved log-probs after the
+    main process had written them returned early, skipping the barrier the others waited at. Now
+    every process looks, then all meet at a barrier, then (computing) the main process writes and
+    all meet again: the same barriers on every process, whichever branch."""
+    import types
+
+    from divreg.recipes.preference import trainer as module
+
+    events = []
+    original_load = module.load_if_exists
+    monkeypatch.setattr(module, "load_if_exists", lambda path: events.append("look") or original_load(path))
+    monkeypatch.setattr(module, "save_atomic", lambda value, path: events.append("write") or torch.save(value, path))
+    monkeypatch.setattr(module, "sequence_logprobs", lambda model, examples, pad, fused: torch.zeros(len(examples)))
+    accelerator = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: events.append("barrier"))
+    trainer = module.PreferenceTrainer.__new__(module.PreferenceTrainer)
+    trainer.accelerator, trainer.tokenizer, trainer.fused = accelerator, types.SimpleNamespace(pad_token_id=0), False
+    pair = types.SimpleNamespace(chosen=types.SimpleNamespace(input_ids=[1, 2], labels=[-100, 2]),
+                                 rejected=types.SimpleNamespace(input_ids=[1, 3], labels=[-100, 3]))
+    monkeypatch.setattr(module, "examples_fingerprint", lambda examples: "same")
+    path = str(tmp_path / "reference.pt")
+    trainer.reference_logprobs(None, {"train": [pair]}, path)
+    assert events == ["look", "barrier", "write", "barrier"]
+    events.clear()
+    trainer.reference_logprobs(None, {"train": [pair]}, path)  # a resumed run: saved before it started
+    assert events == ["look", "barrier"]

@@ -94,6 +94,9 @@ class PreferenceTrainer:
         fingerprint = examples_fingerprint([e for items in pairs.values() for p in items for e in (p.chosen,
                                                                                                    p.rejected)])
         saved = load_if_exists(path)
+        # every process looks before any writes: otherwise a process that looks after the main one saved would
+        # return early and skip the barrier below that the others wait at (a hang seen with 2 processes)
+        self.accelerator.wait_for_everyone()
         if saved is not None:
             if saved.get("fingerprint") != fingerprint:
                 raise ValueError(f"the pairs differ from those whose reference log-probs are saved in {path} (the data "
