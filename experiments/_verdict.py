@@ -58,6 +58,26 @@ def grade_equal(difference: float, se: float, *, z: float = 2.0) -> str:
     return HELD if abs(difference) <= z * se else NOT_HELD
 
 
+def seed_summary(runs: list[dict]) -> dict:
+    """``{key: (mean, std)}`` over seeds of per-seed ``{key: value}`` results."""
+    return {key: (sum(r[key] for r in runs) / len(runs),
+                  math.sqrt(sum((r[key] - sum(q[key] for q in runs) / len(runs)) ** 2 for r in runs) / len(runs)))
+            for key in runs[0]}
+
+
+def print_summary(summary: dict, columns: tuple[str, str]) -> None:
+    """A two-column Markdown table of ``mean +- std`` per key."""
+    print(f"| {columns[0]} | {columns[1]} |\n|---|---|")
+    for name, (mean, std) in summary.items():
+        print(f"| {name} | {mean:.3f} +- {std:.3f} |")
+
+
+def grade_summary(summary: dict, better: str, worse: str, seeds: int, *, higher_is_better: bool = True) -> str:
+    """:func:`grade` on two keys of a :func:`seed_summary` (standard errors over ``seeds``)."""
+    (b, sb), (w, sw) = summary[better], summary[worse]
+    return grade(b, w, seed_se(sb, seeds), seed_se(sw, seeds), higher_is_better=higher_is_better)
+
+
 def print_rows(rows: list[dict]) -> None:
     """The verdicts as a Markdown table (claim, our figure, verdict)."""
     keys = ["claim", "our figure", "verdict"]

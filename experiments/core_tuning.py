@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
 
 from divreg.regularizers import CoreTuningLoss
 
@@ -73,15 +72,12 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in runs[0]}
+    summary = seed_summary(runs)
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
-    print("| fine-tuning | test accuracy |\n|---|---|")
-    for name, (mean, std) in summary.items():
-        print(f"| {name} | {mean:.3f} +- {std:.3f} |")
+    print_summary(summary, ('fine-tuning', 'test accuracy'))
     rows = [{"claim": f"{name}: higher accuracy than CE fine-tuning",
              "our figure": f"{summary[name][0]:.3f} vs {summary['CE'][0]:.3f}",
-             "verdict": grade(summary[name][0], summary["CE"][0], seed_se(summary[name][1], args.seeds),
-                              seed_se(summary["CE"][1], args.seeds))} for name, _ in METHODS[1:]]
+             "verdict": grade_summary(summary, name, "CE", args.seeds)} for name, _ in METHODS[1:]]
     print()
     print_rows(rows)
     plt = pyplot()

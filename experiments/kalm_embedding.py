@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
 
 from divreg.regularizers import focal_info_nce, mix_hard_negatives
 
@@ -72,15 +71,12 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in runs[0]}
+    summary = seed_summary(runs)
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
-    print("| training | recall@1 |\n|---|---|")
-    for name, (mean, std) in summary.items():
-        print(f"| {name} | {mean:.3f} +- {std:.3f} |")
+    print_summary(summary, ('training', 'recall@1'))
 
     def verdict(better, worse):
-        return grade(summary[better][0], summary[worse][0], seed_se(summary[better][1], args.seeds),
-                     seed_se(summary[worse][1], args.seeds))
+        return grade_summary(summary, better, worse, args.seeds)
 
     rows = [{"claim": "focal weight: higher recall@1 than InfoNCE",
              "our figure": f"{summary['focal'][0]:.3f} vs {summary['InfoNCE'][0]:.3f}", "verdict": verdict("focal", "InfoNCE")},

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
 
 from divreg.regularizers import MIAlphaDistill, ProjectedHiddenLoss
 
@@ -78,16 +77,13 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in runs[0]}
+    summary = seed_summary(runs)
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
-    print("| student | test accuracy |\n|---|---|")
-    for name, (mean, std) in summary.items():
-        print(f"| {name} | {mean:.3f} +- {std:.3f} |")
+    print_summary(summary, ('student', 'test accuracy'))
     best = max((m for m in METHODS if m.startswith("MI-alpha")), key=lambda m: summary[m][0])
     rows = [{"claim": f"{m}: higher accuracy than {other}",
              "our figure": f"{summary[m][0]:.3f} vs {summary[other][0]:.3f}",
-             "verdict": grade(summary[m][0], summary[other][0], seed_se(summary[m][1], args.seeds),
-                              seed_se(summary[other][1], args.seeds))}
+             "verdict": grade_summary(summary, m, other, args.seeds)}
             for m in ("MI-alpha 0.5",) for other in ("MSE", "cosine", "CE only")]
     print(f"\n(best alpha here: {best})")
     print_rows(rows)
