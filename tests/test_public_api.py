@@ -9,6 +9,7 @@ import divreg.divergences
 import divreg.divergences.kernels
 import divreg.estimators
 import divreg.fused
+import divreg.generation
 import divreg.losses
 import divreg.metrics
 import divreg.models
@@ -37,6 +38,7 @@ EXPECTED = {
                           "interpolated_mi_bound", "loo_log_mean_exp", "CoreTuningLoss",
                           "focal_supervised_contrastive", "hard_pair_mix", "random_pair_mix", "soft_label_classes",
                           "MAID", "MAIDState"},
+    divreg.generation: {"ESTIMATORS", "AWRSSample", "awrs", "gumbel_order"},
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
                    "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
