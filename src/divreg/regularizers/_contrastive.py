@@ -41,10 +41,13 @@ def mix_hard_negatives(negatives: Tensor, count: int, *, generator: Optional[tor
 
 
 def _beta(concentration: float, shape, generator: torch.Generator) -> Tensor:
-    """Beta(c, c) from two Gamma draws of a seeded generator (torch's Beta takes no generator)."""
-    a = torch._standard_gamma(torch.full(shape, concentration), generator=generator)
-    b = torch._standard_gamma(torch.full(shape, concentration), generator=generator)
-    return a / (a + b)
+    """Beta(c, c) drawn reproducibly from ``generator`` through the public distribution API
+    (torch's Beta takes no generator: its global stream is seeded from ours, then restored)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        c = torch.tensor(float(concentration))
+        return torch.distributions.Beta(c, c).sample(shape)
 
 
 def focal_info_nce(query: Tensor, positive: Tensor, negatives: Optional[Tensor] = None, *, temperature: float = 0.05,
