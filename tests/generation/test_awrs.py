@@ -53,6 +53,43 @@ def test_gumbel_keys_sample_the_constrained_distribution_and_dead_ends():
     dead = awrs(P.log(), lambda t: False)
     assert dead.token is None and dead.log_weight == -math.inf and dead.constraint_calls == 5
     with pytest.raises(ValueError, match="estimator must be one of"):
-        awrs(P.log(), lambda t: True, estimator="geometric")
+        awrs(P.log(), lambda t: True, estimator="bogus")
+    with pytest.raises(ValueError, match="max_accepts must be at least 2"):
+        awrs(P.log(), lambda t: True, estimator="geometric", max_accepts=1)
     with pytest.raises(ValueError, match="every token probability 0"):
         awrs(torch.full((3,), -math.inf), lambda t: True)
+
+
+@pytest.mark.parametrize("max_accepts", [2, 4])
+def test_geometric_estimator_is_unbiased(max_accepts):
+    """Geometric draws make exact enumeration infinite: Monte Carlo, every E[w 1{x}] within 5
+    standard errors of p(x) c(x) (40k seeded draws), and the first accepted token ~ p c / Z."""
+    generator, n = torch.Generator().manual_seed(1), 40_000
+    sums, squares, counts = [0.0] * 5, [0.0] * 5, [0] * 5
+    for _ in range(n):
+        sample = awrs(P.log() + 2.0, lambda t: t in ALLOWED, estimator="geometric", max_accepts=max_accepts,
+                      generator=generator)
+        w = math.exp(sample.log_weight)
+        sums[sample.token] += w
+        squares[sample.token] += w * w
+        counts[sample.token] += 1
+    z = sum(float(P[x]) for x in ALLOWED)
+    for x in range(5):
+        target = math.exp(2.0) * float(P[x]) * (x in ALLOWED)
+        mean = sums[x] / n
+        se = math.sqrt(max(squares[x] / n - mean ** 2, 0.0) / n)
+        assert abs(mean - target) <= 5 * se + 1e-12, (x, mean, target, se)
+        exact = float(P[x]) * (x in ALLOWED) / z
+        assert abs(counts[x] / n - exact) <= 5 * math.sqrt(exact * (1 - exact) / n) + 1e-12
+
+
+def test_auto_rule_and_a_reject_cap():
+    peaked = torch.tensor([0.8, 0.1, 0.1], dtype=torch.float64).log()
+    calls = []
+    sample = awrs(peaked, lambda t: calls.append(t) or True, estimator="auto",
+                  generator=torch.Generator().manual_seed(0))
+    # geometric with everything allowed: two acceptances, no rejection: theta = 1 / (2 + 0 - 1) = 1
+    assert sample.log_weight == pytest.approx(0.0, abs=1e-12) and sample.constraint_calls == len(set(calls))
+    capped = awrs(P.log(), lambda t: t == 0, estimator="geometric", max_rejects=2,
+                  generator=torch.Generator().manual_seed(0))
+    assert capped.token in (None, 0) and (capped.token is None) == (capped.log_weight == -math.inf)

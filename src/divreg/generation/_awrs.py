@@ -14,9 +14,21 @@ exact sample of :math:`p c / Z`, :math:`Z = \sum_x p(x) c(x)`. With it comes an 
 - ``"two_pass"`` (the paper's, AC ``experiments/sampler.py`` L85-114): a second pass with fresh
   keys over the tokens the first pass did not reject, until any acceptance;
   :math:`\hat w = Z_p (1 - \sum_{r \in R_1} \bar p(r)) / (|R_1| + |R_2| + 1)`.
+- ``"geometric"`` (genlm-control ``geometric_awrs``, L559-638): simulates sampling *with*
+  replacement from the without-replacement run. Before each newly tested token, a
+  Geometric(1 - rho) - 1 number of "phantom" rejections (draws of already rejected tokens) is added
+  to the count R; after an acceptance, the keys are drawn again (rejected tokens stay removed, the
+  accepted one stays in); this repeats until ``max_accepts`` acceptances a (or ``max_rejects``).
+  :math:`\hat\theta = \min(k - 1, a) / (a + R - 1)`, k = ``max_accepts``: the Rao-Blackwellized
+  "was the first with-replacement draw accepted" (for k = 2 and no cap, R is negative binomial
+  (2, theta) and :math:`E[1/(R + 1)] = \theta`). :math:`\hat w = Z_p \hat\theta`.
 
-A dead end (nothing allowed) returns no token and weight 0. Work in progress for issue 18: SMC,
-the constraint adapters and the baselines are not built yet.
+genlm-control picks ``geometric`` when ``max_accepts > 2`` or :math:`\max \bar p \ge 2/3`, else
+``recursive``; here the caller chooses (``estimator="auto"`` applies that rule). A finite
+``max_rejects`` (geometric only; genlm's cap) bounds the work at the price of a bias; the default
+(no cap) is unbiased.
+
+A dead end (nothing allowed) returns no token and weight 0 (log weight -inf).
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-ESTIMATORS = ("recursive", "two_pass")
+ESTIMATORS = ("recursive", "two_pass", "geometric", "auto")
+GEOMETRIC_THRESHOLD = 2 / 3  # genlm-control: geometric when the top probability is at least this
 
 
 class AWRSSample(NamedTuple):
@@ -45,17 +58,29 @@ def gumbel_order(log_probs: Tensor, generator: Optional[torch.Generator] = None)
 
 
 def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = "recursive",
-         generator: Optional[torch.Generator] = None) -> AWRSSample:
-    """One AWRS draw from the (V,) unnormalized log-probabilities ``log_probs`` under ``allowed``."""
+         generator: Optional[torch.Generator] = None, max_accepts: int = 2,
+         max_rejects: Optional[int] = None) -> AWRSSample:
+    """One AWRS draw from the (V,) unnormalized log-probabilities ``log_probs`` under ``allowed``.
+
+    ``allowed(token) -> bool`` is the constraint on the next token (called at most once per token;
+    ``constraint_calls`` counts the calls). ``max_accepts`` and ``max_rejects`` are the geometric
+    estimator's (defaults: genlm-control's 2, and no cap: unbiased).
+    """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if log_probs.dim() != 1 or bool(torch.isnan(log_probs).any()):
         raise ValueError("log_probs must be a (V,) tensor without NaN")
+    if max_accepts < 2:
+        raise ValueError(f"max_accepts must be at least 2 (the estimator divides by a + R - 1), got {max_accepts}")
+    if max_rejects is not None and max_rejects < 1:
+        raise ValueError(f"max_rejects must be a positive number of rejections or None, got {max_rejects}")
     log_z = float(torch.logsumexp(log_probs.double(), 0))
     if log_z == -math.inf:
         raise ValueError("log_probs gives every token probability 0")
     p = (log_probs.double() - log_z).exp()  # p-bar
-    order, calls, cache = gumbel_order(log_probs, generator), 0, {}
+    if estimator == "auto":
+        estimator = "geometric" if max_accepts > 2 or float(p.max()) >= GEOMETRIC_THRESHOLD else "recursive"
+    calls, cache = 0, {}
 
     def test(token: int) -> bool:
         nonlocal calls
@@ -64,6 +89,9 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
             cache[token] = bool(allowed(token))
         return cache[token]
 
+    if estimator == "geometric":
+        return _geometric(log_probs, p, test, generator, max_accepts, max_rejects, log_z, lambda: calls)
+    order = gumbel_order(log_probs, generator)
     rejected, log_factor, rho = [], 0.0, 0.0
     for position, token in enumerate(order):
         q = float(p[token]) / max(1e-300, 1 - rho)
@@ -72,9 +100,11 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
                 following = order[position + 1:]
                 factor = 1.0 if not following or test(following[0]) else q
                 return AWRSSample(token, log_z + log_factor + math.log(factor), calls)
-            second = [t for t in gumbel_order(log_probs, generator) if t not in set(rejected)]
+            removed = set(rejected)
             extra = 0
-            for other in second:
+            for other in gumbel_order(log_probs, generator):
+                if other in removed:
+                    continue
                 if test(other):
                     break
                 extra += 1
@@ -84,3 +114,34 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
         log_factor += math.log(max(1e-300, 1 - q))
         rho += float(p[token])
     return AWRSSample(None, -math.inf, calls)
+
+
+def _geometric(log_probs, p, test, generator, max_accepts, max_rejects, log_z, calls) -> AWRSSample:
+    """genlm-control's geometric AWRS (see the module docstring)."""
+    cap = math.inf if max_rejects is None else max_rejects
+    live = log_probs.double().clone()
+    accepts, rejects, rho, result = 0, 0, 0.0, None
+    for _ in range(max_accepts):
+        if rejects >= cap:
+            break
+        for token in gumbel_order(live, generator):
+            if rho >= 1 - 1e-12:  # rounding: every token with mass was rejected
+                return AWRSSample(None, -math.inf, calls())
+            if rho > 0:  # the draws of rejected tokens that sampling without replacement hid
+                rejects += int(torch.empty((), dtype=torch.float64).geometric_(1 - rho, generator=generator)) - 1
+            if rejects >= cap:
+                break
+            if test(token):
+                accepts += 1
+                result = token if result is None else result
+                break
+            rejects += 1
+            rho += float(p[token])
+            live[token] = -math.inf
+        else:
+            break  # every token rejected: a dead end unless one was accepted before
+    if accepts == 0:
+        return AWRSSample(None, -math.inf, calls())
+    rejects = min(rejects, cap)
+    theta = min(max_accepts - 1, accepts) / (accepts + rejects - 1)
+    return AWRSSample(result, log_z + math.log(theta), calls())

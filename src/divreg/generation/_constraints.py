@@ -1,0 +1,192 @@
+r"""Constraints on generated token sequences, and adapters for a regular expression, a JSON schema
+and a plain Python predicate.
+
+A constraint answers two questions about a sequence of token ids (the prompt excluded):
+
+- ``prefix(ids)``: can ``ids`` still be extended to a complete sequence the constraint accepts?
+  (A "dead end" is a prefix for which this is False: every continuation is refused.)
+- ``complete(ids)``: is ``ids`` a complete sequence the constraint accepts (may EOS follow it)?
+
+and, built from them, the token-level test the samplers call:
+``constraint(prefix_ids, next_id) = complete(prefix_ids)`` if ``next_id`` is the end-of-sequence
+token, else ``prefix(prefix_ids + [next_id])``. This is the potential ``c`` of the AWRS paper
+(Lipkin et al., 2025, arXiv 2504.05410; genlm-control's ``Potential.prefix`` / ``complete``).
+
+The regular-expression adapter uses ``interegular`` (the regex-to-FSM library genlm-control's
+regex potential is built on; pure Python, so a token is checked lazily, one call per token the
+sampler asks about, which is what AWRS needs, rather than a whole-vocabulary mask being built per
+state as ``outlines-core``'s ``Index`` or ``llguidance`` do). A pattern must match the *whole*
+output. The JSON-schema adapter turns the schema into a regular expression with
+``outlines-core``'s ``build_regex_from_schema`` (the maintained generator Outlines and vLLM use),
+then checks it with the regex adapter; complete outputs are valid JSON documents of the schema
+(tested against ``jsonschema``). Both work on the text of the tokens (``vocabulary[i]`` is token
+i's text): a token whose text is a partial UTF-8 character must be given its own text by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+Ids = Tuple[int, ...]
+
+
+class Constraint:
+    """Base class: subclasses define ``prefix`` and ``complete`` on tuples of token ids."""
+
+    def __init__(self, eos_token_id: Optional[int]):
+        self.eos_token_id = eos_token_id
+
+    def prefix(self, ids: Ids) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def complete(self, ids: Ids) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, prefix_ids: Sequence[int], next_id: int) -> bool:
+        ids = tuple(int(i) for i in prefix_ids)
+        if self.eos_token_id is not None and int(next_id) == self.eos_token_id:
+            return bool(self.complete(ids))
+        return bool(self.prefix(ids + (int(next_id),)))
+
+
+class Predicate(Constraint):
+    """A constraint from Python functions ``prefix(x) -> bool`` and ``complete(x) -> bool``.
+
+    ``x`` is the tuple of token ids, or their text when ``vocabulary`` (token id -> text) is given.
+    ``complete`` defaults to ``prefix`` (every accepted prefix may end). ``prefix`` must be
+    prefix-closed in spirit: if it refuses ``x``, it should refuse every extension of ``x``, or
+    the samplers will waste work (they stop extending a refused prefix).
+    """
+
+    def __init__(self, prefix: Callable, complete: Optional[Callable] = None, *,
+                 eos_token_id: Optional[int] = None, vocabulary: Optional[Sequence[str]] = None):
+        super().__init__(eos_token_id)
+        if not callable(prefix) or (complete is not None and not callable(complete)):
+            raise TypeError("Predicate needs callables: prefix(x) -> bool and optionally complete(x) -> bool")
+        self._prefix, self._complete = prefix, complete if complete is not None else prefix
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
+
+    def _view(self, ids: Ids):
+        return ids if self.vocabulary is None else "".join(self.vocabulary[i] for i in ids)
+
+    def prefix(self, ids: Ids) -> bool:
+        return bool(self._prefix(self._view(ids)))
+
+    def complete(self, ids: Ids) -> bool:
+        return bool(self._complete(self._view(ids)))
+
+
+class Regex(Constraint):
+    """The whole output must match the regular expression ``pattern`` (interegular's syntax:
+    Python's ``re`` without look-around and back-references).
+
+    ``vocabulary[i]`` is the text of token i. The FSM state after each prefix is cached, so
+    checking one more token costs a walk over that token's characters. ``prefix`` is True when
+    the state can still reach an accepting state; ``complete`` when it is accepting.
+    """
+
+    def __init__(self, pattern: str, vocabulary: Sequence[str], *, eos_token_id: Optional[int] = None):
+        super().__init__(eos_token_id)
+        try:
+            import interegular
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("the Regex constraint needs interegular: pip install 'divreg[generation]'") from error
+        try:
+            fsm = interegular.parse_pattern(pattern).to_fsm()
+        except Exception as error:
+            raise ValueError(f"cannot compile the regular expression {pattern!r}: {error}; interegular supports "
+                             "Python's re syntax without look-around and back-references") from error
+        if eos_token_id is not None and not 0 <= eos_token_id < len(vocabulary):
+            raise ValueError(f"eos_token_id {eos_token_id} is not a token of the {len(vocabulary)}-token vocabulary")
+        self.pattern, self.vocabulary = pattern, [str(t) for t in vocabulary]
+        self._map, self._alphabet, self._finals = fsm.map, fsm.alphabet, fsm.finals
+        self._live = _co_accessible(fsm.map, fsm.finals)
+        self._states: Dict[Ids, Optional[int]] = {(): fsm.initial if fsm.initial in self._live else None}
+
+    def _walk(self, state: Optional[int], token: int) -> Optional[int]:
+        if state is None:
+            return None
+        for char in self.vocabulary[token]:
+            state = self._map[state].get(self._alphabet[char])
+            if state is None or state not in self._live:
+                return None
+        return state
+
+    def _state(self, ids: Ids) -> Optional[int]:
+        """The FSM state after the text of ``ids`` (None: no accepting state is reachable). The
+        states of ``ids[:-1]`` and its prefixes are cached (the last token is the one on trial)."""
+        if not ids:
+            return self._states[()]
+        known = len(ids) - 1
+        while ids[:known] not in self._states:
+            known -= 1
+        state = self._states[ids[:known]]
+        for end in range(known + 1, len(ids)):
+            state = self._walk(state, ids[end - 1])
+            self._states[ids[:end]] = state
+        return self._walk(state, ids[-1])
+
+    def prefix(self, ids: Ids) -> bool:
+        return self._state(ids) is not None
+
+    def complete(self, ids: Ids) -> bool:
+        return self._state(ids) in self._finals
+
+
+def _co_accessible(transitions, finals) -> set:
+    """The states from which an accepting state can be reached."""
+    reverse: Dict[int, set] = {}
+    for state, moves in transitions.items():
+        for target in moves.values():
+            reverse.setdefault(target, set()).add(state)
+    live, frontier = set(finals), list(finals)
+    while frontier:
+        for source in reverse.get(frontier.pop(), ()):
+            if source not in live:
+                live.add(source)
+                frontier.append(source)
+    return live
+
+
+def json_schema_regex(schema: Union[dict, str], whitespace_pattern: Optional[str] = None) -> str:
+    """The regular expression outlines-core builds for a JSON schema (a dict or its JSON text)."""
+    try:
+        from outlines_core.json_schema import build_regex_from_schema
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("the JSONSchema constraint needs outlines-core: pip install 'divreg[generation]'") from error
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the JSON schema is not valid JSON: {error}") from error
+    try:
+        import jsonschema
+        jsonschema.validators.validator_for(parsed).check_schema(parsed)
+    except ImportError:  # pragma: no cover - jsonschema comes with the generation extra
+        pass
+    except jsonschema.exceptions.SchemaError as error:
+        raise ValueError(f"not a valid JSON schema: {error.message}") from error
+    try:
+        return build_regex_from_schema(text, whitespace_pattern)
+    except Exception as error:
+        raise ValueError(f"outlines-core cannot turn this JSON schema into a regular expression: {error}") from error
+
+
+class JSONSchema(Regex):
+    """The output must be a JSON document valid under ``schema`` (via outlines-core's regular
+    expression for it; ``whitespace_pattern`` as there, default at most one space between tokens)."""
+
+    def __init__(self, schema: Union[dict, str], vocabulary: Sequence[str], *,
+                 eos_token_id: Optional[int] = None, whitespace_pattern: Optional[str] = None):
+        self.schema = schema
+        super().__init__(json_schema_regex(schema, whitespace_pattern), vocabulary, eos_token_id=eos_token_id)
+
+
+def token_texts(tokenizer) -> list:
+    """Each token's text for a Hugging Face tokenizer, ``tokenizer.decode([i])`` without clean-up.
+
+    Tokenizers that mark a leading space in the token (SentencePiece's ``▁``) lose it when a token
+    is decoded alone; pass your own list for those.
+    """
+    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(len(tokenizer))]

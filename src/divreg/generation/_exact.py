@@ -1,0 +1,131 @@
+r"""Exact distributions on an enumerable toy: the global constrained posterior, locally constrained
+decoding, and importance resampling with N particles; KL and total variation between them.
+
+With outputs of at most ``max_tokens`` tokens over a small vocabulary, every prefix the
+constraint allows can be listed:
+
+- the posterior :math:`\pi(y) = g(y)/Z`, :math:`g(y) = p(y\,\mathrm{EOS}) c(y)`;
+- locally constrained decoding (token masking) :math:`q(y) = \prod_t p(y_t|y_{<t}) c / Z_t(y_{<t})`,
+  and its failure probability (it reaches a prefix where no token is allowed, or an incomplete
+  output at ``max_tokens``);
+- importance resampling of N outputs drawn from q with weights :math:`w = g/q` (``smc`` with
+  ``sampler="masking"``, ``ess_threshold=0``): the chance it returns y is
+  :math:`P_N(y) = N q(y) w(y) E[1/(w(y) + S_{N-1})]`, S the sum of N - 1 independent weights (0
+  for a failure), and :math:`1/x = \int_0^\infty e^{-tx} dt` gives
+  :math:`P_N(y) = N q(y) w(y) \int_0^\infty e^{-t w(y)} M(t)^{N-1} dt`,
+  :math:`M(t) = E_q[e^{-t w}]`: one integral per output, done by Gauss-Legendre quadrature after
+  :math:`t = \tau u/(1-u)` (checked against ``scipy.integrate.quad`` in the tests). It fails (all
+  N particles failed) with probability :math:`f^N`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+FAILURE = None  # the key of the failure outcome in distributions that have one
+
+
+def _children(lm, constraint, prefix, max_tokens):
+    """(log p of each allowed next token, allowed tokens) after ``prefix``; EOS is the only
+    candidate once ``prefix`` has ``max_tokens`` tokens."""
+    log_probs = lm.next_log_probs(prefix).double()
+    eos = lm.eos_token_id
+    candidates = [eos] if len(prefix) >= max_tokens else range(log_probs.numel())
+    allowed = [t for t in candidates if float(log_probs[t]) > -math.inf and constraint(prefix, t)]
+    return log_probs, allowed
+
+
+def exact_posterior(lm, constraint, max_tokens: int) -> tuple[dict, float]:
+    """``({y: pi(y)}, log Z)`` for the particle model ``lm`` (``next_log_probs``) under ``constraint``."""
+    g: dict = {}
+    stack = [((), 0.0)]
+    while stack:
+        prefix, log_p = stack.pop()
+        log_probs, allowed = _children(lm, constraint, prefix, max_tokens)
+        for token in allowed:
+            value = log_p + float(log_probs[token])
+            if token == lm.eos_token_id:
+                g[prefix] = value
+            else:
+                stack.append((prefix + (token,), value))
+    if not g:
+        raise ValueError("the constraint allows no output of at most max_tokens tokens: the posterior is undefined")
+    values = np.array(list(g.values()))
+    log_z = float(np.logaddexp.reduce(values))
+    return {y: math.exp(v - log_z) for y, v in g.items()}, log_z
+
+
+def exact_locally_constrained(lm, constraint, max_tokens: int) -> tuple[dict, float]:
+    """``({y: q(y)}, failure probability)`` of locally constrained decoding."""
+    q: dict = {}
+    failure = 0.0
+    stack = [((), 0.0)]
+    while stack:
+        prefix, log_q = stack.pop()
+        log_probs, allowed = _children(lm, constraint, prefix, max_tokens)
+        if not allowed:
+            failure += math.exp(log_q)
+            continue
+        local = np.array([float(log_probs[t]) for t in allowed])
+        log_z = float(np.logaddexp.reduce(local))
+        for token, value in zip(allowed, local):
+            if token == lm.eos_token_id:
+                q[prefix] = math.exp(log_q + value - log_z)
+            else:
+                stack.append((prefix + (token,), log_q + value - log_z))
+    return q, failure
+
+
+def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes: int = 400) -> tuple[dict, float]:
+    """``({y: P_n(y)}, failure probability)``: one output of importance resampling with ``n``
+    draws from ``q`` (failure mass ``failure``) and weights proportional to ``pi / q`` (P_n does
+    not depend on their scale)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    outputs = [y for y in q if q[y] > 0]
+    missing = [y for y in pi if pi[y] > 0 and q.get(y, 0.0) == 0.0]
+    if missing:
+        raise ValueError(f"q gives probability 0 to {len(missing)} outputs of the posterior (e.g. {missing[0]})")
+    qs = np.array([q[y] for y in outputs])
+    ws = np.array([pi.get(y, 0.0) for y in outputs]) / qs  # w / Z: weights of mean 1 - failure
+    if n == 1:
+        return {y: float(v) for y, v in zip(outputs, qs)}, failure
+    u, du = np.polynomial.legendre.leggauss(nodes)
+    u, du = (u + 1) / 2, du / 2
+    out = {}
+    for y, qy, wy in zip(outputs, qs, ws):
+        tau = 1.0 / ((n - 1) + wy)  # the integrand's decay scale (weights have mean 1 after scaling)
+        t = tau * u / (1 - u)
+        jacobian = tau / (1 - u) ** 2
+        moment = np.exp(-np.outer(t, ws)) @ qs + failure  # M(t)
+        integrand = np.exp(-t * wy + (n - 1) * np.log(moment)) * jacobian
+        out[y] = float(n * qy * wy * (integrand * du).sum())
+    return out, failure ** n
+
+
+def distribution_kl(p: dict, q: dict) -> float:
+    """KL(p || q) over dict distributions (inf where p > 0 = q)."""
+    total = 0.0
+    for y, value in p.items():
+        if value <= 0:
+            continue
+        other = q.get(y, 0.0)
+        if other <= 0:
+            return math.inf
+        total += value * math.log(value / other)
+    return total
+
+
+def total_variation(p: dict, q: dict, p_failure: float = 0.0, q_failure: float = 0.0) -> float:
+    """Half the L1 distance; failures (no output) are an outcome of their own."""
+    keys = set(p) | set(q)
+    return 0.5 * (sum(abs(p.get(y, 0.0) - q.get(y, 0.0)) for y in keys) + abs(p_failure - q_failure))
+
+
+def given_success(q: dict, failure: float) -> Optional[dict]:
+    """q given that an output was produced (None if it never is)."""
+    mass = 1.0 - failure
+    return None if mass <= 0 else {y: v / mass for y, v in q.items()}
