@@ -17,9 +17,9 @@ regex potential is built on; pure Python, so a token is checked lazily, one call
 sampler asks about, which is what AWRS needs, rather than a whole-vocabulary mask being built per
 state as ``outlines-core``'s ``Index`` or ``llguidance`` do). A pattern must match the *whole*
 output. The JSON-schema adapter turns the schema into a regular expression with
-``outlines-core``'s ``build_regex_from_schema`` (the maintained generator Outlines and vLLM use),
-then checks it with the regex adapter; complete outputs are valid JSON documents of the schema
-(tested against ``jsonschema``). Both work on the text of the tokens (``vocabulary[i]`` is token
+``outlines-core``'s ``build_regex_from_schema`` (the maintained generator Outlines and vLLM use)
+for prefixes, and checks complete documents with ``jsonschema`` as well (the expression leaves out
+some keywords, such as ``minimum``). Both work on the text of the tokens (``vocabulary[i]`` is token
 i's text): a token whose text is a partial UTF-8 character must be given its own text by the caller.
 """
 
@@ -92,17 +92,20 @@ class Regex(Constraint):
             import interegular
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("the Regex constraint needs interegular: pip install 'divreg[generation]'") from error
+        body = _strip_anchors(pattern)
         try:
-            fsm = interegular.parse_pattern(pattern).to_fsm()
+            fsm = interegular.parse_pattern(body).to_fsm()
         except Exception as error:
             raise ValueError(f"cannot compile the regular expression {pattern!r}: {error}; interegular supports "
-                             "Python's re syntax without look-around and back-references") from error
+                             "Python's re syntax without back-references, \\b or anchors inside") from error
         if eos_token_id is not None and not 0 <= eos_token_id < len(vocabulary):
             raise ValueError(f"eos_token_id {eos_token_id} is not a token of the {len(vocabulary)}-token vocabulary")
         self.pattern, self.vocabulary = pattern, [str(t) for t in vocabulary]
         self._map, self._alphabet, self._finals = fsm.map, fsm.alphabet, fsm.finals
         self._live = _co_accessible(fsm.map, fsm.finals)
         self._states: Dict[Ids, Optional[int]] = {(): fsm.initial if fsm.initial in self._live else None}
+        if self._states[()] is None:
+            raise ValueError(f"the regular expression {pattern!r} matches no string: every output would be refused")
 
     def _walk(self, state: Optional[int], token: int) -> Optional[int]:
         if state is None:
@@ -134,6 +137,18 @@ class Regex(Constraint):
         return self._state(ids) in self._finals
 
 
+def _strip_anchors(pattern: str) -> str:
+    """Drop a leading ``^`` and a trailing unescaped ``$``: the whole output must match anyway
+    (interegular refuses anchors)."""
+    if pattern.startswith("^"):
+        pattern = pattern[1:]
+    if pattern.endswith("$"):
+        backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
+        if backslashes % 2 == 0:  # not an escaped dollar sign
+            pattern = pattern[:-1]
+    return pattern
+
+
 def _co_accessible(transitions, finals) -> set:
     """The states from which an accepting state can be reached."""
     reverse: Dict[int, set] = {}
@@ -160,11 +175,10 @@ def json_schema_regex(schema: Union[dict, str], whitespace_pattern: Optional[str
         parsed = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"the JSON schema is not valid JSON: {error}") from error
+    import jsonschema
+
     try:
-        import jsonschema
         jsonschema.validators.validator_for(parsed).check_schema(parsed)
-    except ImportError:  # pragma: no cover - jsonschema comes with the generation extra
-        pass
     except jsonschema.exceptions.SchemaError as error:
         raise ValueError(f"not a valid JSON schema: {error.message}") from error
     try:
@@ -174,13 +188,31 @@ def json_schema_regex(schema: Union[dict, str], whitespace_pattern: Optional[str
 
 
 class JSONSchema(Regex):
-    """The output must be a JSON document valid under ``schema`` (via outlines-core's regular
-    expression for it; ``whitespace_pattern`` as there, default at most one space between tokens)."""
+    """The output must be a JSON document valid under ``schema``.
+
+    ``prefix``: outlines-core's regular expression for the schema (``whitespace_pattern`` as there;
+    default at most one space between tokens). That expression does not encode every keyword (for
+    example an integer's ``minimum``), so ``complete`` also parses the text and validates it with
+    ``jsonschema``: no invalid document is ever accepted as complete, but for such keywords a
+    prefix can be a dead end (``"age": -`` when ``minimum`` is 0), which SMC's weights account for.
+    """
 
     def __init__(self, schema: Union[dict, str], vocabulary: Sequence[str], *,
                  eos_token_id: Optional[int] = None, whitespace_pattern: Optional[str] = None):
-        self.schema = schema
+        import jsonschema
+
+        self.schema = json.loads(schema) if isinstance(schema, str) else schema
         super().__init__(json_schema_regex(schema, whitespace_pattern), vocabulary, eos_token_id=eos_token_id)
+        self._validator = jsonschema.validators.validator_for(self.schema)(self.schema)
+
+    def complete(self, ids: Ids) -> bool:
+        if not super().complete(ids):
+            return False
+        try:
+            document = json.loads("".join(self.vocabulary[i] for i in ids))
+        except json.JSONDecodeError:
+            return False
+        return bool(self._validator.is_valid(document))
 
 
 def token_texts(tokenizer) -> list:
