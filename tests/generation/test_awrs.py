@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from divreg.generation import _awrs, awrs
+from divreg.generation import _awrs, awrs, gumbel_order
 
 P = torch.tensor([0.05, 0.3, 0.15, 0.4, 0.1], dtype=torch.float64)
 ALLOWED = {0, 2, 4}  # the likeliest tokens are refused: many rejections
@@ -31,7 +31,7 @@ def test_exact_distribution_and_unbiased_weights(monkeypatch, estimator):
     pairs = itertools.product(orders, orders) if estimator == "two_pass" else ((o,) for o in orders)
     for draws in pairs:
         sequence = iter(draws)
-        monkeypatch.setattr(_awrs, "gumbel_order", lambda log_probs, generator=None: list(next(sequence)))
+        monkeypatch.setattr(_awrs, "_key_order", lambda log_probs, generator=None: iter(next(sequence)))
         sample = awrs(P.log() + 2.0, lambda t: t in ALLOWED, estimator=estimator)  # unnormalized: Z_p = e^2
         probability = math.prod(_order_probability(o) for o in draws)
         expected_mass[sample.token] += probability
@@ -93,3 +93,12 @@ def test_auto_rule_and_a_reject_cap():
     capped = awrs(P.log(), lambda t: t == 0, estimator="geometric", max_rejects=2,
                   generator=torch.Generator().manual_seed(0))
     assert capped.token in (None, 0) and (capped.token is None) == (capped.log_weight == -math.inf)
+
+
+def test_lazy_key_order_is_the_full_sort_of_the_same_keys():
+    log_probs = torch.randn(3000, generator=torch.Generator().manual_seed(5), dtype=torch.float64).log_softmax(0)
+    log_probs[[3, 70, 2999]] = -math.inf
+    uniform = torch.rand(3000, generator=torch.Generator().manual_seed(6), dtype=torch.float64).clamp_min(1e-300)
+    full = torch.argsort(log_probs - torch.log(-torch.log(uniform)), descending=True)
+    expected = [t for t in full.tolist() if t not in (3, 70, 2999)]
+    assert gumbel_order(log_probs, torch.Generator().manual_seed(6)) == expected
