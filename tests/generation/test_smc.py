@@ -178,6 +178,16 @@ def test_everything_refused_and_errors(lm):
     assert result.log_ml == -math.inf and result.distribution() == {} and result.sample() is None
     with pytest.raises(ValueError, match="allows no output"):
         exact_posterior(lm, nothing, MAX)
+    with pytest.raises(ValueError, match="eos_token_id is 3 but the model's is 7"):
+        smc(lm, Predicate(_prefix, eos_token_id=3), 2, max_tokens=MAX)
+    nine = Regex("a+", list("abcdefg") + ["<eos>", "x"], eos_token_id=EOS)
+    with pytest.raises(ValueError, match="vocabulary has 9 tokens but the model scores 8"):
+        rejection_sampling(lm, nine, 1, max_tokens=MAX)
+    with pytest.raises(ValueError, match="vocabulary has 9 tokens"):
+        exact_posterior(lm, nine, MAX)
+    broken = BigramLM(torch.zeros(8), torch.full((8, 8), float("nan")), EOS)
+    with pytest.raises(ValueError, match="NaN log-probabilities at step 1"):
+        smc(broken, CONSTRAINT, 2, max_tokens=MAX, sampler="masking")
     for bad, match in [({"sampler": "beam"}, "sampler must be one of"), ({"estimator": "x"}, "estimator must be"),
                        ({"resampling": "x"}, "resampling must be one of"), ({"ess_threshold": 2.0}, "ess_threshold")]:
         with pytest.raises(ValueError, match=match):

@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from ._smc import check_pairing
+
 FAILURE = None  # the key of the failure outcome in distributions that have one
 
 
@@ -40,6 +42,7 @@ def _children(lm, constraint, prefix, max_tokens):
 
 def exact_posterior(lm, constraint, max_tokens: int) -> tuple[dict, float]:
     """``({y: pi(y)}, log Z)`` for the particle model ``lm`` (``next_log_probs``) under ``constraint``."""
+    check_pairing(lm, constraint)
     g: dict = {}
     stack = [((), 0.0)]
     while stack:
@@ -60,6 +63,7 @@ def exact_posterior(lm, constraint, max_tokens: int) -> tuple[dict, float]:
 
 def exact_locally_constrained(lm, constraint, max_tokens: int) -> tuple[dict, float]:
     """``({y: q(y)}, failure probability)`` of locally constrained decoding."""
+    check_pairing(lm, constraint)
     q: dict = {}
     failure = 0.0
     stack = [((), 0.0)]

@@ -96,6 +96,25 @@ def resample_indices(log_weights: Tensor, method: str, generator: Optional[torch
     return torch.searchsorted(cumulative, points, right=True).clamp_max(n - 1)
 
 
+def check_pairing(lm, constraint) -> None:
+    """Refuse a constraint that does not fit the model: another EOS id, or a vocabulary of
+    another size (a token id the constraint cannot read would raise mid-run, or be misread)."""
+    eos = getattr(constraint, "eos_token_id", lm.eos_token_id)
+    if eos != lm.eos_token_id:
+        raise ValueError(f"the constraint's eos_token_id is {eos} but the model's is {lm.eos_token_id}: build the "
+                         f"constraint with eos_token_id={lm.eos_token_id}")
+    vocabulary = getattr(constraint, "vocabulary", None)
+    if vocabulary is not None and len(vocabulary) != lm.vocab_size:
+        raise ValueError(f"the constraint's vocabulary has {len(vocabulary)} tokens but the model scores "
+                         f"{lm.vocab_size}: give one text per output of the model (e.g. '' for padding ids)")
+
+
+def _checked(log_probs: Tensor, step: int) -> Tensor:
+    if bool(torch.isnan(log_probs).any()):
+        raise ValueError(f"the model returned NaN log-probabilities at step {step}")
+    return log_probs
+
+
 def _log_mean_exp(values: Tensor) -> float:
     return float(torch.logsumexp(values, 0) - math.log(values.numel()))
 
@@ -115,13 +134,14 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
         raise ValueError(f"n_particles and max_tokens must be at least 1, got {n_particles} and {max_tokens}")
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
+    check_pairing(lm, constraint)
     eos = lm.eos_token_id
     sequences = [() for _ in range(n_particles)]
     log_w = torch.zeros(n_particles, dtype=torch.float64)
     done = [False] * n_particles
     calls = tokens = resamples = 0
     history = []
-    log_probs = lm.start(n_particles)
+    log_probs = _checked(lm.start(n_particles), 0)
     for step in range(max_tokens + 1):
         chosen = []
         for i in range(n_particles):
@@ -168,7 +188,7 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
             log_w = torch.full_like(log_w, _log_mean_exp(log_w))
             lm.reorder(index)
             resamples += 1
-        log_probs = lm.advance(torch.tensor(chosen, dtype=torch.long))
+        log_probs = _checked(lm.advance(torch.tensor(chosen, dtype=torch.long)), step + 1)
     return SMCResult(sequences, log_w, _log_mean_exp(log_w), calls, tokens, resamples, history)
 
 
@@ -187,13 +207,14 @@ def rejection_sampling(lm, constraint, n_samples: int, *, max_tokens: int, batch
     after ``max_attempts`` drawn outputs (the caller sees it in ``len(samples)``)."""
     if n_samples < 1 or max_tokens < 1 or batch_size < 1:
         raise ValueError("n_samples, max_tokens and batch_size must be at least 1")
+    check_pairing(lm, constraint)
     eos = lm.eos_token_id
     samples, attempts, calls, tokens = [], 0, 0, 0
     while len(samples) < n_samples and attempts < max_attempts:
         n = min(batch_size, max_attempts - attempts)
         attempts += n
         sequences, finished = [() for _ in range(n)], [False] * n
-        log_probs = lm.start(n)
+        log_probs = _checked(lm.start(n), 0)
         for step in range(max_tokens + 1):
             draws = torch.multinomial(log_probs.double().exp(), 1, generator=generator).flatten().tolist()
             chosen = []
@@ -211,7 +232,7 @@ def rejection_sampling(lm, constraint, n_samples: int, *, max_tokens: int, batch
                 chosen.append(token if token != eos and not finished[i] else eos)
             if all(finished):
                 break
-            log_probs = lm.advance(torch.tensor(chosen, dtype=torch.long))
+            log_probs = _checked(lm.advance(torch.tensor(chosen, dtype=torch.long)), step + 1)
         for sequence in sequences:
             if sequence is None or len(samples) >= n_samples:
                 continue
