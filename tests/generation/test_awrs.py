@@ -102,3 +102,39 @@ def test_lazy_key_order_is_the_full_sort_of_the_same_keys():
     full = torch.argsort(log_probs - torch.log(-torch.log(uniform)), descending=True)
     expected = [t for t in full.tolist() if t not in (3, 70, 2999)]
     assert gumbel_order(log_probs, torch.Generator().manual_seed(6)) == expected
+
+
+@pytest.mark.parametrize("estimator", ["recursive", "two_pass"])
+@pytest.mark.parametrize("tiny", [1e-13, 1e-20, 1e-200])
+def test_unbiased_when_the_allowed_mass_is_below_the_rounding_of_one(monkeypatch, estimator, tiny):
+    """Masses are summed directly, never as 1 - rho: E[w 1{x}] = p(x) c(x) to 1e-12 relative by
+    exact enumeration even when the allowed token's probability is 1e-200."""
+    log_probs = torch.tensor([math.log1p(-tiny), math.log(tiny), math.log(tiny) - 1.0], dtype=torch.float64) + 40.0
+    p = (log_probs - torch.logsumexp(log_probs, 0)).exp().tolist()
+
+    def order_probability(order):  # Plackett-Luce, each denominator summed directly
+        return math.prod(p[token] / sum(p[t] for t in order[i:]) for i, token in enumerate(order))
+
+    orders = list(itertools.permutations(range(3)))
+    pairs = itertools.product(orders, orders) if estimator == "two_pass" else ((o,) for o in orders)
+    expected = 0.0
+    for draws in pairs:
+        sequence = iter(draws)
+        monkeypatch.setattr(_awrs, "_key_order", lambda log_p, generator=None: iter(next(sequence)))
+        sample = awrs(log_probs, lambda t: t == 1, estimator=estimator)
+        assert sample.token == 1
+        expected += math.prod(order_probability(o) for o in draws) * math.exp(sample.log_weight - 40.0)
+    assert expected == pytest.approx(p[1], rel=1e-12)
+
+
+def test_geometric_and_auto_survive_a_tiny_allowed_mass():
+    log_probs = torch.tensor([30.0, 0.0, 0.0], dtype=torch.float64)  # p(token 1) = 9.4e-14
+    p1 = float(torch.softmax(log_probs, 0)[1])
+    weights = []
+    generator = torch.Generator().manual_seed(0)
+    for estimator in ("geometric", "auto") * 2000:
+        sample = awrs(log_probs - 30.0, lambda t: t == 1, estimator=estimator, generator=generator)
+        assert sample.token == 1
+        weights.append(math.exp(sample.log_weight))
+    mean, se = sum(weights) / len(weights), (sum(w * w for w in weights) / len(weights)) ** 0.5 / len(weights) ** 0.5
+    assert abs(mean - p1) < 5 * se and 0.5 * p1 < mean < 2 * p1

@@ -78,8 +78,11 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if log_probs.dim() != 1 or bool(torch.isnan(log_probs).any()):
-        raise ValueError("log_probs must be a (V,) tensor without NaN")
+    if not isinstance(log_probs, Tensor) or log_probs.dim() != 1:
+        raise ValueError(f"log_probs must be a (V,) torch tensor, got {type(log_probs).__name__} "
+                         f"{tuple(getattr(log_probs, 'shape', ()))}")
+    if bool(torch.isnan(log_probs).any()) or bool((log_probs == math.inf).any()):
+        raise ValueError("log_probs has NaN or +inf: give finite log-probabilities (-inf for impossible tokens)")
     if max_accepts < 2:
         raise ValueError(f"max_accepts must be at least 2 (the estimator divides by a + R - 1), got {max_accepts}")
     if max_rejects is not None and max_rejects < 1:
@@ -87,9 +90,12 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
     log_z = float(torch.logsumexp(log_probs.double(), 0))
     if log_z == -math.inf:
         raise ValueError("log_probs gives every token probability 0")
-    p = (log_probs.double() - log_z).exp()  # p-bar
+    log_p = log_probs.double() - log_z  # log p-bar: keys drawn on it (no ties from a huge offset)
     if estimator == "auto":
-        estimator = "geometric" if max_accepts > 2 or float(p.max()) >= GEOMETRIC_THRESHOLD else "recursive"
+        estimator = "geometric" if max_accepts > 2 or float(log_p.max()) >= math.log(GEOMETRIC_THRESHOLD) \
+            else "recursive"
+    if (max_accepts != 2 or max_rejects is not None) and estimator != "geometric":
+        raise ValueError(f"max_accepts and max_rejects are the geometric estimator's; {estimator!r} has none")
     calls, cache = 0, {}
 
     def test(token: int) -> bool:
@@ -99,46 +105,79 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
             cache[token] = bool(allowed(token))
         return cache[token]
 
+    masses = _Masses(log_p)
     if estimator == "geometric":
-        return _geometric(log_probs, p, test, generator, max_accepts, max_rejects, log_z, lambda: calls)
-    order = _key_order(log_probs, generator)
-    rejected, log_factor, rho = [], 0.0, 0.0
+        return _geometric(log_p, masses, test, generator, max_accepts, max_rejects, log_z, lambda: calls)
+    order = _key_order(log_p, generator)
+    log_factor = 0.0
     for token in order:
-        q = float(p[token]) / max(1e-300, 1 - rho)
+        log_q = float(log_p[token]) - masses.log_remaining()
         if test(token):
             if estimator == "recursive":
                 following = next(order, None)
-                factor = 1.0 if following is None or test(following) else q
-                return AWRSSample(token, log_z + log_factor + math.log(factor), calls)
-            removed = set(rejected)
+                log_f = 0.0 if following is None or test(following) else log_q
+                return AWRSSample(token, log_z + log_factor + log_f, calls)
             extra = 0
-            for other in _key_order(log_probs, generator):
-                if other in removed:
+            for other in _key_order(log_p, generator):
+                if not masses.alive[other]:
                     continue
                 if test(other):
                     break
                 extra += 1
-            weight = (1 - sum(float(p[r]) for r in rejected)) / (len(rejected) + extra + 1)
-            return AWRSSample(token, log_z + math.log(max(weight, 1e-300)), calls)
-        rejected.append(token)
-        log_factor += math.log(max(1e-300, 1 - q))
-        rho += float(p[token])
+            log_w = masses.log_remaining() - math.log(len(masses.rejected) + extra + 1)
+            return AWRSSample(token, log_z + log_w, calls)
+        log_factor += _log1m_exp(log_q)
+        masses.reject(token)
     return AWRSSample(None, -math.inf, calls)
 
 
-def _geometric(log_probs, p, test, generator, max_accepts, max_rejects, log_z, calls) -> AWRSSample:
-    """genlm-control's geometric AWRS (see the module docstring)."""
+def _log1m_exp(log_x: float) -> float:
+    """log(1 - e^log_x), accurate for x near 0 and near 1."""
+    if log_x >= 0:
+        return -math.inf
+    return math.log1p(-math.exp(log_x)) if log_x < -math.log(2) else math.log(-math.expm1(log_x))
+
+
+class _Masses:
+    """The rejected and the remaining mass of p-bar, each from a direct sum (never 1 - rho, which
+    loses every digit when the allowed mass is below the rounding of 1)."""
+
+    def __init__(self, log_p: Tensor):
+        self.log_p, self.alive, self.rejected = log_p, torch.ones_like(log_p, dtype=torch.bool), []
+        self.log_rejected = -math.inf
+
+    def reject(self, token: int) -> None:
+        self.alive[token] = False
+        self.rejected.append(token)
+        self.log_rejected = float(torch.logaddexp(torch.tensor(self.log_rejected, dtype=torch.float64),
+                                                  self.log_p[token]))
+
+    def log_remaining(self) -> float:
+        if self.log_rejected < -math.log(2):  # the rejected mass is below 1/2: 1 - rho is exact enough
+            return _log1m_exp(self.log_rejected)
+        return float(torch.logsumexp(self.log_p[self.alive], 0))
+
+    def log_rejected_fraction(self) -> float:
+        """log rho, or log(1 - remaining) when the remaining mass is small (accurate both ways)."""
+        if self.log_rejected < -math.log(2):
+            return self.log_rejected
+        return _log1m_exp(self.log_remaining())
+
+
+def _geometric(log_p, masses, test, generator, max_accepts, max_rejects, log_z, calls) -> AWRSSample:
+    """genlm-control's geometric AWRS (see the module docstring). The number of phantom rejections,
+    Geometric(1 - rho) - 1, is drawn as floor(log U / log rho) (a float: it can be huge when the
+    allowed mass is tiny)."""
     cap = math.inf if max_rejects is None else max_rejects
-    live = log_probs.double().clone()
-    accepts, rejects, rho, result = 0, 0, 0.0, None
+    live = log_p.clone()
+    accepts, rejects, result = 0, 0.0, None
     for _ in range(max_accepts):
         if rejects >= cap:
             break
         for token in _key_order(live, generator):
-            if rho >= 1 - 1e-12:  # rounding: every token with mass was rejected
-                return AWRSSample(None, -math.inf, calls())
-            if rho > 0:  # the draws of rejected tokens that sampling without replacement hid
-                rejects += int(torch.empty((), dtype=torch.float64).geometric_(1 - rho, generator=generator)) - 1
+            if masses.rejected:  # the draws of rejected tokens that sampling without replacement hid
+                uniform = float(torch.rand((), generator=generator, dtype=torch.float64).clamp_min(1e-300))
+                rejects += math.floor(math.log(uniform) / masses.log_rejected_fraction())
             if rejects >= cap:
                 break
             if test(token):
@@ -146,12 +185,12 @@ def _geometric(log_probs, p, test, generator, max_accepts, max_rejects, log_z, c
                 result = token if result is None else result
                 break
             rejects += 1
-            rho += float(p[token])
+            masses.reject(token)
             live[token] = -math.inf
         else:
             break  # every token rejected: a dead end unless one was accepted before
     if accepts == 0:
         return AWRSSample(None, -math.inf, calls())
     rejects = min(rejects, cap)
-    theta = min(max_accepts - 1, accepts) / (accepts + rejects - 1)
-    return AWRSSample(result, log_z + math.log(theta), calls())
+    log_theta = math.log(min(max_accepts - 1, accepts)) - math.log(accepts + rejects - 1)
+    return AWRSSample(result, log_z + log_theta, calls())
