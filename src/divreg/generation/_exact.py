@@ -13,9 +13,9 @@ constraint allows can be listed:
   :math:`P_N(y) = N q(y) w(y) E[1/(w(y) + S_{N-1})]`, S the sum of N - 1 independent weights (0
   for a failure), and :math:`1/x = \int_0^\infty e^{-tx} dt` gives
   :math:`P_N(y) = N q(y) w(y) \int_0^\infty e^{-t w(y)} M(t)^{N-1} dt`,
-  :math:`M(t) = E_q[e^{-t w}]`: one integral per output, done by Gauss-Legendre quadrature after
-  :math:`t = \tau u/(1-u)` (checked against ``scipy.integrate.quad`` in the tests). It fails (all
-  N particles failed) with probability :math:`f^N`.
+  :math:`M(t) = E_q[e^{-t w}]`: one integral per output, by composite Gauss-Legendre quadrature in
+  ln t (checked against the exact binomial sum for two outputs and ``scipy.integrate.quad`` in the
+  tests). It fails (all N particles failed) with probability :math:`f^N`.
 """
 
 from __future__ import annotations
@@ -83,10 +83,17 @@ def exact_locally_constrained(lm, constraint, max_tokens: int) -> tuple[dict, fl
     return q, failure
 
 
-def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes: int = 400) -> tuple[dict, float]:
+def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes: int = 16) -> tuple[dict, float]:
     """``({y: P_n(y)}, failure probability)``: one output of importance resampling with ``n``
     draws from ``q`` (failure mass ``failure``) and weights proportional to ``pi / q`` (P_n does
-    not depend on their scale)."""
+    not depend on their scale).
+
+    The integral over t is taken in ln t, from where the integrand is 1 to 1e-12 (below: its
+    length) to where :math:`e^{-t w_{min}}` is :math:`e^{-60}`, by Gauss-Legendre with ``nodes``
+    points on each panel of width 1/2: the integrand's scales run from 1/(N w_max) to 1/w_min.
+    The result is checked: if the probabilities and the failure do not sum to 1, a
+    ``RuntimeError`` says so rather than returning them (1e-8).
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     outputs = [y for y in q if q[y] > 0]
@@ -94,19 +101,29 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
     if missing:
         raise ValueError(f"q gives probability 0 to {len(missing)} outputs of the posterior (e.g. {missing[0]})")
     qs = np.array([q[y] for y in outputs])
-    ws = np.array([pi.get(y, 0.0) for y in outputs]) / qs  # w / Z: weights of mean 1 - failure
+    ws = np.array([pi.get(y, 0.0) for y in outputs]) / qs
     if n == 1:
         return {y: float(v) for y, v in zip(outputs, qs)}, failure
+    positive = ws[ws > 0]
+    if positive.size == 0:
+        raise ValueError("every output of q has weight 0 under pi: importance resampling always fails")
+    ws = ws / positive.max()  # the largest weight 1 (P_n does not depend on the scale)
+    low, high = math.log(1e-12 / n), math.log(60.0 * positive.max() / positive.min())
+    panels = max(1, math.ceil((high - low) * 2))
     u, du = np.polynomial.legendre.leggauss(nodes)
-    u, du = (u + 1) / 2, du / 2
-    out = {}
-    for y, qy, wy in zip(outputs, qs, ws):
-        tau = 1.0 / ((n - 1) + wy)  # the integrand's decay scale (weights have mean 1 after scaling)
-        t = tau * u / (1 - u)
-        jacobian = tau / (1 - u) ** 2
-        moment = np.exp(-np.outer(t, ws)) @ qs + failure  # M(t)
-        integrand = np.exp(-t * wy + (n - 1) * np.log(moment)) * jacobian
-        out[y] = float(n * qy * wy * (integrand * du).sum())
+    edges = np.linspace(low, high, panels + 1)
+    half = (edges[1:] - edges[:-1])[:, None] / 2
+    log_t = ((edges[:-1, None] + edges[1:, None]) / 2 + half * u[None, :]).ravel()
+    t, dt = np.exp(log_t), (half * du[None, :]).ravel() * np.exp(log_t)
+    decay = np.exp(-np.outer(t, ws))  # (nodes, outputs): e^{-t w}
+    moment = decay @ qs + failure  # M(t)
+    kernel = dt * np.exp((n - 1) * np.log(np.maximum(moment, 1e-300)))
+    integral = kernel @ decay + math.exp(low)  # + the piece [0, t_low], where the integrand is 1
+    values = n * qs * ws * integral
+    out = {y: float(v) for y, v in zip(outputs, values)}
+    total = float(values.sum()) + failure ** n
+    if abs(total - 1.0) > 1e-8:
+        raise RuntimeError(f"the quadrature did not converge (probabilities sum to {total:.9f}); raise nodes")
     return out, failure ** n
 
 
