@@ -54,6 +54,12 @@ def test_gumbel_keys_sample_the_constrained_distribution_and_dead_ends():
     assert dead.token is None and dead.log_weight == -math.inf and dead.constraint_calls == 5
     with pytest.raises(ValueError, match="estimator must be one of"):
         awrs(P.log(), lambda t: True, estimator="bogus")
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        awrs(torch.tensor([0.0, math.inf]), lambda t: True)
+    with pytest.raises(ValueError, match="torch tensor, got ndarray"):
+        awrs(P.log().numpy(), lambda t: True)
+    with pytest.raises(ValueError, match="the geometric estimator's; 'recursive' has none"):
+        awrs(P.log(), lambda t: True, max_rejects=3)
     with pytest.raises(ValueError, match="max_accepts must be at least 2"):
         awrs(P.log(), lambda t: True, estimator="geometric", max_accepts=1)
     with pytest.raises(ValueError, match="every token probability 0"):

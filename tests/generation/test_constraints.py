@@ -120,3 +120,12 @@ def test_errors_are_one_actionable_line():
         json_schema_regex("{type: object")
     with pytest.raises(TypeError, match="Predicate needs callables"):
         Predicate("not a function")
+    log_potential = Predicate(lambda ids: 0.0, eos_token_id=EOS)  # genlm-style 0 / -inf: refused, not misread
+    with pytest.raises(TypeError, match="must return True or False, got 0.0"):
+        log_potential((), 1)
+    with pytest.raises(TypeError, match="pattern must be a str"):
+        Regex(5, VOCAB)
+    with pytest.raises(TypeError, match="got a bytes"):
+        Regex("a", [b"a", b"b"])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        JSONSchema("{bad", JSON_VOCAB)

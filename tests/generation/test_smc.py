@@ -246,3 +246,7 @@ def test_transformers_particles_use_the_cache_correctly_and_reach_the_posterior(
     assert set(means) <= set(pi) and total_variation(pi, means) < 0.15  # 0.07 with 200 runs
     with pytest.raises(ValueError, match="prompt_ids is empty"):
         TransformersLM(lm.model, [])
+    lm.model.config.eos_token_id = [5, 3]
+    with pytest.raises(ValueError, match=r"several EOS ids \[5, 3\]: pass eos_token_id="):
+        TransformersLM(lm.model, [4])
+    assert TransformersLM(lm.model, [4], eos_token_id=3).eos_token_id == 3

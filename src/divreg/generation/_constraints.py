@@ -71,15 +71,27 @@ class Predicate(Constraint):
         return ids if self.vocabulary is None else "".join(self.vocabulary[i] for i in ids)
 
     def prefix(self, ids: Ids) -> bool:
-        return bool(self._prefix(self._view(ids)))
+        return _as_bool(self._prefix(self._view(ids)), "prefix")
 
     def complete(self, ids: Ids) -> bool:
-        return bool(self._complete(self._view(ids)))
+        return _as_bool(self._complete(self._view(ids)), "complete")
+
+
+def _as_bool(value, name: str) -> bool:
+    """A predicate's answer, refused unless it is a boolean (a log-potential's 0.0 / -inf would be
+    read backwards by ``bool``)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"the {name} predicate must return True or False, got {value!r} of type "
+                    f"{type(value).__name__} (for a log-potential, return value > -inf)")
 
 
 class Regex(Constraint):
     """The whole output must match the regular expression ``pattern`` (interegular's syntax:
-    Python's ``re`` without look-around and back-references).
+    Python's ``re`` with look-ahead but without back-references or ``\\b``; a leading ``^`` and a
+    trailing ``$`` are dropped, being implied. Unlike ``re`` on ``str``, ``\\d``, ``\\w`` and ``\\s``
+    are ASCII-only (``\\d`` refuses "٣") and their negations accept those characters; write the
+    characters you mean, e.g. ``[0-9]``).
 
     ``vocabulary[i]`` is the text of token i. The FSM state after each prefix is cached, so
     checking one more token costs a walk over that token's characters. ``prefix`` is True when
@@ -88,6 +100,12 @@ class Regex(Constraint):
 
     def __init__(self, pattern: str, vocabulary: Sequence[str], *, eos_token_id: Optional[int] = None):
         super().__init__(eos_token_id)
+        if not isinstance(pattern, str):
+            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        if any(not isinstance(t, str) for t in vocabulary):
+            kind = next(type(t).__name__ for t in vocabulary if not isinstance(t, str))
+            raise TypeError(f"vocabulary must hold each token's text as a str, got a {kind} (for bytes, decode "
+                            "them first; see token_texts)")
         try:
             import interegular
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -100,7 +118,7 @@ class Regex(Constraint):
                              "Python's re syntax without back-references, \\b or anchors inside") from error
         if eos_token_id is not None and not 0 <= eos_token_id < len(vocabulary):
             raise ValueError(f"eos_token_id {eos_token_id} is not a token of the {len(vocabulary)}-token vocabulary")
-        self.pattern, self.vocabulary = pattern, [str(t) for t in vocabulary]
+        self.pattern, self.vocabulary = pattern, list(vocabulary)
         self._map, self._alphabet, self._finals = fsm.map, fsm.alphabet, fsm.finals
         self._live = _co_accessible(fsm.map, fsm.finals)
         self._states: Dict[Ids, Optional[int]] = {(): fsm.initial if fsm.initial in self._live else None}
@@ -188,10 +206,12 @@ def json_schema_regex(schema: Union[dict, str], whitespace_pattern: Optional[str
 
 
 class JSONSchema(Regex):
-    """The output must be a JSON document valid under ``schema``.
+    """The output must be a JSON document valid under ``schema``, written in outlines-core's
+    canonical form: properties in the schema's order, no properties beyond the schema's, at most
+    one space between tokens (``whitespace_pattern`` changes that), integers without a fraction or
+    exponent, no ``\\u`` escapes. Valid documents in other forms are refused.
 
-    ``prefix``: outlines-core's regular expression for the schema (``whitespace_pattern`` as there;
-    default at most one space between tokens). That expression does not encode every keyword (for
+    ``prefix``: outlines-core's regular expression for the schema. That expression does not encode every keyword (for
     example an integer's ``minimum``), so ``complete`` also parses the text and validates it with
     ``jsonschema``: no invalid document is ever accepted as complete, but for such keywords a
     prefix can be a dead end (``"age": -`` when ``minimum`` is 0), which SMC's weights account for.
@@ -201,8 +221,9 @@ class JSONSchema(Regex):
                  eos_token_id: Optional[int] = None, whitespace_pattern: Optional[str] = None):
         import jsonschema
 
+        pattern = json_schema_regex(schema, whitespace_pattern)  # a clear error for a bad schema first
         self.schema = json.loads(schema) if isinstance(schema, str) else schema
-        super().__init__(json_schema_regex(schema, whitespace_pattern), vocabulary, eos_token_id=eos_token_id)
+        super().__init__(pattern, vocabulary, eos_token_id=eos_token_id)
         self._validator = jsonschema.validators.validator_for(self.schema)(self.schema)
 
     def complete(self, ids: Ids) -> bool:

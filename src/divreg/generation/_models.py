@@ -69,6 +69,9 @@ class TransformersLM:
         self.prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self._device())
         eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
         if isinstance(eos, (list, tuple)):
+            if len(eos) != 1:
+                raise ValueError(f"the model's config has several EOS ids {list(eos)}: pass eos_token_id= the one "
+                                 "your constraint ends with (the others are then ordinary tokens)")
             eos = eos[0]
         if eos is None:
             raise ValueError("the model's config has no eos_token_id: pass eos_token_id=")

@@ -40,8 +40,9 @@ RESAMPLING = ("stratified", "multinomial")
 
 @dataclass
 class SMCResult:
-    """Particles after SMC. ``sequences[i]`` is particle i's output (token ids, EOS left out);
-    ``log_weights`` (N,) float64 (-inf: a dead particle); ``log_ml`` the estimate of log Z."""
+    """Particles after SMC. ``sequences[i]`` is particle i's output (token ids, EOS left out; a
+    dead particle, log-weight -inf, keeps the prefix where it died); ``log_weights`` (N,) float64;
+    ``log_ml`` the estimate of log Z (-inf when every particle died)."""
 
     sequences: list
     log_weights: Tensor
@@ -106,7 +107,8 @@ def check_pairing(lm, constraint) -> None:
     vocabulary = getattr(constraint, "vocabulary", None)
     if vocabulary is not None and len(vocabulary) != lm.vocab_size:
         raise ValueError(f"the constraint's vocabulary has {len(vocabulary)} tokens but the model scores "
-                         f"{lm.vocab_size}: give one text per output of the model (e.g. '' for padding ids)")
+                         f"{lm.vocab_size}: give one text per output of the model (for padding ids, a text the constraint refuses: '' "
+                         "would be allowed anywhere)")
 
 
 def _checked(log_probs: Tensor, step: int) -> Tensor:
@@ -120,10 +122,21 @@ def _log_mean_exp(values: Tensor) -> float:
 
 
 def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "awrs", estimator: str = "recursive",
-        ess_threshold: float = 0.5, resampling: str = "stratified",
-        generator: Optional[torch.Generator] = None) -> SMCResult:
-    """SMC with ``n_particles`` particles of the particle model ``lm`` (see ``_models``) under
-    ``constraint(prefix_ids, next_id) -> bool`` (see the module docstring)."""
+        ess_threshold: float = 0.5, resampling: str = "stratified", generator: Optional[torch.Generator] = None,
+        max_accepts: int = 2, max_rejects: Optional[int] = None) -> SMCResult:
+    """SMC toward the constrained posterior (see the module docstring).
+
+    ``lm``: a particle model (``TransformersLM``, ``BigramLM``, or any object with ``start``,
+    ``advance``, ``reorder``, ``vocab_size``, ``eos_token_id``); ``constraint(prefix_ids, next_id)
+    -> bool`` (a ``Constraint``, whose EOS id and vocabulary must be the model's, or any callable);
+    ``max_tokens``: tokens before EOS is forced (EOS not counted; genlm-control's ``max_tokens``
+    counts it); ``sampler``: ``"awrs"`` or ``"masking"``; ``estimator``, ``max_accepts``,
+    ``max_rejects``: AWRS's (see ``awrs``); ``ess_threshold``: resample when the ESS is below this
+    fraction of the particles (0: never; 1: every step); ``resampling``: ``"stratified"`` or
+    ``"multinomial"``; ``generator``: all randomness.
+
+    Returns an ``SMCResult``: outputs, log-weights, ``log_ml``, constraint calls, tokens, resamples.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if estimator not in ESTIMATORS:
@@ -155,7 +168,8 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
                 log_w[i] += float(log_probs[i, eos]) if allowed else -math.inf
                 token = eos
             elif sampler == "awrs":
-                drawn = awrs(log_probs[i], lambda t: constraint(prefix, t), estimator=estimator, generator=generator)
+                drawn = awrs(log_probs[i], lambda t: constraint(prefix, t), estimator=estimator, generator=generator,
+                             max_accepts=max_accepts, max_rejects=max_rejects)
                 token, log_z, used = drawn.token, drawn.log_weight, drawn.constraint_calls
                 calls += used
                 log_w[i] += log_z
