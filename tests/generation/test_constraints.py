@@ -3,6 +3,7 @@
 over multi-character tokens; the JSON-schema adapter against `jsonschema` on complete documents;
 the predicate adapter on ids and on text; one-line errors."""
 
+import functools
 import itertools
 import json
 import random
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 import regex
 
-from divreg.generation import JSONSchema, Predicate, Regex, json_schema_regex
+from divreg.generation import JSONSchema, Predicate, Regex, json_schema_regex, token_texts
 
 VOCAB = ["a", "b", "ab", "c", "ca", "x", "yz", "1", "12", "-", "<eos>"]
 EOS = len(VOCAB) - 1
@@ -125,7 +126,98 @@ def test_errors_are_one_actionable_line():
         log_potential((), 1)
     with pytest.raises(TypeError, match="pattern must be a str"):
         Regex(5, VOCAB)
-    with pytest.raises(TypeError, match="got a bytes"):
-        Regex("a", [b"a", b"b"])
+    with pytest.raises(TypeError, match=r"one kind for all\), got \['bytes', 'str'\]"):
+        Regex("a", [b"a", "b"])
     with pytest.raises(ValueError, match="not valid JSON"):
         JSONSchema("{bad", JSON_VOCAB)
+
+
+BYTE_TEXTS = ["é", "€", "a", "ab", "1", "é1", "😀"]
+
+
+def _byte_vocabulary():
+    """Byte-level tokens, several of them halves of a character: every UTF-8 byte of the texts
+    above, each text whole, and a few byte pairs."""
+    pieces = {bytes([b]) for text in BYTE_TEXTS for b in text.encode()} | {t.encode() for t in BYTE_TEXTS}
+    pieces |= {"é".encode()[1:] + b"a", "€".encode()[:2]}
+    return sorted(pieces) + [b"<eos>"]
+
+
+@pytest.mark.parametrize("pattern", [r"é+a", r"(€|é)1?", r"[^a]+", r"a.b", r"😀?é"])
+def test_regex_on_byte_tokens_matches_partial_matching(pattern):
+    """A byte-level vocabulary: viability of every sequence of up to 3 tokens against the `regex`
+    package on the decoded text, an unfinished character being viable when one of the characters
+    that start with its bytes is (the pattern's own and 20 others)."""
+    vocabulary = _byte_vocabulary()
+    eos = len(vocabulary) - 1
+    constraint = Regex(pattern, vocabulary, eos_token_id=eos)
+    compiled = regex.compile(pattern)
+
+    @functools.lru_cache(maxsize=None)
+    def completions(pending: bytes):
+        """The pattern's own characters that start with ``pending``, and the first 20 others (the
+        patterns here have no non-ASCII ranges, so every other character behaves alike)."""
+        need = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[pending[0] >> 4]
+        own = [c for c in set(pattern) if c.encode().startswith(pending)]
+        others = []
+        for tail in itertools.product(range(0x80, 0xC0), repeat=need - len(pending)):
+            try:
+                others.append((pending + bytes(tail)).decode())
+            except UnicodeDecodeError:
+                continue
+            if len(others) == 20:
+                break
+        return own + others
+
+    def viable(data: bytes) -> bool:
+        try:
+            return compiled.fullmatch(data.decode(), partial=True) is not None
+        except UnicodeDecodeError:
+            pass
+        for k in (1, 2, 3):  # the text, then an unfinished character of k bytes
+            text, pending = data[:-k], data[-k:]
+            try:
+                text = text.decode()
+            except UnicodeDecodeError:
+                continue
+            lead = pending[0]
+            need = 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
+            if k >= need or any(b & 0xC0 != 0x80 for b in pending[1:]):
+                return False
+            return any(compiled.fullmatch(text + c, partial=True) is not None for c in completions(pending))
+        return False
+
+    checked = 0
+    for length in range(1, 4):
+        for ids in itertools.product(range(eos), repeat=length):
+            data = b"".join(vocabulary[i] for i in ids)
+            assert constraint.prefix(ids) == viable(data), (pattern, data)
+            try:
+                complete = compiled.fullmatch(data.decode()) is not None
+            except UnicodeDecodeError:
+                complete = False
+            assert constraint(ids, eos) == complete, (pattern, data)
+            checked += 1
+    assert checked > 1000
+
+
+def test_token_texts_of_a_byte_level_tokenizer(tmp_path):
+    """A GPT-2-style byte-level BPE tokenizer trained here: token_texts gives bytes, the tokens of
+    "é€a" concatenate to its UTF-8, and Regex over them accepts exactly the encodings that match."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["é€a ab é1"] * 5, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    texts = token_texts(tokenizer)
+    assert all(isinstance(t, bytes) for t in texts) and len(texts) == len(tokenizer)
+    ids = tokenizer.encode("é€a")
+    assert b"".join(texts[i] for i in ids) == "é€a".encode()
+    constraint = Regex(r"é€a|b", texts, eos_token_id=tokenizer.eos_token_id)
+    assert all(constraint(ids[:k], ids[k]) for k in range(len(ids))) and constraint(ids, tokenizer.eos_token_id)
+    halves = [i for i, t in enumerate(texts) if t == "é".encode()[:1]]
+    assert halves and constraint((), halves[0]) and not constraint((), texts.index(b"a"))

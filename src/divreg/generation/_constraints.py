@@ -93,7 +93,9 @@ class Regex(Constraint):
     are ASCII-only (``\\d`` refuses "٣") and their negations accept those characters; write the
     characters you mean, e.g. ``[0-9]``).
 
-    ``vocabulary[i]`` is the text of token i. The FSM state after each prefix is cached, so
+    ``vocabulary[i]`` is the text of token i (``str``), or its UTF-8 bytes (``bytes``: byte-level
+    tokenizers, whose tokens can hold part of a character; see ``token_texts``). The FSM state after
+    each prefix is cached, so
     checking one more token costs a walk over that token's characters. ``prefix`` is True when
     the state can still reach an accepting state; ``complete`` when it is accepting.
     """
@@ -102,10 +104,11 @@ class Regex(Constraint):
         super().__init__(eos_token_id)
         if not isinstance(pattern, str):
             raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
-        if any(not isinstance(t, str) for t in vocabulary):
-            kind = next(type(t).__name__ for t in vocabulary if not isinstance(t, str))
-            raise TypeError(f"vocabulary must hold each token's text as a str, got a {kind} (for bytes, decode "
-                            "them first; see token_texts)")
+        kinds = {type(t) for t in vocabulary}
+        if not kinds <= {str} and not kinds <= {bytes}:
+            raise TypeError(f"vocabulary must hold each token's text as a str, or each token's UTF-8 bytes as "
+                            f"bytes (one kind for all), got {sorted(k.__name__ for k in kinds)}")
+        self._bytes = kinds == {bytes}
         try:
             import interegular
         except ImportError as error:  # pragma: no cover - depends on the environment
@@ -121,13 +124,18 @@ class Regex(Constraint):
         self.pattern, self.vocabulary = pattern, list(vocabulary)
         self._map, self._alphabet, self._finals = fsm.map, fsm.alphabet, fsm.finals
         self._live = _co_accessible(fsm.map, fsm.finals)
-        self._states: Dict[Ids, Optional[int]] = {(): fsm.initial if fsm.initial in self._live else None}
-        if self._states[()] is None:
+        initial = fsm.initial if fsm.initial in self._live else None
+        self._states: Dict[Ids, Optional[int]] = {(): (initial, b"") if self._bytes and initial is not None
+                                                  else initial}
+        self._starts: Dict[tuple, bool] = {}
+        if initial is None:
             raise ValueError(f"the regular expression {pattern!r} matches no string: every output would be refused")
 
-    def _walk(self, state: Optional[int], token: int) -> Optional[int]:
+    def _walk(self, state, token: int):
         if state is None:
             return None
+        if self._bytes:
+            return self._walk_bytes(state, self.vocabulary[token])
         for char in self.vocabulary[token]:
             state = self._map[state].get(self._alphabet[char])
             if state is None or state not in self._live:
@@ -148,11 +156,76 @@ class Regex(Constraint):
             self._states[ids[:end]] = state
         return self._walk(state, ids[-1])
 
+    def _walk_bytes(self, state: tuple, data: bytes):
+        """Byte-level tokens: the state is (FSM state, the bytes of an unfinished UTF-8
+        character); a character moves the FSM once its bytes are complete, and an unfinished one
+        is viable when some character that starts with those bytes leads to a live state."""
+        fsm_state, pending = state
+        for byte in data:
+            pending += bytes((byte,))
+            need = _utf8_length(pending[0])
+            if need is None or (len(pending) > 1 and not _continues(pending)):
+                return None  # not UTF-8
+            if len(pending) < need:
+                continue
+            try:
+                char = pending.decode("utf-8")
+            except UnicodeDecodeError:  # overlong forms, surrogates
+                return None
+            fsm_state, pending = self._map[fsm_state].get(self._alphabet[char]), b""
+            if fsm_state is None or fsm_state not in self._live:
+                return None
+        if pending and not self._can_start(fsm_state, pending):
+            return None
+        return fsm_state, pending
+
+    def _can_start(self, fsm_state: int, pending: bytes) -> bool:
+        key = (fsm_state, pending)
+        if key not in self._starts:
+            from interegular.fsm import anything_else
+
+            moves = self._map[fsm_state]
+            explicit = [c for c, _ in self._alphabet.items() if c is not anything_else
+                        and c.encode("utf-8").startswith(pending)]
+            viable = any(moves.get(self._alphabet[c]) in self._live for c in explicit)
+            # characters outside the alphabet move by `anything_else`; some start with `pending`
+            # when the alphabet does not list all 64^k completions
+            others = moves.get(self._alphabet[anything_else]) in self._live
+            completions = 64 ** (_utf8_length(pending[0]) - len(pending))
+            self._starts[key] = viable or (others and len(explicit) < completions)
+        return self._starts[key]
+
     def prefix(self, ids: Ids) -> bool:
         return self._state(ids) is not None
 
     def complete(self, ids: Ids) -> bool:
-        return self._state(ids) in self._finals
+        state = self._state(ids)
+        if self._bytes:
+            return state is not None and state[1] == b"" and state[0] in self._finals
+        return state in self._finals
+
+
+_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def _continues(pending: bytes) -> bool:
+    """Whether the last byte of ``pending`` can follow the ones before it in UTF-8 (a continuation
+    byte; after E0, ED, F0, F4 the second byte's narrower range: no overlong forms or surrogates)."""
+    low, high = _SECOND_BYTE.get(pending[0], (0x80, 0xBF)) if len(pending) == 2 else (0x80, 0xBF)
+    return low <= pending[-1] <= high
+
+
+def _utf8_length(lead: int) -> Optional[int]:
+    """The byte length of a UTF-8 character from its first byte (None: not a first byte)."""
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead < 0xE0:
+        return 2
+    if 0xE0 <= lead < 0xF0:
+        return 3
+    if 0xF0 <= lead < 0xF5:
+        return 4
+    return None
 
 
 def _strip_anchors(pattern: str) -> str:
@@ -229,17 +302,59 @@ class JSONSchema(Regex):
     def complete(self, ids: Ids) -> bool:
         if not super().complete(ids):
             return False
+        text = b"".join(self.vocabulary[i] for i in ids) if self._bytes else "".join(self.vocabulary[i] for i in ids)
         try:
-            document = json.loads("".join(self.vocabulary[i] for i in ids))
-        except json.JSONDecodeError:
+            document = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return False
         return bool(self._validator.is_valid(document))
 
 
 def token_texts(tokenizer) -> list:
-    """Each token's text for a Hugging Face tokenizer, ``tokenizer.decode([i])`` without clean-up.
+    """Each token's text for a Hugging Face tokenizer, as ``Regex`` / ``JSONSchema`` take it.
 
-    Tokenizers that mark a leading space in the token (SentencePiece's ``▁``) lose it when a token
-    is decoded alone; pass your own list for those.
+    - Byte-level BPE (GPT-2, Llama 3, Qwen: a ``ByteLevel`` decoder): each token's bytes, through
+      ``transformers``' byte-to-unicode table (a token can be part of a UTF-8 character);
+    - SentencePiece-style (``Metaspace`` or ``Replace("▁", " ")`` decoders): the token with ``▁`` as
+      a space, and byte-fallback tokens ``<0xNN>`` as their byte (then every text is bytes);
+    - otherwise ``tokenizer.decode([i])``; this refuses a token that decodes to U+FFFD (part of a
+      character), which a text vocabulary cannot represent.
+
+    Special tokens keep their written form (the constraint sees EOS through ``eos_token_id``).
     """
-    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(len(tokenizer))]
+    import re as _re
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else {}
+    kinds = _decoder_kinds(spec.get("decoder"))
+    ids = list(range(len(tokenizer)))
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    if "ByteLevel" in kinds:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        table = {char: byte for byte, char in bytes_to_unicode().items()}
+        return [bytes(table[c] for c in t) if all(c in table for c in t) else t.encode("utf-8") for t in tokens]
+    if "Metaspace" in kinds or "Replace" in kinds:
+        pieces = []
+        for token in tokens:
+            match = _re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", token) if "ByteFallback" in kinds else None
+            pieces.append(bytes([int(match.group(1), 16)]) if match else token.replace("\u2581", " "))
+        if any(isinstance(p, bytes) for p in pieces):
+            pieces = [p if isinstance(p, bytes) else p.encode("utf-8") for p in pieces]
+        return pieces
+    texts = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    broken = [i for i, text in enumerate(texts) if "\ufffd" in text]
+    if broken:
+        raise ValueError(f"{len(broken)} tokens (e.g. id {broken[0]}) decode to U+FFFD (part of a UTF-8 "
+                         "character) and this tokenizer's decoder is not one token_texts knows: pass each "
+                         "token's bytes yourself")
+    return texts
+
+
+def _decoder_kinds(decoder) -> set:
+    """The types of a tokenizer.json decoder and of its parts (a Sequence's)."""
+    if not decoder:
+        return set()
+    found = {decoder.get("type")}
+    for part in decoder.get("decoders") or []:
+        found |= _decoder_kinds(part)
+    return found
