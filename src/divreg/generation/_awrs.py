@@ -143,14 +143,23 @@ class _Masses:
     loses every digit when the allowed mass is below the rounding of 1)."""
 
     def __init__(self, log_p: Tensor):
-        self.log_p, self.alive, self.rejected = log_p, torch.ones_like(log_p, dtype=torch.bool), []
-        self.log_rejected = -math.inf
+        self.log_p, self.rejected, self.log_rejected = log_p, [], -math.inf
+        self._alive: Optional[Tensor] = None
+
+    @property
+    def alive(self) -> Tensor:
+        if self._alive is None:
+            self._alive = torch.ones_like(self.log_p, dtype=torch.bool)
+            self._alive[self.rejected] = False
+        return self._alive
 
     def reject(self, token: int) -> None:
-        self.alive[token] = False
         self.rejected.append(token)
-        self.log_rejected = float(torch.logaddexp(torch.tensor(self.log_rejected, dtype=torch.float64),
-                                                  self.log_p[token]))
+        if self._alive is not None:
+            self._alive[token] = False
+        value, current = float(self.log_p[token]), self.log_rejected
+        high = max(value, current)
+        self.log_rejected = high + math.log(math.exp(value - high) + math.exp(current - high))
 
     def log_remaining(self) -> float:
         if self.log_rejected < -math.log(2):  # the rejected mass is below 1/2: 1 - rho is exact enough
