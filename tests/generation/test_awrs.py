@@ -144,3 +144,52 @@ def test_geometric_and_auto_survive_a_tiny_allowed_mass():
         weights.append(math.exp(sample.log_weight))
     mean, se = sum(weights) / len(weights), (sum(w * w for w in weights) / len(weights)) ** 0.5 / len(weights) ** 0.5
     assert abs(mean - p1) < 5 * se and 0.5 * p1 < mean < 2 * p1
+
+
+CASES = [  # (log-probs as a caller would pass them, allowed tokens)
+    (torch.tensor([0.0, -40.0, -41.0], dtype=torch.float64), {1, 2}),
+    (torch.tensor([0.0, math.log(1e-200), -math.inf, math.log(1e-200) - 3, -1.0], dtype=torch.float64), {1, 3}),
+    (torch.tensor([0.0, -120.0, -math.inf, -0.5]), {1}),  # float32
+    (torch.tensor([0.0, -800.0], dtype=torch.float64), {1}),
+]
+
+
+@pytest.mark.parametrize("estimator", ["recursive", "two_pass"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_unbiased_on_plain_log_probs_with_tiny_allowed_mass(monkeypatch, estimator, case):
+    """No log1p-built inputs: logsumexp rounds log p-bar of the top token to exactly 0 here, and the
+    weights must still be exact (the rejection factors telescope to the remaining mass)."""
+    log_probs, allowed = CASES[case]
+    log_zp = torch.logsumexp(log_probs.double(), 0).item()
+    log_p = (log_probs.double() - log_zp).tolist()
+    finite = [t for t, v in enumerate(log_p) if v > -math.inf]
+    log_g = torch.logsumexp(torch.tensor([log_p[t] for t in allowed], dtype=torch.float64), 0).item()
+
+    def log_order_probability(order):  # Plackett-Luce in logs, each denominator summed directly
+        return sum(log_p[token] - torch.logsumexp(torch.tensor([log_p[t] for t in order[i:]], dtype=torch.float64),
+                                                  0).item() for i, token in enumerate(order))
+
+    orders = list(itertools.permutations(finite))
+    pairs = itertools.product(orders, orders) if estimator == "two_pass" else ((o,) for o in orders)
+    expected = {t: 0.0 for t in allowed}
+    for draws in pairs:
+        sequence = iter(draws)
+        monkeypatch.setattr(_awrs, "_key_order", lambda lp, generator=None: iter(next(sequence)))
+        sample = awrs(log_probs, lambda t: t in allowed, estimator=estimator)
+        assert sample.log_weight > -math.inf
+        log_probability = sum(log_order_probability(o) for o in draws)
+        expected[sample.token] += math.exp(log_probability + sample.log_weight - log_zp - log_g)
+    for t in allowed:  # E[w 1{x}] / (Z_p g) = p(x) c(x) / g, g the allowed mass
+        assert expected[t] == pytest.approx(math.exp(log_p[t] - log_g), rel=1e-10), t
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_geometric_on_plain_log_probs_with_tiny_allowed_mass(case):
+    log_probs, allowed = CASES[case]
+    log_g = torch.logsumexp(log_probs.double()[sorted(allowed)], 0).item()  # Z_p g
+    generator, n = torch.Generator().manual_seed(2), 3000
+    ratios = [math.exp(awrs(log_probs, lambda t: t in allowed, estimator="geometric",
+                            generator=generator).log_weight - log_g) for _ in range(n)]
+    mean = sum(ratios) / n
+    se = math.sqrt(sum((r - mean) ** 2 for r in ratios) / n / n)
+    assert abs(mean - 1.0) < 5 * se + 1e-9, (mean, se)

@@ -109,14 +109,14 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
     if estimator == "geometric":
         return _geometric(log_p, masses, test, generator, max_accepts, max_rejects, log_z, lambda: calls)
     order = _key_order(log_p, generator)
-    log_factor = 0.0
     for token in order:
-        log_q = float(log_p[token]) - masses.log_remaining()
+        log_remaining = masses.log_remaining()
         if test(token):
             if estimator == "recursive":
+                # prod over rejections of (1 - q_j) telescopes to the remaining mass
                 following = next(order, None)
-                log_f = 0.0 if following is None or test(following) else log_q
-                return AWRSSample(token, log_z + log_factor + log_f, calls)
+                log_f = 0.0 if following is None or test(following) else float(log_p[token]) - log_remaining
+                return AWRSSample(token, log_z + log_remaining + log_f, calls)
             extra = 0
             for other in _key_order(log_p, generator):
                 if not masses.alive[other]:
@@ -124,9 +124,8 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
                 if test(other):
                     break
                 extra += 1
-            log_w = masses.log_remaining() - math.log(len(masses.rejected) + extra + 1)
+            log_w = log_remaining - math.log(len(masses.rejected) + extra + 1)
             return AWRSSample(token, log_z + log_w, calls)
-        log_factor += _log1m_exp(log_q)
         masses.reject(token)
     return AWRSSample(None, -math.inf, calls)
 
@@ -157,9 +156,7 @@ class _Masses:
         self.rejected.append(token)
         if self._alive is not None:
             self._alive[token] = False
-        value, current = float(self.log_p[token]), self.log_rejected
-        high = max(value, current)
-        self.log_rejected = high + math.log(math.exp(value - high) + math.exp(current - high))
+        self.log_rejected = _log_add(self.log_rejected, float(self.log_p[token]))
 
     def log_remaining(self) -> float:
         if self.log_rejected < -math.log(2):  # the rejected mass is below 1/2: 1 - rho is exact enough
@@ -174,32 +171,49 @@ class _Masses:
 
 
 def _geometric(log_p, masses, test, generator, max_accepts, max_rejects, log_z, calls) -> AWRSSample:
-    """genlm-control's geometric AWRS (see the module docstring). The number of phantom rejections,
-    Geometric(1 - rho) - 1, is drawn as floor(log U / log rho) (a float: it can be huge when the
-    allowed mass is tiny)."""
-    cap = math.inf if max_rejects is None else max_rejects
+    """genlm-control's geometric AWRS (see the module docstring). The rejection count R is kept as
+    log R: the phantom rejections, Geometric(1 - rho) - 1 = floor(log U / log rho), are about
+    -log U / (1 - rho) when the remaining mass 1 - rho is tiny, beyond any float count."""
+    log_cap = math.inf if max_rejects is None else math.log(max_rejects)
     live = log_p.clone()
-    accepts, rejects, result = 0, 0.0, None
+    accepts, log_rejects, result = 0, -math.inf, None
     for _ in range(max_accepts):
-        if rejects >= cap:
+        if log_rejects >= log_cap:
             break
         for token in _key_order(live, generator):
             if masses.rejected:  # the draws of rejected tokens that sampling without replacement hid
                 uniform = float(torch.rand((), generator=generator, dtype=torch.float64).clamp_min(1e-300))
-                rejects += math.floor(math.log(uniform) / masses.log_rejected_fraction())
-            if rejects >= cap:
+                log_remaining = masses.log_remaining()
+                if log_remaining > math.log(1e-8):
+                    phantom = math.floor(math.log(uniform) / masses.log_rejected_fraction())
+                    log_phantom = math.log(phantom) if phantom > 0 else -math.inf
+                else:  # log rho = log1p(-remaining) = -remaining to relative 1e-8
+                    log_phantom = math.log(-math.log(uniform)) - log_remaining
+                log_rejects = _log_add(log_rejects, log_phantom)
+            if log_rejects >= log_cap:
                 break
             if test(token):
                 accepts += 1
                 result = token if result is None else result
                 break
-            rejects += 1
+            log_rejects = _log_add(log_rejects, 0.0)
             masses.reject(token)
             live[token] = -math.inf
         else:
             break  # every token rejected: a dead end unless one was accepted before
     if accepts == 0:
         return AWRSSample(None, -math.inf, calls())
-    rejects = min(rejects, cap)
-    log_theta = math.log(min(max_accepts - 1, accepts)) - math.log(accepts + rejects - 1)
+    log_rejects = min(log_rejects, log_cap)
+    log_denominator = _log_add(log_rejects, math.log(accepts - 1)) if accepts > 1 else log_rejects
+    log_theta = math.log(min(max_accepts - 1, accepts)) - log_denominator
     return AWRSSample(result, log_z + log_theta, calls())
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(e^a + e^b)."""
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    high = max(a, b)
+    return high + math.log(math.exp(a - high) + math.exp(b - high))
