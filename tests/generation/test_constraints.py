@@ -221,3 +221,30 @@ def test_token_texts_of_a_byte_level_tokenizer(tmp_path):
     assert all(constraint(ids[:k], ids[k]) for k in range(len(ids))) and constraint(ids, tokenizer.eos_token_id)
     halves = [i for i, t in enumerate(texts) if t == "é".encode()[:1]]
     assert halves and constraint((), halves[0]) and not constraint((), texts.index(b"a"))
+
+
+def test_byte_regex_with_wide_ranges_and_restricted_second_bytes():
+    """Ranges over the surrogate block (interegular lists U+D800-DFFF, which UTF-8 cannot encode),
+    and lead bytes whose second byte is restricted (E0, ED, F0, F4): no character starting with
+    E0 is in [^\\u0800-\\u0fff]; none of 4 bytes is in a BMP-only class."""
+    vocabulary = [b"\xc3", b"\xa9", b"\xe0", b"\xf0", b"\xf4", b"a", b"\xe1"]
+    assert Regex("[\x00-\uffff]*", vocabulary).prefix((0,))
+    no_e0 = Regex("[^\u0800-\u0fff]*", vocabulary)
+    assert not no_e0.prefix((2,)) and no_e0.prefix((6,)) and no_e0.prefix((0, 1))
+    bmp = Regex("[^\U00010000-\U0010ffff]*", vocabulary)
+    assert not bmp.prefix((3,)) and not bmp.prefix((4,)) and bmp.prefix((2,)) and bmp.prefix((5,))
+
+
+def test_token_texts_keeps_added_tokens_as_text():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["ab é"] * 3, trainers.BpeTrainer(
+        vocab_size=270, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    tokenizer.add_tokens(["é!"])
+    texts = token_texts(tokenizer)
+    assert texts[tokenizer.convert_tokens_to_ids("é!")] == "é!".encode() and texts[tokenizer.eos_token_id] == b"<eos>"

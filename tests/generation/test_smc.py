@@ -125,6 +125,13 @@ def test_exact_importance_resampling_against_the_binomial_sum(pi_b, n):
     assert dist["A"] + dist["B"] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_exact_importance_resampling_counts_zero_weight_outputs_as_failures():
+    pi, q = {"a": 1.0}, {"a": 0.5, "b": 0.5}  # "b" has weight 0: its particle dies
+    assert exact_importance_resampling(pi, q, 0.0, 1) == ({"a": 0.5}, 0.5)
+    dist, fail = exact_importance_resampling(pi, q, 0.0, 3)
+    assert dist["a"] == pytest.approx(1 - 0.5 ** 3, rel=1e-12) and fail == pytest.approx(0.125, rel=1e-12)
+
+
 def _average_distribution(lm, n, runs, seed, **options):
     generator = torch.Generator().manual_seed(seed)
     totals, squares, dead, estimates = {}, {}, 0, []

@@ -128,6 +128,7 @@ class Regex(Constraint):
         self._states: Dict[Ids, Optional[int]] = {(): (initial, b"") if self._bytes and initial is not None
                                                   else initial}
         self._starts: Dict[tuple, bool] = {}
+        self._by_prefix: Optional[dict] = None
         if initial is None:
             raise ValueError(f"the regular expression {pattern!r} matches no string: every output would be refused")
 
@@ -184,15 +185,21 @@ class Regex(Constraint):
         if key not in self._starts:
             from interegular.fsm import anything_else
 
+            if self._by_prefix is None:  # the alphabet's characters by each proper prefix of their UTF-8
+                self._by_prefix = {}
+                for char, _ in self._alphabet.items():
+                    if char is anything_else or 0xD800 <= ord(char) <= 0xDFFF:  # surrogates: not in UTF-8
+                        continue
+                    encoded = char.encode("utf-8")
+                    for cut in range(1, len(encoded)):
+                        self._by_prefix.setdefault(encoded[:cut], []).append(char)
             moves = self._map[fsm_state]
-            explicit = [c for c, _ in self._alphabet.items() if c is not anything_else
-                        and c.encode("utf-8").startswith(pending)]
+            explicit = self._by_prefix.get(pending, [])
             viable = any(moves.get(self._alphabet[c]) in self._live for c in explicit)
             # characters outside the alphabet move by `anything_else`; some start with `pending`
-            # when the alphabet does not list all 64^k completions
+            # unless the alphabet lists every valid completion
             others = moves.get(self._alphabet[anything_else]) in self._live
-            completions = 64 ** (_utf8_length(pending[0]) - len(pending))
-            self._starts[key] = viable or (others and len(explicit) < completions)
+            self._starts[key] = viable or (others and len(explicit) < _completions(pending))
         return self._starts[key]
 
     def prefix(self, ids: Ids) -> bool:
@@ -213,6 +220,16 @@ def _continues(pending: bytes) -> bool:
     byte; after E0, ED, F0, F4 the second byte's narrower range: no overlong forms or surrogates)."""
     low, high = _SECOND_BYTE.get(pending[0], (0x80, 0xBF)) if len(pending) == 2 else (0x80, 0xBF)
     return low <= pending[-1] <= high
+
+
+def _completions(pending: bytes) -> int:
+    """How many characters' UTF-8 starts with the unfinished ``pending`` (its second byte's narrower
+    range after E0, ED, F0, F4 counted)."""
+    missing = _utf8_length(pending[0]) - len(pending)
+    if len(pending) == 1 and pending[0] in _SECOND_BYTE:
+        low, high = _SECOND_BYTE[pending[0]]
+        return (high - low + 1) * 64 ** (missing - 1)
+    return 64 ** missing
 
 
 def _utf8_length(lead: int) -> Optional[int]:
@@ -316,7 +333,9 @@ def token_texts(tokenizer) -> list:
     - Byte-level BPE (GPT-2, Llama 3, Qwen: a ``ByteLevel`` decoder): each token's bytes, through
       ``transformers``' byte-to-unicode table (a token can be part of a UTF-8 character);
     - SentencePiece-style (``Metaspace`` or ``Replace("▁", " ")`` decoders): the token with ``▁`` as
-      a space, and byte-fallback tokens ``<0xNN>`` as their byte (then every text is bytes);
+      a space, and byte-fallback tokens ``<0xNN>`` as their byte (then every text is bytes). The
+      leading space of an output's first word stays (``decode`` strips it): a pattern for such
+      outputs should allow it, e.g. ``" ?[A-Z].*"``;
     - otherwise ``tokenizer.decode([i])``; this refuses a token that decodes to U+FFFD (part of a
       character), which a text vocabulary cannot represent.
 
@@ -332,7 +351,9 @@ def token_texts(tokenizer) -> list:
         from transformers.convert_slow_tokenizer import bytes_to_unicode
 
         table = {char: byte for byte, char in bytes_to_unicode().items()}
-        return [bytes(table[c] for c in t) if all(c in table for c in t) else t.encode("utf-8") for t in tokens]
+        added = set(getattr(tokenizer, "added_tokens_decoder", {}))  # stored as plain text, not byte-mapped
+        return [t.encode("utf-8") if i in added or not all(c in table for c in t) else bytes(table[c] for c in t)
+                for i, t in enumerate(tokens)]
     if "Metaspace" in kinds or "Replace" in kinds:
         pieces = []
         for token in tokens:

@@ -100,13 +100,16 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
     missing = [y for y in pi if pi[y] > 0 and q.get(y, 0.0) == 0.0]
     if missing:
         raise ValueError(f"q gives probability 0 to {len(missing)} outputs of the posterior (e.g. {missing[0]})")
+    # an output of weight 0 (pi = 0) gives its particle weight 0: a failure, as in smc
+    failure = float(failure) + sum(q[y] for y in outputs if pi.get(y, 0.0) <= 0)
+    outputs = [y for y in outputs if pi.get(y, 0.0) > 0]
+    if not outputs:
+        raise ValueError("every output of q has weight 0 under pi: importance resampling always fails")
     qs = np.array([q[y] for y in outputs])
-    ws = np.array([pi.get(y, 0.0) for y in outputs]) / qs
+    ws = np.array([pi[y] for y in outputs]) / qs
     if n == 1:
         return {y: float(v) for y, v in zip(outputs, qs)}, failure
-    positive = ws[ws > 0]
-    if positive.size == 0:
-        raise ValueError("every output of q has weight 0 under pi: importance resampling always fails")
+    positive = ws
     ws = ws / positive.max()  # the largest weight 1 (P_n does not depend on the scale)
     low, high = math.log(1e-12 / n), math.log(60.0 * positive.max() / positive.min())
     panels = max(1, math.ceil((high - low) * 2))
@@ -123,7 +126,8 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
     out = {y: float(v) for y, v in zip(outputs, values)}
     total = float(values.sum()) + failure ** n
     if abs(total - 1.0) > 1e-8:
-        raise RuntimeError(f"the quadrature did not converge (probabilities sum to {total:.9f}); raise nodes")
+        raise RuntimeError(f"the quadrature did not converge (probabilities sum to {total:.9f}): raise nodes, or "
+                           "check that q and failure sum to 1")
     return out, failure ** n
 
 
