@@ -193,3 +193,11 @@ def test_geometric_on_plain_log_probs_with_tiny_allowed_mass(case):
     mean = sum(ratios) / n
     se = math.sqrt(sum((r - mean) ** 2 for r in ratios) / n / n)
     assert abs(mean - 1.0) < 5 * se + 1e-9, (mean, se)
+
+
+def test_gumbel_order_ignores_an_offset():
+    """Keys on normalized log-probabilities: with an offset of 1e17 (where 1e17 + noise rounds the
+    noise away) two equally likely tokens still come first half of the time each."""
+    generator = torch.Generator().manual_seed(0)
+    firsts = [gumbel_order(torch.tensor([1e17, 1e17], dtype=torch.float64), generator)[0] for _ in range(2000)]
+    assert abs(firsts.count(0) / 2000 - 0.5) < 5 * math.sqrt(0.25 / 2000)

@@ -201,18 +201,32 @@ def test_regex_on_byte_tokens_matches_partial_matching(pattern):
     assert checked > 1000
 
 
-def test_token_texts_of_a_byte_level_tokenizer(tmp_path):
-    """A GPT-2-style byte-level BPE tokenizer trained here: token_texts gives bytes, the tokens of
-    "é€a" concatenate to its UTF-8, and Regex over them accepts exactly the encodings that match."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _trained_tokenizer(corpus, vocab_size, *, byte_level=True):
+    """A tokenizer trained here (nothing downloaded): GPT-2-style byte-level BPE, or
+    SentencePiece-style BPE (``▁`` for spaces, byte fallback for unseen characters)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["é€a ab é1"] * 5, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    if byte_level:
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        backend = Tokenizer(models.BPE(byte_fallback=True))
+        backend.normalizer = normalizers.Replace(" ", "\u2581")
+        backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+        alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"] + ([] if byte_level else alphabet),
+                                  initial_alphabet=alphabet if byte_level else [])
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+
+
+def test_token_texts_of_a_byte_level_tokenizer():
+    """token_texts gives bytes, the tokens of "é€a" concatenate to its UTF-8, and Regex over them
+    accepts exactly the encodings that match."""
+    tokenizer = _trained_tokenizer(["é€a ab é1"] * 5, 300)
     texts = token_texts(tokenizer)
     assert all(isinstance(t, bytes) for t in texts) and len(texts) == len(tokenizer)
     ids = tokenizer.encode("é€a")
@@ -221,6 +235,28 @@ def test_token_texts_of_a_byte_level_tokenizer(tmp_path):
     assert all(constraint(ids[:k], ids[k]) for k in range(len(ids))) and constraint(ids, tokenizer.eos_token_id)
     halves = [i for i, t in enumerate(texts) if t == "é".encode()[:1]]
     assert halves and constraint((), halves[0]) and not constraint((), texts.index(b"a"))
+
+
+def test_token_texts_of_a_sentencepiece_style_tokenizer_with_byte_fallback():
+    """``▁`` read as a space, ``<0xNN>`` tokens as their byte: the texts of an encoding that falls
+    back to bytes ("€" was never seen) concatenate to the UTF-8 of what decode gives."""
+    tokenizer = _trained_tokenizer(["ab ab a b"] * 5, 300, byte_level=False)
+    texts = token_texts(tokenizer)
+    assert all(isinstance(t, bytes) for t in texts)
+    ids = tokenizer.encode("ab €")
+    assert any(tokenizer.convert_ids_to_tokens(i).startswith("<0x") for i in ids)
+    assert b"".join(texts[i] for i in ids) == tokenizer.decode(ids).encode()
+    assert Regex(r"ab €", texts, eos_token_id=tokenizer.eos_token_id)(ids, tokenizer.eos_token_id)
+
+
+def test_token_texts_of_a_word_level_tokenizer_is_decode():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<eos>": 0, "ab": 1, "é": 2}, unk_token="<eos>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    texts = token_texts(PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>"))
+    assert texts == ["<eos>", "ab", "é"]
 
 
 def test_byte_regex_with_wide_ranges_and_restricted_second_bytes():
@@ -236,15 +272,7 @@ def test_byte_regex_with_wide_ranges_and_restricted_second_bytes():
 
 
 def test_token_texts_keeps_added_tokens_as_text():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["ab é"] * 3, trainers.BpeTrainer(
-        vocab_size=270, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    tokenizer = _trained_tokenizer(["ab é"] * 3, 270)
     tokenizer.add_tokens(["é!"])
     texts = token_texts(tokenizer)
     assert texts[tokenizer.convert_tokens_to_ids("é!")] == "é!".encode() and texts[tokenizer.eos_token_id] == b"<eos>"

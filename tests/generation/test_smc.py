@@ -210,7 +210,8 @@ def test_everything_refused_and_errors(lm):
     with pytest.raises(ValueError, match="NaN log-probabilities at step 1"):
         smc(broken, CONSTRAINT, 2, max_tokens=MAX, sampler="masking")
     for bad, match in [({"sampler": "beam"}, "sampler must be one of"), ({"estimator": "x"}, "estimator must be"),
-                       ({"resampling": "x"}, "resampling must be one of"), ({"ess_threshold": 2.0}, "ess_threshold")]:
+                       ({"resampling": "x"}, "resampling must be one of"), ({"ess_threshold": 2.0}, "ess_threshold"),
+                       ({"sampler": "masking", "max_rejects": 5}, "sampler='masking' has none")]:
         with pytest.raises(ValueError, match=match):
             smc(lm, CONSTRAINT, 2, max_tokens=MAX, **bad)
 

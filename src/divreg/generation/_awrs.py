@@ -50,8 +50,10 @@ class AWRSSample(NamedTuple):
 
 
 def gumbel_order(log_probs: Tensor, generator: Optional[torch.Generator] = None) -> list[int]:
-    """Token ids in decreasing order of log p + Gumbel noise, tokens of probability 0 left out."""
-    return list(_key_order(log_probs, generator))
+    """Token ids in decreasing order of log p + Gumbel noise, tokens of probability 0 left out
+    (keys on normalized log-probabilities: a huge offset would otherwise swamp the noise)."""
+    log_z = torch.logsumexp(log_probs.double(), 0)
+    return list(_key_order(log_probs.double() - log_z if log_z > -math.inf else log_probs, generator))
 
 
 def _key_order(log_probs: Tensor, generator: Optional[torch.Generator] = None) -> Iterator[int]:

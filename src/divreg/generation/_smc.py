@@ -147,6 +147,8 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
         raise ValueError(f"n_particles and max_tokens must be at least 1, got {n_particles} and {max_tokens}")
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
+    if sampler == "masking" and (estimator != "recursive" or max_accepts != 2 or max_rejects is not None):
+        raise ValueError("estimator, max_accepts and max_rejects are AWRS's: sampler='masking' has none")
     check_pairing(lm, constraint)
     eos = lm.eos_token_id
     sequences = [() for _ in range(n_particles)]
