@@ -1,5 +1,11 @@
 """Configs: dataclass defaults in code, optionally a YAML file, then ``key=value`` overrides,
-merged and type-checked by OmegaConf."""
+merged and type-checked by OmegaConf.
+
+A mapping the user gives *replaces* the default mapping (``losses: {ipo: 1.0}`` trains IPO
+alone, ``student.config: {model_type: gpt2, ...}`` builds that model and nothing of the default
+one); OmegaConf's merge would merge the two. One entry of a default mapping is overridden with a
+dotted key (``losses.ipo=0.5``). Dataclass blocks (``student``, ``policy``) still merge field by
+field: ``student: {path: ./my-model}`` keeps the block's other defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import os
 from typing import Iterable, Optional, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 ConfigT = TypeVar("ConfigT")
@@ -36,14 +42,53 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                 line = f", line {where.line + 1}" if where is not None else ""
                 raise ValueError(f"config file {config_path!r}{line}: not valid YAML "
                                  f"({getattr(error, 'problem', None) or error})") from None
-            merged = OmegaConf.merge(merged, loaded)
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+            merged = merge_replacing(merged, loaded)
+        for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
+            given = OmegaConf.from_dotlist([item])
+            merged = OmegaConf.merge(merged, given)
+            key = item.split("=", 1)[0].strip()
+            node, value = OmegaConf.select(merged, key), OmegaConf.select(given, key)
+            if _is_mapping(value) and isinstance(node, DictConfig):
+                if _is_block(node):
+                    _replace_mappings(node, value)
+                else:
+                    OmegaConf.update(merged, key, value, merge=False)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or getattr(error, "key", None)
         message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
         raise ValueError(f"invalid config key {key!r}: {message}") from error
+
+
+def _is_mapping(node) -> bool:
+    return isinstance(node, DictConfig) and not node._is_none() and not node._is_missing()
+
+
+def _is_block(node: DictConfig) -> bool:
+    """A dataclass block (merged field by field), not a plain mapping (replaced whole)."""
+    return dataclasses.is_dataclass(OmegaConf.get_type(node))
+
+
+def merge_replacing(base, given):
+    """``OmegaConf.merge(base, given)``, except that each plain mapping ``given`` holds replaces
+    the one in ``base`` instead of merging with it (dataclass blocks still merge field by field)."""
+    merged = OmegaConf.merge(base, given)
+    _replace_mappings(merged, given if isinstance(given, DictConfig) else OmegaConf.create(given))
+    return merged
+
+
+def _replace_mappings(merged: DictConfig, given: DictConfig) -> None:
+    """After ``OmegaConf.merge(merged, given)``: every plain mapping of ``given`` is put in
+    ``merged`` as given (the merge had merged it with the default mapping), in dataclass blocks
+    at any depth; typed mappings keep their validation (``Dict[str, float]``)."""
+    for key in given:
+        value, node = given._get_node(key), merged._get_node(key)
+        if not _is_mapping(value) or not isinstance(node, DictConfig) or node._is_none():
+            continue
+        if _is_block(node):
+            _replace_mappings(node, value)
+        else:
+            merged[key] = value
 
 
 def to_yaml(config) -> str:

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..config import merge_replacing
 from ..divergences import DIVERGENCES, check_divergence_options, get_divergence
 
 MethodT = TypeVar("MethodT")
@@ -61,7 +62,7 @@ def parse_methods(entries: Sequence[Any], schema: type[MethodT], shorthand: Call
         if not isinstance(fields, Mapping) and not OmegaConf.is_dict(fields):
             raise ValueError(f"methods[{index}]: expected a name or a mapping, got {entry!r}")
         try:
-            merged = OmegaConf.merge(OmegaConf.structured(schema), fields)
+            merged = merge_replacing(OmegaConf.structured(schema), fields)
             methods.append(OmegaConf.to_object(merged))
         except OmegaConfBaseException as error:
             message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
