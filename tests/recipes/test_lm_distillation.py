@@ -59,6 +59,26 @@ def test_cached_teacher_and_distillm_adaptive(tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         run(_config(tmp_path / "hot", *common, f"teacher_cache={tmp_path / 'cache'}", "temperature=2.0",
                     "methods=[{name: fkl, divergence: forward_kl}]"))
+    # without teacher.path: the teacher the cache recorded (not a new default one trained here), the same KL
+    recorded = run(_config(tmp_path / "recorded", f"tokenizer={first / 'tokenizer'}", f"teacher_cache={tmp_path / 'cache'}",
+                           "methods=[{name: cached_fkl, divergence: forward_kl}]"))
+    assert recorded["cached_fkl"]["kl_to_teacher"] == cached["cached_fkl"]["kl_to_teacher"]
+    assert not (tmp_path / "recorded" / "teacher").exists() and not (tmp_path / "recorded" / "checkpoints" / "teacher.pt").exists()
+    # another teacher's weights by teacher.path: refused, the KL would be to another teacher
+    fx.model(seed=5, vocab_size=300).model.save_pretrained(tmp_path / "other_teacher")
+    with pytest.raises(ValueError, match="is not the one that wrote teacher_cache"):
+        run(_config(tmp_path / "other", f"tokenizer={first / 'tokenizer'}", f"teacher.path={tmp_path / 'other_teacher'}",
+                    f"teacher_cache={tmp_path / 'cache'}", "methods=[{name: fkl, divergence: forward_kl}]"))
+    assert not (tmp_path / "other" / "checkpoints").exists()
+    # the recorded teacher gone: refused with what to do; kl_eval=false trains from the cache alone
+    (first / "teacher").rename(first / "moved_teacher")
+    with pytest.raises(ValueError, match="which is not a folder here; pass teacher.path"):
+        run(_config(tmp_path / "gone", f"tokenizer={first / 'tokenizer'}", f"teacher_cache={tmp_path / 'cache'}",
+                    "methods=[{name: fkl, divergence: forward_kl}]"))
+    alone = run(_config(tmp_path / "alone", f"tokenizer={first / 'tokenizer'}", f"teacher_cache={tmp_path / 'cache'}",
+                        "kl_eval=false", "methods=[{name: fkl, divergence: forward_kl}]"))
+    assert "kl_to_teacher" not in alone["fkl"] and "teacher" not in alone
+    (first / "moved_teacher").rename(first / "teacher")
     with pytest.raises(ValueError, match="need a live teacher"):
         _config(tmp_path / "x", f"teacher_cache={tmp_path / 'cache'}",
                 "methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]")

@@ -86,6 +86,20 @@ def build_causal_lm(source: ModelSource, tokenizer, seed: int):
         return AutoModelForCausalLM.from_config(config)
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes and values, in name order): which
+    weights these are, whatever folder or path they were loaded from. Reads every weight once
+    (about a second per GB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 class CausalLM(nn.Module):
     """``forward`` returns logits, or the final hidden states (what the output layer reads)
     when ``hidden=True``; ``output_weight`` is that layer's weight. The fused path assumes

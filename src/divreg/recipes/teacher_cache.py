@@ -4,6 +4,7 @@ the teacher in memory (``divreg distill-lm teacher_cache=DIR``)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import require_positive
 from ..data import collate, examples_fingerprint, load_text_examples
-from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer
+from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
 from ..targets import TeacherCacheWriter, tokenizer_fingerprint
 
 
@@ -49,7 +50,10 @@ def run(config: CacheTeacherConfig) -> str:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
     manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "examples_sha256": examples_fingerprint(train),
                 "data": config.data, "seq_len": config.seq_len,
-                "prompt_len": config.prompt_len, "teacher": config.teacher, "examples": len(train)}
+                "prompt_len": config.prompt_len, "examples": len(train),
+                # which teacher wrote it: distill-lm loads it (by path, checked by its weights) to report the KL
+                "teacher": os.path.abspath(config.teacher) if os.path.isdir(config.teacher) else config.teacher,
+                "teacher_sha256": weights_fingerprint(teacher.model)}
     writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):
         examples = train[start:start + config.batch_size]

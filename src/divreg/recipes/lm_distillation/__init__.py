@@ -25,7 +25,7 @@ from ..._table import format_table
 from ...data import (arithmetic_problems, builtin_corpus, char_tokenizer, load_text_examples, task_records,
                      tokenize_records, train_bpe_tokenizer)
 from ...metrics import training_curves
-from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
+from ...models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
 from ...targets import TeacherCache
 from ...training import prepare_run_folder
 from .config import DistillLMConfig, LMMethod
@@ -59,19 +59,57 @@ def setup(config: DistillLMConfig):
                                              config.prompt_len)
     if config.teacher_cache:  # at start-up, not at the first batch
         check_cache(TeacherCache(config.teacher_cache), config, tokenizer, train)
+    # the teacher (untrained if it is trained here) and the tokenizers' match, before the run folder is written
+    teacher = build_teacher(config, tokenizer)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
-    return accelerator, tokenizer, train, held_out, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path,
-                                                              problems)
+    return accelerator, tokenizer, train, held_out, teacher, LMTrainer(accelerator, config, tokenizer, train,
+                                                                       held_out, log_path, problems)
+
+
+def cached_teacher_source(config: DistillLMConfig) -> Optional[ModelSource]:
+    """With ``teacher_cache``, the teacher the run evaluates against: ``teacher.path`` when given,
+    else the one the cache recorded; None when there is none to evaluate (``kl_eval=false``).
+    A teacher is never trained here then: the KL is only reported against the teacher that wrote
+    the cache, checked by its weights (:func:`cached_teacher`)."""
+    if not config.kl_eval:
+        return None
+    if config.teacher.path is not None:
+        return config.teacher
+    recorded = TeacherCache(config.teacher_cache).manifest.get("teacher")
+    if recorded is None:
+        raise ValueError(f"teacher_cache {config.teacher_cache!r} does not record which teacher wrote it; pass "
+                         "teacher.path=<that teacher> to report the KL to it, or kl_eval=false")
+    if not os.path.isdir(recorded):
+        raise ValueError(f"teacher_cache {config.teacher_cache!r} was written by the teacher {recorded!r}, which is not "
+                         "a folder here; pass teacher.path=<that teacher> to report the KL to it, or kl_eval=false")
+    return ModelSource(path=recorded, config={}, tokenizer=config.teacher.tokenizer)
+
+
+def cached_teacher(config: DistillLMConfig, model: CausalLM) -> CausalLM:
+    """``model`` if its weights are those of the teacher that wrote ``teacher_cache``, else a
+    ``ValueError`` (the reported KL would be to another teacher than the one trained toward)."""
+    recorded = TeacherCache(config.teacher_cache).manifest.get("teacher_sha256")
+    if recorded is not None and weights_fingerprint(model.model) != recorded:
+        raise ValueError(f"the teacher {model.model.name_or_path!r} is not the one that wrote teacher_cache "
+                         f"{config.teacher_cache!r} (its weights differ from the recorded ones): the held-out KL would "
+                         "be to another teacher; pass the cache's teacher as teacher.path, or kl_eval=false")
+    return model
 
 
 def build_teacher(config: DistillLMConfig, tokenizer):
-    """The teacher model (loaded, or built to be trained here; None for a cache without a
-    model) and the tokenizer it reads (see :func:`divreg.models.model_tokenizer`)."""
+    """The teacher model (loaded, or built to be trained here; with ``teacher_cache`` the cache's
+    teacher for the held-out KL, or None without ``kl_eval``) and the tokenizer it reads (see
+    :func:`divreg.models.model_tokenizer`)."""
+    if config.teacher_cache:
+        source = cached_teacher_source(config)
+        if source is None:
+            return None, model_tokenizer(config.teacher, tokenizer)
+        teacher_tokenizer = model_tokenizer(source, tokenizer)
+        model = CausalLM(build_causal_lm(source, teacher_tokenizer, config.seed), len(teacher_tokenizer))
+        return cached_teacher(config, model), teacher_tokenizer
     teacher_tokenizer = model_tokenizer(config.teacher, tokenizer)
-    if config.teacher.path is None and config.teacher_cache and not config.teacher_train_steps:
-        return None, teacher_tokenizer  # a cache without a model: no KL-to-teacher metric
     if config.teacher.path is None and config.teacher_train_steps and teacher_tokenizer is not tokenizer:
         raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
     return CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer)), \
@@ -83,7 +121,7 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
     ``teacher_dtype``, in place (the student losses built before hold this same module)."""
     if model is None:
         return None
-    if config.teacher.path is None and config.teacher_train_steps:
+    if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"))
         trainer.run(run, model, ce_loss, None)
@@ -111,10 +149,9 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
 
 def run(config: DistillLMConfig) -> dict:
     started = time.perf_counter()
-    accelerator, tokenizer, train, held_out, trainer = setup(config)
-    # Everything the run needs is built and checked before any training: the teacher (untrained
-    # if it is trained here), the tokenizers' match, the student, and every method's loss.
-    teacher, teacher_tokenizer = build_teacher(config, tokenizer)
+    accelerator, tokenizer, train, held_out, (teacher, teacher_tokenizer), trainer = setup(config)
+    # Everything the run needs is built and checked before any training: the teacher (in setup),
+    # the student, and every method's loss.
     losses = {method.name: make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
               for method in config.methods}
 
@@ -133,7 +170,7 @@ def run(config: DistillLMConfig) -> dict:
         loss_fn, shared = losses[method.name]
         run_spec = LMRun(method.name, method, config.steps, config.lr,
                          os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))
-        eval_teacher = teacher if shared is not None else None
+        eval_teacher = teacher if shared is not None and config.kl_eval else None
         results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher)
         student = None
     summary = None

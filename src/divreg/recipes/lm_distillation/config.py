@@ -88,7 +88,11 @@ class DistillLMConfig:
     # ULD's reduction: "token" (sum over aligned positions / the global batch's answer tokens, like the CE) or
     # "sequence" (the official code: mean over each answer, then over the global batch's sequences)
     uld_reduction: str = "token"
-    teacher_cache: Optional[str] = None  # a divreg cache-teacher folder: train without the teacher in memory
+    # a divreg cache-teacher folder: train without the teacher in memory (no teacher is trained here then)
+    teacher_cache: Optional[str] = None
+    # report the held-out KL to the teacher; with teacher_cache and no teacher.path, the teacher the cache recorded
+    # is loaded for it (checked by its weights), and a run whose cache's teacher cannot be loaded is refused
+    kl_eval: bool = True
     cache_tail: str = "bucket"  # how a cached top-k signal's tail is used ("bucket" or "renormalize")
     seq_len: int = 64  # tokens per example (builtin data) or maximum length (records)
     prompt_len: int = 16  # prompt tokens of builtin examples (never in the loss)
