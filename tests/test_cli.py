@@ -150,8 +150,10 @@ def test_text_data_errors_are_one_line(tmp_path, monkeypatch, capsys):
     fx.tokenizer().save_pretrained(tmp_path / "tok")
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken}\n')
+    (tmp_path / "number.jsonl").write_text('{"text": "fine"}\n\n{"text": 5}\n')
     cases = [("data=empty.jsonl", "'empty.jsonl' is empty: it holds no records"),
              ("data=broken.jsonl", "broken.jsonl, line 2: not valid JSON"),
+             ("data=number.jsonl", "number.jsonl, line 3: 'text' is int (5), not a string"),
              ("tokenizer=no/such/tok", "tokenizer 'no/such/tok': no such folder")]
     for arguments, message in cases:
         for command in ("distill-lm", "cache-teacher"):

@@ -58,11 +58,11 @@ def test_prompts_that_differ_or_leave_no_room_are_refused():
     tokenizer = _chat_tokenizer()
     different = {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
                  "rejected": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
-    with pytest.raises(ValueError, match="pair record 0: the chosen and rejected answers do not share their prompt"):
+    with pytest.raises(ValueError, match="record 0: the chosen and rejected answers do not share their prompt"):
         tokenize_pairs(load_preference_records([different]), tokenizer, max_length=64)
     with pytest.raises(ValueError, match="leaving no room for an answer within max_length=3"):
         tokenize_pairs([{"prompt": "12+34=", "chosen": "46", "rejected": "47"}], char_tokenizer(), max_length=3)
-    with pytest.raises(ValueError, match=r"pair record 0 \(chosen\): chat 'messages' need a tokenizer with a chat"):
+    with pytest.raises(ValueError, match=r"record 0 \(chosen\): chat 'messages' need a tokenizer with a chat"):
         tokenize_pairs([different], char_tokenizer(), max_length=64)
 
 
@@ -77,7 +77,7 @@ def test_pairs_from_a_datasets_folder(tmp_path):
 
 
 def test_unknown_characters_are_refused_and_a_chat_eos_is_not_doubled():
-    with pytest.raises(ValueError, match="pair record 0: its text has characters the tokenizer cannot encode"):
+    with pytest.raises(ValueError, match="record 0: its text has characters the tokenizer cannot encode"):
         tokenize_pairs([{"prompt": "a+b=", "chosen": "x", "rejected": "y"}], char_tokenizer(), max_length=16)
     tokenizer = _chat_tokenizer()
     eos = tokenizer.eos_token
@@ -88,3 +88,18 @@ def test_unknown_characters_are_refused_and_a_chat_eos_is_not_doubled():
                             "rejected": [{"role": "assistant", "content": "class"}]}], tokenizer, max_length=64)[0]
     for example in (pair.chosen, pair.rejected):
         assert example.input_ids[-1] == tokenizer.eos_token_id and example.input_ids[-2] != tokenizer.eos_token_id
+
+
+def test_a_bad_pair_in_a_file_names_the_file_and_the_one_based_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"})
+    path.write_text("\n".join([good, "", good, json.dumps({"prompt": "2+2=", "chosen": "4"})]))
+    with pytest.raises(ValueError, match=r"pairs.jsonl, line 4: has keys \['chosen', 'prompt'\]"):
+        load_preference_records(str(path))
+    path.write_text("\n".join([good, json.dumps({"prompt": [{"role": "user", "content": "hi"}],
+                                                 "chosen": [{"role": "assistant"}], "rejected": []})]))
+    with pytest.raises(ValueError, match="pairs.jsonl, line 2: 'chosen' must be a list of chat messages"):
+        load_preference_records(str(path))
+    path.write_text("\n".join([good, good, json.dumps({"prompt": "1234567890=", "chosen": "1", "rejected": "2"})]))
+    with pytest.raises(ValueError, match="pairs.jsonl, line 3: its prompt has 11 tokens"):
+        tokenize_pairs(load_preference_records(str(path)), char_tokenizer(), max_length=8)

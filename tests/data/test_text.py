@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from divreg.data import IGNORE_INDEX, TextExample, collate, load_text_examples, load_text_records
+from divreg.data import IGNORE_INDEX, TextExample, collate, load_text_examples, load_text_records, tokenize_records
 
 from ..recipes import lm_fixtures as fx
 
@@ -52,5 +52,36 @@ def test_bad_record_files_say_what_and_where(tmp_path):
         load_text_records(str(broken))
     listed = tmp_path / "listed.jsonl"
     listed.write_text('["text", "x"]\n')
-    with pytest.raises(ValueError, match="record 0 is list"):
+    with pytest.raises(ValueError, match="listed.jsonl, line 1: is list"):
         load_text_records(str(listed))
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"text": 5}', r"'text' is int \(5\), not a string"),
+    ('{"prompt": "a", "completion": ["b"]}', "'completion' is list"),
+    ('{"prompt": null, "completion": "b"}', r"has keys \['completion'\]"),
+    ('{"messages": [{"role": "user"}]}', "'messages' must be a list of chat messages"),
+    ('{"messages": "hi"}', "'messages' must be a list of chat messages"),
+])
+def test_a_bad_record_names_its_file_and_one_based_line(tmp_path, line, message):
+    """Blank lines count: the error's line is the file's line as an editor shows it."""
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "fine"}\n\n' + line + '\n{"text": "also fine"}\n')
+    with pytest.raises(ValueError, match=rf"data.jsonl, line 3: {message}"):
+        load_text_records(str(data))
+
+
+def test_a_bad_row_of_a_datasets_folder_is_named_and_tokenizer_errors_keep_the_place(tmp_path):
+    import datasets
+
+    folder = tmp_path / "rows"
+    datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": None},
+                                {"prompt": "d", "completion": "e"}]).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match=r"rows, row 1: has keys \['prompt'\]"):
+        load_text_records(str(folder))
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"text": "fine"}\n{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "yo"}]}\n')
+    records = load_text_records(str(data))
+    with pytest.raises(ValueError, match="chat.jsonl, line 2: chat 'messages' need a tokenizer with a chat template"):
+        tokenize_records(records, fx.tokenizer(), 32, 4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ._text import TextExample, _prompt_and_completion, read_records, with_eos
+from ._text import TextExample, _check_messages, _prompt_and_completion, read_records, where, with_eos
 
 
 @dataclass
@@ -30,12 +30,16 @@ def load_preference_records(source) -> list[dict]:
     records = read_records(source)
     for index, record in enumerate(records):
         if not {"chosen", "rejected"} <= set(record):
-            raise ValueError(f"pair record {index} has keys {sorted(record)}; expected prompt, chosen and rejected "
+            raise ValueError(f"{where(record, index)}: has keys {sorted(record)}; expected prompt, chosen and rejected "
                              "(or chosen and rejected conversations)")
         kinds = {type(record[key]).__name__ for key in ("prompt", "chosen", "rejected") if key in record}
         if kinds not in ({"str"}, {"list"}) or ("prompt" not in record and kinds != {"list"}):
-            raise ValueError(f"pair record {index}: prompt, chosen and rejected must all be strings, or all lists of "
+            raise ValueError(f"{where(record, index)}: prompt, chosen and rejected must all be strings, or all lists of "
                              "chat messages (without a prompt: two whole conversations)")
+        if kinds == {"list"}:
+            for key in ("prompt", "chosen", "rejected"):
+                if key in record:
+                    _check_messages(record[key], where(record, index), key)
     return records
 
 
@@ -58,20 +62,20 @@ def tokenize_pairs(records: Sequence[dict], tokenizer, max_length: int, first_id
             try:
                 prompt, completion = _prompt_and_completion(_side(record, answer), tokenizer)
             except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"pair record {index} ({answer}): {error}") from None
+                raise ValueError(f"{where(record, index)} ({answer}): {error}") from None
             sides.append((prompt, completion))
         (prompt, chosen), (other_prompt, rejected) = sides
         if prompt != other_prompt:
-            raise ValueError(f"pair record {index}: the chosen and rejected answers do not share their prompt (the "
+            raise ValueError(f"{where(record, index)}: the chosen and rejected answers do not share their prompt (the "
                              "conversations differ before the last assistant message)")
         if len(prompt) >= max_length:
-            raise ValueError(f"pair record {index}: its prompt has {len(prompt)} tokens, leaving no room for an answer "
+            raise ValueError(f"{where(record, index)}: its prompt has {len(prompt)} tokens, leaving no room for an answer "
                              f"within max_length={max_length}; raise max_length or shorten the prompt")
         if not prompt:
-            raise ValueError(f"pair record {index}: the prompt is empty (no token to condition on)")
+            raise ValueError(f"{where(record, index)}: the prompt is empty (no token to condition on)")
         unknown = getattr(tokenizer, "unk_token_id", None)
         if unknown is not None and unknown in prompt + chosen + rejected:
-            raise ValueError(f"pair record {index}: its text has characters the tokenizer cannot encode (they map to "
+            raise ValueError(f"{where(record, index)}: its text has characters the tokenizer cannot encode (they map to "
                              f"{tokenizer.unk_token!r}); use a tokenizer that covers them")
         examples = [TextExample.with_prompt(first_id + index, (prompt + with_eos(answer, tokenizer.eos_token_id))
                                             [:max_length], len(prompt)) for answer in (chosen, rejected)]

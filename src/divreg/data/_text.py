@@ -69,24 +69,63 @@ def chunk_texts(texts: Sequence[str], tokenizer, seq_len: int, prompt_len: int, 
     return examples
 
 
+class Record(dict):
+    """A data record (a plain ``dict`` of its fields) that knows where it came from: ``where`` is
+    ``"FILE, line N"`` (1-based) for a JSONL line, ``"FOLDER, row N"`` (the ``datasets`` index)
+    for a row of a ``datasets`` folder, ``"record N"`` (0-based) for an item of an in-memory
+    sequence. Every data error names it."""
+
+    where: str = "a record"
+
+    @classmethod
+    def at(cls, fields: dict, where: str) -> "Record":
+        record = cls(fields)
+        record.where = where
+        return record
+
+
+def where(record: dict, index: int) -> str:
+    """Where ``record`` (the ``index``-th, 0-based) came from, for an error message."""
+    return getattr(record, "where", f"record {index}")
+
+
 def load_text_records(source) -> list[dict]:
     """Records from a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its ``train`` split if
     it has several), or an in-memory ``datasets.Dataset``. Each record has ``prompt`` and
-    ``completion``, or ``text``, or chat ``messages``."""
+    ``completion`` (strings), or ``text`` (a string), or chat ``messages`` (a list of
+    ``{"role", "content"}`` mappings); anything else is a ``ValueError`` naming the file and line
+    (see :class:`Record`)."""
     records = read_records(source)
     for index, record in enumerate(records):
         if not ({"prompt", "completion"} <= set(record) or "text" in record or "messages" in record):
-            raise ValueError(f"record {index} has keys {sorted(record)}; expected prompt+completion, text or messages")
+            raise ValueError(f"{where(record, index)}: has keys {sorted(record)}; expected prompt+completion, text or "
+                             "messages")
+        if "messages" in record:
+            _check_messages(record["messages"], where(record, index), "messages")
+        else:
+            for key in ("text",) if "text" in record else ("prompt", "completion"):
+                if not isinstance(record[key], str):
+                    raise ValueError(f"{where(record, index)}: {key!r} is {type(record[key]).__name__} "
+                                     f"({str(record[key])[:40]}), not a string")
     return records
+
+
+def _check_messages(messages, place: str, key: str) -> None:
+    """``ValueError`` naming ``place`` unless ``messages`` is a list of chat messages."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                 and isinstance(m.get("content"), str) for m in messages):
+        raise ValueError(f"{place}: {key!r} must be a list of chat messages, each {{'role': str, 'content': str}}, "
+                         f"got {str(messages)[:60]}")
 
 
 def read_records(source) -> list[dict]:
     """The records (objects) of a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its
-    ``train`` split if it has several) or an in-memory sequence, keys with None values dropped."""
+    ``train`` split if it has several) or an in-memory sequence, keys with None values dropped,
+    each a :class:`Record` that names where it came from."""
     if isinstance(source, str) and source.endswith(".jsonl"):
         if not os.path.isfile(source):
             raise ValueError(f"data file {source!r} does not exist")
-        records = []
+        records, places = [], []
         with open(source) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
@@ -96,6 +135,7 @@ def read_records(source) -> list[dict]:
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{source}, line {number}: not valid JSON ({error.msg}, column {error.colno}); "
                                      "each line must be one JSON object") from None
+                places.append(f"{source}, line {number}")
         if not records:
             raise ValueError(f"data file {source!r} is empty: it holds no records (one JSON object per line)")
     elif isinstance(source, str):
@@ -105,13 +145,16 @@ def read_records(source) -> list[dict]:
 
         loaded = datasets.load_from_disk(source)
         records = list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
+        places = [f"{source}, row {row}" for row in range(len(records))]
     else:
         records = list(source)
-    for index, record in enumerate(records):
+        places = [getattr(record, "where", f"record {index}") for index, record in enumerate(records)]
+    for record, place in zip(records, places):
         if not isinstance(record, dict):
-            raise ValueError(f"record {index} is {type(record).__name__}, not an object (a JSON object per line)")
+            raise ValueError(f"{place}: is {type(record).__name__}, not an object (a JSON object per line)")
     # a datasets table gives every row every column: drop the empty ones
-    return [{key: value for key, value in record.items() if value is not None} for record in records]
+    return [Record.at({key: value for key, value in record.items() if value is not None}, place)
+            for record, place in zip(records, places)]
 
 
 def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool = False) -> list[int]:
@@ -157,8 +200,11 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt
     """Prompt-completion examples (completion followed by EOS), truncated to ``max_length``.
     ``text`` records use their first ``prompt_len`` tokens as the prompt."""
     examples = []
-    for record in records:
-        prompt, completion = _prompt_and_completion(record, tokenizer)
+    for index, record in enumerate(records):
+        try:
+            prompt, completion = _prompt_and_completion(record, tokenizer)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise ValueError(f"{where(record, index)}: {error}") from None
         if not prompt:
             prompt, completion = completion[:prompt_len], completion[prompt_len:]
         ids = (prompt + with_eos(completion, tokenizer.eos_token_id))[:max_length]
