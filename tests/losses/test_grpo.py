@@ -242,3 +242,55 @@ def test_kl_clamp_is_verls_on_the_k3_forms_only():
     torch.testing.assert_close(clamped, (torch.exp(-r) - 1 + r).clamp(-10, 10), **TOL)
     assert clamped[0, 0] == 10 and clamped[0, 1] == 10 and 0 < clamped[0, 2] < 0.1  # |r| = 25, 30 clamp; 0.2 not
     torch.testing.assert_close(kl_per_token(logprobs, ref, "k2", clamp=True), 0.5 * (logprobs - ref) ** 2, **TOL)
+
+
+def _verl_k3_plus(logprobs, ref):
+    """verl's "k3+" (core_algos.kl_penalty after PR #6058), written out: k2's gradient, the value
+    of k3 on the log-ratio ref - logprob clamped to [-20, 20], itself clamped to [-10, 10]."""
+    kl = (ref - logprobs.detach()).clamp(-20, 20)
+    forward = (torch.exp(kl) - kl - 1).clamp(-10, 10)
+    backward = 0.5 * (logprobs - ref).square()
+    return backward - backward.detach() + forward
+
+
+@pytest.mark.parametrize("r", [-25.0, -5.0, -3.0, -0.5, 0.5, 3.0, 25.0])
+def test_clamped_k3_k2grad_keeps_k2s_gradient_and_clamps_only_the_value(r):
+    """verl's "k3+": the clamps act on the detached value; the gradient is r at every r (the bug
+    was a gradient of 0 where k3 > 10 or |r| > 20)."""
+    ref = torch.tensor([[-1.0]], dtype=torch.float64)
+    logprobs = (ref + r).clone().requires_grad_()
+    value = kl_per_token(logprobs, ref, "k3_k2grad", clamp=True)
+    gradient = _grad(value.sum(), logprobs)
+    torch.testing.assert_close(gradient, torch.tensor([[r]], dtype=torch.float64), **TOL)
+    clamped_r = min(max(r, -20.0), 20.0)
+    k3_value = math.expm1(-clamped_r) + clamped_r
+    torch.testing.assert_close(value.detach(), torch.tensor([[min(k3_value, 10.0)]], dtype=torch.float64), **TOL)
+    reference = _verl_k3_plus(logprobs, ref)
+    torch.testing.assert_close(value.detach(), reference.detach(), **TOL)
+    torch.testing.assert_close(gradient, _grad(reference.sum(), logprobs), **TOL)
+    # the same through GRPOLoss(kl_clamp=True): a zero advantage leaves the KL term alone, coefficient 1
+    loss = GRPOLoss(kl_estimator="k3_k2grad", kl_clamp=True)
+    out = loss(logprobs, None, torch.zeros(1), torch.ones(1, 1, dtype=torch.bool), tokens=1, sequences=1,
+               ref_logprobs=ref, kl_coef=1.0)
+    torch.testing.assert_close(_grad(out.loss, logprobs), torch.tensor([[r]], dtype=torch.float64), **TOL)
+    torch.testing.assert_close(out.kl, value.detach().reshape(()), **TOL)
+
+
+def test_a_sequence_ratio_defaults_to_gspos_per_sequence_mean_and_refuses_length_weighting():
+    """GSPO (arXiv 2507.18071): (1/G) sum_i min(s_i A_i, clip(s_i) A_i), each sequence one term
+    whatever its length. Two sequences of 1 and 3 tokens, ratio 1 (on-policy), A = (1, 1): the
+    loss is -1 and each sequence's tokens share a gradient of 1/2 (token_mean would give the long
+    one 3/4 of it)."""
+    loss = GRPOLoss(importance_sampling="sequence")
+    assert loss.loss_agg == "seq_mean_token_mean" and GRPOLoss().loss_agg == "token_mean"
+    logprobs = torch.tensor([[-1.0, 0.0, 0.0], [-0.5, -2.0, -1.5]], dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    out = loss(logprobs, None, torch.ones(2, dtype=torch.float64), mask, tokens=4, sequences=2)
+    assert math.isclose(float(out.loss.detach()), -1.0, rel_tol=1e-12)
+    # d/d logprob of s_i = exp(mean log-ratio): 1/|y_i| per token, then 1/G
+    expected = torch.tensor([[-0.5, 0.0, 0.0], [-1 / 6, -1 / 6, -1 / 6]], dtype=torch.float64)
+    torch.testing.assert_close(_grad(out.loss, logprobs), expected, **TOL)
+    for aggregation in ("token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"):
+        with pytest.raises(ValueError, match="would weight each sequence's term by its length, which is not GSPO"):
+            GRPOLoss(importance_sampling="sequence", loss_agg=aggregation, max_completion_length=4)
+    GRPOLoss(importance_sampling="sequence", loss_agg="seq_mean_token_mean")  # explicit: allowed

@@ -295,3 +295,38 @@ def test_dpo_optimum_is_the_tilted_policy():
     for _ in range(5):
         optimizer.step(closure)
     torch.testing.assert_close(torch.softmax(logits.detach(), 0), tilted_policy(ref, reward, beta), rtol=0, atol=1e-7)
+
+
+def _hypo_gradient_variance(theta, ref_logits, k, baseline):
+    """(expected gradient, total variance E||g - E g||^2) of the per-prompt HyPO estimator over
+    every k-tuple of samples of a tabular policy (exact enumeration)."""
+    import itertools
+
+    theta = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.tensor(ref_logits, dtype=torch.float64), 0)
+    gradients, weights = [], []
+    for tuple_ in itertools.product(range(len(ref)), repeat=k):
+        index = torch.tensor(tuple_)
+        log_pi = torch.log_softmax(theta, 0)[index]
+        surrogate = (hypo_kl_surrogate(log_pi, ref[index], k) if baseline
+                     else (log_pi - ref[index]).detach() * log_pi)  # the plain score-function estimator
+        gradients.append(torch.autograd.grad(surrogate.mean(), theta)[0])
+        weights.append(log_pi.sum().exp().detach())
+    gradients, weights = torch.stack(gradients), torch.stack(weights)
+    mean = (weights[:, None] * gradients).sum(0)
+    return mean, float((weights * ((gradients - mean) ** 2).sum(1)).sum())
+
+
+def test_hypo_leave_one_out_baseline_is_unbiased_but_lowers_the_variance_only_with_a_shared_offset():
+    """What the docstring says, exactly: both estimators have the same expectation; far from the
+    reference (log-ratios sharing a large offset) the baseline lowers the variance, near it
+    (k = 2) it raises it."""
+    near = ([0.3, -1.2, 0.8, 0.1], [0.0, 0.5, -0.7, 1.1])  # KL 0.64
+    far = ([0.0, 0.0, 0.0, -3.0], [-4.0, -4.0, -4.0, 3.0])  # KL 5.7
+    for theta, ref_logits in (near, far):
+        with_baseline, without = (_hypo_gradient_variance(theta, ref_logits, 2, b) for b in (True, False))
+        torch.testing.assert_close(with_baseline[0], without[0], rtol=0, atol=1e-12)
+    assert _hypo_gradient_variance(*near, 2, True)[1] == pytest.approx(0.8962, abs=1e-4)
+    assert _hypo_gradient_variance(*near, 2, False)[1] == pytest.approx(0.2782, abs=1e-4)
+    assert _hypo_gradient_variance(*far, 2, True)[1] == pytest.approx(1.5714, abs=1e-4)
+    assert _hypo_gradient_variance(*far, 2, False)[1] == pytest.approx(11.5332, abs=1e-4)

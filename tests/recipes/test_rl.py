@@ -53,9 +53,9 @@ def test_run_writes_the_table_metrics_and_curves(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options", [
-    ["kl_placement=reward", "kl_estimator=k1"],
-    ["kl_estimator=exact", "kl_direction=forward", "loss_agg=seq_mean_token_sum_norm", "num_iterations=2",
-     "importance_sampling=sequence", "epsilon_high=0.28", "grad_accum=2"],
+    ["kl_placement=reward", "kl_estimator=k1", "loss_agg=seq_mean_token_sum_norm"],
+    ["kl_estimator=exact", "kl_direction=forward", "num_iterations=2", "importance_sampling=sequence",
+     "epsilon_high=0.28", "grad_accum=2"],
     ["kl_estimator=k3_k2grad", "kl_target=0.01", "kl_horizon=100", "advantage_scale=none"],
 ])
 def test_kl_options_run(tmp_path, options):

@@ -151,9 +151,12 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Optional[Tensor], estimator: st
     ``"reverse"`` is KL(pi || ref); ``"forward"`` is KL(ref || pi), available as ``exact`` (pass
     the per-token forward KL) or as ``k3`` (its gradient is the forward KL's; its value estimates
     the reverse KL). k1, k2 and k3_k2grad have no forward form from on-policy samples and raise.
-    ``clamp`` applies verl's clamps to the k3 forms (``k3``, ``k3_k2grad``: the log-ratio to
-    +-20 before the exp, the value to +-10; verl clamps no other estimator); off by default (TRL
-    clamps nothing), since a clamped value has zero gradient where it clamps.
+    ``clamp`` applies verl's clamps to the k3 forms (the log-ratio to +-20 before the exp, the
+    value to +-10; verl clamps no other estimator; off by default, as TRL clamps nothing). For
+    ``k3`` the clamped value is the loss, so its gradient is 0 where a clamp acts (verl ``k3``).
+    For ``k3_k2grad`` only the *detached value* is clamped, as verl's ``"k3+"`` (``kl_penalty``,
+    verl PR #6058): :math:`\tfrac12 r^2 - sg(\tfrac12 r^2) + sg(\mathrm{clamp}(k3(\mathrm{clamp}(r))))`,
+    so the gradient stays k2's, :math:`r`, at every r.
 
     These per-token gradients hold each position's context fixed; summed over a sequence they
     are *not* the gradient of the sequence-level KL (which also moves the probability of the
@@ -184,11 +187,20 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Optional[Tensor], estimator: st
                              f"loss is the forward KL's); {estimator!r} gives the reverse KL's gradient (k2, k3_k2grad) "
                              "or none (k1)")
         ref = ref_logprobs.detach()
-        if clamp and estimator in ("k3", "k3_k2grad"):  # verl clamps the log-ratio before the exp
-            log_ratio = (logprobs - ref.to(logprobs.dtype)).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-            ref = logprobs - log_ratio
+        if clamp and estimator == "k3_k2grad":  # verl's "k3+": only the detached value is clamped
+            half_square = k2(logprobs, ref)  # (B, T) 0.5 r^2, unclamped: its gradient is r everywhere
+            return half_square - half_square.detach() + _clamped_k3(logprobs.detach(), ref)
+        if clamp and estimator == "k3":
+            return _clamped_k3(logprobs, ref)
         values = {"k1": k1, "k2": k2, "k3": k3, "k3_k2grad": k3_k2grad}[estimator](logprobs, ref)
-    return values.clamp(-_KL_VALUE_CLAMP, _KL_VALUE_CLAMP) if clamp and estimator in ("k3", "k3_k2grad") else values
+    return values
+
+
+def _clamped_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """verl's clamped k3: the log-ratio to +-20 before the exp, the value to +-10 (zero gradient
+    where either clamp acts)."""
+    log_ratio = (logprobs - ref_logprobs.to(logprobs.dtype)).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    return k3(logprobs, logprobs - log_ratio).clamp(-_KL_VALUE_CLAMP, _KL_VALUE_CLAMP)
 
 
 def loss_aggregation(loss_agg: str, max_completion_length: Optional[int] = None) -> tuple[Callable, Callable]:
@@ -203,9 +215,13 @@ def loss_aggregation(loss_agg: str, max_completion_length: Optional[int] = None)
       original (TRL ``"grpo"``, verl ``seq-mean-token-mean``): long answers weigh less per token.
     - ``seq_mean_token_sum``: :math:`\frac{1}{S}\sum_i \sum_t \ell_{it}` (verl ``seq-mean-token-sum``).
     - ``seq_mean_token_sum_norm``: :math:`\frac{1}{S L}\sum_i \sum_t \ell_{it}` with ``L =
-      max_completion_length``, a constant (Dr. GRPO; TRL ``"dr_grpo"``; verl
-      ``seq-mean-token-sum-norm``, whose constant defaults to the padded response length; the
-      official Dr. GRPO code, oat, divides by ``generate_max_length``).
+      max_completion_length``, a constant (Dr. GRPO). TRL's ``"dr_grpo"`` is exactly this
+      (token sum / (batch size x ``max_completion_length``)). verl's ``seq-mean-token-sum-norm``
+      is not the same everywhere: until verl PR #5417 (February 2026) it divided the token sum by
+      the constant alone, :math:`\frac{1}{L}\sum_{i,t}\ell_{it}`, *without* the 1/S (S times this
+      one); since then it divides by the global sequence count too, as here, its constant
+      defaulting to the padded response length. The official Dr. GRPO code, oat, divides by
+      ``generate_max_length``.
 
     ``S`` counts the sequences with at least one completion token.
     """
@@ -272,14 +288,20 @@ class GRPOLoss(nn.Module):
     Args:
         epsilon_low, epsilon_high: the clip range of the ratio.
         importance_sampling: "token" or "sequence" (GSPO).
-        loss_agg: see :func:`loss_aggregation`.
+        loss_agg: see :func:`loss_aggregation`; None (default): ``"token_mean"`` for a token
+            ratio (DAPO, TRL's default), ``"seq_mean_token_mean"`` for a sequence ratio. GSPO
+            (arXiv 2507.18071, eq. 5) is :math:`\frac1G\sum_i \min(s_i A_i, \mathrm{clip}(s_i) A_i)`,
+            one term per sequence; since :math:`s_i` is the same at every token of sequence i, any
+            other aggregation weights sequence i by its length (``token_mean``: by
+            :math:`|y_i| G / \sum_j |y_j|`), so a sequence ratio refuses them (verl's ``gspo``
+            policy loss forces ``seq-mean-token-mean`` likewise; TRL warns).
         max_completion_length: the constant of ``seq_mean_token_sum_norm``.
         kl_estimator, kl_direction, kl_clamp: see :func:`kl_per_token`.
         kl_placement: "loss" or "reward" (see above).
     """
 
     def __init__(self, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, importance_sampling: str = "token",
-                 loss_agg: str = "token_mean", max_completion_length: Optional[int] = None,
+                 loss_agg: Optional[str] = None, max_completion_length: Optional[int] = None,
                  kl_estimator: str = "k3", kl_direction: str = "reverse", kl_placement: str = "loss",
                  kl_clamp: bool = False):
         super().__init__()
@@ -301,6 +323,12 @@ class GRPOLoss(nn.Module):
                              "(kl_placement='reward') or use k2, k3 or k3_k2grad in the loss")
         if kl_direction == "forward" and kl_estimator not in ("k3", "exact"):
             raise ValueError("kl_direction='forward' is available as kl_estimator='exact' or 'k3'")
+        if loss_agg is None:  # GSPO averages per sequence; token-level GRPO/DAPO per token of the batch
+            loss_agg = "seq_mean_token_mean" if importance_sampling == "sequence" else "token_mean"
+        if importance_sampling == "sequence" and loss_agg != "seq_mean_token_mean":
+            raise ValueError(f"importance_sampling='sequence' (GSPO) averages the sequences' terms with equal weight "
+                             f"(loss_agg='seq_mean_token_mean', the default for it); loss_agg={loss_agg!r} would weight "
+                             "each sequence's term by its length, which is not GSPO: leave loss_agg unset")
         self.reduction, self.count = loss_aggregation(loss_agg, max_completion_length)
         self.epsilon_low, self.epsilon_high = float(epsilon_low), float(epsilon_high)
         self.importance_sampling, self.loss_agg = importance_sampling, loss_agg

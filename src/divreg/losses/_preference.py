@@ -259,8 +259,13 @@ def hypo_kl_surrogate(policy_logprobs: Tensor, ref_logprobs: Tensor, group_size:
     for k samples :math:`y_1..y_k \sim \pi(\cdot|x)` of one prompt (contiguous groups). Since
     :math:`\nabla KL = E_\pi[(l + 1)\nabla\log\pi] = E_\pi[l\,\nabla\log\pi]` and the other samples
     are independent of :math:`y_i` (:math:`E[\nabla\log\pi(y_i)] = 0`), the leave-one-out baseline
-    removes variance without bias. The mean of :math:`l_i` (detached) is an unbiased estimate of
-    the sequence KL; the value of :math:`s_i` itself is not the KL.
+    keeps the gradient unbiased. It does not always lower the variance: it cancels what the
+    log-ratios share (a large common offset, as when the policy has drifted far from the
+    reference: exactly, a 4-outcome policy at KL 5.7 with k = 2 has a gradient variance of 1.57
+    with it vs 11.5 without), but it adds the other sample's noise, so near the reference it can
+    raise it (the same policy at KL 0.64, k = 2: 0.90 with vs 0.28 without; both figures by exact
+    enumeration in the tests). The mean of :math:`l_i` (detached) is an unbiased estimate of the
+    sequence KL; the value of :math:`s_i` itself is not the KL.
 
     Args:
         policy_logprobs: (N,) sequence log-probs :math:`\log\pi(y_i|x)` (with gradient), N = prompts x k.

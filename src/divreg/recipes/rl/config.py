@@ -44,10 +44,13 @@ class RLConfig:
     top_p: float = 1.0  # nucleus sampling (1: the full distribution)
     rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0, "format": 0.1})  # name: weight
     advantage_scale: str = "group"  # "group" (GRPO), "batch" or "none" (Dr. GRPO)
+    advantage_eps: float = 0.0001  # added to the std that scales the advantages (TRL's 1e-4; APO's code: 1e-9)
     epsilon_low: float = 0.2  # clip range of the importance ratio, below 1
     epsilon_high: float = 0.2  # above 1 (DAPO's clip-higher: 0.28)
     importance_sampling: str = "token"  # "token" or "sequence" (GSPO)
-    loss_agg: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm
+    # token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm; null: token_mean for a token
+    # ratio, seq_mean_token_mean for a sequence ratio (GSPO averages per sequence, and refuses the others)
+    loss_agg: Optional[str] = None
     # the KL to the frozen reference (the warm-up model)
     kl_estimator: str = "k3"  # k1, k2, k3, k3_k2grad or exact
     kl_direction: str = "reverse"  # "reverse" KL(pi || ref) or "forward" KL(ref || pi) (exact, or k3's gradient)
@@ -106,6 +109,9 @@ class RLConfig:
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         if self.fused not in ("auto", "true", "false"):
             raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        if not self.advantage_eps > 0:
+            raise ValueError(f"advantage_eps must be > 0 (a group whose rewards are all equal has std 0), got "
+                             f"{self.advantage_eps}")
         if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.kl_coef < 0:
             raise ValueError("warmup_steps, checkpoint_every and kl_coef must be >= 0")
         if self.top_p > 1:
@@ -186,7 +192,8 @@ class RLConfig:
             raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
-        self.grpo_loss()  # every KL / aggregation option checked now, with GRPOLoss's own messages
+        self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
+        # aggregation option checked now, with GRPOLoss's own messages
 
     def grpo_loss(self) -> GRPOLoss:
         return GRPOLoss(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,

@@ -177,7 +177,7 @@ class RLTrainer:
                 if config.num_iterations > 1:
                     batch["old_logprobs"] = logprobs
             all_rewards = accelerator.gather(rewards.to(accelerator.device))  # (global completions,), rank-major
-            advantages = group_advantages(all_rewards.double(), group, config.advantage_scale)
+            advantages = group_advantages(all_rewards.double(), group, config.advantage_scale, config.advantage_eps)
             local = rewards.shape[0]
             mine = slice(rank * local, (rank + 1) * local)
             if config.stcr or config.dads:  # per group: which completions are right, and (STCR) their lengths
