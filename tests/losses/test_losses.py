@@ -251,3 +251,18 @@ def test_a_masked_position_never_puts_nan_into_the_gradient(name, options):
         assert bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all()), path
         assert torch.allclose(loss, reference_loss, rtol=1e-10, atol=1e-12), path
         assert torch.allclose(grad, reference_grad, rtol=1e-9, atol=1e-12), path
+
+
+@pytest.mark.parametrize("path", ["lm", "kd"])
+def test_another_vocabulary_size_is_a_value_error_naming_both_sizes(path):
+    """The contract: teacher logits of another vocabulary size raise the divergence's ValueError
+    (it names V=41 and V=46), not a bare RuntimeError from replacing the masked positions."""
+    from divreg.losses import LMDistillLoss
+    from divreg.targets import DenseLogits
+
+    labels = torch.tensor([[1, 2, -100]])
+    with pytest.raises(ValueError, match="vocabulary-size mismatch: logits have V=41 but target_logits have V=46"):
+        if path == "lm":
+            LMDistillLoss("forward_kl")(DenseLogits(torch.randn(1, 3, 41)), DenseLogits(torch.randn(1, 3, 46)), labels)
+        else:
+            KDLoss("forward_kl")(torch.randn(1, 3, 41), torch.randn(1, 3, 46), labels)

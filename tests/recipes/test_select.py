@@ -37,7 +37,12 @@ def test_the_command_equals_the_reference_with_budget_targets_and_noise(referenc
             assert sorted(r["id"] for r in _selected(out)) == reference_budget_run["selections"][name], (name, workers)
             assert [t["selected"] for t in report["targets"]] == [35, 15]
             for target in report["targets"]:  # each target's share moves the n-gram distribution toward it
-                assert target["kl_reduction"] > target["random_kl_reduction"]["mean"] + 0.3
+                assert target["share_kl_reduction"] > target["share_random_kl_reduction"]["mean"] + 0.3
+            # the top level: the mean over targets of the whole selection's KL reduction toward each
+            assert report["kl_reduction"] == pytest.approx(
+                np.mean([t["whole_selection_kl_reduction"] for t in report["targets"]]), rel=1e-12)
+            assert report["kl_reduction"] > report["random_kl_reduction"]["mean"] + 0.2  # 0.27 vs 0.01 +- 0.03
+            assert len(report["random_kl_reduction"]["values"]) == 2
 
 
 def test_formats_shards_report_plot_and_the_library(tmp_path):
@@ -171,7 +176,17 @@ def test_a_target_with_a_zero_share_reports_null(tmp_path):
                                                   f"target=[{tmp_path / 't0.jsonl'},{tmp_path / 't1.jsonl'}]",
                                                   "target_proportions=[1,0]", "num_to_sample=10", "workers=1",
                                                   f"output_dir={tmp_path / 'out'}"]))
-    assert [t["selected"] for t in report["targets"]] == [10, 0] and report["targets"][1]["kl_reduction"] is None
+    assert [t["selected"] for t in report["targets"]] == [10, 0]
+    assert report["targets"][1]["share_kl_reduction"] is None
+    # the top level, recomputed by the library: the whole selection (here target 0's share) scored on each target
+    from divreg.data.selection import kl_reduction
+
+    hasher, selected = NgramHasher(), _selected(tmp_path / "out")
+    counts = [bag_of_ngrams((d["text"] for d in docs), hasher) for docs in (raw, selected, *targets)]
+    expected = [kl_reduction(target, counts[0], counts[1]) for target in counts[2:]]
+    assert [t["whole_selection_kl_reduction"] for t in report["targets"]] == pytest.approx(expected, rel=1e-9)
+    assert report["kl_reduction"] == pytest.approx(np.mean(expected), rel=1e-9)
+    assert report["targets"][0]["share_kl_reduction"] == pytest.approx(expected[0], rel=1e-9)
     json.loads((tmp_path / "out" / "report.json").read_text(), parse_constant=lambda name: pytest.fail(name))  # no NaN
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 
 import torch
@@ -17,7 +19,8 @@ def _check_alpha(alpha: float) -> None:
 
 
 def alpha_divergence(
-    logits: Tensor, target_logits: Tensor, *, alpha: float, temperature: float = 1.0, dim: int = -1
+    logits: Tensor, target_logits: Tensor, *, alpha: float, temperature: float = 1.0, dim: int = -1,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Alpha-divergence between the target p and the model q (Amari's parameterization).
 
@@ -39,6 +42,10 @@ def alpha_divergence(
         alpha: any finite real number.
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -56,7 +63,7 @@ def alpha_divergence(
         True
     """
     _check_alpha(alpha)
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     if alpha == 1.0:
         return kl_from_log_probs(log_p, log_q)
     if alpha == 0.0:

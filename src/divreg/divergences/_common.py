@@ -8,6 +8,7 @@ convention ``0 * log 0 = 0``: positions outside a distribution's support (log-pr
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -126,15 +127,18 @@ def log_softmax_checked(name: str, logits: Tensor, temperature: float, dtype: to
 
 
 def prepare_log_probs(
-    logits: Tensor, target_logits: Tensor, temperature: float, dim: int = -1
+    logits: Tensor, target_logits: Tensor, temperature: float, dim: int = -1, mask: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
     """Validate a (model, target) logit pair and return their tempered log-probs.
 
     Returns ``(log_q, log_p)`` with the distribution dimension moved last, in fp32
-    (fp64 if either input is fp64).
+    (fp64 if either input is fp64). With ``mask``, the model's logits at masked positions are
+    the target's (detached) first (see :func:`neutralize_masked`).
     """
     check_temperature(temperature)
     check_same_shape(logits, target_logits)
+    if mask is not None:
+        logits = neutralize_masked(logits, target_logits, mask, dim)
     check_finite_logits("logits", logits)
     check_finite_logits("target_logits", target_logits)
     logits, target_logits = logits.movedim(dim, -1), target_logits.movedim(dim, -1)
@@ -142,6 +146,22 @@ def prepare_log_probs(
     log_q = log_softmax_checked("logits", logits, temperature, dtype)
     log_p = log_softmax_checked("target_logits", target_logits, temperature, dtype)
     return log_q, log_p
+
+
+def neutralize_masked(logits: Tensor, target_logits: Tensor, mask: Optional[Tensor], dim: int = -1) -> Tensor:
+    """``logits`` with every masked position (``mask`` False) replaced by the detached target's
+    logits, so any divergence there is 0 with a zero, finite gradient. A reduction leaves masked
+    values out, but autograd still differentiates them: where the target bans a token the model
+    uses (a -inf target logit), reverse KL is +inf and its gradient 0 * inf = NaN would reach the
+    model. ``mask``: bool, ``logits.shape`` without ``dim``."""
+    if mask is None:
+        return logits
+    expected = logits.shape[:dim % logits.dim()] + logits.shape[dim % logits.dim() + 1:]
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != expected:
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(expected)} (the logits' shape without the "
+                         f"vocabulary dimension), got {got}; e.g. reductions.mask_from_labels(labels)")
+    return torch.where(mask.unsqueeze(dim % logits.dim()), logits, target_logits.detach().to(logits.dtype))
 
 
 def on_support(log_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:

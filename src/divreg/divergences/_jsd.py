@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,7 @@ def generalized_jsd(
     scaled: bool = False,
     temperature: float = 1.0,
     dim: int = -1,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Generalized Jensen-Shannon divergence between the target p and the model q.
 
@@ -63,6 +66,10 @@ def generalized_jsd(
         scaled: divide by beta * (1 - beta) (see above).
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -78,7 +85,7 @@ def generalized_jsd(
         True
     """
     _check_beta(beta, scaled)
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     if scaled:
         if beta == 0.0:
             return kl_from_log_probs(log_p, log_q) + kl_to_mixture_over_w(log_q, log_p, 0.0)

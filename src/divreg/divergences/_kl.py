@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 from ._common import FRESH, Scratch, exp_into, expected_log_ratio, kl_from_log_probs, prepare_log_probs
 
 
-def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
+def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1,
+        mask: Optional[Tensor] = None) -> Tensor:
     r"""Forward KL, :math:`\mathrm{KL}(p \,\|\, q)`: mean-seeking, the classic distillation loss.
 
     .. math::
@@ -23,6 +26,10 @@ def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
         target_logits: (..., V) what it is pulled toward (teacher / reference), distribution p.
         temperature: T > 0, divides both logits before the softmax. No T^2 factor is applied.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``: one value per position, unreduced,
@@ -37,11 +44,12 @@ def forward_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
         >>> forward_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([0.])
     """
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     return kl_from_log_probs(log_p, log_q)
 
 
-def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
+def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1,
+        mask: Optional[Tensor] = None) -> Tensor:
     r"""Reverse KL, :math:`\mathrm{KL}(q \,\|\, p)`: mode-seeking (the RLHF penalty direction).
 
     .. math::
@@ -54,6 +62,10 @@ def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
         target_logits: (..., V) the target, distribution p.
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -67,7 +79,7 @@ def reverse_kl(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.
         >>> reverse_kl(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]))
         tensor(0.)
     """
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     return kl_from_log_probs(log_q, log_p)
 
 

@@ -38,7 +38,7 @@ def check_divergence_options(name: str, options: dict) -> None:
     import inspect
 
     parameters = inspect.signature(get_divergence(name).on_logits).parameters
-    allowed = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"temperature", "dim"}
+    allowed = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"temperature", "dim", "mask"}
     required = {n for n in allowed if parameters[n].default is inspect.Parameter.empty}
     missing, unknown = sorted(required - set(options)), sorted(set(options) - allowed)
     if missing or unknown:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -21,7 +23,8 @@ from ._common import (
 
 
 def skew_kl(
-    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1
+    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Skew KL: forward KL from the target to a target-model mixture.
 
@@ -37,6 +40,10 @@ def skew_kl(
         alpha: skew in [0, 1] (paper default 0.1).
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -46,12 +53,13 @@ def skew_kl(
         Models", 2024, arXiv 2402.03898, eq. (4).
     """
     check_unit_interval("alpha", alpha)
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     return kl_to_mixture(log_p, log_q, 1.0 - alpha)
 
 
 def skew_reverse_kl(
-    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1
+    logits: Tensor, target_logits: Tensor, *, alpha: float = 0.1, temperature: float = 1.0, dim: int = -1,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Skew reverse KL: reverse KL from the model to a target-model mixture.
 
@@ -65,6 +73,10 @@ def skew_reverse_kl(
         alpha: skew in [0, 1] (paper default 0.1).
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -74,7 +86,7 @@ def skew_reverse_kl(
         Models", 2024, arXiv 2402.03898, eq. (5).
     """
     check_unit_interval("alpha", alpha)
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     return kl_to_mixture(log_q, log_p, 1.0 - alpha)
 
 

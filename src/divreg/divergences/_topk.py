@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from ._common import FRESH, Scratch, kl_from_log_probs, logsumexp_or_neg_inf, prepare_log_probs
+from ._common import FRESH, Scratch, kl_from_log_probs, logsumexp_or_neg_inf, neutralize_masked, prepare_log_probs
 from ._sparse import check_tail_policy, coarse_log_probs, renormalized_log_probs, sparse_kl_with_grad
 
 
@@ -23,6 +25,7 @@ def topk_kl(
     tail: str = "bucket",
     temperature: float = 1.0,
     dim: int = -1,
+    mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Forward KL over the target's top-k tokens, with an explicit policy for the rest.
 
@@ -57,6 +60,10 @@ def topk_kl(
         tail: ``"bucket"``, ``"renormalize"`` or ``"none"``.
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -74,12 +81,13 @@ def topk_kl(
         True
     """
     check_tail_policy(tail)
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     check_k(k, log_p.shape[-1])
     top_log_p, top_index = log_p.topk(k, dim=-1)  # (..., k)
     if tail == "renormalize":
         # Renormalize from the tempered logits, not from log_q: log-probs far below 0 carry
         # an absolute rounding error that the renormalization would turn into a relative one.
+        logits = neutralize_masked(logits, target_logits, mask, dim)  # as prepare_log_probs did for log_q
         top_scaled_q = logits.movedim(dim, -1).to(log_q.dtype).gather(-1, top_index) / temperature
         top_scaled_p = target_logits.movedim(dim, -1).to(log_p.dtype).gather(-1, top_index) / temperature
         return kl_from_log_probs(torch.log_softmax(top_scaled_p, -1), renormalized_log_probs(top_scaled_q))

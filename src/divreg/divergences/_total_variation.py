@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
 from ._common import FRESH, Scratch, exp_into, prepare_log_probs, project_to_logits
 
 
-def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1) -> Tensor:
+def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float = 1.0, dim: int = -1,
+        mask: Optional[Tensor] = None) -> Tensor:
     r"""Total variation distance, in [0, 1].
 
     .. math:: \mathrm{TV}(p, q) = \tfrac12 \sum_i |p_i - q_i|
@@ -20,6 +23,10 @@ def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float
         target_logits: (..., V) target, distribution p.
         temperature: T > 0, divides both logits before the softmax.
         dim: the vocabulary dimension.
+        mask: (...) bool, optional, the shape of the values: True where a position counts. Elsewhere
+            the model's logits are replaced by the target's (detached) before anything is computed,
+            so the value there is 0 and its gradient 0, never NaN, whatever the logits hold (a
+            token the target bans, -inf or NaN padding). Pass the mask the reduction uses.
 
     Returns:
         Tensor of shape ``logits.shape`` without ``dim``, unreduced.
@@ -33,7 +40,7 @@ def total_variation(logits: Tensor, target_logits: Tensor, *, temperature: float
         >>> total_variation(torch.tensor([30.0, -30.0]), torch.tensor([-30.0, 30.0]))
         tensor(1.)
     """
-    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim)
+    log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 

@@ -33,13 +33,3 @@ def apply_reduction(reduction: Callable, values: Tensor, mask: Optional[Tensor],
     if num_items_in_batch is None:
         return reduction(values, mask)
     return reduction(values, mask, num_items_in_batch)
-
-
-def neutralize_masked(logits: Tensor, target_logits: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """``logits`` with every masked position replaced by the (detached) target's logits, so the
-    divergence there is 0 with a finite gradient. A reduction leaves masked values out, but
-    autograd still differentiates them: where the target bans a token the model uses (a -inf
-    target logit), reverse KL is +inf and its gradient 0 * inf = NaN would reach the model."""
-    if mask is None:
-        return logits
-    return torch.where(mask.unsqueeze(-1), logits, target_logits.detach().to(logits.dtype))

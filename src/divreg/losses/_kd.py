@@ -10,7 +10,7 @@ from ..divergences import check_divergence_options, get_divergence
 from ..reductions import get_reduction, mask_from_labels, masked_mean
 from ..schedules import Schedule, as_schedule
 from ..targets import DenseLogits, HiddenStates, as_logits
-from ._common import apply_reduction, cross_entropy_values, neutralize_masked
+from ._common import apply_reduction, cross_entropy_values
 
 
 class KDLoss(nn.Module):
@@ -64,8 +64,8 @@ class KDLoss(nn.Module):
         weight = self.kd_weight(step)
         mask = None if labels is None else mask_from_labels(labels, self.ignore_index)
         target_logits = as_logits(target).detach()
-        values = self.divergence(neutralize_masked(logits, target_logits, mask), target_logits,
-                                 temperature=self.temperature, **self.divergence_kwargs)  # (...)
+        values = self.divergence(logits, target_logits, temperature=self.temperature, mask=mask,
+                                 **self.divergence_kwargs)  # (...), 0 with a finite gradient off the mask
         distill = apply_reduction(self.reduction, values, mask, num_items_in_batch)
         distill = distill * (self.temperature**2 if self.t_squared else 1.0)
         if labels is None or weight == 1.0:

@@ -12,7 +12,7 @@ from ..fused import fused_linear_divergence, fused_linear_sparse_divergence
 from ..reductions import get_reduction, mask_from_labels, sum_over_items
 from ..schedules import Schedule, as_schedule
 from ..targets import DenseLogits, HiddenStates, Signal, SparseTopK, as_logits
-from ._common import LossOutput, apply_reduction, cross_entropy_values, neutralize_masked
+from ._common import LossOutput, apply_reduction, cross_entropy_values
 
 
 class LMDistillLoss(nn.Module):
@@ -75,8 +75,8 @@ class LMDistillLoss(nn.Module):
                                temperature=self.temperature)
         else:
             target_logits = as_logits(target).detach()
-            values = self.divergence_fn(neutralize_masked(logits, target_logits, mask), target_logits,
-                                        temperature=self.temperature, **self.divergence_kwargs)  # (B, T)
+            values = self.divergence_fn(logits, target_logits, temperature=self.temperature, mask=mask,
+                                        **self.divergence_kwargs)  # (B, T), 0 with a finite gradient off the mask
         divergence = apply_reduction(self.reduction, values, mask, num_items_in_batch)
         ce = divergence * 0.0
         if ce_weight:

@@ -41,8 +41,7 @@ def exact_kl(policy_out: Tensor, ref_out: Tensor, policy, reference, mask: Tenso
                                        divergence="forward_kl" if forward else "reverse_kl",
                                        temperature=config.temperature, labels=labels, bias=core.output_bias,
                                        target_bias=reference.output_bias, reduction="none").view(mask.shape)
-    values = (forward_kl if forward else reverse_kl)(policy_out, ref_out, temperature=config.temperature)
-    return torch.where(mask, values, 0.0)
+    return (forward_kl if forward else reverse_kl)(policy_out, ref_out, temperature=config.temperature, mask=mask)
 
 
 def rapo_target(ref_logits: Tensor, phi: Tensor, temperature: float) -> Tensor:

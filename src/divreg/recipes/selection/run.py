@@ -170,26 +170,39 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
     times["resample"] = time.perf_counter() - started
     started = time.perf_counter()
     groups = [[indices] + rest for indices, rest in zip(chosen, baselines)]  # per target: selection, baselines
-    masks = np.zeros((sum(len(g) for g in groups), len(ngrams)), dtype=bool)
-    for row, indices in enumerate(i for group in groups for i in group):
+    separate = target_counts.ndim == 2
+    # separate targets: the whole selection and random whole selections of the same size, scored on every target
+    whole = [np.concatenate(chosen)] + [np.random.RandomState(config.seed + 1 + i).choice(
+        candidates, config.num_to_sample, replace=False) for i in range(config.random_baselines)] if separate else []
+    rows = [indices for group in groups for indices in group] + whole
+    masks = np.zeros((len(rows), len(ngrams)), dtype=bool)
+    for row, indices in enumerate(rows):
         masks[row, indices] = True
     counts = iter(_masked_counts(backend, handles, summaries, masks, "raw: selected counts"))
-    targets = target_counts if target_counts.ndim == 2 else target_counts[None]
+    targets = target_counts if separate else target_counts[None]
     per_target = []
     for target, group, share in zip(targets, groups, shares):
-        values = [kl_reduction(target, all_counts, next(counts)) if share else None for _ in group]  # None: no examples
-        random = values[1:] if share else []
-        per_target.append({"selected": share, "kl_reduction": values[0],
-                           "random_kl_reduction": {"values": random, "mean": float(np.mean(random)) if random else None,
-                                                   "std": float(np.std(random)) if random else None}})
+        group_counts = [next(counts) for _ in group]  # one row per selection, also the empty ones
+        values = [kl_reduction(target, all_counts, c) if share else None for c in group_counts]  # None: no examples
+        per_target.append({"selected": share, "kl_reduction": values[0], "random_kl_reduction": _spread(values[1:])})
+    if separate:  # the paper's figure: the mean over targets of the whole selection's KL reduction toward each
+        whole_counts = [next(counts) for _ in whole]
+        by_target = [[kl_reduction(target, all_counts, c) for c in whole_counts] for target in targets]
+        for entry, values in zip(per_target, by_target):
+            entry["share_kl_reduction"] = entry.pop("kl_reduction")  # this target's share, toward this target
+            entry["share_random_kl_reduction"] = entry.pop("random_kl_reduction")
+            entry["whole_selection_kl_reduction"] = values[0]  # the whole selection, toward this target
+        overall = {"kl_reduction": float(np.mean([values[0] for values in by_target])),
+                   "random_kl_reduction": _spread([float(np.mean(column)) for column in zip(*by_target)][1:])}
+    else:
+        overall = {key: per_target[0][key] for key in ("kl_reduction", "random_kl_reduction")}
     selected = np.zeros(len(ngrams), dtype=bool)
     for indices in chosen:
         selected[indices] = True
     written = _write(config, pieces, selected, staging)
     times["write"] = time.perf_counter() - started
     report = {"raw_examples": int(len(ngrams)), "eligible_examples": int(eligible.sum()), "selected": written,
-              "mode": config.mode, "backend": config.backend, "workers": config.num_workers(),
-              "kl_reduction": per_target[0]["kl_reduction"], "random_kl_reduction": per_target[0]["random_kl_reduction"],
+              "mode": config.mode, "backend": config.backend, "workers": config.num_workers(), **overall,
               "targets": [dict(path=path, **values) for path, values in
                           zip(config.target if config.separate_targets else ["+".join(config.target)], per_target)],
               "log_weight_quantiles": {str(q): np.quantile(weights[eligible], q, axis=0).tolist()
@@ -199,6 +212,14 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
         json.dump(report, out, indent=2)
     _plot(weights, eligible, chosen, os.path.join(staging, "weights.png"))
     return report
+
+
+def _spread(values: list) -> dict:
+    """The values of random selections, their mean and sample standard deviation (ddof=1; 0 for
+    one value)."""
+    values = [v for v in values if v is not None]
+    return {"values": values, "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)}
 
 
 def _write(config, pieces, selected: np.ndarray, staging: str) -> int:
@@ -223,11 +244,20 @@ def _write(config, pieces, selected: np.ndarray, staging: str) -> int:
 
 
 def _print(report: dict, output_dir: str) -> None:
-    rows = [{"target": os.path.basename(t["path"]) if len(report["targets"]) > 1 else "all", "selected": t["selected"],
-             "of eligible": report["eligible_examples"],
-             "KL reduction": "-" if t["kl_reduction"] is None else t["kl_reduction"],
-             "random selections": (f"{t['random_kl_reduction']['mean']:.4f} +- {t['random_kl_reduction']['std']:.4f}"
-                                   if t["random_kl_reduction"]["values"] else "-")} for t in report["targets"]]
+    def row(name, selected, value, random):
+        return {"target": name, "selected": selected, "of eligible": report["eligible_examples"],
+                "KL reduction": "-" if value is None else value,
+                "random selections": f"{random['mean']:.4f} +- {random['std']:.4f}" if random["values"] else "-"}
+
+    separate = "share_kl_reduction" in report["targets"][0]
+    rows = [row(os.path.basename(t["path"]) + (" (its share)" if separate else ""), t["selected"],
+                t["share_kl_reduction" if separate else "kl_reduction"],
+                t["share_random_kl_reduction" if separate else "random_kl_reduction"]) for t in report["targets"]]
+    if separate:
+        rows.append(row("all (mean over targets)", report["selected"], report["kl_reduction"],
+                        report["random_kl_reduction"]))
+    else:
+        rows[0]["target"] = "all"
     print(format_table(rows, ["target", "selected", "of eligible", "KL reduction", "random selections"]))
     print(f"outputs in {output_dir}")
 
