@@ -1,12 +1,21 @@
 """DSIR: the reference package (`data-selection`, HashedNgramDSIR, joblib over 2 processes) against
 `divreg select` in `compat` and `fast` modes (2 worker processes), each in its own subprocess, on a
-synthetic corpus generated here (documents of 100-300 words from 5 topic word distributions over
-a 20,000-word vocabulary; the target is 2000 documents of topic 0). Same settings (B = 10,000,
-unigrams + bigrams, fit on all tokens, deterministic top-k of 1%). Phases: fit (featurize and
-count target and raw), weights (every raw document), resample + write; peak memory (max RSS of the
-subprocess and of its largest child); whether the selection is the reference's; the KL reduction.
+synthetic corpus generated here. Two corpora:
 
-    .venv/bin/python benchmarks/dsir.py --docs 200000     # the README's table (about 8 minutes)
+- ``--corpus topics``: documents of 100-300 words from 5 topics of 400 words each (half the words
+  from 10 common ones) over a 20,000-word vocabulary: about 2,000 distinct words in use, so nearly
+  every n-gram repeats (the n-gram cache almost always hits: the favourable case);
+- ``--corpus zipf``: documents of 100-250 words drawn from a Zipfian (exponent 1) over 30,000
+  random words (letters, 2-12 each), half from a background ranking shared by all and half from a
+  ranking of the document's topic (5 topics): a realistic long tail of rare words and bigrams.
+
+The target is 2000 documents of topic 0. Same settings (B = 10,000, unigrams + bigrams, fit on all
+tokens, deterministic top-k of 1%). Phases: fit (featurize and count target and raw), weights
+(every raw document), resample + write; peak memory (max RSS of the subprocess and of its largest
+child); whether the selection is the reference's; the KL reduction.
+
+    .venv/bin/python benchmarks/dsir.py --docs 200000                  # topics (about 6 minutes)
+    .venv/bin/python benchmarks/dsir.py --docs 20000 --corpus zipf     # zipf (about 2 minutes)
 """
 
 from __future__ import annotations
@@ -22,6 +31,26 @@ import tempfile
 import time
 
 
+def make_zipf_corpus(folder: str, docs: int, seed: int = 0) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = sorted({"".join(rng.choice(letters, rng.integers(2, 13))) for _ in range(31000)})[:30000]
+    words = np.array(rng.permutation(words))
+    cumulative = np.cumsum(1.0 / np.arange(1, len(words) + 1))
+    cumulative /= cumulative[-1]  # the Zipfian's CDF over ranks
+    background, topics = rng.permutation(len(words)), [rng.permutation(len(words)) for _ in range(5)]
+
+    def document(topic: int) -> str:
+        length = int(rng.integers(100, 251))
+        ranks = np.minimum(np.searchsorted(cumulative, rng.random(length)), len(words) - 1)  # (length,) Zipfian
+        own = rng.random(length) < 0.5
+        return " ".join(words[np.where(own, topics[topic][ranks], background[ranks])])
+
+    _write_corpus(folder, docs, document, lambda: int(rng.integers(5)))
+
+
 def make_corpus(folder: str, docs: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     vocabulary = [f"w{i}" for i in range(20000)]
@@ -32,9 +61,14 @@ def make_corpus(folder: str, docs: int, seed: int = 0) -> None:
         return " ".join(rng.choice(topics[topic]) if rng.random() < 0.5 else rng.choice(common)
                         for _ in range(rng.randint(100, 300)))
 
+    _write_corpus(folder, docs, document, lambda: rng.randrange(5))
+
+
+def _write_corpus(folder: str, docs: int, document, topic) -> None:
+    """raw.jsonl: ``docs`` documents of random topics; target.jsonl: 2000 of topic 0."""
     with open(os.path.join(folder, "raw.jsonl"), "w") as handle:
         for i in range(docs):
-            handle.write(json.dumps({"text": document(rng.randrange(5)), "id": i}) + "\n")
+            handle.write(json.dumps({"text": document(topic()), "id": i}) + "\n")
     with open(os.path.join(folder, "target.jsonl"), "w") as handle:
         for i in range(2000):
             handle.write(json.dumps({"text": document(0), "id": i}) + "\n")
@@ -81,6 +115,7 @@ def run_variant(variant: str, folder: str, k: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20000)
+    parser.add_argument("--corpus", choices=("topics", "zipf"), default="topics")
     parser.add_argument("--variant")  # internal: run one variant in this process
     parser.add_argument("--folder")
     args = parser.parse_args()
@@ -88,7 +123,7 @@ def main() -> None:
         print(json.dumps(run_variant(args.variant, args.folder, args.docs // 100)))
         return
     folder = tempfile.mkdtemp(prefix="dsir-bench-")
-    make_corpus(folder, args.docs)
+    (make_zipf_corpus if args.corpus == "zipf" else make_corpus)(folder, args.docs)
     results = {}
     for variant in ("reference", "compat", "fast"):
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--folder", folder, "--docs",
@@ -98,7 +133,8 @@ def main() -> None:
             raise SystemExit(out.stderr[-3000:])
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["reference"]["seconds"]["total"]
-    print(f"{args.docs} raw documents, 2000 target documents, 1% selected (deterministic top-k), 2 cores\n")
+    print(f"{args.corpus} corpus: {args.docs} raw documents, 2000 target documents, 1% selected (deterministic "
+          "top-k), 2 cores\n")
     print("| variant | fit s | weights s | resample + write s | total s | vs reference | peak MB | same selection "
           "| KL reduction |")
     print("|---|---|---|---|---|---|---|---|---|")
