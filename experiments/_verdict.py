@@ -9,8 +9,9 @@ standard errors:
 - ``did not hold``: the difference is in the opposite direction by more than ``z`` standard errors;
 - ``not shown``: the difference is within ``z`` standard errors (the setting cannot tell).
 
-Standard errors: over seeds, ``std / sqrt(n)`` of each mean (the standard deviation over ``n``
-seeds, as the recipes report it); for an accuracy measured on ``n`` problems, the binomial
+Standard errors: over seeds, ``std / sqrt(n)`` of each mean, where ``std`` is always the *sample*
+standard deviation over the ``n`` seeds (``ddof=1``: :func:`sample_std` or ``statistics.stdev``,
+never ``np.std``'s population default; as the recipes report it); for an accuracy measured on ``n`` problems, the binomial
 ``sqrt(p (1 - p) / n)``, floored at one problem in ``n`` so that 0 and 1 are not exact; with a
 single run and no error estimate, the verdict is marked ``(1 run)``.
 """
@@ -58,11 +59,25 @@ def grade_equal(difference: float, se: float, *, z: float = 2.0) -> str:
     return HELD if abs(difference) <= z * se else NOT_HELD
 
 
+def sample_std(values) -> float:
+    """The sample standard deviation (``ddof=1``) of ``values``: the one rule of this folder; 0 for
+    a single value (no spread can be estimated from one run)."""
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """(mean, :func:`sample_std`) of ``values``."""
+    values = [float(v) for v in values]
+    return sum(values) / len(values), sample_std(values)
+
+
 def seed_summary(runs: list[dict]) -> dict:
-    """``{key: (mean, std)}`` over seeds of per-seed ``{key: value}`` results."""
-    return {key: (sum(r[key] for r in runs) / len(runs),
-                  math.sqrt(sum((r[key] - sum(q[key] for q in runs) / len(runs)) ** 2 for r in runs) / len(runs)))
-            for key in runs[0]}
+    """``{key: (mean, sample std)}`` over seeds of per-seed ``{key: value}`` results."""
+    return {key: mean_std([r[key] for r in runs]) for key in runs[0]}
 
 
 def print_summary(summary: dict, columns: tuple[str, str]) -> None:

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.generation import (BigramLM, Predicate, distribution_kl, exact_importance_resampling,
                                exact_locally_constrained, exact_posterior, given_success, rejection_sampling, smc,
@@ -106,7 +106,7 @@ def main() -> None:
 
     def stat(key):
         values = np.array([r[key] for r in results])
-        return float(values.mean()), float(values.std())
+        return mean_std(values)
 
     print(f"{args.toys} toys, {args.runs} runs per N, {time.perf_counter() - started:.0f} s\n")
     (tv, tv_sd), (fail, fail_sd), (kl, kl_sd) = stat("lcd_tv"), stat("lcd_failure"), stat("lcd_kl")

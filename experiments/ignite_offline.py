@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import IgniteDual, surrogate_gradient_norm_grads
 
@@ -79,12 +79,12 @@ def main() -> None:
     print(f"{args.seeds} seeds, {args.steps} surrogate steps, {time.perf_counter() - started:.0f} s\n")
     print("| surrogate | normalized score of the optimized designs |\n|---|---|")
     for variant, values in results.items():
-        print(f"| {variant} | {np.mean(values):.3f} +- {np.std(values):.3f} |")
+        print(f"| {variant} | {np.mean(values):.3f} +- {sample_std(values):.3f} |")
     base = results["plain"]
     rows = [{"claim": f"{variant}: higher score than the plain surrogate",
              "our figure": f"{np.mean(results[variant]):.3f} vs {np.mean(base):.3f}",
              "verdict": grade(float(np.mean(results[variant])), float(np.mean(base)),
-                              seed_se(float(np.std(results[variant])), args.seeds), seed_se(float(np.std(base)), args.seeds))}
+                              seed_se(sample_std(results[variant]), args.seeds), seed_se(sample_std(base), args.seeds))}
             for variant in VARIANTS[1:]]
     print()
     print_rows(rows)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import AffineAdapter, orthogonality_gap
 
@@ -99,7 +99,7 @@ def main() -> None:
     runs = [run(seed) for seed in range(args.seeds)]
     names = list(runs[0])
     keys = ["compat_seen", "compat_unseen", "preserve_unseen", "gap"]
-    summary = {n: {k: (float(np.mean([r[n][k] for r in runs])), float(np.std([r[n][k] for r in runs]))) for k in keys}
+    summary = {n: {k: mean_std([r[n][k] for r in runs]) for k in keys}
                for n in names}
     print(f"{args.seeds} seeds, {time.perf_counter() - started:.0f} s\n")
     print("| map | compatibility 0-4 | compatibility 5-9 | structure kept 5-9 | ||WW^T - I|| |\n|---|---|---|---|---|")

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import LocalEntropyRegularizer
 
@@ -99,8 +99,8 @@ def main() -> None:
     started = time.perf_counter()
     results = {name: [run(seed, args.steps, name == "LegoGCD") for seed in range(args.seeds)]
                for name in ("SimGCD-style", "LegoGCD")}
-    summary = {name: {"old": (float(np.mean([r[0] for r in runs])), float(np.std([r[0] for r in runs]))),
-                      "new": (float(np.mean([r[1] for r in runs])), float(np.std([r[1] for r in runs])))}
+    summary = {name: {"old": mean_std([r[0] for r in runs]),
+                      "new": mean_std([r[1] for r in runs])}
                for name, runs in results.items()}
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
     print("| method | old classes (0-4) | new classes (5-9) |\n|---|---|---|")

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import InputConvexNetwork, proximal_matching_loss
 
@@ -72,12 +72,12 @@ def main() -> None:
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
     print("| loss | mean |f(y) - soft-threshold| | mean |f(y) - E[x|y]| |\n|---|---|---|")
     for name, values in errors.items():
-        print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f} +- {np.std(v):.4f}" for v in values.values()) + " |")
+        print(f"| {name} | " + " | ".join(f"{np.mean(v):.4f} +- {sample_std(v):.4f}" for v in values.values()) + " |")
 
     def verdict(better, worse, key):
         b, w = errors[better][key], errors[worse][key]
-        return grade(float(np.mean(b)), float(np.mean(w)), seed_se(float(np.std(b)), args.seeds),
-                     seed_se(float(np.std(w)), args.seeds), higher_is_better=False)
+        return grade(float(np.mean(b)), float(np.mean(w)), seed_se(sample_std(b), args.seeds),
+                     seed_se(sample_std(w), args.seeds), higher_is_better=False)
 
     rows = [{"claim": "proximal matching: closer to the MAP denoiser (soft-thresholding) than the squared loss",
              "our figure": f"{np.mean(errors['matching']['to MAP']):.4f} vs {np.mean(errors['squared']['to MAP']):.4f}",

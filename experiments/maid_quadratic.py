@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import MAID
 
@@ -94,13 +94,13 @@ def main() -> None:
     print(f"{args.seeds} seeds, budget {args.budget}, {time.perf_counter() - started:.0f} s\n")
     print("| problem | method | work to 1e-4 relative suboptimality | per seed |\n|---|---|---|---|")
     for (label, name), values in work.items():
-        print(f"| {label} | {name} | {np.mean(values):.0f} +- {np.std(values):.0f} | {', '.join(map(str, values))} |")
+        print(f"| {label} | {name} | {np.mean(values):.0f} +- {sample_std(values):.0f} | {', '.join(map(str, values))} |")
     rows = [{"claim": f"{label}: MAID needs less work than {name}",
              "our figure": f"{np.mean(work[(label, 'MAID')]):.0f} vs {np.mean(work[(label, name)]):.0f}"
              + (" (never reached)" if min(work[(label, name)]) == args.budget else ""),
              "verdict": grade(float(np.mean(work[(label, "MAID")])), float(np.mean(work[(label, name)])),
-                              seed_se(float(np.std(work[(label, "MAID")])), args.seeds),
-                              seed_se(float(np.std(work[(label, name)])), args.seeds), higher_is_better=False)}
+                              seed_se(sample_std(work[(label, "MAID")]), args.seeds),
+                              seed_se(sample_std(work[(label, name)]), args.seeds), higher_is_better=False)}
             for label in ("shift", "weight decay") for name in names if name != "MAID"]
     print()
     print_rows(rows)

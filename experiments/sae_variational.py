@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import TopKSAE, VariationalSAE, sae_loss
 
@@ -74,7 +74,7 @@ def main() -> None:
     started = time.perf_counter()
     settings = [("topk", 0.0)] + [(variant, c) for variant in ("vsae", "vsae-fixed") for c in (0.01, 1.0, 500.0)]
     results = {s: [train(*s, seed, args.steps) for seed in range(args.seeds)] for s in settings}
-    summary = {s: {key: (float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs])))
+    summary = {s: {key: mean_std([r[key] for r in runs])
                    for key in runs[0]} for s, runs in results.items()}
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
     print("| SAE | KL coefficient | dead latents | FVU | feature recovery |\n|---|---|---|---|---|")

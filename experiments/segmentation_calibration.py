@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.metrics import classwise_ece, pixel_ece
 from divreg.regularizers import nacl_loss, svls_loss
@@ -101,7 +101,7 @@ def main() -> None:
         data = (blobs(args.train, generator), blobs(50, generator))  # each seed its own data and initialization
         for method in METHODS:
             results[method].append(run(method, seed, args.steps, data))
-    summary = {method: {key: (float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs])))
+    summary = {method: {key: mean_std([r[key] for r in runs])
                         for key in runs[0]} for method, runs in results.items()}
     print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
     print("| method | Dice | pixel ECE | classwise ECE |\n|---|---|---|---|")

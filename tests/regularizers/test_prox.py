@@ -22,7 +22,7 @@ def test_psi_is_convex_and_prox_is_its_gradient():
     assert bool((psi((a + b) / 2) <= (psi(a) + psi(b)) / 2 + 1e-12).all())
     point = torch.randn(3, dtype=torch.float64)
     hessian = torch.autograd.functional.hessian(lambda y: psi(y[None])[0], point)
-    assert float(torch.linalg.eigvalsh(hessian).min()) >= 0.1 - 1e-9  # strong convexity alpha = 0.1
+    assert float(torch.linalg.eigvalsh(hessian).min()) >= 0.2 - 1e-9  # alpha ||y||^2 with alpha = 0.1: 2 alpha
     y = torch.randn(5, 3, dtype=torch.float64)
     prox = psi.prox(y)
     for i in range(3):
@@ -41,3 +41,14 @@ def test_proximal_matching_loss_by_hand():
     torch.testing.assert_close(proximal_matching_loss(estimate, target, gamma=2.0), expected)
     with pytest.raises(ValueError, match="gamma must be > 0"):
         proximal_matching_loss(estimate, target, gamma=0.0)
+
+
+def test_the_strong_convexity_term_is_scaled_as_the_reference():
+    """The official networks add alpha * ||y||^2 (lpn_mnist.py), so with w = 0 psi is exactly
+    that and the prox is 2 alpha y: the reference's MNIST alpha = 0.01 means the same here."""
+    psi = InputConvexNetwork(4, hidden=8, layers=2, strong_convexity=0.01).double()
+    with torch.no_grad():
+        psi.output.zero_()
+    y = torch.randn(6, 4, dtype=torch.float64)
+    torch.testing.assert_close(psi(y), 0.01 * y.pow(2).sum(-1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(psi.prox(y), 0.02 * y, rtol=1e-12, atol=1e-15)

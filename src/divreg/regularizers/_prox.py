@@ -1,12 +1,16 @@
 r"""Learned proximal networks: a learned prior enters only through its proximal operator, and an
 input-convex network makes that operator the exact prox of *some* regularizer (Fang, Buchanan &
 Sulam, "What's in a Prior? Learned Proximal Networks for Inverse Problems", ICLR 2024, arXiv
-2310.14344; official code github.com/Sulam-Group/learned-proximal-networks).
+2310.14344; official code github.com/ZhenghanFang/learned-proximal-networks, also published as
+Sulam-Group/learned-proximal-networks).
 
 .. math::
     z_1 = s(H_0 y + b_0),\quad z_{k+1} = s(W_k z_k + H_k y + b_k)\ (W_k \ge 0),\quad
-    \psi(y) = w^\top z_K + \tfrac{\alpha}{2}\|y\|^2\ (w \ge 0),\qquad f(y) = \nabla\psi(y),
+    \psi(y) = w^\top z_K + \alpha\|y\|^2\ (w \ge 0),\qquad f(y) = \nabla\psi(y),
 
+the strong-convexity term scaled as the official networks do (``lpn_mnist.py``: ``y + self.alpha *
+x.pow(2).sum(...)``, so f gains :math:`2\alpha y`): the reference's MNIST ``alpha = 0.01``
+(``exps/mnist/configs/mnist/model.json``) means the same here;
 with s convex and non-decreasing (softplus), so psi is convex and f is a prox (the non-negative
 weights are clamped after each optimizer step: :meth:`InputConvexNetwork.clamp`). The proximal
 matching loss :math:`1 - \exp(-(\|f(y) - x\|/\gamma)^2)` with gamma shrinking in stages (after an
@@ -40,7 +44,7 @@ class InputConvexNetwork(torch.nn.Module):
         z = F.softplus(self.inputs[0](y), beta=self.beta)
         for weight, layer in zip(self.hidden, self.inputs[1:]):
             z = F.softplus(z @ weight.T + layer(y), beta=self.beta)
-        return z @ self.output + 0.5 * self.strong_convexity * y.pow(2).sum(-1)
+        return z @ self.output + self.strong_convexity * y.pow(2).sum(-1)  # alpha ||y||^2, as the reference
 
     def prox(self, y: Tensor, create_graph: bool = False) -> Tensor:
         """f(y) = grad psi(y), (B, dim); ``create_graph`` to train through it."""

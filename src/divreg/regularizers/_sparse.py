@@ -20,12 +20,29 @@ runs behind the paper used 1.0: both documented, 500 the default as the issue as
 ``dead_after`` examples) reconstruct the residual x - x_hat, normalized by its variance,
 weight alpha = 1/32. Decoder columns start at norm 0.1 with the encoder tied to them; the
 variational SAE does not subtract b_d before encoding nor renormalize its decoder (the code's
-"april" mode), while the TopK SAE baseline (Gao et al.) does both. Departure: the paper's runs
-compared a vSAE *without* AuxK against a TopK SAE with it; here both get AuxK unless
-``aux_weight=0``.
+"april" mode), while the TopK SAE baseline (Gao et al.) does both.
+
+AuxK and dead latents follow the reference code (``vsae_topk.py`` for the vSAE, ``top_k.py``
+for the TopK baseline, same repository):
+
+- the auxiliary reconstruction is decoded *with* the decoder bias for the vSAE (its april-mode
+  ``decoder`` is an ``nn.Linear`` with bias: :math:`W_d z_{aux} + b_d`) and without it for the
+  TopK baseline (:math:`W_d z_{aux}`, Gao et al.); its normalizer is the residual's variance + 1e-8;
+- "fired", per batch: for the vSAE a latent whose (post-TopK, sampled) values sum to > 0 over the
+  batch (``sparse_features.sum(0) > 0``); for the TopK baseline a latent among a row's top k
+  (even at value 0, as ``did_fire[top_indices] = True``);
+- the counters are updated with the current batch *before* the dead latents are read;
+- ``dead_after`` counts examples (tokens): the default 10,000,000 is the paper-era code's
+  (every commit up to 8e1581a, September 2025, and Gao et al.'s "10M tokens"); the reference's
+  HEAD (ad03f7a, October 2025) lowered it to 1,000, which ``dead_after=1000`` reproduces.
+
+Departure: the paper's runs compared a vSAE *without* AuxK against a TopK SAE with it; here both
+get AuxK unless ``aux_weight=0``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,22 +60,24 @@ def topk_by_magnitude(z: Tensor, k: int) -> Tensor:
 
 
 def auxk_loss(x: Tensor, reconstruction: Tensor, pre_activations: Tensor, dead: Tensor, decoder_weight: Tensor,
-              k_aux: int) -> Tensor:
+              k_aux: int, decoder_bias: Optional[Tensor] = None) -> Tensor:
     r"""AuxK: the top ``k_aux`` dead latents (by |pre-activation|) reconstruct the residual
-    e = x - x_hat (no bias), :math:`\|e - W_d z_{aux}\|^2 / \|e - \bar e\|^2`, batch-averaged;
-    0 (keeping the graph) when no latent is dead.
+    e = x - x_hat, :math:`\|e - (W_d z_{aux} + b)\|^2 / (\|e - \bar e\|^2 + 10^{-8})`,
+    batch-averaged (both norms), with b = ``decoder_bias`` (the vSAE's code) or none (the TopK
+    SAE's); 0 (keeping the graph) when no latent is dead.
 
     Args:
         x, reconstruction: (B, d). pre_activations: (B, m). dead: (m,) bool. decoder_weight: (d, m).
+        k_aux: latents kept. decoder_bias: (d,) or None.
     """
     if not bool(dead.any()):
         return pre_activations.sum() * 0.0
     residual = (x - reconstruction).detach()
     masked = pre_activations.masked_fill(~dead, 0.0)
     aux = topk_by_magnitude(masked, min(k_aux, int(dead.sum())))
-    error = residual - aux @ decoder_weight.T
-    variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return error.pow(2).sum(-1).mean() / variance
+    decoded = aux @ decoder_weight.T + (0.0 if decoder_bias is None else decoder_bias)  # (B, d)
+    variance = (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    return (residual - decoded).pow(2).sum(-1).mean() / (variance + 1e-8)
 
 
 class TopKSAE(torch.nn.Module):
@@ -67,7 +86,7 @@ class TopKSAE(torch.nn.Module):
 
     variational = False
 
-    def __init__(self, d_model: int, d_latent: int, k: int, *, dead_after: int = 10_000):
+    def __init__(self, d_model: int, d_latent: int, k: int, *, dead_after: int = 10_000_000):
         super().__init__()
         if not 1 <= k <= d_latent:
             raise ValueError(f"k must be in [1, d_latent={d_latent}], got {k}")
@@ -85,19 +104,27 @@ class TopKSAE(torch.nn.Module):
     def pre_activations(self, x: Tensor) -> Tensor:
         return F.relu((x - self.decoder_bias) @ self.encoder.T + self.encoder_bias)
 
+    aux_decoder_bias = False  # AuxK decodes without b_d (Gao et al.; the reference's top_k.py)
+
     def forward(self, x: Tensor) -> dict:
         mean = self.pre_activations(x)  # (B, m)
         z = topk_by_magnitude(mean, self.k)
-        return {"z": z, "pre": mean, "reconstruction": z @ self.decoder.T + self.decoder_bias}
+        return {"z": z, "pre": mean, "reconstruction": z @ self.decoder.T + self.decoder_bias,
+                "fired": self.fired(mean)}
+
+    def fired(self, pre_topk: Tensor) -> Tensor:
+        """(m,) bool: the latents among some row's top k (by |value|, even at 0), as ``top_k.py``."""
+        index = pre_topk.detach().abs().topk(self.k, dim=-1).indices  # (B, k)
+        return torch.zeros(pre_topk.shape[-1], dtype=torch.bool, device=pre_topk.device).index_fill(
+            0, index.flatten(), True)
 
     def dead(self) -> Tensor:
         return self.since_fired >= self.dead_after
 
     @torch.no_grad()
-    def track(self, z: Tensor) -> None:
-        """Count examples since each latent last fired."""
-        fired = (z != 0).any(0)
-        self.since_fired += z.shape[0]
+    def track(self, fired: Tensor, examples: int) -> None:
+        """Count examples since each latent last fired (``fired``: (m,) bool, this batch)."""
+        self.since_fired += examples
         self.since_fired[fired] = 0
 
     @torch.no_grad()
@@ -111,7 +138,7 @@ class VariationalSAE(TopKSAE):
 
     variational = True
 
-    def __init__(self, d_model: int, d_latent: int, k: int, *, learned_variance: bool = True, dead_after: int = 10_000):
+    def __init__(self, d_model: int, d_latent: int, k: int, *, learned_variance: bool = True, dead_after: int = 10_000_000):
         super().__init__(d_model, d_latent, k, dead_after=dead_after)
         self.learned_variance = learned_variance
         if learned_variance:
@@ -134,7 +161,10 @@ class VariationalSAE(TopKSAE):
             self.training and self.learned_variance) else mean
         z = topk_by_magnitude(sampled, self.k)
         kl = gaussian_kl(mean.clamp(-10, 10), log_variance).sum(-1)  # (B,) over every latent
-        return {"z": z, "pre": sampled, "reconstruction": z @ self.decoder.T + self.decoder_bias, "kl": kl}
+        return {"z": z, "pre": sampled, "reconstruction": z @ self.decoder.T + self.decoder_bias, "kl": kl,
+                "fired": z.detach().sum(0) > 0}  # vsae_topk.py: the batch sum of the kept values is > 0
+
+    aux_decoder_bias = True  # AuxK decodes with b_d (the april-mode decoder has a bias)
 
     @torch.no_grad()
     def renormalize(self) -> None:  # the variational SAE keeps its decoder norms
@@ -145,7 +175,8 @@ def sae_loss(model: TopKSAE, x: Tensor, *, step: int, total_steps: int, kl_coeff
              warmup_fraction: float = 0.1, aux_weight: float = 1 / 32, k_aux: int = 0) -> tuple[Tensor, dict]:
     """The training loss of either SAE (reconstruction summed over dimensions, batch-averaged; the
     KL term with its linear warm-up for the variational one; AuxK) and its parts. ``k_aux=0``:
-    d_model // 2. Updates the dead-latent counters."""
+    d_model // 2. Updates the dead-latent counters with this batch first, then reads them (as the
+    reference)."""
     out = model(x)
     reconstruction = (x - out["reconstruction"]).pow(2).sum(-1).mean()
     loss, parts = reconstruction, {"reconstruction": reconstruction.item()}
@@ -154,10 +185,10 @@ def sae_loss(model: TopKSAE, x: Tensor, *, step: int, total_steps: int, kl_coeff
         kl = out["kl"].mean()
         loss = loss + kl_coefficient * ramp * kl
         parts["kl"] = kl.item()
+    model.track(out["fired"], x.shape[0])
     if aux_weight > 0:
         aux = auxk_loss(x, out["reconstruction"], out["pre"], model.dead(), model.decoder,
-                        k_aux or max(1, x.shape[-1] // 2))
+                        k_aux or max(1, x.shape[-1] // 2), model.decoder_bias if model.aux_decoder_bias else None)
         loss = loss + aux_weight * aux
         parts["aux"] = aux.item()
-    model.track(out["z"])
     return loss, parts
