@@ -41,7 +41,7 @@ def run(variant: str, seed: int, steps: int) -> float:
     keep = scores <= scores.median()  # the worse half
     x, y = designs[keep], scores[keep]
     low, high = float(y.min()), float(y.max())
-    mean, std = y.mean(), y.std()
+    mean, std = y.mean(), y.std(correction=1)  # normalizes the scores (torch's default, said)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(DIM, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
                                 torch.nn.Linear(64, 1))
