@@ -60,11 +60,12 @@ def grade_equal(difference: float, se: float, *, z: float = 2.0) -> str:
 
 
 def sample_std(values) -> float:
-    """The sample standard deviation (``ddof=1``) of ``values``: the one rule of this folder; 0 for
-    a single value (no spread can be estimated from one run)."""
+    """The sample standard deviation (``ddof=1``) of ``values``: the one rule of this folder; NaN
+    for a single value (no spread can be estimated from one run, and :func:`grade` then says
+    ``not shown`` rather than treating one run as exact; use :func:`single_run`)."""
     values = [float(v) for v in values]
     if len(values) < 2:
-        return 0.0
+        return math.nan
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 

@@ -142,3 +142,15 @@ def test_every_shipped_config_resolves_to_what_its_file_says(command, name):
         names = [m if isinstance(m, str) else m["name"] for m in written.pop("methods")]
         assert [m if isinstance(m, str) else m["name"] for m in resolved.pop("methods")] == names
     _assert_says(resolved, written, "")
+
+
+def test_overrides_keep_interpolations_spaces_and_refuse_list_entries_by_index():
+    rl, _ = COMMANDS["rl"].load()
+    config = load_config(rl, None, ["lr=0.001", "warmup_lr=${lr}", "policy.config.hidden_size=${digits}"])
+    assert config.warmup_lr == 0.001 and config.policy.config["hidden_size"] == config.digits
+    lm, _ = COMMANDS["distill-lm"].load()
+    assert load_config(lm, None, ["teacher.config=${student.config}"]).teacher.config == \
+        load_config(lm, None).student.config  # an interpolated mapping: the other mapping, whole
+    assert load_config(rl, None, ["rewards = {exact_match: 0.5}"]).rewards == {"exact_match": 0.5}
+    with pytest.raises(ValueError, match=r"give a list as a whole \(`methods=\[...\]`\)"):
+        load_config(lm, None, ["methods.0.weight=1"])

@@ -19,7 +19,8 @@ def test_sample_std_and_seed_summary_use_ddof_1():
         sys.path.remove(str(EXPERIMENTS))
     values = [0.81, 0.86, 0.90, 0.79]
     assert math.isclose(_verdict.sample_std(values), statistics.stdev(values), rel_tol=1e-14)
-    assert _verdict.sample_std([0.5]) == 0.0
+    assert math.isnan(_verdict.sample_std([0.5]))
+    assert _verdict.grade(1.0, 0.0, _verdict.seed_se(_verdict.sample_std([1.0]), 1), 0.1) == _verdict.NOT_SHOWN
     summary = _verdict.seed_summary([{"a": v} for v in values])
     assert math.isclose(summary["a"][0], statistics.fmean(values), rel_tol=1e-14)
     assert math.isclose(summary["a"][1], statistics.stdev(values), rel_tol=1e-14)

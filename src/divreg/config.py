@@ -2,8 +2,9 @@
 merged and type-checked by OmegaConf.
 
 A mapping the user gives *replaces* the default mapping (``losses: {ipo: 1.0}`` trains IPO
-alone, ``student.config: {model_type: gpt2, ...}`` builds that model and nothing of the default
-one); OmegaConf's merge would merge the two. One entry of a default mapping is overridden with a
+alone; ``student: {config: {model_type: gpt2, ...}}`` in YAML or ``student.config={...}`` on the
+command line builds that model and nothing of the default one); OmegaConf's merge would merge the
+two. One entry of a default mapping is overridden with a
 dotted key (``losses.ipo=0.5``). Dataclass blocks (``student``, ``policy``) still merge field by
 field: ``student: {path: ./my-model}`` keeps the block's other defaults."""
 
@@ -30,6 +31,7 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
+    overrides = ["=".join(part.strip() for part in item.split("=", 1)) for item in overrides]  # `key = value`
     try:
         merged = OmegaConf.structured(schema)
         if config_path is not None:
@@ -47,7 +49,9 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
             given = OmegaConf.from_dotlist([item])
             merged = OmegaConf.merge(merged, given)
             key = item.split("=", 1)[0].strip()
-            node, value = OmegaConf.select(merged, key), OmegaConf.select(given, key)
+            # the given value unresolved: an interpolation (`lr=${warmup_lr}`) resolves against the whole config
+            node = OmegaConf.select(merged, key, throw_on_resolution_failure=False)
+            value = OmegaConf.select(given, key, throw_on_resolution_failure=False)
             if _is_mapping(value) and isinstance(node, DictConfig):
                 if _is_block(node):
                     _replace_mappings(node, value)
@@ -58,6 +62,9 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
         key = getattr(error, "full_key", None) or getattr(error, "key", None)
         message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
         raise ValueError(f"invalid config key {key!r}: {message}") from error
+    except TypeError as error:  # OmegaConf merging a mapping into a list (`methods.0.weight=1`, a top-level list)
+        raise ValueError(f"the config cannot be merged ({str(error).splitlines()[0]}): give a list as a whole "
+                         "(`methods=[...]`), not one entry by index, and a config file as a mapping of keys") from None
 
 
 def _is_mapping(node) -> bool:

@@ -1,5 +1,6 @@
 """Text examples: the built-in corpus split, record files, and collation."""
 
+import copy
 import json
 
 import pytest
@@ -84,4 +85,19 @@ def test_a_bad_row_of_a_datasets_folder_is_named_and_tokenizer_errors_keep_the_p
                     '{"role": "assistant", "content": "yo"}]}\n')
     records = load_text_records(str(data))
     with pytest.raises(ValueError, match="chat.jsonl, line 2: chat 'messages' need a tokenizer with a chat template"):
-        tokenize_records(records, fx.tokenizer(), 32, 4)
+        plain = copy.deepcopy(fx.tokenizer())  # the shared fixture may carry another test's chat template
+        plain.chat_template = None
+        tokenize_records(records, plain, 32, 4)
+
+
+def test_a_chat_template_error_keeps_the_place(tmp_path):
+    """A template's own check (here: roles must alternate) fails inside jinja2; the error still
+    names the file and line."""
+    tokenizer = copy.deepcopy(fx.tokenizer())
+    tokenizer.chat_template = ("{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+                               "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+                               "{{ m.content }}{% endfor %}")
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    with pytest.raises(ValueError, match="chat.jsonl, line 1: Conversation roles must alternate"):
+        tokenize_records(load_text_records(str(data)), tokenizer, 32, 4)

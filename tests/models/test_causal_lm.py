@@ -115,3 +115,26 @@ def test_a_missing_local_path_is_one_clear_line(tmp_path):
         with pytest.raises(ValueError, match=rf"{what} '.*missing_folder': no such folder") as info:
             loader(str(tmp_path / "missing_folder"))
         assert info.value.__cause__ is None and "\n" not in str(info.value)
+
+
+def test_weights_fingerprint_names_the_weights_not_the_folder(tmp_path):
+    """The same weights saved and loaded from another folder have the same fingerprint; one
+    changed value (also in a 0-dim buffer) changes it; bfloat16 and float32 copies differ."""
+    from divreg.models import weights_fingerprint
+
+    model = fx.model(seed=0)
+    model.model.save_pretrained(tmp_path / "a")
+    loaded = build_causal_lm(ModelSource(path=str(tmp_path / "a")), fx.tokenizer(), seed=1)
+    assert weights_fingerprint(loaded) == weights_fingerprint(model.model)
+    with torch.no_grad():
+        next(loaded.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(loaded) != weights_fingerprint(model.model)
+    scalar = torch.nn.Linear(2, 2)
+    scalar.register_buffer("scale", torch.tensor(3.0))
+    before = weights_fingerprint(scalar)
+    scalar.scale.fill_(4.0)
+    assert weights_fingerprint(scalar) != before
+    import copy
+
+    linear = torch.nn.Linear(2, 2)
+    assert weights_fingerprint(copy.deepcopy(linear).bfloat16()) != weights_fingerprint(linear)

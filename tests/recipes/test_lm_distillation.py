@@ -79,6 +79,14 @@ def test_cached_teacher_and_distillm_adaptive(tmp_path):
                         "kl_eval=false", "methods=[{name: fkl, divergence: forward_kl}]"))
     assert "kl_to_teacher" not in alone["fkl"] and "teacher" not in alone
     (first / "moved_teacher").rename(first / "teacher")
+    # a cache written before teachers were recorded by their weights: refused, never checked by path alone
+    manifest_path = tmp_path / "cache" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "teacher_sha256"}))
+    with pytest.raises(ValueError, match="does not record which teacher wrote it"):
+        run(_config(tmp_path / "old", f"tokenizer={first / 'tokenizer'}", f"teacher_cache={tmp_path / 'cache'}",
+                    "methods=[{name: fkl, divergence: forward_kl}]"))
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="need a live teacher"):
         _config(tmp_path / "x", f"teacher_cache={tmp_path / 'cache'}",
                 "methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]")

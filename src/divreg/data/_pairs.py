@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ._text import TextExample, _check_messages, _prompt_and_completion, read_records, where, with_eos
+from ._text import TextExample, _check_messages, _prompt_and_completion, _record_errors, read_records, where, with_eos
 
 
 @dataclass
@@ -61,7 +61,7 @@ def tokenize_pairs(records: Sequence[dict], tokenizer, max_length: int, first_id
         for answer in ("chosen", "rejected"):
             try:
                 prompt, completion = _prompt_and_completion(_side(record, answer), tokenizer)
-            except (ValueError, KeyError, TypeError) as error:
+            except _record_errors() as error:
                 raise ValueError(f"{where(record, index)} ({answer}): {error}") from None
             sides.append((prompt, completion))
         (prompt, chosen), (other_prompt, rejected) = sides

@@ -84,6 +84,15 @@ class Record(dict):
         return record
 
 
+def _record_errors() -> tuple[type, ...]:
+    """What rendering or tokenizing a bad record raises (a chat template's own checks included)."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # no chat templates without jinja2
+        return ValueError, TypeError, KeyError, AttributeError
+    return ValueError, TypeError, KeyError, AttributeError, TemplateError
+
+
 def where(record: dict, index: int) -> str:
     """Where ``record`` (the ``index``-th, 0-based) came from, for an error message."""
     return getattr(record, "where", f"record {index}")
@@ -203,7 +212,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt
     for index, record in enumerate(records):
         try:
             prompt, completion = _prompt_and_completion(record, tokenizer)
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
+        except _record_errors() as error:
             raise ValueError(f"{where(record, index)}: {error}") from None
         if not prompt:
             prompt, completion = completion[:prompt_len], completion[prompt_len:]
@@ -212,7 +221,9 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, prompt
             continue  # nothing left to learn after truncation
         examples.append(TextExample.with_prompt(first_id + len(examples), ids, len(prompt)))
     if not examples:
-        raise ValueError("no example has completion tokens within max_length")
+        span = f"{where(records[0], 0)} to {where(records[-1], len(records) - 1)}: " if records else ""
+        raise ValueError(f"{span}no example has completion tokens within max_length={max_length} (every prompt fills "
+                         "it); raise seq_len or shorten the prompts")
     return examples
 
 

@@ -137,14 +137,14 @@ def prepare_log_probs(
     """
     check_temperature(temperature)
     check_same_shape(logits, target_logits)
+    check_finite_logits("target_logits", target_logits)  # first: masked positions of the model copy the target
     if mask is not None:
         logits = neutralize_masked(logits, target_logits, mask, dim)
     check_finite_logits("logits", logits)
-    check_finite_logits("target_logits", target_logits)
     logits, target_logits = logits.movedim(dim, -1), target_logits.movedim(dim, -1)
     dtype = math_dtype(logits, target_logits)
-    log_q = log_softmax_checked("logits", logits, temperature, dtype)
     log_p = log_softmax_checked("target_logits", target_logits, temperature, dtype)
+    log_q = log_softmax_checked("logits", logits, temperature, dtype)
     return log_q, log_p
 
 

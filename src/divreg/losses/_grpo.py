@@ -328,7 +328,8 @@ class GRPOLoss(nn.Module):
         if importance_sampling == "sequence" and loss_agg != "seq_mean_token_mean":
             raise ValueError(f"importance_sampling='sequence' (GSPO) averages the sequences' terms with equal weight "
                              f"(loss_agg='seq_mean_token_mean', the default for it); loss_agg={loss_agg!r} would weight "
-                             "each sequence's term by its length, which is not GSPO: leave loss_agg unset")
+                             "each sequence's term by its length, which is not GSPO: leave loss_agg unset (None; loss_agg=null in a "
+                             "config) or set it to 'seq_mean_token_mean'")
         self.reduction, self.count = loss_aggregation(loss_agg, max_completion_length)
         self.epsilon_low, self.epsilon_high = float(epsilon_low), float(epsilon_high)
         self.importance_sampling, self.loss_agg = importance_sampling, loss_agg

@@ -26,7 +26,9 @@ from torch import Tensor
 
 
 class InputConvexNetwork(torch.nn.Module):
-    """psi(y), convex in y (see the module docstring); :meth:`prox` is its gradient."""
+    r"""psi(y), convex in y (see the module docstring); :meth:`prox` is its gradient.
+    ``strong_convexity`` is alpha of :math:`\alpha\|y\|^2` (the reference's ``alpha``): psi is
+    then :math:`2\alpha`-strongly convex and the prox :math:`(1 / 2\alpha)`-Lipschitz at most."""
 
     def __init__(self, dim: int, hidden: int = 64, layers: int = 2, *, strong_convexity: float = 0.0,
                  beta: float = 10.0):

@@ -77,11 +77,13 @@ def cached_teacher_source(config: DistillLMConfig) -> Optional[ModelSource]:
         return None
     if config.teacher.path is not None:
         return config.teacher
-    recorded = TeacherCache(config.teacher_cache).manifest.get("teacher")
-    if recorded is None:
-        raise ValueError(f"teacher_cache {config.teacher_cache!r} does not record which teacher wrote it; pass "
-                         "teacher.path=<that teacher> to report the KL to it, or kl_eval=false")
-    if not os.path.isdir(recorded):
+    manifest = TeacherCache(config.teacher_cache).manifest
+    recorded = manifest.get("teacher")
+    if recorded is None or "teacher_sha256" not in manifest:  # written by an older divreg: nothing to check it by
+        raise ValueError(f"teacher_cache {config.teacher_cache!r} does not record which teacher wrote it (an older "
+                         "divreg wrote it); pass teacher.path=<that teacher> to report the KL to it, kl_eval=false, or "
+                         "write the cache again")
+    if os.path.isabs(recorded) and not os.path.isdir(recorded):  # a folder then; a hub id is loaded as one
         raise ValueError(f"teacher_cache {config.teacher_cache!r} was written by the teacher {recorded!r}, which is not "
                          "a folder here; pass teacher.path=<that teacher> to report the KL to it, or kl_eval=false")
     return ModelSource(path=recorded, config={}, tokenizer=config.teacher.tokenizer)

@@ -215,11 +215,11 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
 
 
 def _spread(values: list) -> dict:
-    """The values of random selections, their mean and sample standard deviation (ddof=1; 0 for
-    one value)."""
+    """The values of random selections, their mean and sample standard deviation (ddof=1; None
+    for fewer than two values: no spread can be estimated)."""
     values = [v for v in values if v is not None]
     return {"values": values, "mean": float(np.mean(values)) if values else None,
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)}
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
 
 
 def _write(config, pieces, selected: np.ndarray, staging: str) -> int:
@@ -247,7 +247,8 @@ def _print(report: dict, output_dir: str) -> None:
     def row(name, selected, value, random):
         return {"target": name, "selected": selected, "of eligible": report["eligible_examples"],
                 "KL reduction": "-" if value is None else value,
-                "random selections": f"{random['mean']:.4f} +- {random['std']:.4f}" if random["values"] else "-"}
+                "random selections": "-" if not random["values"] else f"{random['mean']:.4f}" + (
+                    f" +- {random['std']:.4f}" if random["std"] is not None else " (1 selection)")}
 
     separate = "share_kl_reduction" in report["targets"][0]
     rows = [row(os.path.basename(t["path"]) + (" (its share)" if separate else ""), t["selected"],
