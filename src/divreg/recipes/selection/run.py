@@ -179,23 +179,8 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
     for row, indices in enumerate(rows):
         masks[row, indices] = True
     counts = iter(_masked_counts(backend, handles, summaries, masks, "raw: selected counts"))
-    targets = target_counts if separate else target_counts[None]
-    per_target = []
-    for target, group, share in zip(targets, groups, shares):
-        group_counts = [next(counts) for _ in group]  # one row per selection, also the empty ones
-        values = [kl_reduction(target, all_counts, c) if share else None for c in group_counts]  # None: no examples
-        per_target.append({"selected": share, "kl_reduction": values[0], "random_kl_reduction": _spread(values[1:])})
-    if separate:  # the paper's figure: the mean over targets of the whole selection's KL reduction toward each
-        whole_counts = [next(counts) for _ in whole]
-        by_target = [[kl_reduction(target, all_counts, c) for c in whole_counts] for target in targets]
-        for entry, values in zip(per_target, by_target):
-            entry["share_kl_reduction"] = entry.pop("kl_reduction")  # this target's share, toward this target
-            entry["share_random_kl_reduction"] = entry.pop("random_kl_reduction")
-            entry["whole_selection_kl_reduction"] = values[0]  # the whole selection, toward this target
-        overall = {"kl_reduction": float(np.mean([values[0] for values in by_target])),
-                   "random_kl_reduction": _spread([float(np.mean(column)) for column in zip(*by_target)][1:])}
-    else:
-        overall = {key: per_target[0][key] for key in ("kl_reduction", "random_kl_reduction")}
+    per_target, overall = _kl_reductions(target_counts if separate else target_counts[None], groups, shares,
+                                         len(whole), counts, all_counts)
     selected = np.zeros(len(ngrams), dtype=bool)
     for indices in chosen:
         selected[indices] = True
@@ -212,6 +197,29 @@ def _select_and_write(config, backend, raw, weights, target_counts, all_counts, 
         json.dump(report, out, indent=2)
     _plot(weights, eligible, chosen, os.path.join(staging, "weights.png"))
     return report
+
+
+def _kl_reductions(targets, groups, shares, wholes: int, counts, all_counts) -> tuple[list[dict], dict]:
+    """(per target, top level) KL reductions from the selected counts in ``counts`` (one row per
+    selection of ``groups``, then ``wholes`` rows of whole selections: the selection and its
+    random baselines, with separate targets). Top level: with one (pooled) target its values;
+    with separate targets the paper's figure, the mean over targets of the whole selection's KL
+    reduction toward each, the per-target values kept under labelled names."""
+    per_target = []
+    for target, group, share in zip(targets, groups, shares):
+        group_counts = [next(counts) for _ in group]  # one row per selection, also the empty ones
+        values = [kl_reduction(target, all_counts, c) if share else None for c in group_counts]  # None: no examples
+        per_target.append({"selected": share, "kl_reduction": values[0], "random_kl_reduction": _spread(values[1:])})
+    if not wholes:
+        return per_target, {key: per_target[0][key] for key in ("kl_reduction", "random_kl_reduction")}
+    whole_counts = [next(counts) for _ in range(wholes)]
+    by_target = [[kl_reduction(target, all_counts, c) for c in whole_counts] for target in targets]
+    for entry, values in zip(per_target, by_target):
+        entry["share_kl_reduction"] = entry.pop("kl_reduction")  # this target's share, toward this target
+        entry["share_random_kl_reduction"] = entry.pop("random_kl_reduction")
+        entry["whole_selection_kl_reduction"] = values[0]  # the whole selection, toward this target
+    return per_target, {"kl_reduction": float(np.mean([values[0] for values in by_target])),
+                        "random_kl_reduction": _spread([float(np.mean(c)) for c in zip(*by_target)][1:])}
 
 
 def _spread(values: list) -> dict:
