@@ -29,7 +29,8 @@ import statistics
 import torch
 
 from _verdict import grade, print_rows, pyplot, save_figure, seed_se
-from divreg.losses import GRPOLoss, dads_kl_weights, group_advantages
+from divreg.losses import GRPOLoss
+from divreg.rl import dads_kl_weights, group_advantages
 
 torch.set_default_dtype(torch.float64)
 PROMPTS, ANSWERS, GROUP = 8, 8, 8
@@ -72,7 +73,7 @@ def train(seed: int, dads: bool, steps: int, beta: float):
 
 def train_lengths(seed: int, stcr: bool, steps: int, base: float = 1.00001):
     """The STCR task: a categorical over responses with fixed (correct, length)."""
-    from divreg.losses import stcr_advantages
+    from divreg.rl import stcr_advantages
 
     generator = torch.Generator().manual_seed(seed)
     correct = torch.tensor([1.0] * 4 + [0.0] * 8)

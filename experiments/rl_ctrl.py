@@ -21,7 +21,7 @@ import math
 import torch
 
 from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
-from divreg.losses import ctrl_transform
+from divreg.rl import ctrl_transform
 
 torch.set_default_dtype(torch.float64)
 

@@ -27,7 +27,8 @@ import statistics
 import torch
 
 from _verdict import grade, print_rows, pyplot, save_figure, seed_se
-from divreg.losses import GRPOLoss, LpReg, group_advantages, lp_reg_token_mask, min_p_proxy_logprobs
+from divreg.losses import GRPOLoss, LpReg
+from divreg.rl import group_advantages, lp_reg_token_mask, min_p_proxy_logprobs
 
 torch.set_default_dtype(torch.float64)
 # settings: (answers, p(common plan), p(rare useful plan), noise plans sharing the rest)

@@ -23,7 +23,7 @@ import torch
 
 from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
 from divreg.divergences import forward_kl, reverse_kl
-from divreg.losses import reweighted_reference_logits
+from divreg.rl import reweighted_reference_logits
 
 torch.set_default_dtype(torch.float64)
 

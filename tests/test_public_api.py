@@ -11,6 +11,7 @@ import divreg.estimators
 import divreg.fused
 import divreg.generation
 import divreg.losses
+import divreg.rl
 import divreg.metrics
 import divreg.models
 import divreg.reductions
@@ -27,7 +28,7 @@ EXPECTED = {
                        "log_importance_weights", "log_partition", "log_partition_estimate", "regularized_objective",
                        "tilted_policy", "win_rate"},
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "regularizers",
-             "schedules", "targets"},
+             "rl", "schedules", "targets"},
     divreg.regularizers: {"BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty",
                           "neighbour_proportions", "soft_cross_entropy", "svls_kernel", "svls_loss", "svls_targets",
                           "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy",
@@ -46,14 +47,15 @@ EXPECTED = {
     divreg.fused: {"FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
                    "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"},
     divreg.losses: {"KDLoss", "LMDistillLoss", "LossOutput", "PSKDLoss", "SinKDLoss", "TwoViewKL", "ULDLoss",
-                    "align_answer_positions", "ADVANTAGE_SCALES", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS",
-                    "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LOSS_AGGREGATIONS", "combine_rewards",
-                    "group_advantages", "kl_per_token", "loss_aggregation", "CTRL_TRANSFORMS", "TIE_RULES", "LpReg",
-                    "calibrated_rewards", "ctrl_transform", "dads_kl_weights", "group_difficulty", "lp_reg_penalty",
-                    "lp_reg_token_mask", "min_p_proxy_logprobs", "reweighted_reference_logits", "stcr_advantages",
+                    "align_answer_positions", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS",
+                    "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LOSS_AGGREGATIONS",
+                    "kl_per_token", "loss_aggregation", "LpReg", "lp_reg_penalty",
                     "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PreferenceOutput", "f_divergence_link",
                     "preference_loss", "PreferenceLoss", "PreferenceLossOutput", "hypo_kl_surrogate",
                     "leave_one_out_baseline"},
+    divreg.rl: {"ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "TIE_RULES", "calibrated_rewards", "combine_rewards",
+                "ctrl_transform", "dads_kl_weights", "group_advantages", "group_difficulty", "lp_reg_token_mask",
+                "min_p_proxy_logprobs", "reweighted_reference_logits", "stcr_advantages"},
     divreg.metrics: {"accuracy", "aurc", "brier_score", "calibration_bins", "classification_metrics", "classwise_ece",
                      "e_aurc", "pixel_ece",
                      "expected_calibration_error", "metric_bars", "nll", "optimal_aurc", "reliability_diagrams",

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from divreg.losses import GRPOLoss, combine_rewards, group_advantages, kl_per_token
+from divreg.losses import GRPOLoss, kl_per_token
+from divreg.rl import combine_rewards, group_advantages
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 

@@ -2,12 +2,9 @@
 schedules. Each takes its divergence by name, its reduction (a function of
 :mod:`divreg.reductions`) and its weight (a number or a :class:`divreg.schedules.Schedule`)."""
 
-from ._apo import dads_kl_weights, group_difficulty, stcr_advantages
 from ._common import LossOutput
 from ._consistency import TwoViewKL
-from ._ctrl import CTRL_TRANSFORMS, TIE_RULES, calibrated_rewards, ctrl_transform
 from ._grpo import (
-    ADVANTAGE_SCALES,
     IMPORTANCE_LEVELS,
     KL_DIRECTIONS,
     KL_ESTIMATORS,
@@ -15,25 +12,22 @@ from ._grpo import (
     LOSS_AGGREGATIONS,
     GRPOLoss,
     GRPOOutput,
-    combine_rewards,
-    group_advantages,
     kl_per_token,
     loss_aggregation,
 )
 from ._kd import KDLoss
 from ._lm_distill import LMDistillLoss
-from ._lp_reg import LpReg, lp_reg_penalty, lp_reg_token_mask, min_p_proxy_logprobs
+from ._lp_reg import LpReg, lp_reg_penalty
 from ._preference import (PREFERENCE_DIVERGENCES, PREFERENCE_LOSSES, PreferenceLoss, PreferenceLossOutput,
                           PreferenceOutput, f_divergence_link, hypo_kl_surrogate, leave_one_out_baseline,
                           preference_loss)
 from ._pskd import PSKDLoss
-from ._rapo import reweighted_reference_logits
 from ._sinkd import SinKDLoss
 from ._uld import ULDLoss, align_answer_positions
 
-__all__ = ["ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss",
+__all__ = ["GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss",
            "KL_DIRECTIONS", "KL_ESTIMATORS", "KL_PLACEMENTS", "LMDistillLoss", "LOSS_AGGREGATIONS", "LossOutput", "LpReg",
-           "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PSKDLoss", "PreferenceLoss", "PreferenceLossOutput", "PreferenceOutput", "SinKDLoss", "TIE_RULES", "TwoViewKL", "ULDLoss", "align_answer_positions", "calibrated_rewards",
-           "combine_rewards", "ctrl_transform", "dads_kl_weights", "f_divergence_link", "group_advantages", "group_difficulty", "hypo_kl_surrogate",
-           "kl_per_token", "leave_one_out_baseline", "loss_aggregation", "lp_reg_penalty", "lp_reg_token_mask", "min_p_proxy_logprobs",
-           "preference_loss", "reweighted_reference_logits", "stcr_advantages"]
+           "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PSKDLoss", "PreferenceLoss", "PreferenceLossOutput", "PreferenceOutput", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions",
+           "f_divergence_link", "hypo_kl_surrogate",
+           "kl_per_token", "leave_one_out_baseline", "loss_aggregation", "lp_reg_penalty",
+           "preference_loss"]

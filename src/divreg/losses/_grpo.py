@@ -18,7 +18,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -28,7 +27,6 @@ from ..estimators import k1, k2, k3, k3_k2grad
 from ..reductions import per_sequence_mean, sum_over_items
 from ._lp_reg import LpReg, lp_reg_penalty
 
-ADVANTAGE_SCALES = ("group", "batch", "none")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 IMPORTANCE_LEVELS = ("token", "sequence")
 KL_ESTIMATORS = ("k1", "k2", "k3", "k3_k2grad", "exact")
@@ -41,96 +39,6 @@ _LOG_RATIO_CLAMP, _KL_VALUE_CLAMP = 20.0, 10.0
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def combine_rewards(rewards_per_function: Sequence[Sequence[Optional[float]]], names: Sequence[str],
-                    weights: Optional[Sequence[float]] = None) -> Tensor:
-    r"""The weighted sum of several reward functions' rewards, per sample.
-
-    A reward of ``None`` means "this function does not apply to this sample" (as in TRL): it is
-    left out of that sample's sum (the other functions' weighted rewards still count). A sample
-    for which every function returns ``None`` has no reward at all: a ``ValueError``, rather
-    than TRL's warning and a reward of 0. NaN or inf, or a list of the wrong length, is a
-    ``ValueError`` naming the function.
-
-    Args:
-        rewards_per_function: one list per function, one reward (or None) per sample.
-        names: the functions' names (for errors).
-        weights: one weight per function (default 1 each).
-
-    Returns:
-        (samples,) float64 rewards.
-
-    Example:
-        >>> combine_rewards([[1.0, 0.0], [None, 0.5]], ["exact", "format"], [1.0, 0.5]).tolist()
-        [1.0, 0.25]
-    """
-    if len(rewards_per_function) != len(names) or not names:
-        raise ValueError(f"got {len(rewards_per_function)} reward lists for {len(names)} reward functions {list(names)}")
-    weights = [1.0] * len(names) if weights is None else list(weights)
-    if len(weights) != len(names):
-        raise ValueError(f"reward_weights has {len(weights)} entries for {len(names)} reward functions {list(names)}")
-    samples = len(rewards_per_function[0])
-    total = torch.zeros(samples, dtype=torch.float64)
-    seen = torch.zeros(samples, dtype=torch.bool)
-    for name, weight, rewards in zip(names, weights, rewards_per_function):
-        if len(rewards) != samples:
-            raise ValueError(f"reward function {name!r} returned {len(rewards)} rewards for {samples} completions")
-        for index, reward in enumerate(rewards):
-            if reward is None:
-                continue
-            if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
-                raise ValueError(f"reward function {name!r} returned {reward!r} for completion {index}; rewards must "
-                                 "be finite numbers (or None where the function does not apply)")
-            total[index] += weight * float(reward)
-            seen[index] = True
-    if not bool(seen.all()):
-        missing = seen.logical_not().nonzero().squeeze(-1).tolist()
-        raise ValueError(f"every reward function returned None for completion(s) {missing[:5]}; at least one must "
-                         "score each completion")
-    return total
-
-
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:
-    r"""GRPO's group-relative advantages: each completion's reward minus the mean of its group
-    (the ``group_size`` completions of one prompt, contiguous in ``rewards``), then
-
-    - ``scale="group"``: divided by the group's standard deviation + ``eps`` (GRPO);
-    - ``scale="batch"``: divided by the standard deviation of the whole batch + ``eps``;
-    - ``scale="none"``: not divided (Dr. GRPO, which argues the std division biases the
-      update toward too easy and too hard questions).
-
-    Standard deviations are unbiased (``torch.std``, as TRL); ``eps = 1e-4`` as TRL (verl uses
-    1e-6). With ``"batch"`` the baseline is still the group mean (as TRL). A group whose rewards
-    are all equal gets advantage 0.
-
-    Args:
-        rewards: (num_prompts * group_size,) rewards, groups contiguous.
-        group_size: completions per prompt, G.
-        scale: "group", "batch" or "none".
-        eps: added to the standard deviation.
-
-    Returns:
-        Advantages, same shape and dtype as ``rewards``.
-    """
-    _check_choice("scale", scale, ADVANTAGE_SCALES)
-    if rewards.dim() != 1 or rewards.numel() == 0 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be a non-empty 1-D tensor whose length is a multiple of group_size="
-                         f"{group_size}, got shape {tuple(rewards.shape)}")
-    if not bool(torch.isfinite(rewards).all()):
-        raise ValueError("rewards contain NaN or inf")
-    if group_size < 2 and scale == "group":
-        raise ValueError("group_size=1 has no group standard deviation (it is NaN); use group_size >= 2, or "
-                         "scale='batch' or 'none'")
-    grouped = rewards.view(-1, group_size)
-    advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
-    if scale == "group":
-        advantages = advantages / (grouped.std(1).repeat_interleave(group_size) + eps)
-    elif scale == "batch":
-        if rewards.numel() < 2:
-            raise ValueError("scale='batch' needs at least 2 completions in the batch")
-        advantages = advantages / (rewards.std() + eps)
-    return advantages
 
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Optional[Tensor], estimator: str = "k3", direction: str = "reverse",
@@ -362,7 +270,7 @@ class GRPOLoss(nn.Module):
             kl_coef: beta at this step (0: no KL term, no reference needed).
             exact_kl: (B, T) the exact per-token KL, for ``kl_estimator="exact"``.
             kl_weights: (B,) a weight per completion on its KL term (APO's DADS,
-                :func:`~divreg.losses.dads_kl_weights`; 0/1 for KDRL's reward-guided masking);
+                :func:`~divreg.rl.dads_kl_weights`; 0/1 for KDRL's reward-guided masking);
                 None: 1.
             lp_reg: Lp-Reg's tokens (:class:`~divreg.losses.LpReg`): at each selected token the
                 clipped surrogate is replaced by the unclipped :math:`-A\rho` plus

@@ -8,7 +8,8 @@ from typing import Optional
 
 from ...config import require_positive
 from ...data import ARITHMETIC_OPERATIONS
-from ...losses import ADVANTAGE_SCALES, CTRL_TRANSFORMS, GRPOLoss
+from ...losses import GRPOLoss
+from ...rl import ADVANTAGE_SCALES, CTRL_TRANSFORMS
 from ...models import ModelSource
 from .._lm_task import tiny_llama
 

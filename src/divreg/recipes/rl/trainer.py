@@ -17,8 +17,9 @@ from ...data import (IGNORE_INDEX, TaskProblem, TextExample, collate, exact_matc
 from ...divergences import forward_kl, reverse_kl
 from ...estimators import k1
 from ...fused import fused_linear_divergence, token_logprobs
-from ...losses import (LpReg, calibrated_rewards, combine_rewards, ctrl_transform, reweighted_reference_logits, dads_kl_weights, group_advantages, kl_per_token, lp_reg_token_mask,
-                       min_p_proxy_logprobs, stcr_advantages)
+from ...losses import LpReg, kl_per_token
+from ...rl import (calibrated_rewards, combine_rewards, ctrl_transform, dads_kl_weights, group_advantages,
+                   lp_reg_token_mask, min_p_proxy_logprobs, reweighted_reference_logits, stcr_advantages)
 from ...models import CausalLM, generate_examples
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...training import RunSpec, backward_micro_batches, derive_seed, step_batch, train_run

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from divreg.losses import (GRPOLoss, LpReg, calibrated_rewards, ctrl_transform, dads_kl_weights, group_difficulty,
-                           lp_reg_penalty, lp_reg_token_mask, min_p_proxy_logprobs, reweighted_reference_logits,
-                           stcr_advantages)
+from divreg.losses import GRPOLoss, LpReg, lp_reg_penalty
+from divreg.rl import (calibrated_rewards, ctrl_transform, dads_kl_weights, group_difficulty, lp_reg_token_mask,
+                       min_p_proxy_logprobs, reweighted_reference_logits, stcr_advantages)
 from divreg.schedules import LinearDecay
 
 

@@ -1,0 +1,16 @@
+"""What shapes a rollout rather than scoring it (torchtune keeps ``rlhf/rewards.py`` apart from
+``rlhf/loss/``): reward combination and calibration (InfAlign's CTRL), GRPO's group advantages,
+and the per-paper shapers (APO's DADS and STCR, RAPO's reweighted reference, Lp-Reg's token
+selection and min-p proxy). The losses that score a rollout are in :mod:`divreg.losses`
+(``GRPOLoss``, Lp-Reg's penalty)."""
+
+from ._advantages import ADVANTAGE_SCALES, group_advantages
+from ._apo import dads_kl_weights, group_difficulty, stcr_advantages
+from ._ctrl import CTRL_TRANSFORMS, TIE_RULES, calibrated_rewards, ctrl_transform
+from ._lp_reg import lp_reg_token_mask, min_p_proxy_logprobs
+from ._rapo import reweighted_reference_logits
+from ._rewards import combine_rewards
+
+__all__ = ["ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "TIE_RULES", "calibrated_rewards", "combine_rewards",
+           "ctrl_transform", "dads_kl_weights", "group_advantages", "group_difficulty", "lp_reg_token_mask",
+           "min_p_proxy_logprobs", "reweighted_reference_logits", "stcr_advantages"]
