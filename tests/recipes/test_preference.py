@@ -246,10 +246,10 @@ def test_every_process_looks_for_saved_reference_logprobs_before_any_writes(tmp_
     original_load = module.load_if_exists
     monkeypatch.setattr(module, "load_if_exists", lambda path: events.append("look") or original_load(path))
     monkeypatch.setattr(module, "save_atomic", lambda value, path: events.append("write") or torch.save(value, path))
-    monkeypatch.setattr(module, "sequence_logprobs", lambda model, examples, pad, fused: torch.zeros(len(examples)))
+    monkeypatch.setattr(module, "sequence_logprobs", lambda model, examples, pad, signal: torch.zeros(len(examples)))
     accelerator = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: events.append("barrier"))
     trainer = module.PreferenceTrainer.__new__(module.PreferenceTrainer)
-    trainer.accelerator, trainer.tokenizer, trainer.fused = accelerator, types.SimpleNamespace(pad_token_id=0), False
+    trainer.accelerator, trainer.tokenizer, trainer.signal = accelerator, types.SimpleNamespace(pad_token_id=0), None
     pair = types.SimpleNamespace(chosen=types.SimpleNamespace(input_ids=[1, 2], labels=[-100, 2]),
                                  rejected=types.SimpleNamespace(input_ids=[1, 3], labels=[-100, 3]))
     monkeypatch.setattr(module, "examples_fingerprint", lambda examples: "same")

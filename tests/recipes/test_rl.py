@@ -84,8 +84,8 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
     directions, two temperatures) on a policy and a different reference; then a run with the
     exact KL in the loss on the fused path trains."""
     from divreg.data import arithmetic_problems, char_tokenizer, collate, task_records, tokenize_records
-    from divreg.models import CausalLM, ModelSource, build_causal_lm
-    from divreg.recipes.rl.trainer import completion_signal, exact_kl
+    from divreg.models import CausalLM, ModelSource, build_causal_lm, next_token_signal
+    from divreg.targets import sampled_token_logprobs, signal_divergence
 
     tokenizer = char_tokenizer()
     config = _config(tmp_path / "unused")
@@ -93,16 +93,18 @@ def test_fused_and_dense_signals_agree_and_the_fused_run_trains(tmp_path):
                                   len(tokenizer)).eval() for seed in (0, 1))
     train, _ = arithmetic_problems(6, 0, digits=2, seed=0)
     batch = collate(tokenize_records(task_records(train), tokenizer, 16, 1), tokenizer.pad_token_id)
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
     with torch.no_grad():
         for temperature in (1.0, 0.7):
-            config.temperature = temperature
-            dense, fused = (completion_signal(policy, batch, temperature, f) for f in (False, True))
-            torch.testing.assert_close(fused[0], dense[0], rtol=1e-5, atol=1e-6)  # log-probs
-            torch.testing.assert_close(fused[1], dense[1], rtol=1e-5, atol=1e-6)  # entropies
-            ref_dense, ref_fused = (completion_signal(reference, batch, temperature, f)[3] for f in (False, True))
-            for forward in (False, True):
-                expected = exact_kl(dense[3], ref_dense, policy, reference, dense[2], config, False, forward)
-                got = exact_kl(fused[3], ref_fused, policy, reference, fused[2], config, True, forward)
+            signals = {hidden: (next_token_signal(policy, batch, hidden), next_token_signal(reference, batch, hidden))
+                       for hidden in (False, True)}
+            dense, fused = (sampled_token_logprobs(signals[h][0], targets, temperature=temperature) for h in (False, True))
+            torch.testing.assert_close(fused.logprobs, dense.logprobs, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fused.entropy, dense.entropy, rtol=1e-5, atol=1e-6)
+            for divergence in ("reverse_kl", "forward_kl"):
+                expected, got = (signal_divergence(*signals[h], mask, divergence=divergence, temperature=temperature)
+                                 for h in (False, True))
                 assert float(expected.abs().max()) > 1e-3  # different models: a real KL
                 torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     run(_config(tmp_path / "run", "fused=true", "kl_estimator=exact", "warmup_steps=0", "steps=3", "eval_every=1"))
@@ -234,20 +236,3 @@ def test_two_processes_run_the_command(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["run"] for r in records if r["record"] == "evaluation"] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]
     assert [r["step"] for r in records if r["record"] == "step"] == [1, 2, 3, 4]  # written once
-
-
-def test_rapo_target_under_the_temperature_is_the_reweighted_reference():
-    """The loss divides its target's logits by T again: rapo_target undoes that, so at phi = 1 the
-    forward KL is the one to the reference itself and at phi = 0 the one to the uniform distribution."""
-    from divreg.divergences import forward_kl
-    from divreg.recipes.rl.trainer import rapo_target
-
-    generator = torch.Generator().manual_seed(0)
-    policy, ref = (torch.randn(2, 3, 9, generator=generator, dtype=torch.float64) for _ in range(2))
-    for temperature in (1.0, 0.7):
-        target = rapo_target(ref, torch.tensor([1.0, 0.0], dtype=torch.float64), temperature)
-        got = forward_kl(policy, target, temperature=temperature)
-        torch.testing.assert_close(got[0], forward_kl(policy, ref, temperature=temperature)[0], rtol=1e-12, atol=1e-12)
-        uniform = torch.zeros(3, 9, dtype=torch.float64)
-        torch.testing.assert_close(got[1], forward_kl(policy[1], uniform, temperature=temperature), rtol=1e-12,
-                                   atol=1e-12)

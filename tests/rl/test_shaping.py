@@ -163,3 +163,27 @@ def test_reweighted_reference_at_phi_0_and_1():
     torch.testing.assert_close(half, expected)
     with pytest.raises(ValueError, match="phi must be"):
         reweighted_reference_logits(ref, torch.tensor([1.5, 0.0]))
+
+
+def test_rapo_target_under_the_temperature_is_the_reweighted_reference():
+    """The loss divides its target's logits by T again: kl_target_signal undoes that, so at phi = 1
+    the forward KL is the one to the reference itself and at phi = 0 the one to the uniform
+    distribution; without phi the target is the reference's signal itself."""
+    from divreg.divergences import forward_kl
+    from divreg.rl import kl_target_signal
+    from divreg.targets import DenseLogits
+
+    def rapo_target(ref, phi, temperature):
+        return kl_target_signal(DenseLogits(ref), phi, temperature).logits
+
+    generator = torch.Generator().manual_seed(0)
+    policy, ref = (torch.randn(2, 3, 9, generator=generator, dtype=torch.float64) for _ in range(2))
+    for temperature in (1.0, 0.7):
+        target = rapo_target(ref, torch.tensor([1.0, 0.0], dtype=torch.float64), temperature)
+        got = forward_kl(policy, target, temperature=temperature)
+        torch.testing.assert_close(got[0], forward_kl(policy, ref, temperature=temperature)[0], rtol=1e-12, atol=1e-12)
+        uniform = torch.zeros(3, 9, dtype=torch.float64)
+        torch.testing.assert_close(got[1], forward_kl(policy[1], uniform, temperature=temperature), rtol=1e-12,
+                                   atol=1e-12)
+    signal = DenseLogits(ref)
+    assert kl_target_signal(signal, None, 0.7) is signal

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..estimators import k1, k2, k3, k3_k2grad
 from ..reductions import per_sequence_mean, sum_over_items
+from ..targets import DenseLogits, HiddenStates, signal_divergence
 from ._lp_reg import LpReg, lp_reg_penalty
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
@@ -204,14 +205,18 @@ class GRPOLoss(nn.Module):
             :math:`|y_i| G / \sum_j |y_j|`), so a sequence ratio refuses them (verl's ``gspo``
             policy loss forces ``seq-mean-token-mean`` likewise; TRL warns).
         max_completion_length: the constant of ``seq_mean_token_sum_norm``.
-        kl_estimator, kl_direction, kl_clamp: see :func:`kl_per_token`.
+        kl_estimator, kl_direction, kl_clamp: see :func:`kl_per_token`. ``"exact"`` is computed
+            here from the policy's and the reference's signals (:meth:`forward`'s
+            ``policy_signal``, ``ref_signal``): dense logits through the divergence, hidden states
+            through the fused kernel, which reduces like the loss.
         kl_placement: "loss" or "reward" (see above).
+        temperature: the sampling temperature, at which the exact KL compares the two policies.
     """
 
     def __init__(self, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, importance_sampling: str = "token",
                  loss_agg: Optional[str] = None, max_completion_length: Optional[int] = None,
                  kl_estimator: str = "k3", kl_direction: str = "reverse", kl_placement: str = "loss",
-                 kl_clamp: bool = False):
+                 kl_clamp: bool = False, temperature: float = 1.0):
         super().__init__()
         for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= (
@@ -243,6 +248,7 @@ class GRPOLoss(nn.Module):
         self.importance_sampling, self.loss_agg = importance_sampling, loss_agg
         self.kl_estimator, self.kl_direction, self.kl_placement, self.kl_clamp = (kl_estimator, kl_direction,
                                                                                   kl_placement, kl_clamp)
+        self.temperature = float(temperature)
 
     def penalized_rewards(self, rewards: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor,
                           kl_coef: float) -> Tensor:
@@ -256,7 +262,8 @@ class GRPOLoss(nn.Module):
                 tokens: Union[int, float, Tensor], sequences: Union[int, float, Tensor],
                 ref_logprobs: Optional[Tensor] = None, kl_coef: float = 0.0,
                 exact_kl: Optional[Tensor] = None, kl_weights: Optional[Tensor] = None,
-                lp_reg: Optional[LpReg] = None) -> GRPOOutput:
+                lp_reg: Optional[LpReg] = None, policy_signal: Optional[Union[DenseLogits, HiddenStates]] = None,
+                ref_signal: Optional[Union[DenseLogits, HiddenStates]] = None) -> GRPOOutput:
         """The micro-batch loss.
 
         Args:
@@ -268,7 +275,10 @@ class GRPOLoss(nn.Module):
                 (see :func:`loss_aggregation`).
             ref_logprobs: (B, T) under the reference, for a sampled KL estimator.
             kl_coef: beta at this step (0: no KL term, no reference needed).
-            exact_kl: (B, T) the exact per-token KL, for ``kl_estimator="exact"``.
+            exact_kl: (B, T) the exact per-token KL, for ``kl_estimator="exact"``; or, instead,
+            policy_signal, ref_signal: the policy's (with gradient) and the reference's next-token
+                signals at the same positions (:class:`~divreg.targets.DenseLogits` or
+                :class:`~divreg.targets.HiddenStates`, one kind), from which the exact KL is computed.
             kl_weights: (B,) a weight per completion on its KL term (APO's DADS,
                 :func:`~divreg.rl.dads_kl_weights`; 0/1 for KDRL's reward-guided masking);
                 None: 1.
@@ -305,14 +315,22 @@ class GRPOLoss(nn.Module):
         kl = torch.zeros((), dtype=policy.dtype, device=policy.device)
         loss = policy
         if kl_coef and self.kl_placement == "loss":
-            kl_values = kl_per_token(logprobs, ref_logprobs, self.kl_estimator, self.kl_direction, self.kl_clamp,
-                                     exact_kl)
-            if kl_weights is not None:
-                if kl_weights.shape != logprobs.shape[:1]:
-                    raise ValueError(f"kl_weights must have shape ({logprobs.shape[0]},), one per completion, got "
-                                     f"{tuple(kl_weights.shape)}")
-                kl_values = kl_values * kl_weights.detach().to(kl_values.dtype).unsqueeze(-1)
-            kl = self.reduction(kl_values, mask, count)
+            if kl_weights is not None and kl_weights.shape != logprobs.shape[:1]:
+                raise ValueError(f"kl_weights must have shape ({logprobs.shape[0]},), one per completion, got "
+                                 f"{tuple(kl_weights.shape)}")
+            weights = None if kl_weights is None else kl_weights.detach().unsqueeze(-1).expand(mask.shape)  # (B, T)
+            if self.kl_estimator == "exact" and exact_kl is None:
+                if policy_signal is None or ref_signal is None:
+                    raise ValueError("kl_estimator='exact' needs the exact per-token KL (exact_kl) or the policy's and "
+                                     "the reference's signals (policy_signal, ref_signal)")
+                kl = signal_divergence(policy_signal, ref_signal, mask, temperature=self.temperature,
+                                       divergence="forward_kl" if self.kl_direction == "forward" else "reverse_kl",
+                                       token_weights=weights, reduction=self.reduction, num_items_in_batch=count)
+            else:
+                kl_values = kl_per_token(logprobs, ref_logprobs, self.kl_estimator, self.kl_direction, self.kl_clamp,
+                                         exact_kl)
+                kl = self.reduction(kl_values if weights is None else kl_values * weights.to(kl_values.dtype), mask,
+                                    count)
             loss = policy + kl_coef * kl
         # tokens where the clipped branch is taken (its gradient is 0): ratio below 1 - eps_low with a negative
         # advantage, or above 1 + eps_high with a positive one (as TRL counts them)

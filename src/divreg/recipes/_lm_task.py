@@ -12,7 +12,6 @@ from accelerate import Accelerator
 from torch import Tensor
 
 from ..data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward
-from ..fused import fused_linear_token_logprobs, token_logprobs
 from ..models import CausalLM, greedy_completions
 from ..training import RunSpec, backward_micro_batches, step_batch, train_run
 
@@ -23,22 +22,6 @@ def tiny_llama() -> dict[str, Any]:
     return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
             "tie_word_embeddings": True}
-
-
-def completion_signal(model, batch: dict, temperature: float, fused: bool):
-    """``(logprobs (B, T-1), entropy (B, T-1), mask (B, T-1), hidden-or-logits)`` of the
-    completion tokens (``labels``) under ``model`` at ``temperature``; 0 off the mask."""
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    core = model.module if hasattr(model, "module") else model
-    if fused:
-        hidden = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
-        out = fused_linear_token_logprobs(hidden, core.output_weight, labels, temperature=temperature,
-                                          bias=core.output_bias, ignore_index=IGNORE_INDEX, return_entropy=True)
-        return out.logprobs, out.entropy, mask, hidden
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V)
-    out = token_logprobs(logits, labels, temperature=temperature, ignore_index=IGNORE_INDEX, return_entropy=True)
-    return out.logprobs, out.entropy, mask, logits
 
 
 def to_device(batch: dict, device) -> dict:

@@ -10,7 +10,12 @@ from ._ctrl import CTRL_TRANSFORMS, TIE_RULES, calibrated_rewards, ctrl_transfor
 from ._lp_reg import lp_reg_token_mask, min_p_proxy_logprobs
 from ._rapo import reweighted_reference_logits
 from ._rewards import combine_rewards
+from ._rollout import Rollout, rollout_from_batch
+from ._shapers import (DADS, STCR, CTRLCalibration, GroupAdvantages, KLPenaltyInReward, LpRegSelection, MaskCorrectKL,
+                       RAPOReference, Shaper, ShapingContext, kl_target_signal)
 
-__all__ = ["ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "TIE_RULES", "calibrated_rewards", "combine_rewards",
+__all__ = ["CTRLCalibration", "DADS", "GroupAdvantages", "KLPenaltyInReward", "LpRegSelection", "MaskCorrectKL",
+           "RAPOReference", "Rollout", "STCR", "Shaper", "ShapingContext", "kl_target_signal", "rollout_from_batch",
+           "ADVANTAGE_SCALES", "CTRL_TRANSFORMS", "TIE_RULES", "calibrated_rewards", "combine_rewards",
            "ctrl_transform", "dads_kl_weights", "group_advantages", "group_difficulty", "lp_reg_token_mask",
            "min_p_proxy_logprobs", "reweighted_reference_logits", "stcr_advantages"]

@@ -3,12 +3,15 @@ teacher, a frozen reference policy, the model's own past predictions), and the t
 they give a loss (:class:`DenseLogits`, :class:`HiddenStates`, :class:`SparseTopK`,
 :class:`SampledLogprobs`)."""
 
+from ._on_signals import (FUSED_AUTO_VOCAB, FUSED_SETTINGS, gives_hidden_states, sampled_token_logprobs,
+                          signal_divergence)
 from ._past_predictions import PastPredictions
 from ._signals import DenseLogits, HiddenStates, SampledLogprobs, Signal, SparseTopK, as_logits, detached
 from ._sources import LiveTeacher, ReferencePolicy
 from ._teacher_cache import TeacherCache, TeacherCacheWriter
 from ._vocabulary import VOCAB_POLICIES, shared_vocab_size, tokenizer_fingerprint
 
-__all__ = ["DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy", "SampledLogprobs",
+__all__ = ["FUSED_AUTO_VOCAB", "FUSED_SETTINGS", "gives_hidden_states", "sampled_token_logprobs", "signal_divergence",
+           "DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy", "SampledLogprobs",
            "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES", "as_logits", "detached",
            "shared_vocab_size", "tokenizer_fingerprint"]

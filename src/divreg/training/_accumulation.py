@@ -23,14 +23,15 @@ class ItemCounts(NamedTuple):
     sequences: Tensor  # sequences with at least one valid label token: the count of per-sequence means
 
 
-# loss_fn(model, micro_batch, counts) -> (loss, {name: detached part})
-MicroBatchLoss = Callable[[nn.Module, dict, ItemCounts], tuple[Tensor, dict[str, Tensor]]]
+# loss_fn(model, micro_batch, counts) -> (loss, {name: detached part}); a micro-batch: a dict or a typed batch
+MicroBatchLoss = Callable[[nn.Module, Any, ItemCounts], tuple[Tensor, dict[str, Tensor]]]
 
 
 def global_item_counts(batches: Sequence[dict], accelerator: Accelerator,
                        ignore_index: int = IGNORE_INDEX) -> ItemCounts:
-    """The :class:`ItemCounts` of the global batch (one all-reduce)."""
-    valid = [b["labels"][:, 1:] != ignore_index for b in batches]  # (B, T-1) each
+    """The :class:`ItemCounts` of the global batch (one all-reduce); a micro-batch is a dict with
+    ``labels`` or an object with a ``labels`` field (a :class:`divreg.rl.Rollout`)."""
+    valid = [(b["labels"] if isinstance(b, dict) else b.labels)[:, 1:] != ignore_index for b in batches]  # (B, T-1)
     local = [float(sum(int(v.sum()) for v in valid)), float(sum(int(v.any(1).sum()) for v in valid))]
     total = accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum")
     return ItemCounts(total[0], total[1])

@@ -112,7 +112,7 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
         held_chosen = [p.chosen for p in data["pairs"][1]]
 
         def warmup_metric(model):  # the held-out chosen answers' mean sequence log-prob
-            return float(sequence_logprobs(accelerator.unwrap_model(model), held_chosen, pad, trainer.fused).mean())
+            return float(sequence_logprobs(accelerator.unwrap_model(model), held_chosen, pad, trainer.signal).mean())
         metric = "held_out_chosen_logprob"
     policy = build()
     if config.warmup_steps:

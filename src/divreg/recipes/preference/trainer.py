@@ -16,13 +16,13 @@ from torch import Tensor
 
 from ...data import (IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, collate, examples_fingerprint,
                      tokenize_pairs)
-from ...losses import PreferenceLoss, leave_one_out_baseline
-from ...models import CausalLM, exact_sequence_kl, generate_examples
+from ...losses import PreferenceLoss, hypo_kl_surrogate
+from ...models import CausalLM, exact_sequence_kl, generate_examples, next_token_signal
+from ...targets import gives_hidden_states, sampled_token_logprobs
 from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
-from .._lm_task import completion_signal, exact_match_accuracy, global_mean, to_device
+from .._lm_task import exact_match_accuracy, global_mean, to_device
 from .config import PreferenceConfig
 
-FUSED_AUTO_VOCAB = 32768  # at least this many tokens: per-token log-probs through divreg.fused
 _NUMBER = re.compile(r"\d+")
 
 
@@ -45,7 +45,14 @@ def prompt_of(pair: PreferencePair) -> list[int]:
     return pair.chosen.input_ids[:pair.chosen.prompt_length]
 
 
-def sequence_logprobs(model, examples: list[TextExample], pad_token_id: int, fused: bool,
+def completion_logprobs(signal, model, batch: dict) -> tuple[Tensor, Tensor]:
+    """``(per-token log-probs (B, T-1), mask (B, T-1))`` of the labelled tokens of ``batch`` under
+    ``model``, from its signal (``signal(model, batch)``: dense or hidden states)."""
+    targets = batch["labels"][:, 1:]
+    return sampled_token_logprobs(signal(model, batch), targets).logprobs, targets != IGNORE_INDEX
+
+
+def sequence_logprobs(model, examples: list[TextExample], pad_token_id: int, signal,
                       batch_size: int = 256) -> Tensor:
     """(N,) float64 log-probs of each example's completion (its labelled tokens), no gradient."""
     values = []
@@ -53,7 +60,7 @@ def sequence_logprobs(model, examples: list[TextExample], pad_token_id: int, fus
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = to_device(collate(examples[start:start + batch_size], pad_token_id), device)
-            logprobs, _, mask, _ = completion_signal(model, batch, 1.0, fused)
+            logprobs, mask = completion_logprobs(signal, model, batch)
             values.append(torch.where(mask, logprobs, 0.0).sum(1).double().cpu())
     return torch.cat(values)
 
@@ -86,7 +93,8 @@ def task_pairs(model: CausalLM, problems: list[TaskProblem], tokenizer, config: 
 class PreferenceTrainer:
     def __init__(self, accelerator: Accelerator, config: PreferenceConfig, tokenizer, log_path: str):
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
-        self.fused = config.fused == "true" or (config.fused == "auto" and len(tokenizer) >= FUSED_AUTO_VOCAB)
+        # model, batch -> its next-token signal: hidden states on the fused path (decided once, by the vocabulary)
+        self.signal = functools.partial(next_token_signal, hidden=gives_hidden_states(config.fused, len(tokenizer)))
 
     def reference_logprobs(self, reference: CausalLM, pairs: dict[str, list[PreferencePair]], path: str) -> dict:
         """``{split: (N, 2) [chosen, rejected]}`` log-probs of the reference, computed once and kept
@@ -103,8 +111,8 @@ class PreferenceTrainer:
                                  "changed since the run started): restore the data, or start anew with overwrite=true")
             return saved["logprobs"]
         pad = self.tokenizer.pad_token_id
-        table = {split: torch.stack([sequence_logprobs(reference, [p.chosen for p in items], pad, self.fused),
-                                     sequence_logprobs(reference, [p.rejected for p in items], pad, self.fused)], 1)
+        table = {split: torch.stack([sequence_logprobs(reference, [p.chosen for p in items], pad, self.signal),
+                                     sequence_logprobs(reference, [p.rejected for p in items], pad, self.signal)], 1)
                  for split, items in pairs.items()}
         if self.accelerator.is_main_process:
             save_atomic({"fingerprint": fingerprint, "logprobs": table}, path)
@@ -116,8 +124,8 @@ class PreferenceTrainer:
         its probability mass on completions that are neither the chosen nor the rejected answer."""
         pad = self.tokenizer.pad_token_id
         core = self.accelerator.unwrap_model(model)
-        chosen = sequence_logprobs(core, [p.chosen for p in held_out], pad, self.fused)
-        rejected = sequence_logprobs(core, [p.rejected for p in held_out], pad, self.fused)
+        chosen = sequence_logprobs(core, [p.chosen for p in held_out], pad, self.signal)
+        rejected = sequence_logprobs(core, [p.rejected for p in held_out], pad, self.signal)
         ref = ref_table if ref_table is not None else torch.zeros(len(held_out), 2, dtype=torch.float64)
         rewards = self.config.preference_loss().implicit_rewards
         margins = rewards(chosen - ref[:, 0]) - rewards(rejected - ref[:, 1])
@@ -139,8 +147,8 @@ class PreferenceTrainer:
         samples = generate_examples(core, [p for p in prompts for _ in range(config.kl_samples)], self.tokenizer,
                                     config.max_new_tokens, derive_seed(seed, 2_000_003))
         pad = self.tokenizer.pad_token_id
-        return float((sequence_logprobs(core, samples, pad, self.fused)
-                      - sequence_logprobs(reference, samples, pad, self.fused)).mean())
+        return float((sequence_logprobs(core, samples, pad, self.signal)
+                      - sequence_logprobs(reference, samples, pad, self.signal)).mean())
 
     def optimize(self, method: str, model: CausalLM, reference: Optional[CausalLM], pairs: list[PreferencePair],
                  ref_table: Optional[Tensor], evaluate, seed: int, checkpoint_path: str) -> dict:
@@ -160,18 +168,18 @@ class PreferenceTrainer:
             model.eval()
             indices = step_batch(len(pairs), config.batch_size, seed, step)[rank::processes].tolist()
             local = [pairs[i] for i in indices]
-            samples, coefficients, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None
-            if hypo:  # fresh samples of each local prompt from the current policy, and their LOO coefficients
+            samples, sample_ref, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None
+            if hypo:  # fresh samples of each local prompt from the current policy, and the reference's log-probs
                 policy = accelerator.unwrap_model(model)
                 samples = generate_examples(policy, [prompt_of(p) for p in local for _ in range(k)], self.tokenizer,
                                             config.max_new_tokens, derive_seed(seed, step, rank))
-                logratios = (sequence_logprobs(policy, samples, pad, self.fused)
-                             - sequence_logprobs(reference, samples, pad, self.fused))
-                coefficients = leave_one_out_baseline(logratios, k)
+                sample_ref = sequence_logprobs(reference, samples, pad, self.signal)
+                logratios = sequence_logprobs(policy, samples, pad, self.signal) - sample_ref
                 kl_estimate = global_mean(accelerator, logratios.tolist())
-            micro = pair_micro_batches(local, indices, samples, coefficients, ref_table, config.grad_accum, pad)
+            micro = pair_micro_batches(local, indices, samples, sample_ref, ref_table, config.grad_accum, pad,
+                                       k if hypo else 0)
             counts = pair_counts(accelerator, local, len(samples))
-            loss_fn = pair_loss_fn(loss_module, reference, self.fused, config.hypo_coef if hypo else 0.0)
+            loss_fn = pair_loss_fn(loss_module, reference, self.signal, config.hypo_coef if hypo else 0.0, k)
             totals = backward_micro_batches(accelerator, model, [to_device(b, accelerator.device) for b in micro],
                                             loss_fn, counts=counts)
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -202,18 +210,22 @@ class PreferenceTrainer:
 
 
 def pair_micro_batches(local: list[PreferencePair], indices: list[int], samples: list[TextExample],
-                       coefficients: Tensor, ref_table: Optional[Tensor], grad_accum: int, pad: int) -> list[dict]:
-    """This process's pairs (and HyPO's samples with their coefficients) as ``grad_accum``
-    micro-batches, each one batch of rows: chosen answers, rejected answers, then samples; with the
-    precomputed reference log-probs of its pairs (``ref_table`` rows ``indices``)."""
-    micro = []
+                       sample_ref: Tensor, ref_table: Optional[Tensor], grad_accum: int, pad: int,
+                       samples_per_pair: int) -> list[dict]:
+    """This process's pairs (and HyPO's samples, ``samples_per_pair`` contiguous ones per pair,
+    with the reference's sequence log-probs) as ``grad_accum`` micro-batches, each one batch of
+    rows: chosen answers, rejected answers, then the samples of its pairs (whole groups, for the
+    leave-one-out baseline); with the precomputed reference log-probs of its pairs (``ref_table``
+    rows ``indices``)."""
+    micro, k = [], samples_per_pair
     for part in range(grad_accum):
         chosen = local[part::grad_accum]
-        batch = collate([p.chosen for p in chosen] + [p.rejected for p in chosen] + samples[part::grad_accum], pad)
-        batch["sample_coefficients"] = coefficients[part::grad_accum]
+        rows = [row for pair in range(part, len(local), grad_accum) for row in range(pair * k, (pair + 1) * k)]
+        batch = collate([p.chosen for p in chosen] + [p.rejected for p in chosen] + [samples[r] for r in rows], pad)
+        batch["sample_ref_logprobs"] = sample_ref[torch.tensor(rows, dtype=torch.long)]
         if ref_table is not None:
-            rows = ref_table[torch.tensor(indices[part::grad_accum], dtype=torch.long)]
-            batch["ref_chosen"], batch["ref_rejected"] = rows[:, 0], rows[:, 1]
+            ref = ref_table[torch.tensor(indices[part::grad_accum], dtype=torch.long)]
+            batch["ref_chosen"], batch["ref_rejected"] = ref[:, 0], ref[:, 1]
         micro.append(batch)
     return micro
 
@@ -225,19 +237,21 @@ def pair_counts(accelerator: Accelerator, local: list[PreferencePair], samples: 
                                                        dtype=torch.float64, device=accelerator.device), "sum"))
 
 
-def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], fused: bool, hypo_coef: float):
+def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], signal, hypo_coef: float,
+                 samples_per_pair: int):
     """``loss_fn(model, micro_batch, counts)`` of one micro-batch of :func:`pair_micro_batches`:
     the preference loss of its pairs (normalized by the global pair and chosen-token counts) plus
-    ``hypo_coef`` x the HyPO surrogate of its samples (normalized by the global sample count);
-    the reference's log-probs live when they were not precomputed."""
+    ``hypo_coef`` x HyPO's surrogate of its samples (:func:`divreg.losses.hypo_kl_surrogate`,
+    normalized by the global sample count); the reference's log-probs live when they were not
+    precomputed. ``signal(model, batch)`` gives a model's next-token signal."""
 
     def loss_fn(model, batch, counts):
-        logprobs, _, mask, _ = completion_signal(model, batch, 1.0, fused)
-        size = (logprobs.shape[0] - batch["sample_coefficients"].shape[0]) // 2  # pairs in this micro-batch
+        logprobs, mask = completion_logprobs(signal, model, batch)
+        size = (logprobs.shape[0] - batch["sample_ref_logprobs"].shape[0]) // 2  # pairs in this micro-batch
         ref = (batch.get("ref_chosen"), batch.get("ref_rejected"))
         if ref[0] is None and reference is not None:  # the reference live, without gradient
             with torch.no_grad():
-                ref_lp, _, _, _ = completion_signal(reference, batch, 1.0, fused)
+                ref_lp, _ = completion_logprobs(signal, reference, batch)
                 ref_seq = torch.where(mask, ref_lp, 0.0).sum(1)
             ref = (ref_seq[:size], ref_seq[size:2 * size])
         out = loss_module(logprobs[:size], mask[:size], logprobs[size:2 * size], mask[size:2 * size], *ref,
@@ -245,8 +259,9 @@ def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], fus
         loss = out.loss
         parts = {f"loss_{name}": value for name, value in out.parts.items()}
         if hypo_coef:
-            sequence = torch.where(mask[2 * size:], logprobs[2 * size:], 0.0).sum(1)
-            surrogate = (batch["sample_coefficients"].to(sequence.dtype) * sequence).sum() / counts.samples
+            sequence = torch.where(mask[2 * size:], logprobs[2 * size:], 0.0).sum(1)  # (samples,)
+            surrogate = hypo_kl_surrogate(sequence, batch["sample_ref_logprobs"].to(sequence.dtype),
+                                          samples_per_pair).sum() / counts.samples
             loss = loss + hypo_coef * surrogate
             parts["loss_hypo_kl"] = (hypo_coef * surrogate).detach()
         pairs_n = counts.pairs.to(out.margins.dtype)
@@ -256,4 +271,3 @@ def pair_loss_fn(loss_module: PreferenceLoss, reference: Optional[CausalLM], fus
         return loss, {"loss": loss.detach(), **parts}
 
     return loss_fn
-

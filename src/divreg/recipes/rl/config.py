@@ -200,4 +200,5 @@ class RLConfig:
         return GRPOLoss(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
                         importance_sampling=self.importance_sampling, loss_agg=self.loss_agg,
                         max_completion_length=self.max_new_tokens, kl_estimator=self.kl_estimator,
-                        kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp)
+                        kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp,
+                        temperature=self.temperature)

@@ -1,0 +1,90 @@
+"""What the RL and preference losses need from a model's output, by the signal's type (never a
+flag): the log-probs (and entropies) of the sampled tokens, and the exact full-vocabulary
+divergence between two signals. :class:`DenseLogits` goes through the plain functions,
+:class:`HiddenStates` through :mod:`divreg.fused` (no ``[tokens x vocab]`` logits). Which one a
+model gives is decided once, by :func:`gives_hidden_states`."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..divergences import get_divergence
+from ..fused import TokenLogprobs, fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
+from ._signals import DenseLogits, HiddenStates
+
+# From this many vocabulary entries on, a model's signal is its hidden states (the fused path).
+FUSED_AUTO_VOCAB = 32768
+FUSED_SETTINGS = ("auto", "true", "false")
+
+
+def gives_hidden_states(setting: Union[str, bool], vocab_size: int) -> bool:
+    """The one rule for the fused path: ``"true"``, ``"false"``, or ``"auto"`` (hidden states
+    from :data:`FUSED_AUTO_VOCAB` vocabulary entries on). A boolean (``fused=true`` on a command
+    line) counts as its string."""
+    setting = str(setting).lower()
+    if setting not in FUSED_SETTINGS:
+        raise ValueError(f"fused must be one of {list(FUSED_SETTINGS)}, got {setting!r}")
+    return setting == "true" or (setting == "auto" and vocab_size >= FUSED_AUTO_VOCAB)
+
+
+def sampled_token_logprobs(signal: Union[DenseLogits, HiddenStates], token_ids: Tensor, *, temperature: float = 1.0,
+                           ignore_index: int = -100) -> TokenLogprobs:
+    r"""Per-token :math:`\log\mathrm{softmax}(z / T)` at ``token_ids`` and the entropy, from a
+    dense or a hidden-state signal (the latter chunked, never building the logits). 0 at
+    ``ignore_index`` positions; gradients flow to the signal's tensors.
+
+    Args:
+        signal: the model's next-token signal, (B, T, V) logits or (B, T, H) hidden states.
+        token_ids: (B, T) the sampled tokens, or ``ignore_index``.
+
+    Returns:
+        :class:`~divreg.fused.TokenLogprobs` of (B, T) log-probs and entropies.
+    """
+    if isinstance(signal, HiddenStates):
+        return fused_linear_token_logprobs(signal.hidden, signal.weight, token_ids, temperature=temperature,
+                                           bias=signal.bias, ignore_index=ignore_index, return_entropy=True)
+    if isinstance(signal, DenseLogits):
+        return token_logprobs(signal.logits, token_ids, temperature=temperature, ignore_index=ignore_index,
+                              return_entropy=True)
+    raise ValueError(f"sampled_token_logprobs takes DenseLogits or HiddenStates, got {type(signal).__name__}")
+
+
+def signal_divergence(signal: Union[DenseLogits, HiddenStates], target: Union[DenseLogits, HiddenStates],
+                      mask: Tensor, *, divergence: str = "reverse_kl", temperature: float = 1.0,
+                      token_weights: Optional[Tensor] = None, reduction: Optional[Callable] = None,
+                      num_items_in_batch=None) -> Tensor:
+    r"""The exact divergence ``D(softmax(signal / T) || softmax(target / T))`` over the whole
+    vocabulary at the masked-in positions, times ``token_weights``.
+
+    With ``reduction`` (a :mod:`divreg.reductions` function) the reduced scalar, with gradient on
+    both paths; without it the per-position values (B, T), 0 off the mask (on the hidden-state
+    path these carry no gradient: the fused kernel differentiates only through a reduction).
+    Both signals must be of one kind.
+
+    Args:
+        signal, target: the model's and the target's signals (the target is a constant).
+        mask: (B, T) bool, True at the positions that count.
+        divergence: a name of :mod:`divreg.divergences` (``"reverse_kl"``: KL(model || target)).
+        token_weights: (B, T) weights per position (e.g. a per-completion KL weight), or None.
+        reduction, num_items_in_batch: see above.
+    """
+    if isinstance(signal, HiddenStates) and isinstance(target, HiddenStates):
+        return fused_linear_divergence(signal.hidden, signal.weight, target.hidden.detach(), target.weight.detach(),
+                                       divergence=divergence, temperature=temperature,
+                                       labels=torch.where(mask, 0, -100), bias=signal.bias,
+                                       target_bias=None if target.bias is None else target.bias.detach(),
+                                       token_weights=token_weights, reduction=reduction or "none",
+                                       num_items_in_batch=num_items_in_batch)
+    if isinstance(signal, DenseLogits) and isinstance(target, DenseLogits):
+        values = get_divergence(divergence).on_logits(signal.logits, target.logits.detach(), temperature=temperature,
+                                                      mask=mask)  # (B, T), 0 with a zero gradient off the mask
+        if token_weights is not None:
+            values = values * token_weights.to(values.dtype)
+        if reduction is None:
+            return values
+        return reduction(values, mask) if num_items_in_batch is None else reduction(values, mask, num_items_in_batch)
+    raise ValueError(f"signal_divergence takes two DenseLogits or two HiddenStates, got {type(signal).__name__} and "
+                     f"{type(target).__name__}")
