@@ -115,7 +115,7 @@ PREFERENCE_MODES = ("preference_precomputed", "preference_live_hypo")
 
 def preference_pairs():
     """8 pairs: chosen = an example, rejected = the same prompt with its completion reversed and
-    cut to 5 tokens; 16 'samples' (2 per pair, pair-major) with fixed coefficients."""
+    cut to 5 tokens; 16 'samples' (2 per pair, pair-major) with fixed reference sequence log-probs."""
     from divreg.data import PreferencePair, TextExample
 
     every = examples(24)
@@ -131,9 +131,14 @@ def preference_grads(mode: str, rank: int, processes: int, micro_batches: int, a
     """Gradients of one student after this process's share of the 8 pairs (rank::processes), in
     ``micro_batches`` micro-batches, through the recipe's own micro-batches, counts and loss."""
     from divreg.losses import PreferenceLoss
+    import functools
+
+    from divreg.models import next_token_signal
     from divreg.recipes.preference.trainer import (pair_counts, pair_loss_fn, pair_micro_batches,
                                                    sequence_logprobs)
     from divreg.training import backward_micro_batches
+
+    dense = functools.partial(next_token_signal, hidden=False)
 
     pairs, samples, coefficients = preference_pairs()
     reference = model(seed=2).eval()
@@ -142,15 +147,16 @@ def preference_grads(mode: str, rank: int, processes: int, micro_batches: int, a
     local = [pairs[i] for i in indices]
     pad = tokenizer().pad_token_id
     if mode == "preference_precomputed":
-        table = torch.stack([sequence_logprobs(reference, [p.chosen for p in pairs], pad, False),
-                             sequence_logprobs(reference, [p.rejected for p in pairs], pad, False)], 1)
+        table = torch.stack([sequence_logprobs(reference, [p.chosen for p in pairs], pad, dense),
+                             sequence_logprobs(reference, [p.rejected for p in pairs], pad, dense)], 1)
         loss = PreferenceLoss({"sigmoid": 1.0, "ipo": 0.3}, beta=0.2, sft_weight=0.5)
         local_samples, local_coefficients, hypo = [], torch.zeros(0, dtype=torch.float64), 0.0
     else:
         table, loss, hypo = None, PreferenceLoss("sigmoid", beta=0.2), 0.7
         local_samples = [samples[2 * i + j] for i in indices for j in range(2)]
         local_coefficients = torch.stack([coefficients[2 * i + j] for i in indices for j in range(2)])
-    micro = pair_micro_batches(local, indices, local_samples, local_coefficients, table, micro_batches, pad)
+    micro = pair_micro_batches(local, indices, local_samples, local_coefficients, table, micro_batches, pad,
+                               2 if local_samples else 0)
     counts = pair_counts(accelerator, local, len(local_samples))
-    backward_micro_batches(accelerator, student, micro, pair_loss_fn(loss, reference, False, hypo), counts=counts)
+    backward_micro_batches(accelerator, student, micro, pair_loss_fn(loss, reference, dense, hypo, 2), counts=counts)
     return grads(accelerator.unwrap_model(student))
