@@ -19,25 +19,19 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
-
-import torch
-from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from ..._table import format_table
 from ...data import (arithmetic_problems, char_tokenizer, load_preference_records, task_records, tokenize_pairs,
                      tokenize_records)
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
-from ...training import prepare_run_folder
+from ...training import mean_std, prepare_run_folder, run_recipe
 from .._lm_task import supervised_warmup
 from .config import PreferenceConfig
 from .trainer import (EXACT_KL_LIMIT, PreferenceTrainer, exact_kl_fits, prompt_of, sequence_logprobs,
                       task_pairs)
 
-__all__ = ["PreferenceConfig", "run"]
+__all__ = ["PreferenceConfig", "PreferenceRecipe", "run"]
 
 
 def _user_pairs(config: PreferenceConfig, tokenizer):
@@ -52,10 +46,39 @@ def _user_pairs(config: PreferenceConfig, tokenizer):
     return train[cut:], train[:cut]
 
 
-def setup(config: PreferenceConfig):
-    """Accelerator, tokenizer, data (task problems or pairs), the run folder and the trainer; every
-    check before any training."""
-    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+class PreferenceRecipe:
+    """``divreg preference`` for :func:`divreg.training.run_recipe`: setup, per seed the warm-up
+    and each method, report."""
+
+    def __init__(self, config: PreferenceConfig, accelerator):
+        self.config, self.accelerator = config, accelerator
+
+    def setup(self) -> None:
+        self.tokenizer, self.data, self.trainer = setup(self.config, self.accelerator)
+
+    def run_seed(self, seed: int) -> dict:
+        return run_seed(self.config, self.trainer, self.tokenizer, self.data, seed)
+
+    def report(self, results: dict[int, dict]) -> dict:
+        return report(self.config, results)
+
+    def describe(self) -> str:
+        config = self.config
+        return (f"{len(config.seeds)} seed(s), methods {config.methods}, {config.steps} steps of {config.batch_size} "
+                "pairs each")
+
+
+def _check_batches(config: PreferenceConfig, processes: int) -> None:
+    if config.batch_size % (processes * config.grad_accum):
+        raise ValueError(f"batch_size={config.batch_size} pairs must split evenly over {processes} "
+                         f"process(es) x grad_accum={config.grad_accum}")
+    if config.warmup_steps and config.warmup_batch_size % (processes * config.grad_accum):
+        raise ValueError(f"warmup_batch_size={config.warmup_batch_size} must be divisible by processes x grad_accum")
+
+
+def setup(config: PreferenceConfig, accelerator):
+    """Tokenizer, data (task problems or pairs), the run folder and the trainer; every check
+    before any training."""
     tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
     if model_tokenizer(config.policy, tokenizer) is not tokenizer:
         raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
@@ -63,11 +86,7 @@ def setup(config: PreferenceConfig):
     if config.kl_eval == "exact" and not exact_kl_fits(len(tokenizer), config):
         raise ValueError(f"kl_eval=exact would enumerate {len(tokenizer) - 1}^{config.max_new_tokens - 1} completions per "
                          f"prompt (more than {EXACT_KL_LIMIT}): use kl_eval=sampled (or auto)")
-    if config.batch_size % (accelerator.num_processes * config.grad_accum):
-        raise ValueError(f"batch_size={config.batch_size} pairs must split evenly over {accelerator.num_processes} "
-                         f"process(es) x grad_accum={config.grad_accum}")
-    if config.warmup_steps and config.warmup_batch_size % (accelerator.num_processes * config.grad_accum):
-        raise ValueError(f"warmup_batch_size={config.warmup_batch_size} must be divisible by processes x grad_accum")
+    _check_batches(config, accelerator.num_processes)
     if config.data == "builtin":
         train, test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
                                           operations=config.operations, seed=config.data_seed)
@@ -89,7 +108,7 @@ def setup(config: PreferenceConfig):
     if config.batch_size > size:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {size} training pairs")
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
-    return accelerator, tokenizer, data, PreferenceTrainer(accelerator, config, tokenizer, log_path)
+    return tokenizer, data, PreferenceTrainer(accelerator, config, tokenizer, log_path)
 
 
 def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, data: dict, seed: int) -> dict:
@@ -179,9 +198,6 @@ COLUMNS = (("test_accuracy", "held-out exact match"), ("held_out_reward_accuracy
 
 def report(config: PreferenceConfig, results: dict[int, dict]) -> dict:
     """metrics.json (per seed and mean +- std over seeds), the table and curves.png."""
-    def spread(values):
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
     runs = ["warmup", *config.methods]
     keys = [key for key, _ in COLUMNS if key in next(iter(results.values()))["warmup"]]
     summary = {"seeds": {str(seed): {run: {key: r[run][key] for key in keys} for run in runs}
@@ -192,9 +208,9 @@ def report(config: PreferenceConfig, results: dict[int, dict]) -> dict:
         row = {"run": run_name}
         for key, title in COLUMNS:
             if key in keys:
-                values = [r[run_name][key] for r in results.values()]
-                summary.setdefault(run_name, {})[key] = {"mean": statistics.fmean(values), "std": spread(values)}
-                row[title] = f"{statistics.fmean(values):.3f} +- {spread(values):.3f}"
+                spread = mean_std([r[run_name][key] for r in results.values()])
+                summary.setdefault(run_name, {})[key] = spread
+                row[title] = f"{spread['mean']:.3f} +- {spread['std']:.3f}"
         rows.append(row)
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
@@ -218,17 +234,4 @@ def report(config: PreferenceConfig, results: dict[int, dict]) -> dict:
 
 
 def run(config: PreferenceConfig) -> dict:
-    started = time.perf_counter()
-    accelerator, tokenizer, data, trainer = setup(config)
-    results = {}
-    for seed in tqdm(config.seeds, desc="seeds", disable=not accelerator.is_local_main_process):
-        results[seed] = run_seed(config, trainer, tokenizer, data, seed)
-    summary = None
-    if accelerator.is_main_process:
-        summary = report(config, results)
-        print(f"{len(config.seeds)} seed(s), methods {config.methods}, {config.steps} steps of {config.batch_size} "
-              f"pairs each, {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
-              f"outputs in {config.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return run_recipe(PreferenceRecipe, config)

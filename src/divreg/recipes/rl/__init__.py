@@ -15,51 +15,66 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
-
-import torch
-from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from ..._table import format_table
 from ...data import arithmetic_problems, char_tokenizer, task_records, tokenize_records
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
-from ...training import prepare_run_folder
+from ...training import mean_std, prepare_run_folder, run_recipe
 from .config import RLConfig
 from .trainer import RLTrainer
 
-__all__ = ["RLConfig", "run"]
+__all__ = ["RLConfig", "RLRecipe", "run"]
 
 
-def setup(config: RLConfig):
-    """Accelerator, tokenizer, the task's problems, the run folder and the trainer."""
-    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
-    tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
-    if config.reference is not None and model_tokenizer(config.reference, tokenizer) is not tokenizer:
-        raise ValueError(f"reference.path {config.reference.path!r} ships its own tokenizer, which differs from the "
-                         f"run's ({config.tokenizer!r}); a KL between the two models needs one vocabulary (a teacher "
-                         "with another tokenizer is not supported here)")
-    if model_tokenizer(config.policy, tokenizer) is not tokenizer:
-        raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
-                         f"{config.tokenizer!r}; the policy, its reference and the rewards must read one tokenizer: "
-                         "pass the policy's (tokenizer=<policy.path>)")
-    train, test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
-                                      operations=config.operations, seed=config.data_seed)
-    if config.prompts_per_step > len(train) or config.prompts_per_step % accelerator.num_processes:
-        raise ValueError(f"prompts_per_step={config.prompts_per_step} must be <= train_size={len(train)} and divisible "
-                         f"by the {accelerator.num_processes} process(es)")
-    local = config.prompts_per_step // accelerator.num_processes * config.group_size
+class RLRecipe:
+    """``divreg rl`` for :func:`divreg.training.run_recipe`: setup, per seed warm-up then GRPO, report."""
+
+    def __init__(self, config: RLConfig, accelerator):
+        self.config, self.accelerator = config, accelerator
+
+    def setup(self) -> None:
+        """The tokenizer, the task's problems, the run folder and the trainer (every check first)."""
+        config, accelerator = self.config, self.accelerator
+        tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
+        if config.reference is not None and model_tokenizer(config.reference, tokenizer) is not tokenizer:
+            raise ValueError(f"reference.path {config.reference.path!r} ships its own tokenizer, which differs from the "
+                             f"run's ({config.tokenizer!r}); a KL between the two models needs one vocabulary (a "
+                             "teacher with another tokenizer is not supported here)")
+        if model_tokenizer(config.policy, tokenizer) is not tokenizer:
+            raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
+                             f"{config.tokenizer!r}; the policy, its reference and the rewards must read one tokenizer: "
+                             "pass the policy's (tokenizer=<policy.path>)")
+        self.train, self.test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
+                                                    operations=config.operations, seed=config.data_seed)
+        check_batches(config, accelerator.num_processes, len(self.train))
+        warmup_examples = tokenize_records(task_records(self.train), tokenizer, max_length=64, prompt_len=1)
+        _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
+        self.tokenizer = tokenizer
+        self.trainer = RLTrainer(accelerator, config, tokenizer, self.train, self.test, warmup_examples, log_path)
+
+    def run_seed(self, seed: int) -> dict:
+        return run_seed(self.config, self.trainer, self.tokenizer, seed)
+
+    def report(self, results: dict[int, dict]) -> dict:
+        return report(self.config, results)
+
+    def describe(self) -> str:
+        return (f"{len(self.config.seeds)} seed(s), {self.config.steps} GRPO steps each, on {len(self.train)} train / "
+                f"{len(self.test)} test problems")
+
+
+def check_batches(config: RLConfig, processes: int, train_size: int) -> None:
+    """The batch sizes split over processes and accumulation micro-batches."""
+    if config.prompts_per_step > train_size or config.prompts_per_step % processes:
+        raise ValueError(f"prompts_per_step={config.prompts_per_step} must be <= train_size={train_size} and divisible "
+                         f"by the {processes} process(es)")
+    local = config.prompts_per_step // processes * config.group_size
     if local % config.grad_accum:
         raise ValueError(f"each process's {local} completions per step must split into grad_accum={config.grad_accum} "
                          "equal micro-batches")
-    if config.warmup_steps and config.warmup_batch_size % (accelerator.num_processes * config.grad_accum):
+    if config.warmup_steps and config.warmup_batch_size % (processes * config.grad_accum):
         raise ValueError(f"warmup_batch_size={config.warmup_batch_size} must be divisible by processes x grad_accum")
-    warmup_examples = tokenize_records(task_records(train), tokenizer, max_length=64, prompt_len=1)
-    _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
-    return accelerator, tokenizer, train, test, RLTrainer(accelerator, config, tokenizer, train, test,
-                                                          warmup_examples, log_path)
 
 
 def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict:
@@ -99,22 +114,17 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
 
 
 def report(config: RLConfig, results: dict[int, dict]) -> dict:
-    warmup = [r["warmup_accuracy"] for r in results.values()]
-    rl = [r["rl_accuracy"] for r in results.values()]
-
-    def spread(values):
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
+    warmup = mean_std([r["warmup_accuracy"] for r in results.values()])
+    rl = mean_std([r["rl_accuracy"] for r in results.values()])
     summary = {"seeds": {str(seed): {key: r[key] for key in ("warmup_accuracy", "rl_accuracy", "reference_accuracy")
                                      if key in r} for seed, r in results.items()},
-               "warmup_accuracy": {"mean": statistics.fmean(warmup), "std": spread(warmup)},
-               "rl_accuracy": {"mean": statistics.fmean(rl), "std": spread(rl)}}
+               "warmup_accuracy": warmup, "rl_accuracy": rl}
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     rows = [{"seed": str(seed), "warm-up accuracy": r["warmup_accuracy"], "after RL": r["rl_accuracy"]}
             for seed, r in results.items()]
-    rows.append({"seed": "mean +- std", "warm-up accuracy": f"{statistics.fmean(warmup):.3f} +- {spread(warmup):.3f}",
-                 "after RL": f"{statistics.fmean(rl):.3f} +- {spread(rl):.3f}"})
+    rows.append({"seed": "mean +- std", "warm-up accuracy": f"{warmup['mean']:.3f} +- {warmup['std']:.3f}",
+                 "after RL": f"{rl['mean']:.3f} +- {rl['std']:.3f}"})
     print(format_table(rows, ["seed", "warm-up accuracy", "after RL"]))
     curves = {}
     for seed, r in results.items():  # per step: reward, KL (estimate and exact), entropy; per evaluation: accuracy
@@ -132,17 +142,4 @@ def report(config: RLConfig, results: dict[int, dict]) -> dict:
 
 
 def run(config: RLConfig) -> dict:
-    started = time.perf_counter()
-    accelerator, tokenizer, train, test, trainer = setup(config)
-    results = {}
-    for seed in tqdm(config.seeds, desc="seeds", disable=not accelerator.is_local_main_process):
-        results[seed] = run_seed(config, trainer, tokenizer, seed)
-    summary = None
-    if accelerator.is_main_process:
-        summary = report(config, results)
-        print(f"{len(config.seeds)} seed(s), {config.steps} GRPO steps each, on {len(train)} train / {len(test)} test "
-              f"problems, {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
-              f"outputs in {config.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return run_recipe(RLRecipe, config)
