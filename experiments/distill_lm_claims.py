@@ -36,11 +36,11 @@ def main() -> None:
         source = "configs/distill-lm/arithmetic.yaml" if args.setting == "arithmetic" else None
         overrides = ["overwrite=true"] + ([] if source else ["output_dir=outputs/experiments/distill_lm"])
         config = load_config(DistillLMConfig, source, overrides)
-        metrics, problems = run(config), config.task_test_size
+        metrics, problems = run(config), config.test_size
     else:
         with open(args.metrics) as handle:
             metrics = json.load(handle)
-        problems = run_setting(args.metrics, "task_test_size")
+        problems = run_setting(args.metrics, "test_size")
     rows = []
     if args.setting == "perplexity":
         for metric in ("perplexity", "kl_to_teacher"):

@@ -65,7 +65,15 @@ def _split_arguments(arguments: Sequence[str]) -> tuple[Optional[str], list[str]
 
 
 def _field_comments(schema: type) -> dict[str, str]:
-    """Each dataclass field's comment: the ``# ...`` on its line, or the comment lines just above it."""
+    """Each dataclass field's comment: the ``# ...`` on its line, or the comment lines just above it;
+    a field a subclass redeclares without a comment keeps its base class's (the shared blocks)."""
+    comments: dict[str, str] = {}
+    for base in reversed([c for c in schema.__mro__ if dataclasses.is_dataclass(c)]):
+        comments |= {name: text for name, text in _own_comments(base).items() if text or name not in comments}
+    return comments
+
+
+def _own_comments(schema: type) -> dict[str, str]:
     comments: dict[str, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(schema).splitlines()[1:]:

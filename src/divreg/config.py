@@ -44,7 +44,9 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                 line = f", line {where.line + 1}" if where is not None else ""
                 raise ValueError(f"config file {config_path!r}{line}: not valid YAML "
                                  f"({getattr(error, 'problem', None) or error})") from None
+            _refuse_renamed(schema, list(loaded.keys()) if isinstance(loaded, DictConfig) else [], config_path)
             merged = merge_replacing(merged, loaded)
+        _refuse_renamed(schema, [item.split("=", 1)[0].split(".")[0] for item in overrides], None)
         for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
             given = OmegaConf.from_dotlist([item])
             merged = OmegaConf.merge(merged, given)
@@ -65,6 +67,15 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
     except TypeError as error:  # OmegaConf merging a mapping into a list (`methods.0.weight=1`, a top-level list)
         raise ValueError(f"the config cannot be merged ({str(error).splitlines()[0]}): give a list as a whole "
                          "(`methods=[...]`), not one entry by index, and a config file as a mapping of keys") from None
+
+
+def _refuse_renamed(schema: type, keys: list, path: Optional[str]) -> None:
+    """``ValueError`` naming the new key for a key the schema renamed (its ``RENAMED`` mapping)."""
+    renamed = getattr(schema, "RENAMED", {})
+    for key in keys:
+        if key in renamed:
+            where = f" (in {path})" if path else ""
+            raise ValueError(f"config key {key!r}{where} was renamed: use {renamed[key]}")
 
 
 def _is_mapping(node) -> bool:

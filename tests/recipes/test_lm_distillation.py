@@ -276,13 +276,15 @@ def test_teacher_cache_is_checked_by_content_at_start_up(tmp_path, monkeypatch):
 def test_arithmetic_task_compares_students_by_generation_exact_match(tmp_path, capsys):
     """data=arithmetic: the generated task of divreg rl, a character tokenizer, and every run's
     exact match of its greedy answers on the held-out problems (metrics, log and table)."""
-    summary = run(_config(tmp_path / "a", "data=arithmetic", "task_digits=1", "task_train_size=60",
-                          "task_test_size=20", "methods=[{name: fkl, divergence: forward_kl}]", "seq_len=16",
+    summary = run(_config(tmp_path / "a", "data=arithmetic", "digits=1", "train_size=60",
+                          "test_size=20", "methods=[{name: fkl, divergence: forward_kl}]", "seq_len=16",
                           "prompt_len=1", "max_new_tokens=4"))
     for name in ("teacher", "fkl"):
         assert 0 <= summary[name]["exact_match"] <= 1
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all("exact_match" in r for r in records)
     assert "exact_match" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="task_operations must be made of"):
-        _config(tmp_path / "b", "data=arithmetic", "task_operations=/")
+    with pytest.raises(ValueError, match="operations must be made of"):
+        _config(tmp_path / "b", "data=arithmetic", "operations=/")
+    with pytest.raises(ValueError, match="'task_digits' was renamed: use digits"):  # the old name, one clear line
+        _config(tmp_path / "b", "task_digits=1")

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -25,28 +22,21 @@ from ..._table import format_table
 from ...data import load_classification_data
 from ...metrics import classification_metrics, metric_bars, reliability_diagrams, training_curves
 from ...models import build_classifier, predict_probabilities
-from ...training import load_model_state, prepare_run_folder
+from ...training import load_model_state, mean_std, prepare_run_folder, run_recipe
 from .config import ClassifierMethod, DistillClassifierConfig
 from .methods import Method, make_method
 from .trainer import ClassifierRun, Trainer, training_schedule
 
-__all__ = ["ClassifierMethod", "DistillClassifierConfig", "run"]
+__all__ = ["ClassifierMethod", "DistillClassifierConfig", "DistillClassifierRecipe", "run"]
 
 METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "e_aurc")
 CURVES = ("train_loss", "test_accuracy", "test_nll", "test_ece")  # per epoch, in curves.png
 
 
-def _summarize(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def setup(config: DistillClassifierConfig):
-    """Accelerator, data, output folders, and a fresh start unless resuming."""
-    # Accelerate runs a multi-process job on CPUs (gloo) only when asked for the CPU explicitly.
-    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+def setup(config: DistillClassifierConfig, accelerator):
+    """Data, output folders, the trainer, and a fresh start unless resuming."""
     data = load_classification_data(config.data, label_column=config.label_column,
-                                    test_fraction=config.test_fraction, seed=config.seed)
+                                    test_fraction=config.test_fraction, seed=config.data_seed)
     # everything the run will build is built once now, so a bad model or method stops it before any training
     for spec in (config.teacher, config.student):
         build_classifier(spec.kind, spec.widths, data.input_shape, data.num_classes)
@@ -61,12 +51,12 @@ def setup(config: DistillClassifierConfig):
             print(f"notice: {key}={getattr(config, key)} would be {getattr(config, key) * trainer.steps_per_epoch} "
                   f"optimizer steps on {len(data.y_train)} training examples (batch {config.batch_size}); training "
                   f"{epochs} epochs (min_steps={config.min_steps}), evaluated every {every} epochs")
-    return accelerator, data, trainer, checkpoints
+    return data, trainer, checkpoints
 
 
 def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[torch.nn.Module, dict]:
     """Train the teacher with cross-entropy, or load its state dict from ``teacher_checkpoint``."""
-    set_seed(config.seed)
+    set_seed(config.data_seed)
     teacher = build_classifier(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
     if config.teacher_checkpoint:
         load_model_state(teacher, config.teacher_checkpoint, "teacher_checkpoint", "teacher.kind and teacher.widths")
@@ -74,32 +64,31 @@ def train_teacher(config, data, trainer: Trainer, checkpoints: str) -> tuple[tor
         return teacher, {"metrics": classification_metrics(probs, data.y_test, config.ece_bins), "test_probs": probs,
                          "state": {"history": []}}
     epochs, every = training_schedule(config.teacher_epochs, trainer.steps_per_epoch, config.min_steps)
-    run = ClassifierRun("teacher", "ce", config.seed, epochs, os.path.join(checkpoints, "teacher.pt"), every)
+    run = ClassifierRun("teacher", "ce", config.data_seed, epochs, os.path.join(checkpoints, "teacher.pt"), every)
     state = trainer.run(run, teacher, Method(), None)
     teacher.load_state_dict(state["model"])
     return teacher.eval(), state
 
 
-def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, accelerator) -> dict[str, list[dict]]:
-    """One student per (method, seed); returns method -> list of final states."""
-    results: dict[str, list[dict]] = {}
+def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, seed: int,
+                   accelerator) -> dict[str, dict]:
+    """One student per method for ``seed``; returns method -> its final state."""
+    results: dict[str, dict] = {}
     epochs, every = training_schedule(config.epochs, trainer.steps_per_epoch, config.min_steps)
-    runs = [(method, seed) for method in config.methods for seed in config.seeds]
-    for method, seed in tqdm(runs, desc="students", disable=not accelerator.is_local_main_process):
+    for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
         set_seed(seed)
         student = build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
         name = f"{method.name}-seed{seed}"
         run = ClassifierRun(name, method.name, seed, epochs, os.path.join(checkpoints, f"{name}.pt"), every)
-        state = trainer.run(run, student, make_method(method, data, epochs), teacher)
-        results.setdefault(method.name, []).append(state)
+        results[method.name] = trainer.run(run, student, make_method(method, data, epochs), teacher)
     return results
 
 
 def report(config, data, teacher_state: dict, results: dict[str, list[dict]]) -> dict:
     """metrics.json, the printed table and the plots."""
-    summary = {"teacher": {m: _summarize([teacher_state["metrics"][m]]) for m in METRICS}}
+    summary = {"teacher": {m: mean_std([teacher_state["metrics"][m]]) for m in METRICS}}
     for method, states in results.items():
-        summary[method] = {m: _summarize([s["metrics"][m] for s in states]) for m in METRICS}
+        summary[method] = {m: mean_std([s["metrics"][m] for s in states]) for m in METRICS}
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     rows = [{"method": name, **{m: f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in METRICS}}
@@ -115,19 +104,33 @@ def report(config, data, teacher_state: dict, results: dict[str, list[dict]]) ->
     return summary
 
 
+class DistillClassifierRecipe:
+    """``divreg distill-classifier`` (and ``demo``) for :func:`divreg.training.run_recipe`: setup
+    (data, the teacher, trained or loaded), per seed one student per method, report."""
+
+    def __init__(self, config: DistillClassifierConfig, accelerator):
+        self.config, self.accelerator = config, accelerator
+
+    def setup(self) -> None:
+        self.data, self.trainer, self.checkpoints = setup(self.config, self.accelerator)
+        self.teacher, self.teacher_state = train_teacher(self.config, self.data, self.trainer, self.checkpoints)
+
+    def run_seed(self, seed: int) -> dict:
+        return train_students(self.config, self.data, self.trainer, self.teacher, self.checkpoints, seed,
+                              self.accelerator)
+
+    def report(self, results: dict[int, dict]) -> dict:
+        by_method = {method.name: [results[seed][method.name] for seed in self.config.seeds]
+                     for method in self.config.methods}
+        return report(self.config, self.data, self.teacher_state, by_method)
+
+    def describe(self) -> str:
+        config, data = self.config, self.data
+        return (f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.data} ({len(data.y_train)} train "
+                f"/ {len(data.y_test)} test), {self.accelerator.device}; metrics.json, reliability.png, metrics.png, "
+                "curves.png")
+
+
 def run(config: DistillClassifierConfig) -> dict:
     """Train and evaluate everything; returns the summary written to ``metrics.json``."""
-    started = time.perf_counter()
-    accelerator, data, trainer, checkpoints = setup(config)
-    teacher, teacher_state = train_teacher(config, data, trainer, checkpoints)
-    results = train_students(config, data, trainer, teacher, checkpoints, accelerator)
-    summary = None
-    if accelerator.is_main_process:
-        summary = report(config, data, teacher_state, results)
-        print(f"{len(config.methods)} methods x {len(config.seeds)} seeds on {config.data} "
-              f"({len(data.y_train)} train / {len(data.y_test)} test), {accelerator.num_processes} process(es), "
-              f"{accelerator.device}, in {time.perf_counter() - started:.0f} s; "
-              f"outputs in {config.output_dir}: metrics.json, reliability.png, metrics.png, curves.png")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return run_recipe(DistillClassifierRecipe, config)

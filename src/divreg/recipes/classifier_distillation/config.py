@@ -9,7 +9,7 @@ settings come from the flat defaults below (``kd_temperature``, ``kd_weight``, .
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from ...config import require_positive
 from ...divergences import DIVERGENCES
@@ -83,6 +83,8 @@ class SinKDSpec:
 
 @dataclass
 class DistillClassifierConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"seed": "data_seed (the data split and the teacher; seeds: the students')"}
+
     data: str = "digits"  # "digits" (built in), an .npz with x_train/y_train/x_test/y_test, or a datasets folder
     label_column: str = "label"  # label column of a datasets folder
     test_fraction: float = 0.3  # held-out share when the data has no test split
@@ -92,7 +94,7 @@ class DistillClassifierConfig:
     methods: list[Any] = field(default_factory=lambda: [
         "ce", "kd_forward_kl", "kd_reverse_kl", "kd_jsd", "sinkd", "pskd", "label_smoothing"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one student per method and seed
-    seed: int = 0  # seed of the data split and of the teacher
+    data_seed: int = 0  # seed of the data split and of the teacher (shared by every seed's students)
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(widths=[32, 64]))
     student: ModelSpec = field(default_factory=lambda: ModelSpec(widths=[8, 16]))
     teacher_checkpoint: Optional[str] = None  # load the teacher's state dict from here instead of training it

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Optional
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..._table import format_table
@@ -27,23 +25,22 @@ from ...data import (arithmetic_problems, builtin_corpus, char_tokenizer, load_t
 from ...metrics import training_curves
 from ...models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
 from ...targets import TeacherCache
-from ...training import prepare_run_folder
+from ...training import mean_std, prepare_run_folder, run_recipe
 from .config import DistillLMConfig, LMMethod
 from .objectives import ce_loss, check_cache, make_student_loss
 from .trainer import LMRun, LMTrainer
 
-__all__ = ["DistillLMConfig", "LMMethod", "run"]
+__all__ = ["DistillLMConfig", "DistillLMRecipe", "LMMethod", "run"]
 
 
-def setup(config: DistillLMConfig):
-    """Accelerator, tokenizer (trained or loaded), examples and output folders."""
-    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
+def setup(config: DistillLMConfig, accelerator):
+    """Tokenizer (trained or loaded), examples, the teacher (untrained if it is trained here) and
+    output folders."""
     problems = None  # data=arithmetic: the held-out problems, for the generation exact match
     if config.data == "arithmetic":
         tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
-        train_problems, problems = arithmetic_problems(config.task_train_size, config.task_test_size,
-                                                       digits=config.task_digits, operations=config.task_operations,
-                                                       seed=config.seed)
+        train_problems, problems = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
+                                                       operations=config.operations, seed=config.data_seed)
         train = tokenize_records(task_records(train_problems), tokenizer, config.seq_len, config.prompt_len)
         held_out = tokenize_records(task_records(problems), tokenizer, config.seq_len, config.prompt_len,
                                     first_id=len(train))
@@ -64,8 +61,8 @@ def setup(config: DistillLMConfig):
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(os.path.join(config.output_dir, "tokenizer"))
-    return accelerator, tokenizer, train, held_out, teacher, LMTrainer(accelerator, config, tokenizer, train,
-                                                                       held_out, log_path, problems)
+    return tokenizer, train, held_out, teacher, LMTrainer(accelerator, config, tokenizer, train, held_out, log_path,
+                                                          problems)
 
 
 def cached_teacher_source(config: DistillLMConfig) -> Optional[ModelSource]:
@@ -109,12 +106,12 @@ def build_teacher(config: DistillLMConfig, tokenizer):
         if source is None:
             return None, model_tokenizer(config.teacher, tokenizer)
         teacher_tokenizer = model_tokenizer(source, tokenizer)
-        model = CausalLM(build_causal_lm(source, teacher_tokenizer, config.seed), len(teacher_tokenizer))
+        model = CausalLM(build_causal_lm(source, teacher_tokenizer, config.data_seed), len(teacher_tokenizer))
         return cached_teacher(config, model), teacher_tokenizer
     teacher_tokenizer = model_tokenizer(config.teacher, tokenizer)
     if config.teacher.path is None and config.teacher_train_steps and teacher_tokenizer is not tokenizer:
         raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")
-    return CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.seed), len(teacher_tokenizer)), \
+    return CausalLM(build_causal_lm(config.teacher, teacher_tokenizer, config.data_seed), len(teacher_tokenizer)), \
         teacher_tokenizer
 
 
@@ -125,7 +122,7 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
         return None
     if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
-                    os.path.join(config.output_dir, "checkpoints", "teacher.pt"))
+                    os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed)
         trainer.run(run, model, ce_loss, None)
         if accelerator.is_main_process:
             model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
@@ -133,54 +130,80 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
     return model.eval().requires_grad_(False).to(accelerator.device, dtype)
 
 
-def report(config: DistillLMConfig, teacher_metrics, results: dict) -> dict:
-    summary = ({"teacher": teacher_metrics} if teacher_metrics else {}) | {n: s["metrics"] for n, s in results.items()}
+def report(config: DistillLMConfig, teacher_metrics, results: dict[int, dict]) -> dict:
+    """metrics.json, the table and curves.png. One seed: each run's metrics; several: their mean
+    and sample standard deviation over the seeds (the curves: the first seed's)."""
+    by_name = {name: [r[name]["metrics"] for r in results.values()] for name in next(iter(results.values()))}
+    keys = ("perplexity", "kl_to_teacher", "exact_match")
+    if len(results) == 1:
+        students = {name: runs[0] for name, runs in by_name.items()}
+        cells = {name: {key: m.get(key, "-") for key in keys} for name, m in students.items()}
+    else:
+        students = {name: {key: mean_std([m[key] for m in runs]) for key in keys if key in runs[0]}
+                    for name, runs in by_name.items()}
+        cells = {name: {key: f"{v[key]['mean']:.4f} +- {v[key]['std']:.4f}" if key in v else "-" for key in keys}
+                 for name, v in students.items()}
+    summary = ({"teacher": teacher_metrics} if teacher_metrics else {}) | students
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    columns = ["run", "perplexity", "kl_to_teacher"] + (["exact_match"] if config.data == "arithmetic" else [])
-    print(format_table([{"run": name, "perplexity": m["perplexity"], "kl_to_teacher": m.get("kl_to_teacher", "-"),
-                         "exact_match": m.get("exact_match", "-")} for name, m in summary.items()], columns))
+    rows = ([{"run": "teacher", **{key: teacher_metrics.get(key, "-") for key in keys}}] if teacher_metrics else []) + [
+        {"run": name, **values} for name, values in cells.items()]
+    print(format_table(rows, ["run", "perplexity", "kl_to_teacher"] + (["exact_match"] if config.data == "arithmetic"
+                                                                        else [])))
+    first = next(iter(results.values()))
     curves = {name: {key: [r[key] for r in s["state"]["history"]]  # keys every evaluation has
                      for key in ("step", "loss", "perplexity", "kl_to_teacher", "exact_match")
-                     if all(key in r for r in s["state"]["history"])} for name, s in results.items()}
+                     if all(key in r for r in s["state"]["history"])} for name, s in first.items()}
     training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
                     title=f"perplexity, KL: the first {config.eval_examples} held-out examples (the table and "
                           "metrics.json: all of them); loss: training mean since the last evaluation")
     return summary
 
 
+class DistillLMRecipe:
+    """``divreg distill-lm`` for :func:`divreg.training.run_recipe`: setup (data, the teacher,
+    trained here when asked, and every method's loss), per seed one student per method, report."""
+
+    def __init__(self, config: DistillLMConfig, accelerator):
+        self.config, self.accelerator = config, accelerator
+
+    def setup(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        self.tokenizer, self.train, self.held_out, (teacher, teacher_tokenizer), trainer = setup(config, accelerator)
+        # Everything the run needs is built and checked before any training: the teacher (in setup),
+        # a student, and every method's loss.
+        self.losses = {method.name: make_student_loss(config, method, teacher, teacher_tokenizer, self.tokenizer)
+                       for method in config.methods}
+        self.new_student(config.seeds[0])
+        self.teacher = prepare_teacher(config, teacher, trainer, accelerator)
+        trainer.teacher_model = self.teacher
+        self.teacher_metrics = None
+        if self.teacher is not None and teacher_tokenizer is self.tokenizer:
+            self.teacher_metrics = trainer.evaluate(self.teacher, None, self.held_out)
+        self.trainer = trainer
+
+    def new_student(self, seed: int) -> CausalLM:  # every method of a seed starts from the same initialization
+        return CausalLM(build_causal_lm(self.config.student, self.tokenizer, seed + 1), len(self.tokenizer))
+
+    def run_seed(self, seed: int) -> dict:
+        config, results = self.config, {}
+        for method in tqdm(config.methods, desc="students", disable=not self.accelerator.is_local_main_process):
+            loss_fn, shared = self.losses[method.name]
+            name = method.name if len(config.seeds) == 1 else f"{method.name}-seed{seed}"
+            run_spec = LMRun(name, method, config.steps, config.lr,
+                             os.path.join(config.output_dir, "checkpoints", f"{name}.pt"), seed)
+            eval_teacher = self.teacher if shared is not None and config.kl_eval else None
+            results[method.name] = self.trainer.run(run_spec, self.new_student(seed), loss_fn, eval_teacher)
+        return results
+
+    def report(self, results: dict[int, dict]) -> dict:
+        return report(self.config, self.teacher_metrics, results)
+
+    def describe(self) -> str:
+        config = self.config
+        return (f"{len(config.methods)} students x {len(config.seeds)} seed(s) on {config.data} ({len(self.train)} "
+                f"train / {len(self.held_out)} held-out examples)")
+
+
 def run(config: DistillLMConfig) -> dict:
-    started = time.perf_counter()
-    accelerator, tokenizer, train, held_out, (teacher, teacher_tokenizer), trainer = setup(config)
-    # Everything the run needs is built and checked before any training: the teacher (in setup),
-    # the student, and every method's loss.
-    losses = {method.name: make_student_loss(config, method, teacher, teacher_tokenizer, tokenizer)
-              for method in config.methods}
-
-    def new_student() -> CausalLM:  # every method starts from the same initialization
-        return CausalLM(build_causal_lm(config.student, tokenizer, config.seed + 1), len(tokenizer))
-
-    student = new_student()
-    teacher = prepare_teacher(config, teacher, trainer, accelerator)
-    trainer.teacher_model = teacher
-    teacher_metrics = None
-    if teacher is not None and teacher_tokenizer is tokenizer:
-        teacher_metrics = trainer.evaluate(teacher, None, held_out)
-    results = {}
-    for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
-        student = student or new_student()
-        loss_fn, shared = losses[method.name]
-        run_spec = LMRun(method.name, method, config.steps, config.lr,
-                         os.path.join(config.output_dir, "checkpoints", f"{method.name}.pt"))
-        eval_teacher = teacher if shared is not None and config.kl_eval else None
-        results[method.name] = trainer.run(run_spec, student, loss_fn, eval_teacher)
-        student = None
-    summary = None
-    if accelerator.is_main_process:
-        summary = report(config, teacher_metrics, results)
-        print(f"{len(config.methods)} students on {config.data} ({len(train)} train / {len(held_out)} held-out "
-              f"examples), {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
-              f"outputs in {config.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    return run_recipe(DistillLMRecipe, config)

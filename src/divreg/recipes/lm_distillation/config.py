@@ -8,12 +8,13 @@ Methods are data: each entry of ``methods`` is an :class:`LMMethod` mapping (``n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from ...config import require_positive
 from ...divergences import check_tail_policy
 from ...models import ModelSource
-from ...targets import VOCAB_POLICIES
+from ...targets import VOCAB_POLICIES, gives_hidden_states
+from .._blocks import ArithmeticBlock, RunBlock
 from .._methods import check_divergence, divergence_name, parse_methods
 
 
@@ -61,16 +62,25 @@ def _default_methods() -> list[Any]:
 
 
 @dataclass
-class DistillLMConfig:
+class DistillLMConfig(ArithmeticBlock, RunBlock):
+    """The run keys (``seeds``, ``lr``, ``steps``, ...) and the arithmetic task (``digits``, ...,
+    for ``data=arithmetic``) come from :mod:`divreg.recipes._blocks`. The teacher and the data
+    split are shared by every seed (built under ``data_seed``); each seed trains one student per
+    method (its initialization, data order and samples)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
+    lr: float = 0.003  # AdamW learning rate of the students
+    max_grad_norm: Optional[float] = None  # the students' gradients clipped to this global norm (null: never)
+    RENAMED: ClassVar[dict[str, str]] = {
+        "seed": "seeds (a list: one student per method and seed) and data_seed (the teacher and the data split)",
+        **{f"task_{key}": key for key in ("digits", "operations", "train_size", "test_size")}}
+
     # "builtin" (Python's pydoc topics), "arithmetic" (the generated task of divreg rl; students are also compared
     # by the exact match of their greedy answers), a .jsonl file, or a datasets folder
     data: str = "builtin"
     held_out: Optional[str] = None  # held-out data for evaluation (same forms); builtin/None: a split of `data`
     tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text (arithmetic: one token per character)
-    task_digits: int = 2  # data=arithmetic: operands of up to this many digits
-    task_operations: str = "+"  # data=arithmetic: "+", "*" or "+*"
-    task_train_size: int = 3000  # data=arithmetic: training problems
-    task_test_size: int = 200  # data=arithmetic: held-out problems
     vocab_size: int = 1024  # size of the builtin tokenizer
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
@@ -99,42 +109,27 @@ class DistillLMConfig:
     max_new_tokens: int = 48  # length of on-policy student generations
     sampling_temperature: float = 1.0  # temperature of on-policy and sequence-level generations (TRL GKD: 0.9)
     top_p: float = 1.0  # nucleus sampling of those generations (1: the full distribution)
-    steps: int = 200  # optimizer steps per student
     batch_size: int = 16  # global batch (examples), split over processes and accumulation
-    grad_accum: int = 1  # micro-batches per step and process
-    lr: float = 0.003  # AdamW learning rate of the students
     replay_capacity: int = 64  # DistiLLM replay buffer size (examples)
     replay_init: float = 0.0  # DistiLLM's initial probability of student-generated data (paper: 0.0)
     replay_loss_eps: float = 0.1  # its validation-loss increase that raises the probability by 0.1
-    eval_every: int = 50  # steps between held-out evaluations
     eval_examples: int = 64  # held-out examples per evaluation
-    checkpoint_every: int = 50  # steps between checkpoints (0: only at the end)
-    seed: int = 0  # seeds data order, models and generations
-    output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
-    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
-    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
-    cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
 
     def __post_init__(self):
+        super().__post_init__()  # the shared blocks' checks
         self.methods = parse_methods(self.methods, LMMethod, _shorthand)
-        require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "steps", "batch_size",
-                                "grad_accum", "lr", "temperature", "eval_every", "eval_examples", "replay_capacity",
-                                "sampling_temperature", "top_p"))
+        require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "batch_size", "temperature",
+                                "eval_examples", "replay_capacity", "sampling_temperature", "top_p"))
         if self.top_p > 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.data == "arithmetic":
-            require_positive(self, ("task_digits", "task_train_size", "task_test_size"))
-            if not self.task_operations or any(op not in "+*" for op in self.task_operations):
-                raise ValueError(f"task_operations must be made of '+' and '*', got {self.task_operations!r}")
-            if self.held_out is not None:
-                raise ValueError("data=arithmetic has its own held-out problems (task_test_size); leave held_out unset")
+        if self.data == "arithmetic" and self.held_out is not None:
+            raise ValueError("data=arithmetic has its own held-out problems (test_size); leave held_out unset")
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
         if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
-        if self.fused not in ("auto", "true", "false"):
-            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        gives_hidden_states(self.fused, 0)  # checks the setting
         if self.uld_reduction not in ("sequence", "token"):
             raise ValueError(f"uld_reduction must be 'sequence' or 'token', got {self.uld_reduction!r}")
         if self.vocab_policy not in VOCAB_POLICIES:

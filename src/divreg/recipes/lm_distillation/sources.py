@@ -68,8 +68,8 @@ class StepSource:
     """This process's examples of each step, and where they came from."""
 
     def __init__(self, config: DistillLMConfig, method: Optional[LMMethod], train: list[TextExample], tokenizer,
-                 teacher=None, replay: Optional[AdaptiveOffPolicy] = None):
-        self.config, self.method, self.train, self.tokenizer = config, method, train, tokenizer
+                 teacher=None, replay: Optional[AdaptiveOffPolicy] = None, seed: int = 0):
+        self.config, self.method, self.train, self.tokenizer, self.seed = config, method, train, tokenizer, seed
         self.teacher, self.replay = teacher, replay
 
     def _generate(self, model, examples: list[TextExample], seed: int) -> list[TextExample]:
@@ -80,15 +80,15 @@ class StepSource:
     def examples(self, step: int, student, process_index: int, num_processes: int) -> tuple[list[TextExample], str]:
         """(examples, source) of ``step`` on this process; ``student`` is the bare model."""
         config, method = self.config, self.method
-        global_indices = step_batch(len(self.train), config.batch_size, config.seed, step)
+        global_indices = step_batch(len(self.train), config.batch_size, self.seed, step)
         local_indices = global_indices.tensor_split(num_processes)[process_index]
         examples = [self.train[i] for i in local_indices.tolist()]
         if method is None:
             return examples, "dataset"
-        r = uniform_draw(config.seed, step)  # the same on every process
+        r = uniform_draw(self.seed, step)  # the same on every process
         source = self.replay.choose(r, step) if self.replay is not None else (
             "generate" if r < method.lmbda else "dataset")
-        seed = derive_seed(config.seed, step, process_index)
+        seed = derive_seed(self.seed, step, process_index)
         if source == "dataset" and method.sequence_kd:
             return self._generate(self.teacher, examples, seed), "teacher"
         if source == "generate":

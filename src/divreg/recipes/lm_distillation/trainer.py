@@ -29,6 +29,7 @@ class LMRun:
     steps: int
     lr: float
     checkpoint_path: str
+    seed: int  # the run's data order and samples (and, for a student, its initialization: seed + 1)
 
 
 @torch.no_grad()
@@ -87,7 +88,7 @@ class LMTrainer:
         accelerator, config = self.accelerator, self.config
         replay = (AdaptiveOffPolicy(config.replay_capacity, config.replay_init, config.replay_loss_eps, run.steps)
                   if run.method is not None and run.method.adaptive_off_policy else None)
-        source = StepSource(config, run.method, self.train, self.tokenizer, self.teacher_model, replay)
+        source = StepSource(config, run.method, self.train, self.tokenizer, self.teacher_model, replay, run.seed)
 
         def step_fn(model, optimizer, step: int) -> dict:
             examples, origin = source.examples(step, accelerator.unwrap_model(model), accelerator.process_index,
@@ -96,6 +97,8 @@ class LMTrainer:
                      for i in range(config.grad_accum)]
             micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
             totals = backward_micro_batches(accelerator, model, micro, loss_fn)
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
             return {"source": origin, **totals}

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ...config import require_positive
-from ...data import ARITHMETIC_OPERATIONS
 from ...losses import PreferenceLoss
 from ...models import ModelSource
+from ...targets import gives_hidden_states
+from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
 from .._lm_task import tiny_llama
 
 METHODS = ("dpo", "hypo")
@@ -17,27 +18,23 @@ KL_EVALUATIONS = ("auto", "exact", "sampled", "none")
 
 
 @dataclass
-class PreferenceConfig:
+class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
+    """The run keys, the built-in task and the warm-up come from :mod:`divreg.recipes._blocks`."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "outputs/preference"
+    lr: float = 0.00003  # DPO did best at the lowest of 3e-4, 1e-4, 3e-5 here (seed 0), so the default is 3e-5
+    steps: int = 300
+    eval_every: int = 100
     # "builtin": pairs built from the arithmetic task (chosen = the right answer, rejected = a wrong completion of the
     # warm-up model); else a pairs file (.jsonl) or a datasets folder with prompt/chosen/rejected (strings or chat)
     data: str = "builtin"
     held_out: Optional[str] = None  # held-out pairs for a data file (null: the first tenth of data)
     max_length: int = 64  # prompt + answer + EOS tokens of a data file's pairs (longer answers are truncated)
-    # the built-in task: integer arithmetic, a train/test split by seed (as `divreg rl`)
-    digits: int = 2
-    operations: str = "+"
-    train_size: int = 2000  # training prompts (one pair each)
-    test_size: int = 200  # held-out prompts: exact match (greedy), held-out pairs' reward accuracy, KL
-    data_seed: int = 0
+    train_size: int = 2000  # the built-in task's training prompts (one pair each)
     rejected_samples: int = 8  # completions of the warm-up model per prompt; the first wrong one is the rejected
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
-    # supervised warm-up (CE on the chosen answers); each method starts from it, and it is the frozen reference
-    warmup_steps: int = 3000  # at most this many steps (0: the policy as given)
-    warmup_target: Optional[float] = 0.3  # built-in task: stop at the first evaluation reaching this test accuracy
-    warmup_eval_every: int = 100
-    warmup_lr: float = 0.003
-    warmup_batch_size: int = 64
     # preference optimization: every method from the same warm-up model, on the same pairs
     methods: list[str] = field(default_factory=lambda: ["dpo", "hypo"])  # "dpo": the losses; "hypo": + the online KL
     losses: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})  # name: weight (MPO-style sums)
@@ -53,42 +50,23 @@ class PreferenceConfig:
     hypo_coef: float = 0.05
     hypo_samples: int = 4
     max_new_tokens: int = 4  # completion length limit of samples and greedy evaluation
-    steps: int = 300
     batch_size: int = 32  # pairs per step (global, split over processes)
-    lr: float = 0.00003  # DPO did best at the lowest of 3e-4, 1e-4, 3e-5 here (seed 0), so the default is 3e-5
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    eval_every: int = 100
     # KL(pi || ref) per held-out prompt (sequence level): "exact" enumerates every completion (small vocabularies and
     # short completions), "sampled" averages the log-ratio of kl_samples samples, "auto" is exact when it fits
     kl_eval: str = "auto"
     kl_prompts: int = 20  # held-out prompts the KL is measured on
     kl_samples: int = 16
     fused: str = "auto"  # per-token log-probs through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
-    checkpoint_every: int = 50
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    output_dir: str = "outputs/preference"
-    resume: bool = False
-    overwrite: bool = False
-    cpu: bool = False
 
     def __post_init__(self):
-        require_positive(self, ("max_length", "digits", "train_size", "test_size", "rejected_samples", "warmup_lr",
-                                "warmup_batch_size", "warmup_eval_every", "steps", "batch_size", "lr",
-                                "max_grad_norm", "grad_accum", "eval_every", "max_new_tokens", "kl_prompts",
+        super().__post_init__()  # the shared blocks' checks
+        require_positive(self, ("max_length", "rejected_samples", "batch_size", "max_new_tokens", "kl_prompts",
                                 "kl_samples"))
         self.fused = str(self.fused).lower()
-        if self.fused not in ("auto", "true", "false"):
-            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("warmup_steps and checkpoint_every must be >= 0")
-        if not self.operations or any(op not in ARITHMETIC_OPERATIONS for op in self.operations):
-            raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
+        gives_hidden_states(self.fused, 0)  # checks the setting
         if self.data == "builtin" and self.max_new_tokens < self.digits + 2:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({self.digits + 1} "
                              f"characters) and its EOS; use max_new_tokens >= {self.digits + 2}")
-        if self.warmup_target is not None and not 0 < self.warmup_target <= 1:
-            raise ValueError(f"warmup_target must be in (0, 1] (a test accuracy) or null, got {self.warmup_target}")
         if self.warmup_target is not None and self.data != "builtin":
             raise ValueError("warmup_target stops at a test accuracy, which only the built-in task has: set "
                              "warmup_target=null (the warm-up then runs warmup_steps)")
@@ -108,8 +86,6 @@ class PreferenceConfig:
             raise ValueError("reference=none loads no reference, so no KL to it can be measured: set kl_eval=none")
         if self.data == "builtin" and self.held_out is not None:
             raise ValueError("held_out is for a data file; the built-in task holds out test_size problems")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         self.preference_loss()  # every loss option checked now, with PreferenceLoss's own messages
 
     def preference_loss(self) -> PreferenceLoss:

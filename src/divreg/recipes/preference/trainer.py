@@ -182,7 +182,8 @@ class PreferenceTrainer:
             loss_fn = pair_loss_fn(loss_module, reference, self.signal, config.hypo_coef if hypo else 0.0, k)
             totals = backward_micro_batches(accelerator, model, [to_device(b, accelerator.device) for b in micro],
                                             loss_fn, counts=counts)
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
             if kl_estimate is not None:

@@ -7,39 +7,29 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ...config import require_positive
-from ...data import ARITHMETIC_OPERATIONS
 from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, CTRL_TRANSFORMS
 from ...models import ModelSource
+from ...targets import gives_hidden_states
+from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
 from .._lm_task import tiny_llama
 
 REWARD_FUNCTIONS = ("exact_match", "format")
 
 
 @dataclass
-class RLConfig:
-    # the built-in task: integer arithmetic, a train/test split by seed
-    digits: int = 2  # operands of up to this many digits
-    operations: str = "+"  # "+", "*" or "+*" (multiplication: a second operand of 1 digit)
-    train_size: int = 3000  # training problems (prompts)
-    test_size: int = 200  # held-out problems (exact-match accuracy, greedy decoding)
-    data_seed: int = 0  # seeds the split (the same for every training seed)
+class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
+    """The run keys (``seeds``, ``lr``, ``steps``, ...), the built-in task (``digits``, ...) and the
+    warm-up (``warmup_*``) come from the shared blocks of :mod:`divreg.recipes._blocks`."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "outputs/rl"
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
-    # supervised warm-up on the task (CE on the answers), then the RL run starts from its weights
-    warmup_steps: int = 3000  # at most this many steps (0: no warm-up, the policy as given)
-    # stop the warm-up at the first evaluation (every warmup_eval_every steps) whose test accuracy reaches this, so
-    # that every seed starts RL clearly above 0 and clearly below the ceiling (null: always warmup_steps)
-    warmup_target: Optional[float] = 0.3
-    warmup_eval_every: int = 100
-    warmup_lr: float = 0.003
-    warmup_batch_size: int = 64
-    # GRPO
-    steps: int = 200  # RL steps: each generates prompts_per_step x group_size completions
+    # GRPO: each of `steps` steps generates prompts_per_step x group_size completions
     prompts_per_step: int = 16  # global, split over processes
     group_size: int = 8  # completions per prompt (G)
     num_iterations: int = 1  # optimizer updates per generated batch (old log-probs used when > 1)
-    lr: float = 0.0003  # AdamW learning rate of the RL run
     max_new_tokens: int = 6  # completion length limit (EOS ends a completion earlier)
     temperature: float = 1.0  # sampling temperature; log-probs are computed at the same temperature (as TRL)
     top_p: float = 1.0  # nucleus sampling (1: the full distribution)
@@ -92,33 +82,21 @@ class RLConfig:
     # plain reference (the drift); the loss's KL term is logged as kl_term.
     rapo: bool = False
     entropy_coef: float = 0.0  # an entropy bonus: - entropy_coef * (entropy aggregated like the loss)
-    max_grad_norm: float = 1.0  # gradients clipped to this global norm before each update (TRL's default)
     fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
-    grad_accum: int = 1  # micro-batches per update and process
-    eval_every: int = 50  # RL steps between held-out evaluations
-    checkpoint_every: int = 50  # RL steps between checkpoints (0: only at the end)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one warm-up + RL run per seed
-    output_dir: str = "outputs/rl"  # config, metrics, plots, checkpoints
-    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
-    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
-    cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
 
     def __post_init__(self):
-        require_positive(self, ("digits", "train_size", "test_size", "warmup_lr", "warmup_batch_size", "steps",
-                                "prompts_per_step", "group_size", "num_iterations", "lr", "max_new_tokens",
-                                "temperature", "top_p", "grad_accum", "eval_every", "kl_horizon", "max_grad_norm"))
+        super().__post_init__()  # the shared blocks' checks
+        require_positive(self, ("prompts_per_step", "group_size", "num_iterations", "max_new_tokens", "temperature",
+                                "top_p", "kl_horizon"))
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
-        if self.fused not in ("auto", "true", "false"):
-            raise ValueError(f"fused must be 'auto', 'true' or 'false', got {self.fused!r}")
+        gives_hidden_states(self.fused, 0)  # checks the setting
         if not self.advantage_eps > 0:
             raise ValueError(f"advantage_eps must be > 0 (a group whose rewards are all equal has std 0), got "
                              f"{self.advantage_eps}")
-        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.kl_coef < 0:
-            raise ValueError("warmup_steps, checkpoint_every and kl_coef must be >= 0")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
         if self.top_p > 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.operations or any(op not in ARITHMETIC_OPERATIONS for op in self.operations):
-            raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
         if self.advantage_scale not in ADVANTAGE_SCALES:
             raise ValueError(f"advantage_scale must be one of {list(ADVANTAGE_SCALES)}, got {self.advantage_scale!r}")
         if self.group_size < 2 and self.advantage_scale == "group":
@@ -136,10 +114,6 @@ class RLConfig:
         if self.max_new_tokens < longest + 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
                              f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
-        if self.warmup_target is not None and not 0 < self.warmup_target <= 1:
-            raise ValueError(f"warmup_target must be in (0, 1] (a test accuracy) or null, got {self.warmup_target}")
-        if self.warmup_eval_every < 1:
-            raise ValueError(f"warmup_eval_every must be >= 1, got {self.warmup_eval_every}")
         if self.kl_coef_decay < 0 or self.kl_coef_floor < 0 or self.kl_coef_floor > self.kl_coef:
             raise ValueError(f"kl_coef_decay and kl_coef_floor must be >= 0 with kl_coef_floor <= kl_coef, got "
                              f"{self.kl_coef_decay}, {self.kl_coef_floor} (kl_coef={self.kl_coef})")
@@ -191,8 +165,6 @@ class RLConfig:
             raise ValueError(f"entropy_coef must be >= 0 (a bonus), got {self.entropy_coef}")
         if not self.dads_scale > 0 or not self.stcr_base > 1:
             raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
         # aggregation option checked now, with GRPOLoss's own messages
 

@@ -188,7 +188,8 @@ class RLTrainer:
             micro = rollout.micro_batches(config.grad_accum)
             for _ in range(config.num_iterations):
                 totals = backward_micro_batches(accelerator, model, micro, self.loss_fn(reference, coef))
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             completions = float(accelerator.reduce(torch.tensor(float(len(rollout)), device=accelerator.device),

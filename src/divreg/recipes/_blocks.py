@@ -1,0 +1,87 @@
+"""Config blocks the LM recipes share (TRL's ``BaseConfig`` pattern: a recipe's config declares
+only what is specific to it). Each concept has one name, one comment and one check here; a
+recipe's dataclass inherits the blocks it uses (its keys stay flat: ``lr=...``, ``digits=...``)
+and may only change a default. ``RENAMED`` maps an old key to the message that names its new
+one (:func:`divreg.config.load_config` refuses the old key with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+from ..config import require_positive
+from ..data import ARITHMETIC_OPERATIONS
+
+
+def _next_check(block, cls) -> None:
+    """Run the next block's checks in the MRO (cooperative ``__post_init__``)."""
+    following = getattr(super(cls, block), "__post_init__", None)
+    if following is not None:
+        following()
+
+
+@dataclass
+class RunBlock:
+    """The keys of a training run, in every LM recipe."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed (its models, data order, samples)
+    output_dir: str = "outputs/run"  # config, metrics, plots, checkpoints
+    lr: float = 0.0003  # AdamW learning rate of the main runs
+    steps: int = 200  # optimizer steps of each main run
+    eval_every: int = 50  # steps between held-out evaluations
+    grad_accum: int = 1  # micro-batches per optimizer step and process
+    max_grad_norm: Optional[float] = 1.0  # gradients clipped to this global norm before each step (null: never)
+    checkpoint_every: int = 50  # steps between checkpoints (0: only at the end)
+    resume: bool = False  # continue from the checkpoints in output_dir (refused if the config differs)
+    overwrite: bool = False  # replace a previous run in output_dir (without it, a run there is refused)
+    cpu: bool = False  # stay on the CPU even with a GPU (always true without CUDA)
+
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self):
+        require_positive(self, ("lr", "steps", "eval_every", "grad_accum"))
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
+        _next_check(self, RunBlock)
+
+
+@dataclass
+class ArithmeticBlock:
+    """The built-in verifiable task (integer arithmetic), in every LM recipe that has it."""
+
+    digits: int = 2  # operands of up to this many digits
+    operations: str = "+"  # "+", "*" or "+*" (multiplication: a second operand of 1 digit)
+    train_size: int = 3000  # training problems (prompts)
+    test_size: int = 200  # held-out problems (exact-match accuracy, greedy decoding)
+    data_seed: int = 0  # seeds the data split (the same for every run seed)
+
+    def __post_init__(self):
+        require_positive(self, ("digits", "train_size", "test_size"))
+        if not self.operations or any(op not in ARITHMETIC_OPERATIONS for op in self.operations):
+            raise ValueError(f"operations must be made of {list(ARITHMETIC_OPERATIONS)}, got {self.operations!r}")
+        _next_check(self, ArithmeticBlock)
+
+
+@dataclass
+class WarmupBlock:
+    """The supervised warm-up (CE on the task's answers) the RL and preference runs start from."""
+
+    warmup_steps: int = 3000  # at most this many steps (0: no warm-up, the policy as given)
+    # stop the warm-up at the first evaluation (every warmup_eval_every steps) whose test accuracy reaches this, so
+    # that every seed starts clearly above 0 and clearly below the ceiling (null: always warmup_steps)
+    warmup_target: Optional[float] = 0.3
+    warmup_eval_every: int = 100
+    warmup_lr: float = 0.003
+    warmup_batch_size: int = 64
+
+    def __post_init__(self):
+        require_positive(self, ("warmup_lr", "warmup_batch_size", "warmup_eval_every"))
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_target is not None and not 0 < self.warmup_target <= 1:
+            raise ValueError(f"warmup_target must be in (0, 1] (a test accuracy) or null, got {self.warmup_target}")
+        _next_check(self, WarmupBlock)
