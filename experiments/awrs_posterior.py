@@ -34,7 +34,7 @@ from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.generation import (BigramLM, Predicate, distribution_kl, exact_importance_resampling,
                                exact_locally_constrained, exact_posterior, given_success, rejection_sampling, smc,
-                               total_variation)
+                               outcome_total_variation)
 
 EOS, MAX_TOKENS = 7, 4
 PARTICLES = (1, 4, 16, 64)
@@ -75,22 +75,22 @@ def toy(seed: int, runs: int) -> dict:
     lm = BigramLM.random(8, EOS, torch.Generator().manual_seed(seed))
     pi, _ = exact_posterior(lm, CONSTRAINT, MAX_TOKENS)
     q, failure = exact_locally_constrained(lm, CONSTRAINT, MAX_TOKENS)
-    out = {"lcd_tv": total_variation(pi, q, 0.0, failure), "lcd_failure": failure,
+    out = {"lcd_tv": outcome_total_variation(pi, q, 0.0, failure), "lcd_failure": failure,
            "lcd_kl": distribution_kl(given_success(q, failure), pi)}
     generator = torch.Generator().manual_seed(1000 + seed)
     for n in PARTICLES:
         exact_n, fail_n = exact_importance_resampling(pi, q, failure, n)
-        out[f"is_tv_{n}"] = total_variation(pi, exact_n, 0.0, fail_n)
+        out[f"is_tv_{n}"] = outcome_total_variation(pi, exact_n, 0.0, fail_n)
         out[f"is_kl_{n}"] = distribution_kl(given_success(exact_n, fail_n), pi)
         merged, fail, parts, calls = _smc_distribution(lm, n, runs, generator)
-        out[f"awrs_tv_{n}"] = total_variation(pi, merged, 0.0, fail)
-        out[f"awrs_noise_{n}"] = total_variation(parts[0][0], parts[1][0], parts[0][1], parts[1][1]) / 2
+        out[f"awrs_tv_{n}"] = outcome_total_variation(pi, merged, 0.0, fail)
+        out[f"awrs_noise_{n}"] = outcome_total_variation(parts[0][0], parts[1][0], parts[0][1], parts[1][1]) / 2
         out[f"awrs_calls_{n}"] = calls
     rejection = rejection_sampling(lm, CONSTRAINT, runs, max_tokens=MAX_TOKENS, generator=generator)
     samples = {}
     for y in rejection.samples:
         samples[y] = samples.get(y, 0.0) + 1 / len(rejection.samples)
-    out["rejection_tv"] = total_variation(pi, samples)
+    out["rejection_tv"] = outcome_total_variation(pi, samples)
     out["rejection_cost"] = rejection.attempts / len(rejection.samples)
     return out
 

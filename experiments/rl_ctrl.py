@@ -8,7 +8,8 @@ KL-optimal policy of a reward R at coefficient beta is the tilted pi0 exp(R / be
 found by bisection so that KL(pi || pi0) equals the target; best-of-N from a policy has the
 distribution F(y)^N - F^-(y)^N over outcomes sorted by reward; the win rate of best-of-N from pi
 against best-of-N from pi0 counts ties one half. The calibrated reward is the population form of
-`divreg.losses.calibrated_rewards`: C(y) = P_pi0(r < r(y)) + pi0(y) / 2.
+`divreg.rl.calibrated_rewards`: C(y) = P_pi0(r < r(y)) + pi0(y) / 2. The exact parts are
+`divreg.alignment`'s (tilted_policy, beta_for_kl, best_of_n, win_rate, calibrate).
 
     .venv/bin/python experiments/rl_ctrl.py      # seconds; writes outputs/experiments/rl_ctrl.png
 """
@@ -21,49 +22,15 @@ import math
 import torch
 
 from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
+from divreg.alignment import beta_for_kl, best_of_n, calibrate, tilted_policy, win_rate
 from divreg.rl import ctrl_transform
 
 torch.set_default_dtype(torch.float64)
 
 
-def tilted(pi0: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    return torch.softmax(pi0.log() + reward / beta, -1)
-
-
-def kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    return float(torch.where(p > 0, p * (p.log() - q.log()), 0.0).sum())
-
-
 def at_kl(pi0: torch.Tensor, reward: torch.Tensor, target: float) -> torch.Tensor:
-    """The tilted policy whose KL to pi0 is ``target`` (bisection on log beta)."""
-    spread = float(reward.max() - reward.min())
-    low, high = math.log(spread * 1e-6), math.log(spread * 1e6)  # log beta, scaled to the reward: KL falls as beta grows
-    for _ in range(200):
-        middle = (low + high) / 2
-        if kl(tilted(pi0, reward, math.exp(middle)), pi0) > target:
-            low = middle
-        else:
-            high = middle
-    policy = tilted(pi0, reward, math.exp((low + high) / 2))
-    if abs(kl(policy, pi0) - target) > 1e-6:
-        raise RuntimeError(f"no beta reaches KL {target} (got {kl(policy, pi0)}): widen the bracket")
-    return policy
-
-
-def best_of_n(policy: torch.Tensor, order: torch.Tensor, n: int) -> torch.Tensor:
-    """The distribution of the highest-reward of n samples (outcomes sorted by reward via ``order``)."""
-    sorted_p = policy[order]
-    upper = sorted_p.cumsum(0).clamp(max=1.0)
-    lower = upper - sorted_p
-    out = torch.empty_like(policy)
-    out[order] = upper ** n - lower ** n
-    return out
-
-
-def win_rate(p: torch.Tensor, q: torch.Tensor, reward: torch.Tensor) -> float:
-    """P(r(Y) > r(Y')) + P(=)/2 with Y ~ p, Y' ~ q (distinct rewards: ties only for Y = Y')."""
-    below = (reward[None, :] < reward[:, None]).double()
-    return float(p @ below @ q + 0.5 * (p * q).sum())
+    """The tilted policy whose KL to pi0 is ``target``."""
+    return tilted_policy(pi0, reward, beta_for_kl(pi0, reward, target))
 
 
 def main() -> None:
@@ -78,20 +45,17 @@ def main() -> None:
     # rates): the KL-optimal policy of the raw reward depends on its shape, the calibrated one does not
     shapes = {"z": z, "z^3": z ** 3, "tanh(z)": torch.tanh(z)}
     reward = z  # the ranking, for best-of-N and the win rate
-    order = torch.argsort(reward)
-    below = torch.zeros_like(pi0)
-    below[order] = pi0[order].cumsum(0) - pi0[order]
-    calibrated = below + pi0 / 2  # C(y) under pi0
+    calibrated = calibrate(pi0, reward)  # C(y) under pi0
     ts = [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256]
     rows, curves = [], {}
     for n in (4, 16):
-        base = best_of_n(pi0, order, n)
+        base = best_of_n(pi0, reward, n)
         for target in (0.25, 1.0, 2.0):
-            raws = {name: win_rate(best_of_n(at_kl(pi0, shaped, target), order, n), base, reward)
+            raws = {name: win_rate(best_of_n(at_kl(pi0, shaped, target), reward, n), base, reward)
                     for name, shaped in shapes.items()}
             raw = max(raws.values())
-            identity = win_rate(best_of_n(at_kl(pi0, calibrated, target), order, n), base, reward)
-            by_t = {t: win_rate(best_of_n(at_kl(pi0, ctrl_transform(calibrated, "best_of_n", t), target), order, n),
+            identity = win_rate(best_of_n(at_kl(pi0, calibrated, target), reward, n), base, reward)
+            by_t = {t: win_rate(best_of_n(at_kl(pi0, ctrl_transform(calibrated, "best_of_n", t), target), reward, n),
                                 base, reward) for t in ts}
             best_t = max(by_t, key=by_t.get)
             rows.append({"claim": f"CTRL's exp(tC) beats the untransformed reward at best-of-{n}, KL {target}",

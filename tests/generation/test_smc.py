@@ -16,7 +16,7 @@ from scipy.integrate import quad
 
 from divreg.generation import (BigramLM, Predicate, Regex, TransformersLM, distribution_kl,
                                exact_importance_resampling, exact_locally_constrained, exact_posterior, given_success,
-                               rejection_sampling, resample_indices, smc, total_variation)
+                               rejection_sampling, resample_indices, smc, outcome_total_variation)
 
 EOS, MAX = 7, 4
 
@@ -107,7 +107,7 @@ def test_exact_importance_resampling_against_quadrature_and_sums(exact):
                                                                                    + failure) ** (n - 1),
                                                  0, np.inf, epsabs=0, epsrel=1e-11, limit=200)[0]
             assert dist[outputs[i]] == pytest.approx(reference, rel=1e-8, abs=1e-13)
-    tvs = [total_variation(pi, *exact_importance_resampling(pi, q, failure, n)[::1], 0.0) for n in (1, 4, 16, 64)]
+    tvs = [outcome_total_variation(pi, *exact_importance_resampling(pi, q, failure, n)[::1], 0.0) for n in (1, 4, 16, 64)]
     assert tvs == sorted(tvs, reverse=True) and tvs[-1] < 0.05
 
 
@@ -170,9 +170,9 @@ def test_awrs_smc_approaches_the_posterior_as_particles_grow(lm, exact):
     tv = {}
     for n, runs in [(1, 400), (4, 200), (32, 60)]:
         means, _, dead, _ = _average_distribution(lm, n, runs, 3)
-        tv[n] = total_variation(pi, means, 0.0, dead)
+        tv[n] = outcome_total_variation(pi, means, 0.0, dead)
     assert tv[1] > tv[4] > tv[32] and tv[32] < 0.12, tv
-    assert abs(tv[1] - total_variation(pi, q, 0.0, failure)) < 0.1  # one particle: locally constrained decoding
+    assert abs(tv[1] - outcome_total_variation(pi, q, 0.0, failure)) < 0.1  # one particle: locally constrained decoding
 
 
 def test_rejection_sampling_is_exact(lm, exact):
@@ -244,14 +244,14 @@ def test_transformers_particles_use_the_cache_correctly_and_reach_the_posterior(
     constraint = Regex(r"(1|2)+0?3", vocabulary, eos_token_id=5)
     pi, _ = exact_posterior(lm, constraint, 3)
     q, failure = exact_locally_constrained(lm, constraint, 3)
-    assert total_variation(pi, q, 0.0, failure) > 0.5  # masking is far from the posterior here
+    assert outcome_total_variation(pi, q, 0.0, failure) > 0.5  # masking is far from the posterior here
     means, runs = {}, 80
     generator = torch.Generator().manual_seed(0)
     for _ in range(runs):
         result = smc(lm, constraint, 16, max_tokens=3, generator=generator)
         for y, weight in result.distribution().items():
             means[y] = means.get(y, 0.0) + weight / runs
-    assert set(means) <= set(pi) and total_variation(pi, means) < 0.15  # 0.07 with 200 runs
+    assert set(means) <= set(pi) and outcome_total_variation(pi, means) < 0.15  # 0.07 with 200 runs
     with pytest.raises(ValueError, match="prompt_ids is empty"):
         TransformersLM(lm.model, [])
     lm.model.config.eos_token_id = [5, 3]

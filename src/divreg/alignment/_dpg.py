@@ -31,7 +31,7 @@ def _check(*tensors: Tensor) -> None:
         raise ValueError(f"the log-values must be non-empty 1-D tensors of one shape, got {sorted(map(tuple, shapes))}")
 
 
-def log_importance_weights(log_target: Tensor, proposal_logprobs: Tensor) -> Tensor:
+def log_importance_ratios(log_target: Tensor, proposal_logprobs: Tensor) -> Tensor:
     r""":math:`\log (P(y_i)/q(y_i))` (-inf where the target is 0, e.g. a violated constraint)."""
     _check(log_target, proposal_logprobs)
     return log_target - proposal_logprobs
@@ -39,7 +39,7 @@ def log_importance_weights(log_target: Tensor, proposal_logprobs: Tensor) -> Ten
 
 def log_partition_estimate(log_target: Tensor, proposal_logprobs: Tensor) -> Tensor:
     r""":math:`\log \hat Z = \log \frac1N \sum_i P(y_i)/q(y_i)` (unbiased for Z, not for log Z)."""
-    weights = log_importance_weights(log_target, proposal_logprobs)
+    weights = log_importance_ratios(log_target, proposal_logprobs)
     return torch.logsumexp(weights, 0) - math.log(weights.numel())
 
 
@@ -54,7 +54,7 @@ def dpg_surrogate(policy_logprobs: Tensor, log_target: Tensor, proposal_logprobs
     if not bool(torch.isfinite(torch.as_tensor(log_z))):
         raise ValueError("no sample has target mass > 0 (every log_target is -inf, e.g. a constraint none satisfies): "
                          "there is nothing to match; draw more samples or use a proposal closer to the target")
-    weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z).detach()
+    weights = torch.exp(log_importance_ratios(log_target, proposal_logprobs) - log_z).detach()
     return -weights * policy_logprobs
 
 
@@ -72,7 +72,7 @@ def dpg_kl_estimates(policy_logprobs: Tensor, log_target: Tensor, proposal_logpr
     log_z = log_partition_estimate(log_target, proposal_logprobs)
     if not bool(torch.isfinite(log_z)):
         raise ValueError("no sample has target mass > 0: the KLs to the target cannot be estimated from these samples")
-    weights = torch.exp(log_importance_weights(log_target, proposal_logprobs) - log_z)
+    weights = torch.exp(log_importance_ratios(log_target, proposal_logprobs) - log_z)
     keep = weights > 0
     n = weights.numel()
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..divergences import forward_kl
+
 
 def _distribution(probs, name: str = "base") -> Tensor:
     # a Python list becomes float64 directly (torch.as_tensor would round it to float32 first)
@@ -54,10 +56,7 @@ def kl(p, q) -> float:
     p, q = _distribution(p, "p"), _distribution(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"p and q differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
-    support = p > 0
-    if bool((q[support] == 0).any()):
-        return math.inf
-    return float((p[support] * (p[support].log() - q[support].log())).sum())
+    return float(forward_kl(q.log(), p.log()))  # the zoo's KL(p || q) on log-probabilities, in float64
 
 
 def log_partition(base, rewards, beta: float) -> float:

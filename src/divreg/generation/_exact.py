@@ -132,7 +132,9 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
 
 
 def distribution_kl(p: dict, q: dict) -> float:
-    """KL(p || q) over dict distributions (inf where p > 0 = q)."""
+    """KL(p || q) over dict distributions (inf where p > 0 = q): distributions over enumerated
+    outputs, sparse and keyed by sequence, where :mod:`divreg.divergences` compares dense logit
+    vectors over one vocabulary (building those would enumerate every possible output)."""
     total = 0.0
     for y, value in p.items():
         if value <= 0:
@@ -144,8 +146,11 @@ def distribution_kl(p: dict, q: dict) -> float:
     return total
 
 
-def total_variation(p: dict, q: dict, p_failure: float = 0.0, q_failure: float = 0.0) -> float:
-    """Half the L1 distance; failures (no output) are an outcome of their own."""
+def outcome_total_variation(p: dict, q: dict, p_failure: float = 0.0, q_failure: float = 0.0) -> float:
+    """Half the L1 distance between two distributions over *outputs* (dicts of sequences, sparse
+    over an enumerated space; failures, no output, an outcome of their own): not
+    :func:`divreg.divergences.total_variation`, which compares two logit vectors over one
+    vocabulary."""
     keys = set(p) | set(q)
     return 0.5 * (sum(abs(p.get(y, 0.0) - q.get(y, 0.0)) for y in keys) + abs(p_failure - q_failure))
 

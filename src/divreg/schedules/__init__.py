@@ -3,8 +3,8 @@ divreg is a number or a :class:`Schedule`; stateful schedules also ``observe(met
 live in checkpoints (``state_dict`` / ``load_state_dict``)."""
 
 from ._adaptive import AdaptiveKLController, AdaptiveReplayProbability
-from ._base import Schedule, as_schedule
-from ._ramps import Constant, LinearDecay, LinearRamp
+from ._base import Schedule
+from ._ramps import Constant, LinearDecay, LinearRamp, as_schedule
 
 __all__ = ["AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearDecay", "LinearRamp", "Schedule",
            "as_schedule"]

@@ -3,7 +3,7 @@ optional state that moves with observed metrics and is saved in checkpoints."""
 
 from __future__ import annotations
 
-from typing import Mapping, Union
+from typing import Mapping
 
 
 class Schedule:
@@ -28,19 +28,3 @@ class Schedule:
     def load_state_dict(self, state: Mapping) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} has no state, got {dict(state)!r}")
-
-
-def as_schedule(weight: Union[float, int, Schedule]) -> Schedule:
-    """A weight as a schedule: a number becomes :class:`Constant`; a schedule stays itself.
-
-    Example:
-        >>> as_schedule(0.5)(step=10)
-        0.5
-    """
-    if isinstance(weight, Schedule):
-        return weight
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(f"a weight must be a number or a divreg.schedules.Schedule, got {weight!r}")
-    from ._ramps import Constant
-
-    return Constant(weight)

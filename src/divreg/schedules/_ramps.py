@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Union
 
 from ._base import Schedule
 
@@ -78,3 +79,17 @@ class LinearDecay(Schedule):
 
     def __repr__(self) -> str:
         return f"LinearDecay(start={self.start}, floor={self.floor}, delta={self.delta})"
+
+
+def as_schedule(weight: Union[float, int, Schedule]) -> Schedule:
+    """A weight as a schedule: a number becomes :class:`Constant`; a schedule stays itself.
+
+    Example:
+        >>> as_schedule(0.5)(step=10)
+        0.5
+    """
+    if isinstance(weight, Schedule):
+        return weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"a weight must be a number or a divreg.schedules.Schedule, got {weight!r}")
+    return Constant(weight)
