@@ -76,6 +76,12 @@ def mean_std(values) -> tuple[float, float]:
     return sum(values) / len(values), sample_std(values)
 
 
+def mean_se(values) -> tuple[float, float]:
+    """(mean, standard error of the mean) of ``values`` over seeds (:func:`sample_std` / sqrt(n))."""
+    mean, std = mean_std(values)
+    return mean, seed_se(std, len(values))
+
+
 def seed_summary(runs: list[dict]) -> dict:
     """``{key: (mean, sample std)}`` over seeds of per-seed ``{key: value}`` results."""
     return {key: mean_std([r[key] for r in runs]) for key in runs[0]}

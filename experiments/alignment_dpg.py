@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_se, print_rows, pyplot, save_figure
 import divreg.alignment as A
 
 OUTCOMES, BETA, SAMPLES, STEPS, LR, SEEDS = 50, 0.5, 32, 300, 0.05, 10
@@ -68,7 +68,7 @@ def main() -> None:
 
     def stat(name, step):
         values = [t[step] for t in traces[name]]
-        return statistics.fmean(values), seed_se(statistics.stdev(values), len(values))
+        return mean_se(values)
 
     for name in PROPOSALS:
         print(f"| {name} | " + " | ".join("{:.4f} +- {:.4f}".format(*stat(name, s)) for s in (0, 50, 100, STEPS))

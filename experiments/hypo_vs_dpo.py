@@ -31,7 +31,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, mean_se, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import hypo_kl_surrogate, preference_loss
 
 torch.set_default_dtype(torch.float64)
@@ -97,7 +97,7 @@ def main() -> None:
 
     def stat(key, p, m, index=-1):
         values = [t[key][index] for t in traces[(p, m)]]
-        return statistics.fmean(values), seed_se(statistics.stdev(values), len(values))
+        return mean_se(values)
 
     print(f"{args.seeds} seeds, {args.steps} steps; mean +- standard error over seeds, at the midpoint / the end\n")
     print("| policy | method | KL(pi || ref) mid | KL end | unseen mass mid | unseen mass end | E[r] end |")
@@ -108,18 +108,18 @@ def main() -> None:
                  for k, i in (("kl", half), ("kl", -1), ("unseen", half), ("unseen", -1), ("reward", -1))]
         print(f"| {p} | {m} | " + " | ".join(cells) + " |")
     print(f"(the reference's E[r]: {statistics.fmean(reference):.3f} +- "
-          f"{seed_se(statistics.stdev(reference), len(reference)):.3f}; its unseen mass: "
+          f"{seed_se(sample_std(reference), len(reference)):.3f}; its unseen mass: "
           f"{statistics.fmean(float(problem(s)['ref'].exp()[SEEN:].sum()) for s in seeds):.3f})\n")
     rows = []
     for p in ("tabular", "log-linear"):
         for key, name in (("kl", "KL(pi || ref)"), ("unseen", "mass on unseen responses")):
             growth = [t[key][-1] - t[key][half] for t in traces[(p, "dpo")]]
-            mean, se = statistics.fmean(growth), seed_se(statistics.stdev(growth), len(growth))
+            mean, se = mean_se(growth)
             rows.append({"claim": f"{p}: DPO's {name} keeps growing (end - midpoint > 0)",
                          "our figure": f"{mean:+.3f} +- {se:.3f}", "verdict": grade(mean, 0.0, se, 0.0)})
             if key == "unseen":  # the extrapolation claim itself: more mass on unseen responses than the reference
                 rise = [t[key][-1] - t[key][0] for t in traces[(p, "dpo")]]
-                mean, se = statistics.fmean(rise), seed_se(statistics.stdev(rise), len(rise))
+                mean, se = mean_se(rise)
                 rows.append({"claim": f"{p}: DPO puts more mass on unseen responses than the reference (end - start)",
                              "our figure": f"{mean:+.3f} +- {se:.3f}", "verdict": grade(mean, 0.0, se, 0.0)})
             for m in list(METHODS)[1:]:
@@ -130,7 +130,7 @@ def main() -> None:
         for m in list(METHODS)[1:]:
             dpo, hypo = stat("reward", p, "dpo"), stat("reward", p, m)
             difference = [h["reward"][-1] - d["reward"][-1] for h, d in zip(traces[(p, m)], traces[(p, "dpo")])]
-            mean, se = statistics.fmean(difference), seed_se(statistics.stdev(difference), len(difference))
+            mean, se = mean_se(difference)
             rows.append({"claim": f"{p}: {m}'s true reward is not below DPO's (paired over seeds)",
                          "our figure": f"{m} - DPO = {mean:+.3f} +- {se:.3f} ({hypo[0]:.3f} vs {dpo[0]:.3f})",
                          "verdict": "did not hold" if mean < -2 * se else "held"})

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se

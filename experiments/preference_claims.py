@@ -24,11 +24,7 @@ import json
 import os
 import statistics
 
-from _verdict import grade, print_rows, seed_se
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), seed_se(statistics.stdev(values), len(values)) if len(values) > 1 else 0.0
+from _verdict import grade, mean_se, print_rows
 
 
 def main() -> None:

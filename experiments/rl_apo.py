@@ -28,7 +28,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import GRPOLoss
 from divreg.rl import dads_kl_weights, group_advantages
 
@@ -108,7 +108,7 @@ def _plot(summaries: dict, lengths: dict, folder: str) -> None:
         keys = ["kl_easy", "kl_hard"]
         for offset, (dads, label) in enumerate(((False, "GRPO"), (True, "DADS"))):
             means = [statistics.fmean(summary[dads][key]) for key in keys]
-            errors = [statistics.stdev(summary[dads][key]) for key in keys]
+            errors = [sample_std(summary[dads][key]) for key in keys]
             axis.bar([i + 0.4 * offset for i in range(len(keys))], means, width=0.4, yerr=errors, label=label)
         axis.set_xticks([0.2, 1.2], ["easy prompts", "hard prompts"])
         axis.set_ylabel("KL(pi || ref) at the end")
@@ -117,7 +117,7 @@ def _plot(summaries: dict, lengths: dict, folder: str) -> None:
     axis = axes[-1]
     for offset, (stcr, label) in enumerate(((False, "GRPO"), (True, "STCR"))):
         values = [r[0] for r in lengths[stcr]]
-        axis.bar([0.4 * offset], [statistics.fmean(values)], width=0.4, yerr=[statistics.stdev(values)], label=label)
+        axis.bar([0.4 * offset], [statistics.fmean(values)], width=0.4, yerr=[sample_std(values)], label=label)
     axis.set_xticks([0.2], ["E[L | wrong]"])
     axis.set_title("STCR: mean length of a wrong answer")
     axis.legend(fontsize=7)
@@ -145,20 +145,20 @@ def main() -> None:
             a, b = summary[True][key], summary[False][key]
             claim = f"DADS gives a higher {what} than GRPO's uniform KL weight (beta {beta})"
             rows.append({"claim": claim,
-                         "our figure": f"{statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f} vs "
-                                       f"{statistics.fmean(b):.4f} ± {statistics.stdev(b):.4f} ({args.seeds} seeds)",
+                         "our figure": f"{statistics.fmean(a):.4f} ± {sample_std(a):.4f} vs "
+                                       f"{statistics.fmean(b):.4f} ± {sample_std(b):.4f} ({args.seeds} seeds)",
                          "verdict": grade(statistics.fmean(a), statistics.fmean(b),
-                                          seed_se(statistics.stdev(a), args.seeds),
-                                          seed_se(statistics.stdev(b), args.seeds))})
+                                          seed_se(sample_std(a), args.seeds),
+                                          seed_se(sample_std(b), args.seeds))})
     lengths = {stcr: [train_lengths(seed, stcr, 100) for seed in range(args.seeds)] for stcr in (False, True)}
     a, b = [r[0] for r in lengths[True]], [r[0] for r in lengths[False]]
     rows.append({"claim": "STCR shortens wrong answers (lower E[L | wrong] than GRPO)",
-                 "our figure": f"{statistics.fmean(a):.1f} ± {statistics.stdev(a):.1f} vs {statistics.fmean(b):.1f} ± "
-                               f"{statistics.stdev(b):.1f} tokens; p(right) "
+                 "our figure": f"{statistics.fmean(a):.1f} ± {sample_std(a):.1f} vs {statistics.fmean(b):.1f} ± "
+                               f"{sample_std(b):.1f} tokens; p(right) "
                                f"{statistics.fmean(r[1] for r in lengths[True]):.3f} vs "
                                f"{statistics.fmean(r[1] for r in lengths[False]):.3f} ({args.seeds} seeds)",
-                 "verdict": grade(statistics.fmean(a), statistics.fmean(b), seed_se(statistics.stdev(a), args.seeds),
-                                  seed_se(statistics.stdev(b), args.seeds), higher_is_better=False)})
+                 "verdict": grade(statistics.fmean(a), statistics.fmean(b), seed_se(sample_std(a), args.seeds),
+                                  seed_se(sample_std(b), args.seeds), higher_is_better=False)})
     print_rows(rows)
     _plot(summaries, lengths, args.output_dir)
 

@@ -17,7 +17,6 @@ against best-of-N from pi0 counts ties one half. The calibrated reward is the po
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 
-from _verdict import grade, grade_equal, print_rows, proportion_se
+from _verdict import grade, grade_equal, mean_se, print_rows, proportion_se
 
 
 def main() -> None:
@@ -45,7 +44,7 @@ def main() -> None:
                      "our figure": f"{before:.3f} -> {after:.3f} ({n} problems)",
                      "verdict": grade(after, before, proportion_se(after, n), proportion_se(before, n))})
     if len(gains) > 1:
-        mean, se = statistics.fmean(gains), statistics.stdev(gains) / math.sqrt(len(gains))
+        mean, se = mean_se(gains)
         rows.append({"claim": f"GRPO improves held-out accuracy over the warm-up model ({len(gains)} seeds)",
                      "our figure": f"gain {mean:+.3f} ± {se:.3f} (standard error over seeds)",
                      "verdict": grade(mean, 0.0, se, 0.0)})
@@ -57,7 +56,7 @@ def main() -> None:
     for name in sorted({r["run"] for r in steps}):
         gaps = [r["kl_gap"] for r in steps if r["run"] == name]
         blocks += [statistics.fmean(gaps[i:i + 20]) for i in range(0, len(gaps) - 19, 20)]
-    mean, se = statistics.fmean(blocks), statistics.stdev(blocks) / math.sqrt(len(blocks))
+    mean, se = mean_se(blocks)
     exact = statistics.fmean(r["kl_exact"] for r in steps)
     rows.append({"claim": "k3 is an unbiased estimate of KL(pi || ref) per token (no bias detected = held)",
                  "our figure": f"k3 - exact = {mean:+.4f} ± {se:.4f} over {len(steps)} steps ({len(blocks)} blocks of 20; "

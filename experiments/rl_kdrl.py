@@ -28,7 +28,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 TEACHER = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
            "num_key_value_heads": 4, "intermediate_size": 256, "max_position_embeddings": 32,
@@ -97,7 +97,7 @@ def main() -> None:
     seeds = len(reached["kdrl"])
 
     def mean_std(values):
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), sample_std(values) if len(values) > 1 else 0.0
 
     rows = []
     def steps_se(spread: float) -> float:

@@ -26,7 +26,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, save_figure, seed_se
+from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import GRPOLoss, LpReg
 from divreg.rl import group_advantages, lp_reg_token_mask, min_p_proxy_logprobs
 
@@ -100,12 +100,12 @@ def main() -> None:
             b = [results[("grpo", seed)][index][-1] for seed in range(args.seeds)]
             rows.append({"claim": f"Lp-Reg keeps a higher {what} than plain GRPO (rare plan {rare_prob}, common "
                                   f"{common}, {noise} noise plans, {answers_count} answers)",
-                         "our figure": f"{statistics.fmean(a):.3f} ± {statistics.stdev(a):.3f} vs "
-                                       f"{statistics.fmean(b):.3f} ± {statistics.stdev(b):.3f} after {args.steps} "
+                         "our figure": f"{statistics.fmean(a):.3f} ± {sample_std(a):.3f} vs "
+                                       f"{statistics.fmean(b):.3f} ± {sample_std(b):.3f} after {args.steps} "
                                        f"steps ({args.seeds} seeds)",
                          "verdict": grade(statistics.fmean(a), statistics.fmean(b),
-                                          seed_se(statistics.stdev(a), args.seeds),
-                                          seed_se(statistics.stdev(b), args.seeds))})
+                                          seed_se(sample_std(a), args.seeds),
+                                          seed_se(sample_std(b), args.seeds))})
         if setting == SETTINGS[0]:
             shown = results  # the plot: the first setting, where the rare plan is above the min-p threshold
     print_rows(rows)
