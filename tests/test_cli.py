@@ -8,7 +8,7 @@ import pytest
 
 from divreg.cli import main
 from divreg.config import load_config, to_yaml
-from divreg.recipes.mode_fitting import ModeFittingConfig
+from divreg.recipes.analytics.mode_fitting import ModeFittingConfig
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -37,17 +37,17 @@ COMMANDS = {
     "distill-lm": Command("distill a teacher causal LM into students, one per method",
                           "divreg.recipes.lm_distillation", "DistillLMConfig"),
     "cache-teacher": Command("store a teacher's top-k log-probs per position for later distillation",
-                             "divreg.recipes.teacher_cache", "CacheTeacherConfig"),
+                             "divreg.recipes.lm_distillation.cache", "CacheTeacherConfig"),
     "rl": Command("GRPO with a KL to a frozen reference on a verifiable task (warm-up, then RL), several seeds",
                   "divreg.recipes.rl", "RLConfig"),
     "preference": Command("DPO-family preference optimization and HyPO's online KL from one warm-up model, several seeds",
                           "divreg.recipes.preference", "PreferenceConfig"),
     "frontier": Command("the exact reward-vs-KL frontier of best-of-N and the KL-regularized optimum",
-                        "divreg.recipes.frontier", "FrontierConfig"),
+                        "divreg.recipes.analytics.frontier", "FrontierConfig"),
     "select": Command("data selection by importance resampling (DSIR): the raw examples closest to a target corpus",
                       "divreg.recipes.selection", "SelectConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
-                            "divreg.recipes.mode_fitting", "ModeFittingConfig"),
+                            "divreg.recipes.analytics.mode_fitting", "ModeFittingConfig"),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 
 import divreg.alignment as A
 from divreg.config import load_config
-from divreg.recipes.frontier import FrontierConfig, run
+from divreg.recipes.analytics.frontier import FrontierConfig, run
 
 
 def test_builtin_bernoulli_frontier(tmp_path, capsys):

@@ -13,8 +13,8 @@ import torch
 from divreg.config import load_config
 from divreg.data import IGNORE_INDEX, load_text_records, tokenize_records
 from divreg.recipes.lm_distillation import DistillLMConfig, run
-from divreg.recipes.teacher_cache import CacheTeacherConfig
-from divreg.recipes.teacher_cache import run as cache_teacher
+from divreg.recipes.lm_distillation.cache import CacheTeacherConfig
+from divreg.recipes.lm_distillation.cache import run as cache_teacher
 
 from ..launch import accelerate_prefix
 from . import lm_fixtures as fx

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from divreg import divergences as D
-from divreg.recipes.mode_fitting import ModeFittingConfig, fit, run, summarize, target_logits
+from divreg.recipes.analytics.mode_fitting import ModeFittingConfig, fit, run, summarize, target_logits
 
 
 def test_forward_kl_covers_both_modes_and_reverse_kl_collapses():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from ..._table import format_table
 from ...data import (arithmetic_problems, char_tokenizer, load_preference_records, task_records, tokenize_pairs,
@@ -26,7 +27,7 @@ from ...data import (arithmetic_problems, char_tokenizer, load_preference_record
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
-from .._lm_task import supervised_warmup
+from .._warmup import supervised_warmup
 from .config import PreferenceConfig
 from .trainer import (EXACT_KL_LIMIT, PreferenceTrainer, exact_kl_fits, prompt_of, sequence_logprobs,
                       task_pairs)
@@ -111,85 +112,100 @@ def setup(config: PreferenceConfig, accelerator):
     return tokenizer, data, PreferenceTrainer(accelerator, config, tokenizer, log_path)
 
 
-def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, data: dict, seed: int) -> dict:
-    accelerator = trainer.accelerator
-    checkpoints = os.path.join(config.output_dir, "checkpoints")
-    builtin = "problems" in data
-    pad = tokenizer.pad_token_id
-
-    def build() -> CausalLM:
-        return CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
-
-    if builtin:
-        train_problems, test_problems = data["problems"]
+def _warmup_metric(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, data: dict):
+    """(metric name, metric of a model) the warm-up is evaluated by: the built-in task's held-out
+    exact match, or a data file's held-out chosen answers' mean sequence log-prob."""
+    if "problems" in data:
+        test_problems = data["problems"][1]
         test_prompts = [tokenizer(p.prompt)["input_ids"] for p in test_problems]
+        return "test_accuracy", lambda model: trainer.accuracy(model, test_prompts, test_problems)
+    held_chosen = [p.chosen for p in data["pairs"][1]]
+    return "held_out_chosen_logprob", lambda model: float(sequence_logprobs(
+        trainer.accelerator.unwrap_model(model), held_chosen, tokenizer.pad_token_id, trainer.signal).mean())
 
-        def warmup_metric(model):
-            return trainer.accuracy(model, test_prompts, test_problems)
-        metric = "test_accuracy"
-    else:
-        held_chosen = [p.chosen for p in data["pairs"][1]]
 
-        def warmup_metric(model):  # the held-out chosen answers' mean sequence log-prob
-            return float(sequence_logprobs(accelerator.unwrap_model(model), held_chosen, pad, trainer.signal).mean())
-        metric = "held_out_chosen_logprob"
+def _pairs(config: PreferenceConfig, trainer: PreferenceTrainer, policy, tokenizer, data: dict, seed: int,
+           outcome: dict) -> tuple[list, list]:
+    """(train, held-out) pairs: a data file's, or built from the warm-up model's own wrong answers
+    (written to ``pairs-seed<seed>.jsonl``; the fallbacks counted in ``outcome``)."""
+    if "problems" not in data:
+        return data["pairs"]
+    train_problems, test_problems = data["problems"]
+    train_pairs, records, fallbacks = task_pairs(policy, train_problems, tokenizer, config, seed, 0)
+    held_out, held_records, held_fallbacks = task_pairs(policy, test_problems, tokenizer, config, seed, 1)
+    outcome["fallback_rejected"] = fallbacks + held_fallbacks
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(config.output_dir, f"pairs-seed{seed}.jsonl"), "w") as handle:
+            for split, rows in (("train", records), ("held_out", held_records)):
+                for row in rows:
+                    handle.write(json.dumps({"split": split, **row}) + "\n")
+    return train_pairs, held_out
+
+
+def _reference(config: PreferenceConfig, trainer: PreferenceTrainer, reference, train_pairs, held_out,
+               seed: int) -> tuple[Optional[CausalLM], dict]:
+    """The frozen reference (None when nothing reads it again) and its log-probs of the pairs."""
+    tables = {"train": None, "held_out": None}
+    if reference is None:
+        return None, tables
+    reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
+    splits = {"train": train_pairs, "held_out": held_out} if config.precompute_reference else {"held_out": held_out}
+    tables.update(trainer.reference_logprobs(reference, splits, os.path.join(
+        config.output_dir, "checkpoints",
+        f"reference-logprobs-seed{seed}{'' if config.precompute_reference else '-held-out'}.pt")))
+    if config.precompute_reference and "hypo" not in config.methods and config.kl_eval == "none":
+        reference = None  # nothing reads the reference model again: free it
+    return reference, tables
+
+
+def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, data: dict, seed: int) -> dict:
+    """The warm-up, the pairs, the reference's log-probs, then each method from the warm-up."""
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+
+    def build(state=None) -> CausalLM:
+        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    metric, warmup_metric = _warmup_metric(config, trainer, tokenizer, data)
     policy = build()
-    if config.warmup_steps:
-        result = supervised_warmup(accelerator, policy, data["warmup"], tokenizer, name=f"warmup-seed{seed}",
-                                   seed=seed, steps=config.warmup_steps, batch_size=config.warmup_batch_size,
-                                   lr=config.warmup_lr, grad_accum=config.grad_accum,
-                                   checkpoint_path=os.path.join(checkpoints, f"warmup-seed{seed}.pt"),
-                                   checkpoint_every=config.checkpoint_every * 4, accuracy=warmup_metric,
-                                   target=config.warmup_target, eval_every=config.warmup_eval_every,
-                                   log_path=trainer.log_path, metric=metric)
-        state = result["model"]
-    else:
-        state = policy.state_dict()
+    state = policy.state_dict() if not config.warmup_steps else supervised_warmup(
+        trainer.accelerator, policy, data["warmup"], tokenizer, name=f"warmup-seed{seed}", seed=seed,
+        steps=config.warmup_steps, batch_size=config.warmup_batch_size, lr=config.warmup_lr,
+        grad_accum=config.grad_accum, checkpoint_path=os.path.join(checkpoints, f"warmup-seed{seed}.pt"),
+        checkpoint_every=config.checkpoint_every * 4, accuracy=warmup_metric, target=config.warmup_target,
+        eval_every=config.warmup_eval_every, log_path=trainer.log_path, metric=metric)["model"]
     policy.load_state_dict(state)
     policy.eval()
     outcome = {"warmup": {metric: warmup_metric(policy)}}
-    if builtin:  # the pairs, from the warm-up model's own wrong answers
-        train_pairs, records, fallbacks = task_pairs(policy, train_problems, tokenizer, config, seed, 0)
-        held_out, held_records, held_fallbacks = task_pairs(policy, test_problems, tokenizer, config, seed, 1)
-        outcome["fallback_rejected"] = fallbacks + held_fallbacks
-        if accelerator.is_main_process:
-            with open(os.path.join(config.output_dir, f"pairs-seed{seed}.jsonl"), "w") as handle:
-                for split, rows in (("train", records), ("held_out", held_records)):
-                    for row in rows:
-                        handle.write(json.dumps({"split": split, **row}) + "\n")
-    else:
-        train_pairs, held_out = data["pairs"]
-    reference, tables = None, {"train": None, "held_out": None}
-    if config.reference == "warmup":
-        reference = build()
-        reference.load_state_dict(state)
-        reference = reference.eval().requires_grad_(False).to(accelerator.device)
-        splits = {"train": train_pairs, "held_out": held_out} if config.precompute_reference else {
-            "held_out": held_out}
-        tables.update(trainer.reference_logprobs(reference, splits, os.path.join(
-            checkpoints, f"reference-logprobs-seed{seed}{'' if config.precompute_reference else '-held-out'}.pt")))
-        if config.precompute_reference and "hypo" not in config.methods and config.kl_eval == "none":
-            reference = None  # nothing reads the reference model again: free it
-    kl_prompts = list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]
-    kl_prompts = [list(p) for p in kl_prompts]
+    train_pairs, held_out = _pairs(config, trainer, policy, tokenizer, data, seed, outcome)
+    reference, tables = _reference(config, trainer, build(state) if config.reference == "warmup" else None,
+                                   train_pairs, held_out, seed)
+    kl_prompts = [list(p) for p in list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]]
+    test_set = _test_set(tokenizer, data) if "problems" in data else None
 
     def evaluate(model) -> dict:
         record = trainer.held_out_metrics(model, held_out, tables["held_out"])
-        if builtin:
-            record["test_accuracy"] = trainer.accuracy(model, test_prompts, test_problems)
+        if test_set is not None:
+            record["test_accuracy"] = trainer.accuracy(model, *test_set)
         if reference is not None and config.kl_eval != "none":
             record["kl"] = trainer.kl_to_reference(model, reference, kl_prompts, seed)
         return record
 
     outcome["warmup"] |= evaluate(policy)  # its KL to itself: 0 (a check of the measurement)
     for method in config.methods:
-        model = build()
-        model.load_state_dict(state)
-        result = trainer.optimize(method, model, reference, train_pairs, tables["train"], evaluate, seed,
+        result = trainer.optimize(method, build(state), reference, train_pairs, tables["train"], evaluate, seed,
                                   os.path.join(checkpoints, f"{method}-seed{seed}.pt"))
         outcome[method] = {**result["metrics"], "history": result["state"]["history"],
                            "steps": result["state"]["steps"]}
     return outcome
+
+
+def _test_set(tokenizer, data: dict) -> tuple[list, list]:
+    """(prompt ids, problems) of the built-in task's held-out problems."""
+    test_problems = data["problems"][1]
+    return [tokenizer(p.prompt)["input_ids"] for p in test_problems], test_problems
 
 
 COLUMNS = (("test_accuracy", "held-out exact match"), ("held_out_reward_accuracy", "held-out reward accuracy"),

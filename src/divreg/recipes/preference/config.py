@@ -8,10 +8,10 @@ from typing import Optional
 
 from ...config import require_positive
 from ...losses import PreferenceLoss
-from ...models import ModelSource
+from ...models import ModelSource, tiny_llama
 from ...targets import gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
-from .._lm_task import tiny_llama
+
 
 METHODS = ("dpo", "hypo")
 KL_EVALUATIONS = ("auto", "exact", "sampled", "none")

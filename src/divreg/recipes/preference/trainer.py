@@ -19,8 +19,9 @@ from ...data import (IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, col
 from ...losses import PreferenceLoss, hypo_kl_surrogate
 from ...models import CausalLM, exact_sequence_kl, generate_examples, next_token_signal
 from ...targets import gives_hidden_states, sampled_token_logprobs
-from ...training import RunSpec, backward_micro_batches, derive_seed, load_if_exists, save_atomic, step_batch, train_run
-from .._lm_task import exact_match_accuracy, global_mean, to_device
+from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, load_if_exists, save_atomic,
+                         step_batch, to_device, train_run)
+from .._warmup import exact_match_accuracy
 from .config import PreferenceConfig
 
 _NUMBER = re.compile(r"\d+")

@@ -9,10 +9,10 @@ from typing import Optional
 from ...config import require_positive
 from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, CTRL_TRANSFORMS
-from ...models import ModelSource
+from ...models import ModelSource, tiny_llama
 from ...targets import gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
-from .._lm_task import tiny_llama
+
 
 REWARD_FUNCTIONS = ("exact_match", "format")
 
@@ -90,6 +90,21 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
                                 "top_p", "kl_horizon"))
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         gives_hidden_states(self.fused, 0)  # checks the setting
+        self._check_sampling()
+        self._check_kl()
+        self._check_papers()
+        self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
+        # aggregation option checked now, with GRPOLoss's own messages
+
+    def grpo_loss(self) -> GRPOLoss:
+        return GRPOLoss(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+                        importance_sampling=self.importance_sampling, loss_agg=self.loss_agg,
+                        max_completion_length=self.max_new_tokens, kl_estimator=self.kl_estimator,
+                        kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp,
+                        temperature=self.temperature)
+
+    def _check_sampling(self) -> None:
+        """Sampling, rewards and advantages."""
         if not self.advantage_eps > 0:
             raise ValueError(f"advantage_eps must be > 0 (a group whose rewards are all equal has std 0), got "
                              f"{self.advantage_eps}")
@@ -105,15 +120,18 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
         unknown = [name for name in self.rewards if name not in REWARD_FUNCTIONS]
         if not self.rewards or unknown:
             raise ValueError(f"rewards must map some of {list(REWARD_FUNCTIONS)} to weights, got {dict(self.rewards)}")
+        longest = self.digits + 1  # a+b and a*b (b of 1 digit) both have at most digits + 1 characters
+        if self.max_new_tokens < longest + 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
+                             f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
+
+    def _check_kl(self) -> None:
+        """The KL: its coefficient, schedule and target model."""
         if self.kl_target is not None and not self.kl_target > 0:
             raise ValueError(f"kl_target must be > 0 (or null for a fixed kl_coef), got {self.kl_target}")
         if self.kl_target is not None and not self.kl_coef > 0:
             raise ValueError("kl_target needs kl_coef > 0: the adaptive controller multiplies the coefficient, so "
                              "from 0 it would stay 0")
-        longest = self.digits + 1  # a+b and a*b (b of 1 digit) both have at most digits + 1 characters
-        if self.max_new_tokens < longest + 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
-                             f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
         if self.kl_coef_decay < 0 or self.kl_coef_floor < 0 or self.kl_coef_floor > self.kl_coef:
             raise ValueError(f"kl_coef_decay and kl_coef_floor must be >= 0 with kl_coef_floor <= kl_coef, got "
                              f"{self.kl_coef_decay}, {self.kl_coef_floor} (kl_coef={self.kl_coef})")
@@ -127,6 +145,9 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
         if self.reference is None and self.reference_warmup_steps:
             raise ValueError("reference_warmup_steps trains a separate reference: give reference.config or "
                              "reference.path (without one, the reference is the warm-up model itself)")
+
+    def _check_papers(self) -> None:
+        """The paper options (Lp-Reg, APO, KDRL, CTRL, RAPO) and the entropy bonus."""
         if self.lp_reg:
             if not 0 <= self.lp_reg_kappa <= 1 or not 0 < self.lp_reg_rho <= 1 or self.lp_reg_coef < 0:
                 raise ValueError(f"lp_reg needs lp_reg_kappa in [0, 1], lp_reg_rho in (0, 1] and lp_reg_coef >= 0, "
@@ -165,12 +186,3 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
             raise ValueError(f"entropy_coef must be >= 0 (a bonus), got {self.entropy_coef}")
         if not self.dads_scale > 0 or not self.stcr_base > 1:
             raise ValueError(f"dads_scale must be > 0 and stcr_base > 1, got {self.dads_scale}, {self.stcr_base}")
-        self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
-        # aggregation option checked now, with GRPOLoss's own messages
-
-    def grpo_loss(self) -> GRPOLoss:
-        return GRPOLoss(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
-                        importance_sampling=self.importance_sampling, loss_agg=self.loss_agg,
-                        max_completion_length=self.max_new_tokens, kl_estimator=self.kl_estimator,
-                        kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp,
-                        temperature=self.temperature)

@@ -22,8 +22,9 @@ from ...models import CausalLM, generate_examples, next_token_signal
 from ...rl import Rollout, ShapingContext, combine_rewards, kl_target_signal, rollout_from_batch
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...targets import gives_hidden_states, sampled_token_logprobs, signal_divergence
-from ...training import RunSpec, backward_micro_batches, derive_seed, step_batch, train_run
-from .._lm_task import exact_match_accuracy, global_mean, global_means, supervised_warmup, to_device
+from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
+                         to_device, train_run)
+from .._warmup import exact_match_accuracy, supervised_warmup
 from .config import RLConfig
 from .shaping import build_shapers
 

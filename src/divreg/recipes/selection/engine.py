@@ -14,8 +14,7 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...data.selection import Features, NgramHasher, featurize
-from .corpus import Piece, read_piece
+from ...data.selection import Features, NgramHasher, Piece, featurize, read_piece
 
 
 _HASHERS: dict[tuple, NgramHasher] = {}  # one per worker process and setting: its cache outlives a piece

@@ -18,7 +18,7 @@ from ..._table import format_table
 from ...data.selection import (NgramHasher, fit_mask, kl_reduction, log_ratio, reference_order, resample,
                                resample_targets, split_counts)
 from .config import SelectConfig
-from .corpus import check_has_examples, check_readable, plan_pieces, read_piece
+from ...data.selection import check_has_examples, check_readable, plan_pieces, read_piece
 from .engine import LocalBackend, RayBackend
 
 

@@ -1,46 +1,17 @@
-"""Parts shared by the language-model recipes that train on a generated task (``rl``,
-``preference``): the supervised warm-up on the task's answers, greedy exact-match accuracy,
-moving batches to a device and global means over processes."""
+"""Shared by the recipes that train a policy on the built-in task (``rl``, ``preference``): the
+supervised warm-up on the task's answers and greedy exact-match accuracy."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor
 
 from ..data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward
 from ..models import CausalLM, greedy_completions
-from ..training import RunSpec, backward_micro_batches, step_batch, train_run
-
-
-def tiny_llama() -> dict[str, Any]:
-    """The built-in policy's ``transformers`` config: a 2-layer Llama of width 96 (about 0.2M
-    parameters with the task's 16-token vocabulary), built from scratch (nothing downloaded)."""
-    return {"model_type": "llama", "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "intermediate_size": 192, "max_position_embeddings": 32,
-            "tie_word_embeddings": True}
-
-
-def to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
-
-
-def global_means(accelerator: Accelerator, stats: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
-    """Means over the global batch of masked values: ``{name: (values, mask)}``."""
-    names = list(stats)
-    local = torch.tensor([[float(torch.where(m, v, 0.0).sum()), float(m.sum())] for v, m in stats.values()],
-                         dtype=torch.float64, device=accelerator.device)
-    total = accelerator.reduce(local, "sum")
-    return {name: float(total[i, 0] / total[i, 1].clamp(min=1)) for i, name in enumerate(names)}
-
-
-def global_mean(accelerator: Accelerator, values: Sequence[float]) -> float:
-    total = accelerator.reduce(torch.tensor([float(sum(values)), float(len(values))], dtype=torch.float64,
-                                            device=accelerator.device), "sum")
-    return float(total[0] / total[1])
+from ..training import RunSpec, backward_micro_batches, step_batch, to_device, train_run
 
 
 def exact_match_accuracy(accelerator: Accelerator, model, prompt_ids: list[list[int]], problems: list[TaskProblem],

@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..config import require_positive
-from ..data import collate, examples_fingerprint, load_text_examples
-from ..models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
-from ..targets import TeacherCacheWriter, tokenizer_fingerprint
+from ...config import require_positive
+from ...data import collate, examples_fingerprint, load_text_examples
+from ...models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
+from ...targets import TeacherCacheWriter, tokenizer_fingerprint
 
 
 @dataclass

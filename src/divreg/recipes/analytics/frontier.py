@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from .. import alignment as A
-from .._table import format_table
+from ... import alignment as A
+from ..._table import format_table
 
 
 @dataclass

@@ -22,8 +22,8 @@ from functools import partial
 import torch
 from tqdm.auto import tqdm
 
-from .. import divergences as D
-from .._table import format_table
+from ... import divergences as D
+from ..._table import format_table
 
 
 @dataclass
