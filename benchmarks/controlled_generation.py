@@ -33,8 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
+
+from _measure import run_worker
 
 PATTERN = r"[0-9]+(\.[0-9]+)?( [0-9]+(\.[0-9]+)?)*"
 VARIANTS = ("masking", "awrs", "index")
@@ -159,9 +159,7 @@ def _worker(spec: dict) -> dict:
 
 
 def _run(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, spec)
 
 
 def main() -> None:

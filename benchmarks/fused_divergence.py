@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
+
+from _measure import peak_rss_bytes, rss_bytes, run_worker
 
 DIVERGENCES = {  # name -> options
     "forward_kl": {},
@@ -44,11 +42,6 @@ DIVERGENCES = {  # name -> options
 
 
 # ----------------------------------------------------------------------------- worker side
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _naive_values(name, options, logits, target_logits, temperature):
     """Per-token divergence, written the way common trainers write it (full tensors)."""
     import torch
@@ -130,26 +123,19 @@ def worker(spec: dict) -> dict:
         return loss
 
     run = naive if spec["variant"] == "naive" else fused
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     start = time.perf_counter()
     loss = run()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    peak = peak_rss_bytes() - rss_before
     flops = 2 * valid * vocab * (3 * hs + ht)  # student fwd + teacher fwd + dX + dW, useful tokens only
     return {"seconds": seconds, "peak_mb": peak / 2**20, "loss": float(loss.detach()), "gflops": flops / seconds / 1e9}
 
 
 # ----------------------------------------------------------------------------- driver side
 def _measure(spec: dict) -> dict:
-    """One measurement in a fresh process; ``{"failed": reason}`` if the process died (the
-    naive path can exceed this machine's memory: the kernel's OOM killer sends SIGKILL)."""
-    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode == -9:
-        return {"failed": "OOM"}
-    if result.returncode != 0:
-        raise RuntimeError(f"worker failed for {spec}:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process (``{"failed": "OOM"}`` if the naive path exceeded memory)."""
+    return run_worker(__file__, spec)
 
 
 def _grid(args) -> list[dict]:

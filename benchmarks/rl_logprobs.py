@@ -21,19 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
+from _measure import peak_rss_bytes, rss_bytes, run_worker
+
 VARIANTS = ("naive", "trl", "fused")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _worker(spec: dict) -> dict:
@@ -64,26 +57,19 @@ def _worker(spec: dict) -> dict:
             log_probs = torch.log_softmax(hidden @ weight.t(), -1)
             return log_probs.gather(-1, ids[:, None]).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
 
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     start = time.perf_counter()
     logprobs, entropy = compute()
     (logprobs * g1 + entropy * g2).sum().backward()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    peak = peak_rss_bytes() - rss_before
     return {"seconds": seconds, "peak_mb": peak / 2**20, "logprob_sum": float(logprobs.detach().double().sum()),
             "entropy_sum": float(entropy.detach().double().sum()),
             "grad_norm": float(weight.grad.double().norm())}
 
 
 def _measure(spec: dict) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if result.returncode == -9:
-        return {"failed": "OOM"}
-    if result.returncode != 0:
-        if "No module named 'trl'" in result.stderr:
-            return {"failed": "no trl"}
-        raise RuntimeError(f"worker failed for {spec}:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, spec, skip_if={"No module named 'trl'": "no trl"})
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ single run and no error estimate, the verdict is marked ``(1 run)``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+from typing import Callable, Optional
 
 HELD, NOT_HELD, NOT_SHOWN = "held", "did not hold", "not shown"
 
@@ -98,6 +100,35 @@ def grade_summary(summary: dict, better: str, worse: str, seeds: int, *, higher_
     """:func:`grade` on two keys of a :func:`seed_summary` (standard errors over ``seeds``)."""
     (b, sb), (w, sw) = summary[better], summary[worse]
     return grade(b, w, seed_se(sb, seeds), seed_se(sw, seeds), higher_is_better=higher_is_better)
+
+
+def experiment_parser(doc: str, *, seeds: Optional[int] = None, steps: Optional[int] = None,
+                      from_run: bool = False, output_dir: str = "outputs/experiments") -> argparse.ArgumentParser:
+    """The arguments every experiment shares: ``--output-dir`` (plots and tables), and as the
+    script needs them ``--seeds``, ``--steps`` and ``--from-run DIR`` (grade a finished run's
+    folder instead of running the job again)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--output-dir", default=output_dir, help="where the plot (and a job's run) goes")
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, default=seeds)
+    if steps is not None:
+        parser.add_argument("--steps", type=int, default=steps)
+    if from_run:
+        parser.add_argument("--from-run", metavar="DIR", help="grade this finished run's folder (metrics.json, "
+                                                              "config.yaml) instead of running the job")
+    return parser
+
+
+def over_seeds(run: Callable[[int, int], dict], seeds: int, steps: int) -> tuple[dict, float]:
+    """``(seed_summary of run(seed, steps) for each seed, seconds)`` on 2 threads."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    summary = seed_summary([run(seed, steps) for seed in range(seeds)])
+    return summary, time.perf_counter() - started
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, mean_se, print_rows, pyplot, save_figure
+from _verdict import experiment_parser, grade, mean_se, print_rows, pyplot, save_figure
 import divreg.alignment as A
 
 OUTCOMES, BETA, SAMPLES, STEPS, LR, SEEDS = 50, 0.5, 32, 300, 0.05, 10
@@ -61,6 +61,7 @@ def run(seed: int, proposal: str) -> list[float]:
 
 
 def main() -> None:
+    args = experiment_parser(__doc__).parse_args()
     traces = {name: [run(seed, name) for seed in range(SEEDS)] for name in PROPOSALS}
     print(f"KL(p || pi), mean +- standard error over {SEEDS} seeds\n")
     print("| proposal | step 0 | step 50 | step 100 | step 300 |")
@@ -96,7 +97,7 @@ def main() -> None:
     axis.set_ylabel("KL(p || pi), exact (mean over seeds)")
     axis.set_title("DPG toward pi0 exp(r/beta)/Z, 50 outcomes", fontsize=9)
     axis.legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "alignment_dpg.png")
+    save_figure(figure, args.output_dir, "alignment_dpg.png")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
+from _verdict import experiment_parser, HELD, NOT_HELD, print_rows, pyplot, save_figure
 import divreg.alignment as A
 
 LENGTHS = [4, 8, 16, 32, 64, 128, 256, 512]
@@ -28,6 +28,7 @@ KAPPAS = [0.05, 0.2]
 
 
 def main() -> None:
+    args = experiment_parser(__doc__).parse_args()
     rows, worst_gap, bound_ok, cases = [], math.inf, True, 0
     for seed in range(10):
         g = torch.Generator().manual_seed(seed)
@@ -76,7 +77,7 @@ def main() -> None:
     axis.set_ylabel("(tilted - best-of-N reward) / n at equal KL")
     axis.legend(fontsize=8)
     axis.set_title("Bernoulli(1/2) tokens, N = round(exp(n kappa))", fontsize=9)
-    save_figure(figure, "outputs/experiments", "alignment_frontier.png")
+    save_figure(figure, args.output_dir, "alignment_frontier.png")
 
 
 if __name__ == "__main__":

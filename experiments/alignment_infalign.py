@@ -17,7 +17,7 @@ does not decrease from N = 1 to 4 to 32 at each KL and grows somewhere.
 
 from __future__ import annotations
 
-from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
+from _verdict import experiment_parser, HELD, NOT_HELD, print_rows, pyplot, save_figure
 import divreg.alignment as A
 
 NS, KLS = (1, 4, 32), (0.5, 1.0, 2.0)
@@ -30,6 +30,7 @@ def name(kind: str, t: float) -> str:
 
 
 def main() -> None:
+    args = experiment_parser(__doc__).parse_args()
     table = {}  # (N, KL) -> {transform name: win rate}
     for target in KLS:
         for kind, t in TRANSFORMS:
@@ -76,7 +77,7 @@ def main() -> None:
         axis.set_xlabel("t of exp(t u)")
         axis.set_title(f"KL = {k}: win rate minus the identity's", fontsize=9)
         axis.legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "alignment_infalign.png")
+    save_figure(figure, args.output_dir, "alignment_infalign.png")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ particles is closer to pi than locally constrained decoding; its TV decreases fr
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.generation import (BigramLM, Predicate, distribution_kl, exact_importance_resampling,
                                exact_locally_constrained, exact_posterior, given_success, rejection_sampling, smc,
@@ -96,7 +95,7 @@ def toy(seed: int, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--toys", type=int, default=5)
     parser.add_argument("--runs", type=int, default=300, help="SMC runs (and rejection samples) per toy and N")
     args = parser.parse_args()
@@ -149,7 +148,7 @@ def main() -> None:
     axis.set_xlabel("particles N")
     axis.set_ylabel("total variation to the posterior")
     axis.legend()
-    save_figure(figure, "outputs/experiments", "awrs_posterior.png")
+    save_figure(figure, args.output_dir, "awrs_posterior.png")
     print("\nplot: outputs/experiments/awrs_posterior.png")
 
 

@@ -5,32 +5,31 @@ the student's accuracy (Hinton et al. 2015, arXiv 1503.02531); PS-KD lowers ECE 
 CNN teacher, small CNN students, 3 seeds). Grading rule: experiments/_verdict.py.
 
     .venv/bin/python experiments/classifier_claims.py                      # runs the job (about 2 minutes)
-    .venv/bin/python experiments/classifier_claims.py --metrics outputs/distill_classifier/metrics.json
+    .venv/bin/python experiments/classifier_claims.py --from-run outputs/distill_classifier
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 
-from _verdict import grade, print_rows, run_setting, seed_se
+from _verdict import experiment_parser, grade, print_rows, run_setting, seed_se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", help="a finished run's metrics.json (default: run the job first)")
-    parser.add_argument("--output-dir", default="outputs/experiments/classifier")
+    parser = experiment_parser(__doc__, output_dir="outputs/experiments/classifier", from_run=True)
     args = parser.parse_args()
-    if args.metrics is None:
+    metrics_path = os.path.join(args.from_run, "metrics.json") if args.from_run else None
+    if metrics_path is None:
         from divreg.config import load_config
         from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 
         config = load_config(DistillClassifierConfig, None, [f"output_dir={args.output_dir}", "overwrite=true"])
         metrics, seeds = run(config), len(config.seeds)
     else:
-        with open(args.metrics) as handle:
+        with open(metrics_path) as handle:
             metrics = json.load(handle)
-        seeds = run_setting(args.metrics, "seeds")
+        seeds = run_setting(metrics_path, "seeds")
 
     def compare(claim: str, better: str, worse: str, metric: str, higher_is_better: bool) -> dict:
         a, b = metrics[better][metric], metrics[worse][metric]

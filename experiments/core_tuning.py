@@ -13,12 +13,10 @@ eta 1, projection head 64-64-32; test accuracy on 597 images, 5 seeds.
 
 from __future__ import annotations
 
-import argparse
-import time
 
 import torch
 import torch.nn.functional as F
-from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
+from _verdict import experiment_parser, grade_summary, over_seeds, print_rows, print_summary, pyplot, save_figure, seed_se
 
 from divreg.regularizers import CoreTuningLoss
 
@@ -65,15 +63,9 @@ def run(seed: int, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=300)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = seed_summary(runs)
-    print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
+    args = experiment_parser(__doc__, seeds=5, steps=300).parse_args()
+    summary, seconds = over_seeds(run, args.seeds, args.steps)
+    print(f"{args.seeds} seeds, {args.steps} steps, {seconds:.0f} s\n")
     print_summary(summary, ('fine-tuning', 'test accuracy'))
     rows = [{"claim": f"{name}: higher accuracy than CE fine-tuning",
              "our figure": f"{summary[name][0]:.3f} vs {summary['CE'][0]:.3f}",
@@ -86,7 +78,7 @@ def main() -> None:
     axis.bar(names, [summary[n][0] for n in names], yerr=[seed_se(summary[n][1], args.seeds) for n in names], capsize=4)
     axis.set_ylim(min(summary[n][0] for n in names) - 0.05, 1.0)
     axis.set_ylabel("test accuracy")
-    save_figure(figure, "outputs/experiments", "core_tuning.png")
+    save_figure(figure, args.output_dir, "core_tuning.png")
 
 
 if __name__ == "__main__":

@@ -13,23 +13,23 @@
 Grading rule: experiments/_verdict.py (binomial standard errors on the 200 problems).
 
     .venv/bin/python experiments/distill_lm_claims.py arithmetic
-    .venv/bin/python experiments/distill_lm_claims.py perplexity --metrics outputs/distill_lm/metrics.json
+    .venv/bin/python experiments/distill_lm_claims.py perplexity --from-run outputs/distill_lm
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 
-from _verdict import grade, print_rows, proportion_se, run_setting, single_run
+from _verdict import experiment_parser, grade, print_rows, proportion_se, run_setting, single_run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, from_run=True)
     parser.add_argument("setting", choices=["perplexity", "arithmetic"])
-    parser.add_argument("--metrics", help="a finished run's metrics.json (default: run the job first)")
     args = parser.parse_args()
-    if args.metrics is None:
+    metrics_path = os.path.join(args.from_run, "metrics.json") if args.from_run else None
+    if metrics_path is None:
         from divreg.config import load_config
         from divreg.recipes.lm_distillation import DistillLMConfig, run
 
@@ -38,9 +38,9 @@ def main() -> None:
         config = load_config(DistillLMConfig, source, overrides)
         metrics, problems = run(config), config.test_size
     else:
-        with open(args.metrics) as handle:
+        with open(metrics_path) as handle:
             metrics = json.load(handle)
-        problems = run_setting(args.metrics, "test_size")
+        problems = run_setting(metrics_path, "test_size")
     rows = []
     if args.setting == "perplexity":
         for metric in ("perplexity", "kl_to_teacher"):

@@ -26,12 +26,11 @@ KL(pi || ref), the mass on the 16 unseen responses, the true expected reward E_p
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
-from _verdict import grade, mean_se, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_se, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import hypo_kl_surrogate, preference_loss
 
 torch.set_default_dtype(torch.float64)
@@ -86,7 +85,7 @@ def train(task: dict, method: str, parameterization: str, steps: int, seed: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2000)
     args = parser.parse_args()
@@ -148,7 +147,7 @@ def main() -> None:
             axis.set_xlabel("step")
         axes[row, 0].legend(fontsize=8)
     figure.suptitle(f"DPO vs HyPO, pairs covering {SEEN} of {RESPONSES} responses ({args.seeds} seeds)", fontsize=10)
-    save_figure(figure, "outputs/experiments", "hypo_vs_dpo.png")
+    save_figure(figure, args.output_dir, "hypo_vs_dpo.png")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ value normalized by the offline data's min and max (Design-Bench's normalization
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import IgniteDual, surrogate_gradient_norm_grads
 
@@ -69,7 +68,7 @@ def run(variant: str, seed: int, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
@@ -93,7 +92,7 @@ def main() -> None:
     axis.boxplot([results[v] for v in VARIANTS])
     axis.set_xticks(range(1, len(VARIANTS) + 1), VARIANTS)
     axis.set_ylabel("normalized score (1 = best offline)")
-    save_figure(figure, "outputs/experiments", "ignite_offline.png")
+    save_figure(figure, args.output_dir, "ignite_offline.png")
 
 
 if __name__ == "__main__":

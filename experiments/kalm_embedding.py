@@ -15,11 +15,9 @@ hard negatives per query.
 
 from __future__ import annotations
 
-import argparse
-import time
 
 import torch
-from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
+from _verdict import experiment_parser, grade_summary, over_seeds, print_rows, print_summary, pyplot, save_figure, seed_se
 
 from divreg.regularizers import focal_info_nce, mix_hard_negatives
 
@@ -64,15 +62,9 @@ def run(seed: int, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=600)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = seed_summary(runs)
-    print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
+    args = experiment_parser(__doc__, seeds=5, steps=600).parse_args()
+    summary, seconds = over_seeds(run, args.seeds, args.steps)
+    print(f"{args.seeds} seeds, {args.steps} steps, {seconds:.0f} s\n")
     print_summary(summary, ('training', 'recall@1'))
 
     def verdict(better, worse):
@@ -91,7 +83,7 @@ def main() -> None:
     axis.bar(names, [summary[n][0] for n in names], yerr=[seed_se(summary[n][1], args.seeds) for n in names], capsize=4)
     axis.set_ylabel("recall@1")
     axis.tick_params(axis="x", labelsize=8)
-    save_figure(figure, "outputs/experiments", "kalm_embedding.png")
+    save_figure(figure, args.output_dir, "kalm_embedding.png")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ same within the mapped new space on 5-9 (top-1 retrieval saturated at 0.98-1.00 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
-from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import AffineAdapter, orthogonality_gap
 
@@ -90,7 +89,7 @@ def run(seed: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -126,7 +125,7 @@ def main() -> None:
         axis.plot(names, [summary[n][key][0] for n in names], marker="o", label=label)
     axis.set_ylabel("mean average precision")
     axis.legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "lambda_orthogonality.png")
+    save_figure(figure, args.output_dir, "lambda_orthogonality.png")
 
 
 if __name__ == "__main__":

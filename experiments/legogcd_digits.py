@@ -16,13 +16,12 @@ all test images, reported on old and new classes; 5 seeds.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import LocalEntropyRegularizer
 
@@ -91,7 +90,7 @@ def run(seed: int, steps: int, lego: bool) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
@@ -127,7 +126,7 @@ def main() -> None:
     axis.set_xticks(range(2), ["old (0-4)", "new (5-9)"])
     axis.set_ylabel("test accuracy (Hungarian)")
     axis.legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "legogcd_digits.png")
+    save_figure(figure, args.output_dir, "legogcd_digits.png")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ pairs; squared loss for 3000 steps; proximal matching after an L1 warm-up of 500
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import InputConvexNetwork, proximal_matching_loss
 
@@ -58,7 +57,7 @@ def train(loss_name: str, seed: int, steps: int) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
@@ -96,7 +95,7 @@ def main() -> None:
     axis.set_xlabel("y")
     axis.set_ylabel("f(y)")
     axis.legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "lpn_laplace.png")
+    save_figure(figure, args.output_dir, "lpn_laplace.png")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ never), 5 seeds.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 from divreg.regularizers import MAID
 
@@ -71,7 +70,7 @@ def weight_decay_problem(seed: int, n: int = 80, d: int = 20):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=15000)
     args = parser.parse_args()
@@ -114,7 +113,7 @@ def main() -> None:
         axis.set_xlabel("lower-level + CG iterations")
         axis.set_ylabel("relative suboptimality (seed 0)")
     axes[0].legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "maid_quadratic.png")
+    save_figure(figure, args.output_dir, "maid_quadratic.png")
 
 
 if __name__ == "__main__":

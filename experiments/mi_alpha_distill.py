@@ -14,12 +14,10 @@ projection, MI-alpha with alpha 0.1 / 0.5 / 0.9 (learnable from there; critic di
 
 from __future__ import annotations
 
-import argparse
-import time
 
 import torch
 import torch.nn.functional as F
-from _verdict import grade_summary, print_rows, print_summary, pyplot, save_figure, seed_se, seed_summary
+from _verdict import experiment_parser, grade_summary, over_seeds, print_rows, print_summary, pyplot, save_figure, seed_se
 
 from divreg.regularizers import MIAlphaDistill, ProjectedHiddenLoss
 
@@ -70,15 +68,9 @@ def run(seed: int, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=400)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    runs = [run(seed, args.steps) for seed in range(args.seeds)]
-    summary = seed_summary(runs)
-    print(f"{args.seeds} seeds, {args.steps} steps, {time.perf_counter() - started:.0f} s\n")
+    args = experiment_parser(__doc__, seeds=5, steps=400).parse_args()
+    summary, seconds = over_seeds(run, args.seeds, args.steps)
+    print(f"{args.seeds} seeds, {args.steps} steps, {seconds:.0f} s\n")
     print_summary(summary, ('student', 'test accuracy'))
     best = max((m for m in METHODS if m.startswith("MI-alpha")), key=lambda m: summary[m][0])
     rows = [{"claim": f"{m}: higher accuracy than {other}",
@@ -94,7 +86,7 @@ def main() -> None:
     axis.set_ylim(min(summary[n][0] for n in names) - 0.05, 1.0)
     axis.set_ylabel("student test accuracy")
     axis.tick_params(axis="x", labelsize=7)
-    save_figure(figure, "outputs/experiments", "mi_alpha_distill.png")
+    save_figure(figure, args.output_dir, "mi_alpha_distill.png")
 
 
 if __name__ == "__main__":

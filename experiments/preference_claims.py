@@ -19,16 +19,15 @@ rule: experiments/_verdict.py (standard errors over seeds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 
-from _verdict import grade, mean_se, print_rows
+from _verdict import experiment_parser, grade, mean_se, print_rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--run", help="a finished run folder of `divreg preference` (default: run it first)")
     args = parser.parse_args()
     folder = args.run

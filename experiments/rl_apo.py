@@ -23,12 +23,11 @@ from the table: the mean length of a wrong answer, E[L | wrong], at the end.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import GRPOLoss
 from divreg.rl import dads_kl_weights, group_advantages
 
@@ -125,11 +124,10 @@ def _plot(summaries: dict, lengths: dict, folder: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--output-dir", default="outputs/experiments")
     args = parser.parse_args()
     hard = [p for p in range(PROMPTS) if p not in EASY]
     rows, summaries = [], {}

@@ -16,11 +16,10 @@ against best-of-N from pi0 counts ties one half. The calibrated reward is the po
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
+from _verdict import experiment_parser, HELD, NOT_HELD, print_rows, pyplot, save_figure
 from divreg.alignment import beta_for_kl, best_of_n, calibrate, tilted_policy, win_rate
 from divreg.rl import ctrl_transform
 
@@ -33,9 +32,8 @@ def at_kl(pi0: torch.Tensor, reward: torch.Tensor, target: float) -> torch.Tenso
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--outcomes", type=int, default=200)
-    parser.add_argument("--output-dir", default="outputs/experiments")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
     pi0 = torch.softmax(torch.randn(args.outcomes, generator=generator) * 1.5, -1)

@@ -8,25 +8,24 @@
   error over those steps (an equality claim: held when within 2 standard errors of 0).
 
     .venv/bin/python experiments/rl_grpo.py                  # runs divreg rl (about 4 minutes)
-    .venv/bin/python experiments/rl_grpo.py --output-dir outputs/rl --no-run
+    .venv/bin/python experiments/rl_grpo.py --from-run outputs/rl
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 
-from _verdict import grade, grade_equal, mean_se, print_rows, proportion_se
+from _verdict import experiment_parser, grade, grade_equal, mean_se, print_rows, proportion_se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="outputs/experiments/rl")
-    parser.add_argument("--no-run", action="store_true", help="grade a finished run in --output-dir")
+    parser = experiment_parser(__doc__, output_dir="outputs/experiments/rl", from_run=True)
     args = parser.parse_args()
-    if not args.no_run:
+    if args.from_run:  # grade the finished runs in that folder
+        args.output_dir = args.from_run
+    if not args.from_run:
         from divreg.config import load_config
         from divreg.recipes.rl import RLConfig, run
 

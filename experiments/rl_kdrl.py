@@ -15,12 +15,11 @@ held-out accuracy in fewer steps than GRPO alone and than the teacher's KL alone
    the final accuracies too.
 
     .venv/bin/python experiments/rl_kdrl.py      # about 20 minutes on 2 CPU cores; rl_kdrl.png
-    .venv/bin/python experiments/rl_kdrl.py --no-run     # grade and plot the finished runs again
+    .venv/bin/python experiments/rl_kdrl.py --from-run outputs/experiments/rl_kdrl     # grade and plot the finished runs again
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 
 TEACHER = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
            "num_key_value_heads": 4, "intermediate_size": 256, "max_position_embeddings": 32,
@@ -60,18 +59,18 @@ def train_teacher(folder: str, steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="outputs/experiments/rl_kdrl")
+    parser = experiment_parser(__doc__, output_dir="outputs/experiments/rl_kdrl", from_run=True)
     parser.add_argument("--teacher-steps", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threshold", type=float, default=0.45)
-    parser.add_argument("--no-run", action="store_true", help="grade and plot the runs already in --output-dir")
     args = parser.parse_args()
+    if args.from_run:  # grade the finished runs in that folder
+        args.output_dir = args.from_run
     teacher = os.path.join(args.output_dir, "teacher")
     kd_terms = [f"reference.path={teacher}", "kl_estimator=k2", "kl_coef=0.005", "kl_coef_decay=0.00005",
                 "kl_coef_floor=0.001"]
     runs = {"grpo": [], "kd": [*kd_terms, "rewards.exact_match=0", "rewards.format=0"], "kdrl": kd_terms}
-    if not args.no_run:
+    if not args.from_run:
         train_teacher(args.output_dir, args.teacher_steps)
         for name, overrides in runs.items():
             rl([f"output_dir={os.path.join(args.output_dir, name)}", f"steps={args.steps}", "eval_every=25",

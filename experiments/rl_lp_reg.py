@@ -20,13 +20,12 @@ regularize). Tracked exactly from the tables: the probability of plan 7 and the 
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 
 import torch
 
-from _verdict import grade, print_rows, pyplot, sample_std, save_figure, seed_se
+from _verdict import experiment_parser, grade, print_rows, pyplot, sample_std, save_figure, seed_se
 from divreg.losses import GRPOLoss, LpReg
 from divreg.rl import group_advantages, lp_reg_token_mask, min_p_proxy_logprobs
 
@@ -85,10 +84,9 @@ def train(seed: int, use_lp_reg: bool, steps: int, setting: tuple, prompts: int 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--output-dir", default="outputs/experiments")
     args = parser.parse_args()
     rows = []
     for setting in SETTINGS:

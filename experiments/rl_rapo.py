@@ -17,11 +17,10 @@ Adam on the logits; the expected reward is tracked per step.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from _verdict import HELD, NOT_HELD, print_rows, pyplot, save_figure
+from _verdict import experiment_parser, HELD, NOT_HELD, print_rows, pyplot, save_figure
 from divreg.divergences import forward_kl, reverse_kl
 from divreg.rl import reweighted_reference_logits
 
@@ -52,10 +51,9 @@ def train(method: str, ref_logits: torch.Tensor, reward: torch.Tensor, beta: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--output-dir", default="outputs/experiments")
     args = parser.parse_args()
     k = args.tokens
     ref = torch.full((k,), (1 - 1e-4) / (k - 1))

@@ -17,12 +17,11 @@ decoder column (recovery).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
-from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.regularizers import TopKSAE, VariationalSAE, sae_loss
 
@@ -65,7 +64,7 @@ def train(variant: str, coefficient: float, seed: int, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2000)
     args = parser.parse_args()
@@ -104,7 +103,7 @@ def main() -> None:
         axis.set_xlabel("KL coefficient")
         axis.set_ylabel(key)
     axes[0].legend(fontsize=8)
-    save_figure(figure, "outputs/experiments", "sae_variational.png")
+    save_figure(figure, args.output_dir, "sae_variational.png")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ boundaries are ambiguous: the setting where spatially varying targets matter.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _verdict import grade, mean_std, print_rows, pyplot, save_figure, seed_se
+from _verdict import experiment_parser, grade, mean_std, print_rows, pyplot, save_figure, seed_se
 
 from divreg.metrics import classwise_ece, pixel_ece
 from divreg.regularizers import nacl_loss, svls_loss
@@ -88,7 +87,7 @@ def run(method: str, seed: int, steps: int, data) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--train", type=int, default=40)  # few images: CE overfits and grows overconfident
@@ -135,7 +134,7 @@ def main() -> None:
         errors = [seed_se(summary[m][key][1], args.seeds) for m in METHODS]
         axis.bar(METHODS, means, yerr=errors, capsize=4, color=["gray", "tab:blue", "tab:orange", "tab:green"])
         axis.set_ylabel(label)
-    save_figure(figure, "outputs/experiments", "segmentation_calibration.png")
+    save_figure(figure, args.output_dir, "segmentation_calibration.png")
 
 
 if __name__ == "__main__":
