@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from ...data import IGNORE_INDEX, examples_fingerprint
 from ...losses import LMDistillLoss
 from ...models import next_token_signal
-from ...targets import LiveTeacher, TeacherCache, shared_vocab_size, tokenizer_fingerprint
+from ...targets import LiveTeacher, TeacherCache, gives_hidden_states, shared_vocab_size, tokenizer_fingerprint
 from .config import DistillLMConfig, LMMethod
 from .teachers import CrossTokenizerTeacher
 
-FUSED_AUTO_VOCAB = 32768
 
 
 def next_token_ce(logits, batch, num_items):
@@ -53,18 +52,18 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
         cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature,
                                       per_sequence=config.uld_reduction == "sequence")
         return uld_loss_fn(cross, method.weight, 1.0 if method.ce_weight is None else method.ce_weight), None
-    fused = config.fused == "true" or (config.fused == "auto" and shared >= FUSED_AUTO_VOCAB)
+    hidden = gives_hidden_states(config.fused, shared)  # the one fused rule: hidden states from 32768 entries on
     if config.teacher_cache:
         target = TeacherCache(config.teacher_cache)  # checked against the run's examples at setup
     else:
-        target = LiveTeacher(teacher, hidden=fused)
+        target = LiveTeacher(teacher, hidden=hidden)
     ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight
     loss_module = LMDistillLoss(method.divergence, temperature=config.temperature, t_squared=config.t_squared,
                                 divergence_weight=method.weight, ce_weight=ce_weight, tail=config.cache_tail,
                                 **method.divergence_options)
 
     def distill_loss(model, batch, counts):
-        out = loss_module(next_token_signal(model, batch, hidden=fused), target.signal(batch), batch["labels"][:, 1:],
+        out = loss_module(next_token_signal(model, batch, hidden=hidden), target.signal(batch), batch["labels"][:, 1:],
                           counts.tokens)
         return out.loss, {"loss": out.loss, "divergence": out.divergence, "ce": out.cross_entropy}
 
