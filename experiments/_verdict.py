@@ -57,7 +57,10 @@ def single_run(better: float, worse: float, *, higher_is_better: bool = True) ->
 
 def grade_equal(difference: float, se: float, *, z: float = 2.0) -> str:
     """The verdict on a claim of *no* difference (an unbiased estimator): ``held`` when the
-    measured difference is within ``z`` standard errors of 0, else ``did not hold``."""
+    measured difference is within ``z`` standard errors of 0, else ``did not hold``; ``not shown``
+    without an error estimate (NaN: a single value)."""
+    if not math.isfinite(se):
+        return NOT_SHOWN
     return HELD if abs(difference) <= z * se else NOT_HELD
 
 
@@ -103,7 +106,8 @@ def grade_summary(summary: dict, better: str, worse: str, seeds: int, *, higher_
 
 
 def experiment_parser(doc: str, *, seeds: Optional[int] = None, steps: Optional[int] = None,
-                      from_run: bool = False, output_dir: str = "outputs/experiments") -> argparse.ArgumentParser:
+                      from_run: bool = False, output_dir: Optional[str] = "outputs/experiments"
+                      ) -> argparse.ArgumentParser:
     """The arguments every experiment shares: ``--output-dir`` (plots and tables), and as the
     script needs them ``--seeds``, ``--steps`` and ``--from-run DIR`` (grade a finished run's
     folder instead of running the job again)."""

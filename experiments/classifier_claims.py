@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from _verdict import experiment_parser, grade, print_rows, run_setting, seed_se
+from _verdict import experiment_parser, grade, print_rows, run_setting, seed_se, single_run
 
 
 def main() -> None:
@@ -33,8 +33,11 @@ def main() -> None:
 
     def compare(claim: str, better: str, worse: str, metric: str, higher_is_better: bool) -> dict:
         a, b = metrics[better][metric], metrics[worse][metric]
-        verdict = grade(a["mean"], b["mean"], seed_se(a["std"], seeds), seed_se(b["std"], seeds),
-                        higher_is_better=higher_is_better)
+        if seeds < 2:  # one seed: no spread (the recipe writes std 0), the direction only
+            verdict = single_run(a["mean"], b["mean"], higher_is_better=higher_is_better)
+        else:
+            verdict = grade(a["mean"], b["mean"], seed_se(a["std"], seeds), seed_se(b["std"], seeds),
+                            higher_is_better=higher_is_better)
         figure = f"{better} {a['mean']:.3f} ± {a['std']:.3f} vs {worse} {b['mean']:.3f} ± {b['std']:.3f} ({metric})"
         return {"claim": claim, "our figure": figure, "verdict": verdict}
 

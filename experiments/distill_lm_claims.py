@@ -25,7 +25,7 @@ from _verdict import experiment_parser, grade, print_rows, proportion_se, run_se
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, from_run=True)
+    parser = experiment_parser(__doc__, output_dir=None, from_run=True)  # default: by setting, below
     parser.add_argument("setting", choices=["perplexity", "arithmetic"])
     args = parser.parse_args()
     metrics_path = os.path.join(args.from_run, "metrics.json") if args.from_run else None
@@ -34,12 +34,15 @@ def main() -> None:
         from divreg.recipes.lm_distillation import DistillLMConfig, run
 
         source = "configs/distill-lm/arithmetic.yaml" if args.setting == "arithmetic" else None
-        overrides = ["overwrite=true"] + ([] if source else ["output_dir=outputs/experiments/distill_lm"])
+        folder = args.output_dir or f"outputs/experiments/distill_lm{'_arithmetic' if source else ''}"
+        overrides = ["overwrite=true", f"output_dir={folder}"]
         config = load_config(DistillLMConfig, source, overrides)
         metrics, problems = run(config), config.test_size
     else:
         with open(metrics_path) as handle:
             metrics = json.load(handle)
+        metrics = {name: {key: value["mean"] if isinstance(value, dict) else value for key, value in entry.items()}
+                   for name, entry in metrics.items() if name != "seeds"}  # several seeds: their means
         problems = run_setting(metrics_path, "test_size")
     rows = []
     if args.setting == "perplexity":

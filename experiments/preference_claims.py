@@ -14,7 +14,7 @@ The KL is the exact sequence KL(pi || ref) per prompt on 20 held-out prompts (en
 rule: experiments/_verdict.py (standard errors over seeds).
 
     .venv/bin/python experiments/preference_claims.py      # about 6 minutes (runs the job)
-    .venv/bin/python experiments/preference_claims.py --run outputs/preference   # grade a finished run
+    .venv/bin/python experiments/preference_claims.py --from-run outputs/preference   # grade a finished run
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from _verdict import experiment_parser, grade, mean_se, print_rows
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__)
-    parser.add_argument("--run", help="a finished run folder of `divreg preference` (default: run it first)")
+    parser = experiment_parser(__doc__, output_dir="outputs/experiments/preference", from_run=True)
     args = parser.parse_args()
-    folder = args.run
+    folder = args.from_run
     if folder is None:
         from divreg.config import load_config
         from divreg.recipes.preference import PreferenceConfig, run
 
-        folder = "outputs/experiments/preference"
+        folder = args.output_dir
         run(load_config(PreferenceConfig, None, [f"output_dir={folder}", "overwrite=true"]))
     with open(os.path.join(folder, "metrics.jsonl")) as handle:
         records = [json.loads(line) for line in handle if line.strip()]

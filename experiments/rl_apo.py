@@ -6,7 +6,7 @@ Eight prompts, each a categorical policy over 8 answers with one right answer; t
 starting policy) gives the right answer probability 0.6 on four easy prompts and 0.1 on four hard
 ones. GRPO with the library's GRPOLoss on sampled groups (8 prompts x 8 completions per step,
 group-normalized advantages, k3 KL to the reference in the loss, Adam 0.05, 150 steps), with and
-without DADS's weights (`divreg.losses.dads_kl_weights`, e = Euler's number), at beta 0.1 and 1
+without DADS's weights (`divreg.rl.dads_kl_weights`, e = Euler's number), at beta 0.1 and 1
 (not APO's 1e-3, at which the KL barely acts in 150 steps). On the easy prompts DADS is expected
 to change little (the claim is about hard prompts). Measured exactly from the tables:
 KL(pi || ref) per prompt and the probability of the right answer, averaged per difficulty.
@@ -15,7 +15,7 @@ STCR (a wrong answer longer than the group's correct ones gets its advantage x (
 b^-(L - mu+), b = 1.00001) is tested on a second tabular task whose responses carry lengths in
 tokens without writing them: one prompt, 12 responses, 4 correct (lengths 300-600) and 8 wrong
 (lengths 200-4000); the reference gives the right ones 0.1 in all. GRPO without KL, 16 groups of 8
-per step, 100 steps, with and without STCR (`divreg.losses.stcr_advantages`); measured exactly
+per step, 100 steps, with and without STCR (`divreg.rl.stcr_advantages`); measured exactly
 from the table: the mean length of a wrong answer, E[L | wrong], at the end.
 
     .venv/bin/python experiments/rl_apo.py      # about two minutes; writes outputs/experiments/rl_apo.png

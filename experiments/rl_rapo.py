@@ -8,7 +8,7 @@ the policy gradient of E_pi[r], plus beta times
   - reverse: KL(pi || ref) (GRPO's KL, exact);
   - RAPO: sum_y sg(pi(y)) KL(ref_hat_y || pi), ref_hat_y ~ ref^phi(r(y)), phi(r) = r (the
     recipe's default; 0: the uniform distribution): each sampled completion's own target, as
-    `divreg rl rapo=true` computes it (`divreg.losses.reweighted_reference_logits`);
+    `divreg rl rapo=true` computes it (`divreg.rl.reweighted_reference_logits`);
   - none: no KL.
 Adam on the logits; the expected reward is tracked per step.
 

@@ -288,3 +288,16 @@ def test_arithmetic_task_compares_students_by_generation_exact_match(tmp_path, c
         _config(tmp_path / "b", "data=arithmetic", "operations=/")
     with pytest.raises(ValueError, match="'task_digits' was renamed: use digits"):  # the old name, one clear line
         _config(tmp_path / "b", "task_digits=1")
+
+
+def test_several_seeds_train_one_student_per_method_and_seed(tmp_path):
+    """seeds=[0, 1]: one teacher (data_seed), a student per method and seed (its own init, data order
+    and checkpoint), metrics.json with the mean and sample std over the seeds and each seed's own."""
+    summary = run(_config(tmp_path / "a", "seeds=[0,1]", "methods=[{name: fkl, divergence: forward_kl}]"))
+    each = [summary["seeds"][s]["fkl"]["perplexity"] for s in ("0", "1")]
+    assert each[0] != each[1]  # other initializations and data orders
+    assert summary["fkl"]["perplexity"]["mean"] == pytest.approx(sum(each) / 2, rel=1e-12)
+    assert summary["fkl"]["perplexity"]["std"] == pytest.approx(abs(each[0] - each[1]) / 2 ** 0.5, rel=1e-9)
+    assert {p.name for p in (tmp_path / "a" / "checkpoints").iterdir()} >= {"teacher.pt", "fkl-seed0.pt", "fkl-seed1.pt"}
+    with pytest.raises(ValueError, match="'seed' was renamed: use seeds"):
+        _config(tmp_path / "b", "seed=3")

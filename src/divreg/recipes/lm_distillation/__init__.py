@@ -138,12 +138,13 @@ def report(config: DistillLMConfig, teacher_metrics, results: dict[int, dict]) -
     if len(results) == 1:
         students = {name: runs[0] for name, runs in by_name.items()}
         cells = {name: {key: m.get(key, "-") for key in keys} for name, m in students.items()}
-    else:
-        students = {name: {key: mean_std([m[key] for m in runs]) for key in keys if key in runs[0]}
-                    for name, runs in by_name.items()}
+    else:  # every metric's mean and sample std over the seeds, and each seed's own metrics
+        students = {name: {key: mean_std([m[key] for m in runs]) for key in runs[0]} for name, runs in by_name.items()}
         cells = {name: {key: f"{v[key]['mean']:.4f} +- {v[key]['std']:.4f}" if key in v else "-" for key in keys}
                  for name, v in students.items()}
     summary = ({"teacher": teacher_metrics} if teacher_metrics else {}) | students
+    if len(results) > 1:
+        summary["seeds"] = {str(seed): {name: r[name]["metrics"] for name in r} for seed, r in results.items()}
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     rows = ([{"run": "teacher", **{key: teacher_metrics.get(key, "-") for key in keys}}] if teacher_metrics else []) + [

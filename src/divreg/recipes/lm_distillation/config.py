@@ -72,6 +72,7 @@ class DistillLMConfig(ArithmeticBlock, RunBlock):
     output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
     lr: float = 0.003  # AdamW learning rate of the students
     max_grad_norm: Optional[float] = None  # the students' gradients clipped to this global norm (null: never)
+    data_seed: int = 0  # the data split (data=arithmetic) and the teacher's initialization and data order
     RENAMED: ClassVar[dict[str, str]] = {
         "seed": "seeds (a list: one student per method and seed) and data_seed (the teacher and the data split)",
         **{f"task_{key}": key for key in ("digits", "operations", "train_size", "test_size")}}
