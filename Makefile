@@ -8,7 +8,7 @@ EXTRAS ?= all
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.divreg-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the fast tier: everything but the tests marked slow (whole jobs, launched processes); make test runs all
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -48,6 +48,7 @@ def test_main_runs_and_rejects(tmp_path, capsys):
     assert "epochs must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_is_installed(tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "divreg")
     result = subprocess.run([script, "mode-fitting", "steps=2", f"output_dir={tmp_path}"],
@@ -56,6 +57,7 @@ def test_console_script_is_installed(tmp_path):
     assert "| minimized" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_model_module_in_the_current_folder_is_found(tmp_path):
     """``student.kind=mystudents.Linear`` imports from the folder the command runs in, as
     ``python -m`` would (the console script alone does not put it on sys.path)."""
@@ -198,6 +200,7 @@ def test_print_config_resolves_and_does_not_run(tmp_path, capsys):
     assert "steps: 7" in out and "methods:" in out and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_where_the_checkpoints_are_and_how_to_resume(tmp_path):
     """SIGINT (Ctrl-C) in the middle of training: exit code 130 and one line naming the
     checkpoint folder and resume=true, no traceback."""

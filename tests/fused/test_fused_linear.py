@@ -235,6 +235,7 @@ AT_SCALE = [("forward_kl", {}), ("reverse_kl", {}), ("generalized_jsd", {"beta":
             ("topk_kl", {"k": 64})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", AT_SCALE, ids=[name for name, _ in AT_SCALE])
 def test_float32_at_scale(name, options):
     """N=512, V=32000 in float32 against the float64 plain path: relative error below 1e-5 on

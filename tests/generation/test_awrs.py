@@ -66,6 +66,7 @@ def test_gumbel_keys_sample_the_constrained_distribution_and_dead_ends():
         awrs(torch.full((3,), -math.inf), lambda t: True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_accepts", [2, 4])
 def test_geometric_estimator_is_unbiased(max_accepts):
     """Geometric draws make exact enumeration infinite: Monte Carlo, every E[w 1{x}] within 5

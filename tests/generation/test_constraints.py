@@ -259,6 +259,7 @@ def test_token_texts_of_a_word_level_tokenizer_is_decode():
     assert texts == ["<eos>", "ab", "é"]
 
 
+@pytest.mark.slow
 def test_byte_regex_with_wide_ranges_and_restricted_second_bytes():
     """Ranges over the surrogate block (interegular lists U+D800-DFFF, which UTF-8 cannot encode),
     and lead bytes whose second byte is restricted (E0, ED, F0, F4): no character starting with

@@ -15,6 +15,8 @@ from divreg.recipes.classifier_distillation import DistillClassifierConfig, run
 
 from ..launch import accelerate_prefix, kill_at_checkpoint
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "aurc", "e_aurc"}
 TINY = ["teacher_epochs=2", "epochs=2", "seeds=[0]", "checkpoint_every=0", "teacher.widths=[8,8]", "student.widths=[4,4]",
         "min_steps=0"]

@@ -9,6 +9,8 @@ import divreg.alignment as A
 from divreg.config import load_config
 from divreg.recipes.analytics.frontier import FrontierConfig, run
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 
 def test_builtin_bernoulli_frontier(tmp_path, capsys):
     out = run(load_config(FrontierConfig, None, [f"output_dir={tmp_path}", "bernoulli_length=6", "ns=[1,2,8]",

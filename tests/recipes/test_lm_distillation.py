@@ -19,6 +19,8 @@ from divreg.recipes.lm_distillation.cache import run as cache_teacher
 from ..launch import accelerate_prefix
 from . import lm_fixtures as fx
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 
 def _config(output_dir, *extra, **overrides):
     return load_config(DistillLMConfig, None, [*fx.tiny_config_overrides(output_dir, **overrides), *extra])

@@ -19,6 +19,8 @@ from ..launch import accelerate_prefix
 
 from . import lm_fixtures as fx
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 
 def _batch(count=8):
     return collate(fx.examples(count), fx.tokenizer().pad_token_id, length=24)

@@ -10,6 +10,8 @@ import torch
 from divreg import divergences as D
 from divreg.recipes.analytics.mode_fitting import ModeFittingConfig, fit, run, summarize, target_logits
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 
 def test_forward_kl_covers_both_modes_and_reverse_kl_collapses():
     config = ModeFittingConfig()

@@ -17,6 +17,8 @@ from divreg.recipes.preference import PreferenceConfig, run
 
 from ..launch import accelerate_prefix, kill_at_checkpoint
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 TINY = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=20", "warmup_batch_size=16", "warmup_target=null",
         "steps=4", "batch_size=8", "max_new_tokens=3", "eval_every=2", "checkpoint_every=2", "seeds=[0]",
         "kl_prompts=4", "policy.config.hidden_size=16", "policy.config.intermediate_size=32",

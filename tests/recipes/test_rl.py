@@ -15,6 +15,8 @@ from divreg.recipes.rl import RLConfig, run
 
 from ..launch import kill_at_checkpoint
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 TINY = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=20", "warmup_batch_size=16", "steps=4",
         "prompts_per_step=4", "group_size=4", "max_new_tokens=3", "eval_every=2", "checkpoint_every=2", "seeds=[0]",
         "policy.config.hidden_size=16", "policy.config.intermediate_size=32", "policy.config.num_hidden_layers=1"]

@@ -16,6 +16,8 @@ from divreg.recipes.selection import SelectConfig, run
 from tests.data import test_selection
 from tests.data.test_selection import _write, corpus
 
+pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
+
 reference_budget_run = test_selection.reference_budget_run  # the reference's run, a module fixture shared with the library tests
 
 
