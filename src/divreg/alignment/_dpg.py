@@ -59,6 +59,8 @@ def dpg_surrogate(policy_logprobs: Tensor, log_target: Tensor, proposal_logprobs
 
 
 class KLEstimates(NamedTuple):
+    """DPG's estimates from the proposal's samples: log Z and the KLs of the target to policy and proposal."""
+
     log_partition: float  # log Z_hat
     policy: float  # KL(p || pi) estimated from the proposal's samples
     proposal: float  # KL(p || q)

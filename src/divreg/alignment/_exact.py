@@ -200,6 +200,8 @@ class Frontier(NamedTuple):
 
 
 def alignment_frontier(base, rewards, betas: Sequence[float], ns: Sequence[int]) -> Frontier:
+    """The exact reward-KL frontier of the tilted policies (one per beta) and of best-of-N (one per
+    N), and at each N the tilted policy's expected reward at best-of-N's KL (see :class:`Frontier`)."""
     p = _distribution(base)
     r = _rewards(rewards, p)
     tilted = [tilted_policy(p, r, b) for b in betas]
@@ -229,6 +231,8 @@ def _bernoulli_kl(q: float, p: float) -> float:
 
 
 class BernoulliGap(NamedTuple):
+    """Best-of-N against the tilted policy at equal KL on n Bernoulli tokens (the exact per-token gap)."""
+
     n: int  # sequence length
     N: int  # best-of-N
     kl: float  # KL(BoN || base) of the sequences, = that of the tilted policy matched to it
@@ -313,6 +317,8 @@ _W = torch.tensor(_WEIGHTS / 2, dtype=torch.float64)
 
 
 class CalibratedPolicy(NamedTuple):
+    """The aligned policy in calibrated space at one beta: its KL to the base and its best-of-N win rate."""
+
     beta: float
     kl: float  # KL(pi || uniform) = int pi log pi
     win_rate: float  # P(best of N under pi > best of N under the base)

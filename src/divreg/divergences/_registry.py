@@ -14,6 +14,8 @@ from ._total_variation import total_variation, total_variation_with_grad
 
 
 class Divergence(NamedTuple):
+    """A registered divergence: its function on logits and its value-and-gradient form (the fused kernel's)."""
+
     on_logits: Callable  # (logits, target_logits, *, temperature, dim, **options) -> values
     # (log_q, log_p, **options) -> (values, gradient w.r.t. the tempered logits of q)
     with_grad: Callable

@@ -44,6 +44,8 @@ GEOMETRIC_THRESHOLD = 2 / 3  # genlm-control: geometric when the top probability
 
 
 class AWRSSample(NamedTuple):
+    """One AWRS draw: the accepted token (None at a dead end), its log weight and the constraint calls it took."""
+
     token: Optional[int]  # None: a dead end
     log_weight: float  # log of the estimate of Z (-inf at a dead end)
     constraint_calls: int

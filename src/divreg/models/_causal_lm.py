@@ -43,6 +43,8 @@ def tiny_llama() -> dict[str, Any]:
 
 
 def load_tokenizer(name_or_path: str):
+    """A tokenizer from a local folder or hub id, its pad token set to EOS when it has none; one
+    clear line when the path is neither, and an error when it has no EOS token."""
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")

@@ -46,6 +46,8 @@ class ShapingContext:
 
 
 class Shaper(Protocol):
+    """One shaping step: ``shaper(rollout, context)`` returns the rollout shaped (a new one)."""
+
     def __call__(self, rollout: Rollout, context: ShapingContext) -> Rollout: ...
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 
 def to_device(batch: dict, device) -> dict:
+    """The batch with every tensor moved to ``device`` (other values as they are)."""
     return {key: value.to(device) if isinstance(value, Tensor) else value for key, value in batch.items()}
 
 
@@ -24,6 +25,7 @@ def global_means(accelerator: Accelerator, stats: dict[str, tuple[Tensor, Tensor
 
 
 def global_mean(accelerator: Accelerator, values: Sequence[float]) -> float:
+    """The mean of ``values`` of every process together (each process its own list)."""
     total = accelerator.reduce(torch.tensor([float(sum(values)), float(len(values))], dtype=torch.float64,
                                             device=accelerator.device), "sum")
     return float(total[0] / total[1])
