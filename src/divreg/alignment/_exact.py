@@ -52,7 +52,14 @@ def _beta(beta: float) -> float:
 
 
 def kl(p, q) -> float:
-    r"""Exact :math:`KL(p\|q) = \sum_y p \log(p/q)` with :math:`0 \log 0 = 0` (inf where q = 0 < p)."""
+    r"""Exact :math:`KL(p\|q) = \sum_y p \log(p/q)` with :math:`0 \log 0 = 0` (inf where q = 0 < p).
+
+    Example:
+        >>> round(kl([1.0, 0.0], [0.5, 0.5]), 4)  # log 2
+        0.6931
+        >>> kl([0.25, 0.75], [0.25, 0.75])
+        0.0
+    """
     p, q = _distribution(p, "p"), _distribution(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"p and q differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}")
@@ -60,7 +67,14 @@ def kl(p, q) -> float:
 
 
 def log_partition(base, rewards, beta: float) -> float:
-    r""":math:`\log Z = \log \sum_y \pi_0(y) e^{r(y)/\beta}` (log-sum-exp, stable for small beta)."""
+    r""":math:`\log Z = \log \sum_y \pi_0(y) e^{r(y)/\beta}` (log-sum-exp, stable for small beta).
+
+    Example:
+        >>> import math
+        >>> # Z = 0.5 e^0 + 0.5 e^1
+        >>> round(log_partition([0.5, 0.5], [0.0, 1.0], beta=1.0), 4), round(math.log((1 + math.e) / 2), 4)
+        (0.6201, 0.6201)
+    """
     p = _distribution(base)
     r, beta = _rewards(rewards, p), _beta(beta)
     support = p > 0
@@ -70,7 +84,14 @@ def log_partition(base, rewards, beta: float) -> float:
 
 def tilted_policy(base, rewards, beta: float) -> Tensor:
     r"""The maximizer of :math:`E_\pi[r] - \beta KL(\pi\|\pi_0)` over the simplex:
-    :math:`\pi^*(y) = \pi_0(y) e^{r(y)/\beta} / Z` (Korbak et al. 2022)."""
+    :math:`\pi^*(y) = \pi_0(y) e^{r(y)/\beta} / Z` (Korbak et al. 2022).
+
+    Example:
+        >>> import math
+        >>> # base uniform, e^(r/beta) = (1, 3): the tilted policy is (1, 3) / 4
+        >>> [round(v, 4) for v in tilted_policy([0.5, 0.5], [0.0, math.log(3)], beta=1.0).tolist()]
+        [0.25, 0.75]
+    """
     p = _distribution(base)
     r, beta = _rewards(rewards, p), _beta(beta)
     logits = torch.where(p > 0, p.clamp(min=1e-300).log() + (r - r.max()) / beta, -math.inf)
@@ -79,7 +100,18 @@ def tilted_policy(base, rewards, beta: float) -> Tensor:
 
 def regularized_objective(policy, base, rewards, beta: float) -> float:
     r""":math:`E_\pi[r] - \beta KL(\pi\|\pi_0)`; for any :math:`\pi` it equals
-    :math:`-\beta KL(\pi\|\pi^*) + \beta \log Z` (the identity of Korbak et al.)."""
+    :math:`-\beta KL(\pi\|\pi^*) + \beta \log Z` (the identity of Korbak et al.).
+
+    Example:
+        >>> import math
+        >>> from divreg.alignment import log_partition, tilted_policy
+        >>> base, rewards = [0.5, 0.5], [0.0, math.log(3)]
+        >>> best = tilted_policy(base, rewards, 1.0)  # KL(best || pi*) = 0: the objective is beta log Z = log 2
+        >>> round(regularized_objective(best, base, rewards, 1.0), 4), round(log_partition(base, rewards, 1.0), 4)
+        (0.6931, 0.6931)
+        >>> round(regularized_objective(base, base, rewards, 1.0), 4)  # any other policy scores less: log(3) / 2
+        0.5493
+    """
     pi, p = _distribution(policy, "policy"), _distribution(base)
     r = _rewards(rewards, p)
     return float((pi * r).sum()) - _beta(beta) * kl(pi, p)
@@ -104,7 +136,15 @@ def _bisect(f: Callable[[float], float], target: float, low: float, high: float,
 def beta_for_kl(base, rewards, target_kl: float) -> float:
     r"""The beta whose tilted policy has :math:`KL(\pi^*_\beta\|\pi_0)` = ``target_kl``
     (bisection; the KL decreases in beta). The target must lie in (0, KL of the best-reward
-    policy) = (0, -log pi0(best set))."""
+    policy) = (0, -log pi0(best set)).
+
+    Example:
+        >>> from divreg.alignment import kl, tilted_policy
+        >>> base, rewards = [0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 2.0, 3.0]
+        >>> beta = beta_for_kl(base, rewards, 0.1)
+        >>> round(kl(tilted_policy(base, rewards, beta), base), 6)
+        0.1
+    """
     p = _distribution(base)
     r = _rewards(rewards, p)
     best = r[p > 0].max()
@@ -121,7 +161,16 @@ def beta_for_kl(base, rewards, target_kl: float) -> float:
 
 def beta_for_reward(base, rewards, target_reward: float) -> float:
     r"""The beta whose tilted policy has :math:`E_{\pi^*_\beta}[r]` = ``target_reward`` (the
-    expected reward decreases in beta), between the base's expected reward and the best reward."""
+    expected reward decreases in beta), between the base's expected reward and the best reward.
+
+    Example:
+        >>> from divreg.alignment import tilted_policy
+        >>> base, rewards = [0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 2.0, 3.0]
+        >>> beta = beta_for_reward(base, rewards, 2.0)  # the base's expected reward is 1.5
+        >>> policy = tilted_policy(base, rewards, beta)
+        >>> round(sum(p * r for p, r in zip(policy.tolist(), rewards)), 6)
+        2.0
+    """
     p = _distribution(base)
     r = _rewards(rewards, p)
     low, high = float((p * r).sum()), float(r[p > 0].max())
@@ -147,7 +196,13 @@ def best_of_n(base, rewards, n: int) -> Tensor:
     r"""The exact distribution of the best of ``n`` i.i.d. samples of :math:`\pi_0` by reward. For
     distinct rewards :math:`\pi_{BoN}(y) = F(y)^n - F^-(y)^n` with :math:`F(y) = P(r \le r(y))`,
     :math:`F^-(y) = P(r < r(y))`; a level of tied rewards gets :math:`F^n - F^{-n}` in all, split
-    in proportion to :math:`\pi_0` (a tie broken uniformly among the tied samples)."""
+    in proportion to :math:`\pi_0` (a tie broken uniformly among the tied samples).
+
+    Example:
+        >>> # uniform base on rewards 0, 1, 2, best of 2: P(max = y) = F(y)^2 - F(y - 1)^2 = 1/9, 3/9, 5/9
+        >>> [round(v, 4) for v in best_of_n([1/3, 1/3, 1/3], [0.0, 1.0, 2.0], n=2).tolist()]
+        [0.1111, 0.3333, 0.5556]
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     p = _distribution(base)
@@ -172,13 +227,31 @@ def best_of_n(base, rewards, n: int) -> Tensor:
 
 def best_of_n_kl_bound(n: int) -> float:
     """:math:`\\log N - (N - 1)/N`, the KL of best-of-N to the base when all rewards are distinct
-    and the base has no atoms (an upper bound otherwise; Beirami et al. 2024)."""
+    and the base has no atoms (an upper bound otherwise; Beirami et al. 2024).
+
+    Example:
+        >>> import math
+        >>> from divreg.alignment import best_of_n, kl
+        >>> best_of_n_kl_bound(1), round(best_of_n_kl_bound(2), 4), round(math.log(2) - 1 / 2, 4)
+        (0.0, 0.1931, 0.1931)
+        >>> base = [0.25, 0.25, 0.25, 0.25]  # a base with atoms stays below the bound
+        >>> kl(best_of_n(base, [0.0, 1.0, 2.0, 3.0], 4), base) <= best_of_n_kl_bound(4)
+        True
+    """
     return math.log(n) - (n - 1) / n
 
 
 def win_rate(policy, base, rewards, ties: float = 0.5) -> float:
     r""":math:`P(r(Y) > r(Y_0)) + \text{ties}\cdot P(r(Y) = r(Y_0))`, Y ~ policy, Y_0 ~ base,
-    independent (ties count one half by default)."""
+    independent (ties count one half by default).
+
+    Example:
+        >>> # the policy always takes the better outcome; the base ties it half the time (a tie counts 1/2)
+        >>> win_rate([0.0, 1.0], [0.5, 0.5], [0.0, 1.0])
+        0.75
+        >>> win_rate([0.5, 0.5], [0.5, 0.5], [0.0, 1.0])  # the base against itself
+        0.5
+    """
     pi, p = _distribution(policy, "policy"), _distribution(base)
     r = _rewards(rewards, p)
     greater = (r[:, None] > r[None, :]).double()
@@ -201,7 +274,16 @@ class Frontier(NamedTuple):
 
 def alignment_frontier(base, rewards, betas: Sequence[float], ns: Sequence[int]) -> Frontier:
     """The exact reward-KL frontier of the tilted policies (one per beta) and of best-of-N (one per
-    N), and at each N the tilted policy's expected reward at best-of-N's KL (see :class:`Frontier`)."""
+    N), and at each N the tilted policy's expected reward at best-of-N's KL (see :class:`Frontier`).
+
+    Example:
+        >>> f = alignment_frontier([0.5, 0.5], [0.0, 1.0], betas=[1.0], ns=[1, 2])
+        >>> f.best_of_n_reward  # the best of two fair coins is 1 with probability 3/4
+        [0.5, 0.75]
+        >>> # on two outcomes best-of-N is itself a tilted policy: equal reward at equal KL
+        >>> [round(v, 4) for v in f.tilted_reward_at_best_of_n_kl]
+        [0.5, 0.75]
+    """
     p = _distribution(base)
     r = _rewards(rewards, p)
     tilted = [tilted_policy(p, r, b) for b in betas]
@@ -243,7 +325,14 @@ class BernoulliGap(NamedTuple):
 
 def bernoulli_tilted_parameter(p: float, beta: float) -> float:
     r"""The per-token parameter of the tilted policy of n i.i.d. Bernoulli(p) tokens with reward
-    = the number of ones: again i.i.d., :math:`q = p e^{1/\beta} / (1 - p + p e^{1/\beta})`."""
+    = the number of ones: again i.i.d., :math:`q = p e^{1/\beta} / (1 - p + p e^{1/\beta})`.
+
+    Example:
+        >>> import math
+        >>> # p = 1/2 and e^(1/beta) = 3: q = 3 / (1 + 3)
+        >>> round(bernoulli_tilted_parameter(0.5, beta=1 / math.log(3)), 4)
+        0.75
+    """
     _beta(beta)
     if not 0 < p < 1:
         raise ValueError(f"p must be in (0, 1), got {p!r}")
@@ -251,7 +340,12 @@ def bernoulli_tilted_parameter(p: float, beta: float) -> float:
 
 
 def bernoulli_count_pmf(n: int, p: float) -> Tensor:
-    """The Binomial(n, p) probabilities of 0..n ones, in log space (exact for n in the thousands)."""
+    """The Binomial(n, p) probabilities of 0..n ones, in log space (exact for n in the thousands).
+
+    Example:
+        >>> [round(v, 4) for v in bernoulli_count_pmf(2, 0.5).tolist()]  # 0, 1, 2 heads in two fair tosses
+        [0.25, 0.5, 0.25]
+    """
     k = torch.arange(n + 1, dtype=torch.float64)
     log_pmf = (torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
                + k * math.log(p) + (n - k) * math.log1p(-p))
@@ -261,7 +355,15 @@ def bernoulli_count_pmf(n: int, p: float) -> Tensor:
 def bernoulli_best_of_n_gap(n: int, N: int, p: float = 0.5) -> BernoulliGap:
     """Best-of-N over whole sequences of n Bernoulli(p) tokens (exact, from the Binomial: within a
     count, every sequence has the same base probability, so the KL is that of the counts) against
-    the tilted policy of the same KL (its per-token q found by bisection)."""
+    the tilted policy of the same KL (its per-token q found by bisection).
+
+    Example:
+        >>> gap = bernoulli_best_of_n_gap(1, 2)  # one token: best-of-2 is itself a tilted policy
+        >>> gap.best_of_n_reward, gap.tilted_reward, gap.gap_per_token
+        (0.75, 0.75, 0.0)
+        >>> bernoulli_best_of_n_gap(8, 4).gap_per_token > 0  # over 8 tokens the tilted policy gets more at equal KL
+        True
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     counts = torch.arange(n + 1, dtype=torch.float64)
@@ -290,7 +392,13 @@ def bernoulli_best_of_n_gap(n: int, N: int, p: float = 0.5) -> BernoulliGap:
 def calibrate(base, rewards) -> Tensor:
     r"""The calibrated reward :math:`C(y) = P_{y' \sim \pi_0}(r(y') < r(y)) + \frac12
     P_{y' \sim \pi_0}(r(y') = r(y))` (mid-rank: for a continuous reward, C is uniform under
-    :math:`\pi_0`)."""
+    :math:`\pi_0`).
+
+    Example:
+        >>> # uniform base: the share of rewards below, plus half the share tied
+        >>> [round(v, 4) for v in calibrate([0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 1.0, 2.0]).tolist()]
+        [0.125, 0.5, 0.5, 0.875]
+    """
     p = _distribution(base)
     r = _rewards(rewards, p)
     below = ((r[None, :] < r[:, None]).double() * p[None, :]).sum(1)
@@ -299,7 +407,16 @@ def calibrate(base, rewards) -> Tensor:
 
 
 def calibrated_transform(kind: str, t: float = 1.0) -> Callable[[Tensor], Tensor]:
-    """Phi(u): ``identity`` (u), ``best_of_n`` (exp(t u)) or ``worst_of_n`` (-exp(-t u))."""
+    """Phi(u): ``identity`` (u), ``best_of_n`` (exp(t u)) or ``worst_of_n`` (-exp(-t u)).
+
+    Example:
+        >>> import torch
+        >>> u = torch.tensor([0.0, 1.0])
+        >>> [round(v, 4) for v in calibrated_transform("best_of_n", t=2.0)(u).tolist()]  # exp(2 u)
+        [1.0, 7.3891]
+        >>> [round(v, 4) for v in calibrated_transform("worst_of_n", t=2.0)(u).tolist()]  # -exp(-2 u)
+        [-1.0, -0.1353]
+    """
     if kind == "identity":
         return lambda u: u
     if not t > 0:
@@ -329,7 +446,16 @@ def calibrated_policy(phi: Callable[[Tensor], Tensor], beta: float, n: int = 1) 
     r"""The aligned policy in calibrated space, density :math:`\pi(u) \propto e^{\Phi(u)/\beta}` on
     [0, 1] (the base is uniform), by 400-point Gauss-Legendre quadrature: its KL to the base
     :math:`\int \pi \log \pi`, and its best-of-``n`` win rate against the base's best-of-``n``,
-    :math:`\int_0^1 n\,G(u)^{n-1}\pi(u)\,u^n\,du` with :math:`G` the policy's CDF."""
+    :math:`\int_0^1 n\,G(u)^{n-1}\pi(u)\,u^n\,du` with :math:`G` the policy's CDF.
+
+    Example:
+        >>> import math
+        >>> from divreg.alignment import calibrated_transform
+        >>> # Phi(u) = u, beta = 1: pi(u) = e^u / (e - 1); at n = 1 the win rate is E[u] = 1 / (e - 1)
+        >>> policy = calibrated_policy(calibrated_transform("identity"), beta=1.0)
+        >>> round(policy.win_rate, 6), round(1 / (math.e - 1), 6)
+        (0.581977, 0.581977)
+    """
     beta = _beta(beta)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
@@ -373,7 +499,15 @@ def _integral(phi, beta: float, upper: float, log_z: Tensor) -> Tensor:
 
 
 def calibrated_beta_for_kl(phi: Callable[[Tensor], Tensor], target_kl: float) -> float:
-    """The beta at which the calibrated-space policy of ``phi`` has KL ``target_kl`` to the base."""
+    """The beta at which the calibrated-space policy of ``phi`` has KL ``target_kl`` to the base.
+
+    Example:
+        >>> from divreg.alignment import calibrated_policy, calibrated_transform
+        >>> phi = calibrated_transform("best_of_n", t=2.0)
+        >>> beta = calibrated_beta_for_kl(phi, 0.1)
+        >>> round(calibrated_policy(phi, beta).kl, 6)
+        0.1
+    """
     if not target_kl > 0:
         raise ValueError(f"target_kl must be > 0, got {target_kl!r}")
     ends = phi(torch.tensor([0.0, 1.0], dtype=torch.float64))
@@ -392,7 +526,15 @@ def calibrated_beta_for_kl(phi: Callable[[Tensor], Tensor], target_kl: float) ->
 def best_transform_parameter(kind: str, n: int, target_kl: float, ts: Sequence[float]) -> tuple[float, float]:
     """The t of ``ts`` whose transform (``best_of_n``: exp(t u), ``worst_of_n``: -exp(-t u)) gives the
     highest best-of-``n`` win rate at KL ``target_kl`` to the base, and that win rate (a t whose
-    policy cannot reach the KL by quadrature is skipped)."""
+    policy cannot reach the KL by quadrature is skipped).
+
+    Example:
+        >>> # at n = 1 the win rate is E[u], which a linear Phi maximizes at a given KL;
+        >>> # exp(t u) is closest to linear for the smallest t
+        >>> t, rate = best_transform_parameter("best_of_n", 1, 0.1, ts=[0.5, 4.0, 16.0])
+        >>> t, round(rate, 4)
+        (0.5, 0.6276)
+    """
     results = []
     for t in ts:
         phi = calibrated_transform(kind, t)

@@ -60,7 +60,15 @@ def exp_into(scratch: Scratch, slot: int, log_a: Tensor) -> Tensor:
 
 
 def check_temperature(temperature: float) -> None:
-    """Raise ``ValueError`` unless ``temperature`` is a finite number > 0."""
+    """Raise ``ValueError`` unless ``temperature`` is a finite number > 0.
+
+    Example:
+        >>> check_temperature(2.0)
+        >>> check_temperature(0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be finite and > 0, got 0.0; use 1.0 for no softening
+    """
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if not math.isfinite(temperature) or temperature <= 0:
@@ -108,7 +116,15 @@ def check_same_shape(logits: Tensor, target_logits: Tensor) -> None:
 
 
 def math_dtype(*tensors: Tensor) -> torch.dtype:
-    """fp32 for half/bfloat16/fp32 inputs, fp64 if any input is fp64."""
+    """fp32 for half/bfloat16/fp32 inputs, fp64 if any input is fp64.
+
+    Example:
+        >>> import torch
+        >>> math_dtype(torch.zeros(2, dtype=torch.bfloat16))  # half precision is computed in fp32
+        torch.float32
+        >>> math_dtype(torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.float64))
+        torch.float64
+    """
     dtype = torch.float32
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)
@@ -116,7 +132,18 @@ def math_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def log_softmax_checked(name: str, logits: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
-    """``log_softmax(logits / temperature)`` in ``dtype``; rejects rows that are all ``-inf``."""
+    """``log_softmax(logits / temperature)`` in ``dtype``; rejects rows that are all ``-inf``.
+
+    Example:
+        >>> import math, torch
+        >>> log_probs = log_softmax_checked("logits", torch.tensor([0.0, math.log(9)]), 2.0, torch.float64)
+        >>> [round(v, 4) for v in log_probs.exp().tolist()]  # (0, log 9) / 2 = (0, log 3): probabilities (1/4, 3/4)
+        [0.25, 0.75]
+        >>> log_softmax_checked("logits", torch.full((2,), -math.inf), 1.0, torch.float32)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: logits has a row where every entry is -inf, which is not a distribution; ...
+    """
     log_probs = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
     if bool(torch.isnan(log_probs).any()):
         raise ValueError(

@@ -36,7 +36,15 @@ DIVERGENCES: dict[str, Divergence] = {
 def check_divergence_options(name: str, options: dict) -> None:
     """``ValueError`` unless ``options`` are exactly what divergence ``name`` accepts: every
     required option given (``alpha_divergence`` needs ``alpha``, ``topk_kl`` needs ``k``) and no
-    unknown one. Checked before any computation (a ``TypeError`` deep in a kernel says less)."""
+    unknown one. Checked before any computation (a ``TypeError`` deep in a kernel says less).
+
+    Example:
+        >>> check_divergence_options("alpha_divergence", {"alpha": 0.5})  # valid: returns None
+        >>> check_divergence_options("topk_kl", {})
+        Traceback (most recent call last):
+        ...
+        ValueError: divergence 'topk_kl' needs k=...; its options are ['k', 'tail']
+    """
     import inspect
 
     parameters = inspect.signature(get_divergence(name).on_logits).parameters
@@ -50,7 +58,17 @@ def check_divergence_options(name: str, options: dict) -> None:
 
 
 def get_divergence(name: str) -> Divergence:
-    """Look a divergence up by name; ``ValueError`` listing the known names otherwise."""
+    """Look a divergence up by name; ``ValueError`` listing the known names otherwise.
+
+    Example:
+        >>> import math, torch
+        >>> from divreg.divergences import forward_kl
+        >>> get_divergence("forward_kl").on_logits is forward_kl
+        True
+        >>> # KL(p || q) for the target p = (3/4, 1/4) and q uniform: 0.75 log 1.5 + 0.25 log 0.5
+        >>> round(float(get_divergence("forward_kl").on_logits(torch.zeros(2), torch.tensor([math.log(3), 0.0]))), 4)
+        0.1308
+    """
     if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")
     return DIVERGENCES[name]

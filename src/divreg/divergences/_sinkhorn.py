@@ -51,6 +51,13 @@ def sinkhorn_plan(
         Cuturi. "Sinkhorn Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013,
         arXiv 1306.0895. Peyre, Cuturi. "Computational Optimal Transport", 2019, arXiv 1803.00567,
         section 4.4 (log-domain iterations).
+
+    Example:
+        >>> import torch
+        >>> cost = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+        >>> plan = sinkhorn_plan(cost, epsilon=0.05)  # small epsilon: close to the optimal plan, identity / 2
+        >>> [[round(v, 4) for v in row] for row in plan.tolist()]
+        [[0.5, 0.0], [0.0, 0.5]]
     """
     if cost.dim() != 2:
         raise ValueError(f"cost must be a (B, B') matrix, got shape {tuple(cost.shape)}")
@@ -77,5 +84,12 @@ def sinkhorn_distance(cost: Tensor, **kwargs) -> Tensor:
 
     Returns:
         Scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> x, y = torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.5])
+        >>> cost = (x[:, None] - y[None, :]).abs()
+        >>> round(float(sinkhorn_distance(cost, epsilon=0.01)), 4)  # each point moves by 0.5: W1 = 0.5
+        0.5
     """
     return (sinkhorn_plan(cost, **kwargs) * cost).sum()

@@ -51,6 +51,16 @@ def skew_kl(
     References:
         Ko, Kim, Chen, Yun. "DistiLLM: Towards Streamlined Distillation for Large Language
         Models", 2024, arXiv 2402.03898, eq. (4).
+
+    Example:
+        >>> import math, torch
+        >>> logits, target_logits = torch.zeros(2), torch.tensor([math.log(3), 0.0])  # q uniform, p = (3/4, 1/4)
+        >>> round(float(skew_kl(logits, target_logits, alpha=0.0)), 4)  # KL(p || q) = 0.75 log 1.5 + 0.25 log 0.5
+        0.1308
+        >>> round(float(skew_kl(logits, target_logits, alpha=0.5)), 4)  # KL(p || m), m = (5/8, 3/8)
+        0.0354
+        >>> float(skew_kl(logits, target_logits, alpha=1.0))
+        0.0
     """
     check_unit_interval("alpha", alpha)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)
@@ -84,6 +94,14 @@ def skew_reverse_kl(
     References:
         Ko, Kim, Chen, Yun. "DistiLLM: Towards Streamlined Distillation for Large Language
         Models", 2024, arXiv 2402.03898, eq. (5).
+
+    Example:
+        >>> import math, torch
+        >>> logits, target_logits = torch.zeros(2), torch.tensor([math.log(3), 0.0])  # q uniform, p = (3/4, 1/4)
+        >>> round(float(skew_reverse_kl(logits, target_logits, alpha=0.0)), 4)  # KL(q || p) = 0.5 log(2/3) + 0.5 log 2
+        0.1438
+        >>> round(float(skew_reverse_kl(logits, target_logits, alpha=0.5)), 4)  # KL(q || m), m = (5/8, 3/8)
+        0.0323
     """
     check_unit_interval("alpha", alpha)
     log_q, log_p = prepare_log_probs(logits, target_logits, temperature, dim, mask)

@@ -30,6 +30,15 @@ def sorted_probability_l1(logits: Tensor, target_logits: Tensor, *, temperature:
     References:
         Boizard et al. "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation
         Loss for LLMs", 2024, arXiv 2402.12030.
+
+    Example:
+        >>> import torch
+        >>> # a permutation of the same probabilities is at distance 0
+        >>> round(float(sorted_probability_l1(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 1.0, 2.0]))), 4)
+        0.0
+        >>> # vocabularies of 3 and 2 tokens: sorted (1/2, 1/4, 1/4) against (1/2, 1/2, 0)
+        >>> float(sorted_probability_l1(torch.tensor([0.5, 0.25, 0.25]).log(), torch.zeros(2)))
+        0.5
     """
     check_temperature(temperature)
     if logits.shape[:-1] != target_logits.shape[:-1]:

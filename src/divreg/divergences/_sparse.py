@@ -15,7 +15,15 @@ TAIL_POLICIES = ("bucket", "renormalize", "none")
 
 
 def check_tail_policy(tail: str) -> None:
-    """``ValueError`` unless ``tail`` is one of :data:`TAIL_POLICIES` (the one place that checks it)."""
+    """``ValueError`` unless ``tail`` is one of :data:`TAIL_POLICIES` (the one place that checks it).
+
+    Example:
+        >>> check_tail_policy("bucket")
+        >>> check_tail_policy("drop")
+        Traceback (most recent call last):
+        ...
+        ValueError: tail must be one of ('bucket', 'renormalize', 'none'), got 'drop'
+    """
     if tail not in TAIL_POLICIES:
         raise ValueError(f"tail must be one of {TAIL_POLICIES}, got {tail!r}")
 
@@ -23,7 +31,17 @@ def check_tail_policy(tail: str) -> None:
 def check_sparse_target(
     logits_shape: torch.Size, target_ids: Tensor, target_logprobs: Tensor, target_tail_logmass: Optional[Tensor]
 ) -> None:
-    """Raise ``ValueError`` unless the sparse target fits logits of ``logits_shape`` (..., V)."""
+    """Raise ``ValueError`` unless the sparse target fits logits of ``logits_shape`` (..., V).
+
+    Example:
+        >>> import torch
+        >>> ids, logprobs = torch.tensor([[0, 2]]), torch.tensor([[0.5, 0.25]]).log()
+        >>> check_sparse_target(torch.Size([1, 4]), ids, logprobs, None)  # fits logits of shape (1, 4)
+        >>> check_sparse_target(torch.Size([1, 4]), torch.tensor([[0, 0]]), logprobs, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: target_ids repeat a token within one position; top-k ids must be distinct
+    """
     vocab = logits_shape[-1]
     if target_ids.shape[:-1] != logits_shape[:-1] or target_logprobs.shape != target_ids.shape:
         raise ValueError(
@@ -120,6 +138,13 @@ def sparse_kl(
     References:
         Hu et al. "OSTQuant", ICLR 2025, arXiv 2501.13987 (KL-Top: ``tail="none"`` in its
         released scripts, ``"renormalize"`` in the code's non-default branch).
+
+    Example:
+        >>> import math, torch
+        >>> # the target's top-1 is token 0 with 3/4 (the rest 1/4, one bucket); q is uniform on 4 tokens
+        >>> value = sparse_kl(torch.zeros(4), torch.tensor([0]), torch.tensor([0.75]).log())
+        >>> round(float(value), 4), round(0.75 * math.log(0.75 / 0.25) + 0.25 * math.log(0.25 / 0.75), 4)
+        (0.5493, 0.5493)
     """
     check_tail_policy(tail)
     check_temperature(temperature)
@@ -138,6 +163,16 @@ def sparse_kl_with_grad(
     Bucket: :math:`dz_i = q_i - p_i` on S and :math:`q_i (1 - p_{\bar S} / q_{\bar S})` off it.
     Renormalize: :math:`dz_i = \tilde q_i - \tilde p_i` on S, 0 off it.
     None: :math:`dz_j = q_j \sum_{i \in S} p_i - p_j [j \in S]`.
+
+    Example:
+        >>> import math, torch
+        >>> # q uniform on 4 tokens; the target: token 0 with 3/4, the rest 1/4 (as in sparse_kl's example)
+        >>> log_q, ids, log_p = torch.zeros(1, 4).log_softmax(-1), torch.tensor([[0]]), torch.tensor([[0.75]]).log()
+        >>> value, grad = sparse_kl_with_grad(log_q, ids, log_p)
+        >>> round(float(value), 4), round(0.5 * math.log(3), 4)
+        (0.5493, 0.5493)
+        >>> [round(v, 4) for v in grad[0].tolist()]  # q - p on S; q (1 - p_rest / q_rest) = (1/4)(2/3) off S
+        [-0.5, 0.1667, 0.1667, 0.1667]
     """
     check_tail_policy(tail)
     target_ids = target_ids.long()

@@ -58,6 +58,15 @@ def k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
     Returns:
         Tensor of the same shape, fp32 (fp64 for fp64 inputs).
+
+    Example:
+        >>> import torch
+        >>> pi, ref = torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.5])  # each token once, weighted by pi
+        >>> values = k1(pi.log(), ref.log())
+        >>> [round(v, 4) for v in values.tolist()]  # log(pi / ref): one sample is negative
+        [0.4055, -0.6931]
+        >>> round(float((pi * values).sum()), 4)  # unbiased: KL(pi || ref) = 0.75 log 1.5 + 0.25 log 0.5
+        0.1308
     """
     return _log_ratio(logprobs, ref_logprobs)
 
@@ -77,6 +86,15 @@ def k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
     Returns:
         Tensor of the same shape.
+
+    Example:
+        >>> import torch
+        >>> pi, ref = torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.5])  # each token once, weighted by pi
+        >>> values = k2(pi.log(), ref.log())
+        >>> [round(v, 4) for v in values.tolist()]  # r^2 / 2 >= 0
+        [0.0822, 0.2402]
+        >>> round(float((pi * values).sum()), 4)  # biased: KL(pi || ref) is 0.1308
+        0.1217
     """
     return 0.5 * _log_ratio(logprobs, ref_logprobs).square()
 
@@ -97,6 +115,15 @@ def k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
     Returns:
         Tensor of the same shape.
+
+    Example:
+        >>> import torch
+        >>> pi, ref = torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.5])  # each token once, weighted by pi
+        >>> values = k3(pi.log(), ref.log())
+        >>> [round(v, 4) for v in values.tolist()]  # ref/pi - 1 - log(ref/pi) >= 0
+        [0.0721, 0.3069]
+        >>> round(float((pi * values).sum()), 4)  # unbiased: KL(pi || ref) = 0.75 log 1.5 + 0.25 log 0.5
+        0.1308
     """
     return _k3_from_log_ratio(_log_ratio(logprobs, ref_logprobs))
 
@@ -115,6 +142,18 @@ def k3_k2grad(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 
     Returns:
         Tensor of the same shape.
+
+    Example:
+        >>> import torch
+        >>> from divreg.estimators import k3
+        >>> pi, ref = torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.5])
+        >>> logprobs = pi.log().requires_grad_()
+        >>> values = k3_k2grad(logprobs, ref.log())
+        >>> bool(torch.equal(values, k3(pi.log(), ref.log())))  # k3's values
+        True
+        >>> values.sum().backward()
+        >>> [round(v, 4) for v in logprobs.grad.tolist()]  # k2's gradient, r = log(pi / ref)
+        [0.4055, -0.6931]
     """
     r = _log_ratio(logprobs, ref_logprobs)
     half_square = 0.5 * r.square()

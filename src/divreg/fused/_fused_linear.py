@@ -151,6 +151,16 @@ def fused_linear_sparse_divergence(
         target_tail_logmass: (...) log of the target's mass outside ``target_ids`` (optional).
         tail: ``"bucket"`` (exact KL of the coarsened distributions) or ``"renormalize"``.
         Other arguments: as for :func:`fused_linear_divergence`.
+
+    Example:
+        >>> import torch
+        >>> from divreg.divergences import sparse_kl
+        >>> g = torch.Generator().manual_seed(0)  # any draw: the fused value equals the plain path's
+        >>> h, w = (torch.randn(rows, 4, generator=g, dtype=torch.float64) for rows in (6, 10))
+        >>> top = torch.randn(6, 10, generator=g, dtype=torch.float64).log_softmax(-1).topk(3)  # a teacher's top 3
+        >>> fused = fused_linear_sparse_divergence(h, w, top.indices, top.values, chunk_size=4)
+        >>> bool(torch.allclose(fused, sparse_kl(h @ w.T, top.indices, top.values).mean()))
+        True
     """
     check_tail_policy(tail)
     plan = _make_plan(None, {"tail": tail}, temperature, chunk_size, memory_budget_mb, ignore_index, None, reduction,

@@ -26,6 +26,11 @@ def mask_from_labels(labels: Tensor, ignore_index: int = -100) -> Tensor:
 
     Returns:
         Bool tensor of the same shape.
+
+    Example:
+        >>> import torch
+        >>> mask_from_labels(torch.tensor([5, -100, 7])).tolist()
+        [True, False, True]
     """
     if torch.is_floating_point(labels):
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
@@ -93,6 +98,13 @@ def per_sequence_mean(values: Tensor, mask: Optional[Tensor] = None, num_items_i
 
     Returns:
         Scalar tensor; 0 (with graph) when nothing is valid.
+
+    Example:
+        >>> import torch
+        >>> values = torch.tensor([[1.0, 3.0, 0.0], [10.0, 0.0, 0.0]])
+        >>> mask = torch.tensor([[True, True, False], [True, False, False]])
+        >>> float(per_sequence_mean(values, mask))  # (mean(1, 3) + 10) / 2; the token mean would be 14 / 3
+        6.0
     """
     if values.dim() < 2:
         raise ValueError(f"per_sequence_mean needs values of shape (B, T, ...), got {tuple(values.shape)}")
@@ -127,6 +139,14 @@ def sum_over_items(values: Tensor, mask: Optional[Tensor] = None, num_items_in_b
 
     Returns:
         Scalar tensor; 0 (with graph) when nothing is valid.
+
+    Example:
+        >>> import torch
+        >>> # 3 valid tokens in the global batch, split in two micro-batches: the parts add up to the token mean
+        >>> first = sum_over_items(torch.tensor([1.0, 2.0]), num_items_in_batch=3)
+        >>> second = sum_over_items(torch.tensor([6.0]), num_items_in_batch=3)
+        >>> float(first + second)  # (1 + 2 + 6) / 3
+        3.0
     """
     kept, _ = _masked(values, mask)
     total = kept.sum()
@@ -142,7 +162,16 @@ _BY_NAME: dict[str, Reduction] = {"mean": masked_mean, "sequence_mean": per_sequ
 
 def get_reduction(reduction: Union[str, Reduction]) -> Reduction:
     """The reduction named ``reduction`` (``"mean"``, ``"sequence_mean"``, ``"sum"``), or
-    ``reduction`` itself when it is already one of this module's reductions."""
+    ``reduction`` itself when it is already one of this module's reductions.
+
+    Example:
+        >>> import torch
+        >>> from divreg.reductions import masked_mean
+        >>> get_reduction("mean") is masked_mean
+        True
+        >>> float(get_reduction("sum")(torch.tensor([1.0, 2.0, 9.0]), torch.tensor([True, True, False])))
+        3.0
+    """
     if callable(reduction):
         if reduction not in _BY_NAME.values():
             raise ValueError(f"reduction must be one of divreg.reductions' masked_mean, per_sequence_mean, "
@@ -189,6 +218,14 @@ def reduce(values: Tensor, mask: Optional[Tensor] = None, reduction: str = "mean
     """Apply a named reduction: ``"mean"`` (token mean), ``"sequence_mean"``, ``"sum"``
     (divided by ``num_items_in_batch`` when given) or ``"none"`` (values with masked
     positions set to 0).
+
+    Example:
+        >>> import torch
+        >>> values, mask = torch.tensor([1.0, 2.0, float("nan")]), torch.tensor([True, True, False])
+        >>> float(reduce(values, mask, "mean")), float(reduce(values, mask, "sum"))
+        (1.5, 3.0)
+        >>> reduce(values, mask, "none").tolist()  # the masked nan is never read
+        [1.0, 2.0, 0.0]
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
