@@ -26,14 +26,28 @@ def _check(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
-    """Fraction of samples whose arg-max class is the label."""
+    """Fraction of samples whose arg-max class is the label.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+        >>> round(accuracy(probs, torch.tensor([0, 1, 1])), 4)  # the third arg-max (class 0) is wrong: 2/3
+        0.6667
+    """
     probs, labels = _check(probs, labels)
     return float((probs.argmax(1) == labels).double().mean())
 
 
 def nll(probs: Tensor, labels: Tensor) -> float:
     r"""Negative log-likelihood :math:`-\frac1N \sum_i \log p_{i, y_i}`; a probability of exactly 0
-    is clamped to the smallest positive float64 (about 2.2e-308), so the value stays finite."""
+    is clamped to the smallest positive float64 (about 2.2e-308), so the value stays finite.
+
+    Example:
+        >>> import math, torch
+        >>> uniform = torch.full((2, 4), 0.25)  # every label gets probability 1/4
+        >>> round(nll(uniform, torch.tensor([0, 3])), 4), round(math.log(4), 4)
+        (1.3863, 1.3863)
+    """
     probs, labels = _check(probs, labels)
     picked = probs.gather(1, labels[:, None]).squeeze(1).clamp(min=torch.finfo(torch.float64).tiny)
     return float(-picked.log().mean())
@@ -41,7 +55,14 @@ def nll(probs: Tensor, labels: Tensor) -> float:
 
 def brier_score(probs: Tensor, labels: Tensor) -> float:
     r"""Multi-class Brier score :math:`\frac1N \sum_i \sum_c (p_{ic} - [y_i = c])^2`, in [0, 2]
-    (Brier 1950; not divided by the number of classes)."""
+    (Brier 1950; not divided by the number of classes).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
+        >>> round(brier_score(probs, torch.tensor([0, 1])), 4)  # ((0.2^2 + 0.2^2) + (0.5^2 + 0.5^2)) / 2
+        0.29
+    """
     probs, labels = _check(probs, labels)
     one_hot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
     return float((probs - one_hot).square().sum(1).mean())
@@ -56,6 +77,14 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
     References:
         Guo, Pleiss, Sun, Weinberger. "On Calibration of Modern Neural Networks", ICML 2017,
         arXiv 1706.04599.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.7, 0.3], [0.7, 0.3]])  # confidence 0.7 ...
+        >>> round(expected_calibration_error(probs, torch.tensor([0, 1])), 4)  # ... accuracy 0.5
+        0.2
+        >>> expected_calibration_error(torch.eye(3), torch.tensor([0, 1, 2]))  # confident and right
+        0.0
     """
     count, correct, confidence = calibration_bins(probs, labels, n_bins)
     return float((correct - confidence).abs().sum() / count.sum())
@@ -63,7 +92,17 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 10) 
 
 def calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     """Per equal-width confidence bin (as in :func:`expected_calibration_error`): the number of
-    samples, the number of correct ones and the sum of their confidences, each (n_bins,) float64."""
+    samples, the number of correct ones and the sum of their confidences, each (n_bins,) float64.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])  # confidences 0.9, 0.6, 0.7
+        >>> count, correct, confidence = calibration_bins(probs, torch.tensor([0, 1, 1]), n_bins=4)
+        >>> count.tolist(), correct.tolist(), [round(v, 4) for v in confidence.tolist()]
+        ([0.0, 0.0, 2.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.3, 0.9])
+        >>> round(float((correct - confidence).abs().sum() / count.sum()), 4)  # the ECE: (0.3 + 0.1) / 3
+        0.1333
+    """
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     probs, labels = _check(probs, labels)
@@ -91,6 +130,14 @@ def aurc(probs: Tensor, labels: Tensor) -> float:
     References:
         Geifman, Uziel, El-Yaniv. "Bias-Reduced Uncertainty Estimation for Deep Neural
         Classifiers", ICLR 2019, arXiv 1805.08206; as computed in PS-KD (arXiv 2006.12000).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])
+        >>> round(aurc(probs, torch.tensor([0, 0, 1])), 4)  # the error least confident: risks 0, 0, 1/3
+        0.1111
+        >>> round(aurc(probs, torch.tensor([1, 0, 0])), 4)  # the error most confident: risks 1, 1/2, 1/3
+        0.6111
     """
     probs, labels = _check(probs, labels)
     return float(_risks_by_coverage(probs, labels).mean())
@@ -128,6 +175,14 @@ def e_aurc(probs: Tensor, labels: Tensor, optimum: str = "exact") -> float:
     References:
         Geifman, Uziel, El-Yaniv, ICLR 2019, arXiv 1805.08206; PS-KD (Kim et al., ICCV 2021,
         arXiv 2006.12000), github.com/lgcnsai/PS-KD-Pytorch ``utils/metric.py``.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4]])
+        >>> round(e_aurc(probs, torch.tensor([0, 0, 1])), 4)  # the error ranked last: an ideal ranking
+        0.0
+        >>> round(e_aurc(probs, torch.tensor([1, 0, 0])), 4)  # the error ranked first: 0.6111 - 0.1111
+        0.5
     """
     probs, labels = _check(probs, labels)
     risks = _risks_by_coverage(probs, labels)
@@ -136,7 +191,14 @@ def e_aurc(probs: Tensor, labels: Tensor, optimum: str = "exact") -> float:
 
 
 def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 10) -> dict[str, float]:
-    """All of the above, keyed ``accuracy``, ``nll``, ``brier``, ``ece``, ``aurc``, ``e_aurc``."""
+    """All of the above, keyed ``accuracy``, ``nll``, ``brier``, ``ece``, ``aurc``, ``e_aurc``.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.75, 0.25], [0.75, 0.25]])  # one right, one wrong, both at confidence 0.75
+        >>> {k: round(v, 4) for k, v in classification_metrics(probs, torch.tensor([0, 1])).items()}
+        {'accuracy': 0.5, 'nll': 0.837, 'brier': 0.625, 'ece': 0.25, 'aurc': 0.25, 'e_aurc': 0.0}
+    """
     return {
         "accuracy": accuracy(probs, labels),
         "nll": nll(probs, labels),

@@ -29,7 +29,16 @@ def _pixels(probs: Tensor, labels: Tensor, ignore_index: Optional[int]) -> tuple
 
 def pixel_ece(probs: Tensor, labels: Tensor, n_bins: int = 10, ignore_index: Optional[int] = None) -> float:
     """Expected calibration error over every (kept) pixel: the top-label ECE of
-    :func:`expected_calibration_error` with the pixels as samples."""
+    :func:`expected_calibration_error` with the pixels as samples.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([0.7, 0.3])[None, :, None, None].expand(1, 2, 1, 2)  # two pixels, both 0.7 on class 0
+        >>> round(pixel_ece(probs, torch.tensor([[[0, 1]]])), 4)  # confidence 0.7, accuracy 0.5
+        0.2
+        >>> round(pixel_ece(probs, torch.tensor([[[0, 255]]]), ignore_index=255), 4)  # only the right pixel kept
+        0.3
+    """
     return expected_calibration_error(*_pixels(probs, labels, ignore_index), n_bins=n_bins)
 
 
@@ -37,7 +46,17 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 10, ignore_index:
     r"""Classwise ECE: :math:`\frac1C \sum_c \sum_b \frac{|B_{cb}|}{N} |\mathrm{freq}_c(B_{cb}) -
     \mathrm{conf}_c(B_{cb})|`, bins of p_c (equal width, as the top-label ECE) and freq_c the
     fraction of the bin's pixels labelled c (Kull et al., "Beyond temperature scaling", NeurIPS
-    2019, arXiv 1910.12656)."""
+    2019, arXiv 1910.12656).
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([0.6, 0.3, 0.1])[None, :, None, None].expand(1, 3, 1, 2)  # two pixels alike
+        >>> labels = torch.tensor([[[0, 1]]])  # class frequencies 0.5, 0.5, 0
+        >>> round(classwise_ece(probs, labels), 4)  # (|0.5 - 0.6| + |0.5 - 0.3| + |0 - 0.1|) / 3
+        0.1333
+        >>> round(pixel_ece(probs, labels), 4)  # the top label alone: |0.5 - 0.6|
+        0.1
+    """
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     flat_probs, flat_labels = _check(*_pixels(probs, labels, ignore_index))

@@ -58,6 +58,11 @@ def svls_kernel(dim: int = 2, sigma: float = 1.0, size: int = 3) -> Tensor:
 
     Returns:
         (size,) * dim float32 tensor summing to 1.
+
+    Example:
+        >>> kernel = svls_kernel()  # 3x3, sigma 1
+        >>> round(float(kernel[1, 1]), 4), round(float(kernel.sum()), 4)  # the centre weighs 1/2
+        (0.5, 1.0)
     """
     if dim not in (2, 3) or sigma <= 0 or size < 3 or size % 2 == 0:
         raise ValueError(f"SVLS needs dim 2 or 3, sigma > 0 and an odd size >= 3; got {dim}, {sigma}, {size}")
@@ -79,6 +84,14 @@ def svls_targets(labels: Tensor, num_classes: int, *, sigma: float = 1.0, size: 
 
     Returns:
         (B, C, H, W) or (B, C, D, H, W) float32.
+
+    Example:
+        >>> import torch
+        >>> targets = svls_targets(torch.tensor([[[0, 1]]]), 2)  # a class-0 pixel left of a class-1 pixel
+        >>> [round(v, 4) for v in targets[0, :, 0, 0].tolist()]  # class 1 gets the kernel's right column
+        [0.8278, 0.1722]
+        >>> round(float(svls_kernel()[:, 2].sum()), 4)
+        0.1722
     """
     spatial = labels.dim() - 1
     _check_labels(labels, num_classes, spatial)
@@ -97,6 +110,14 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
     Returns:
         (B, *spatial).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> logits, labels = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 2])
+        >>> hard = F.cross_entropy(logits, labels, reduction="none")
+        >>> torch.allclose(soft_cross_entropy(logits, F.one_hot(labels, 3).float()), hard)  # one-hot targets
+        True
     """
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
@@ -106,7 +127,16 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 def svls_loss(logits: Tensor, labels: Tensor, *, sigma: float = 1.0, size: int = 3) -> Tensor:
     """Per-pixel SVLS loss (soft cross-entropy against :func:`svls_targets`; the official code
-    averages it over pixels). Returns (B, *spatial)."""
+    averages it over pixels). Returns (B, *spatial).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # (1, 2, 1, 2)
+        >>> labels = torch.zeros(1, 1, 2, dtype=torch.long)  # a uniform map: the soft labels are one-hot
+        >>> torch.allclose(svls_loss(logits, labels), F.cross_entropy(logits, labels, reduction="none"))
+        True
+    """
     with torch.no_grad():
         targets = svls_targets(labels, logits.shape[1], sigma=sigma, size=size)
     return soft_cross_entropy(logits, targets)
@@ -124,6 +154,15 @@ def neighbour_proportions(labels: Tensor, num_classes: int, *, kernel_size: int 
 
     Returns:
         (B, C, *spatial) float32.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.ones(1, 2, 2, dtype=torch.long)  # a 2x2 image, all class 1
+        >>> tau = neighbour_proportions(labels, 2)  # each window: 4 pixels of class 1, 5 outside (class 0)
+        >>> [round(v, 4) for v in tau[0, :, 0, 0].tolist()]
+        [0.5556, 0.4444]
+        >>> neighbour_proportions(labels, 2, border="replicate")[0, :, 0, 0].tolist()
+        [0.0, 1.0]
     """
     spatial = labels.dim() - 1
     _check_labels(labels, num_classes, spatial)
@@ -144,7 +183,14 @@ def neighbour_proportions(labels: Tensor, num_classes: int, *, kernel_size: int 
 def nacl_penalty(logits: Tensor, labels: Tensor, *, kernel_size: int = 3, distance: str = "l1",
                  border: str = "background") -> Tensor:
     r"""NACL's penalty per class and pixel: :math:`|\tau_c(y) - z_c|` (``"l1"``) or its square
-    (``"l2"``), on the logits z. Returns (B, C, *spatial); NACL averages it over everything."""
+    (``"l2"``), on the logits z. Returns (B, C, *spatial); NACL averages it over everything.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.ones(1, 2, 2, dtype=torch.long)  # all class 1: tau = (0, 1) with replicated borders
+        >>> nacl_penalty(torch.zeros(1, 2, 2, 2), labels, border="replicate")[0, :, 0, 0].tolist()  # |tau - z|, z = 0
+        [0.0, 1.0]
+    """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     tau = neighbour_proportions(labels, logits.shape[1], kernel_size=kernel_size, border=border)
@@ -155,7 +201,15 @@ def nacl_penalty(logits: Tensor, labels: Tensor, *, kernel_size: int = 3, distan
 
 def nacl_loss(logits: Tensor, labels: Tensor, *, weight: float = 0.1, kernel_size: int = 3, distance: str = "l1",
               border: str = "background") -> Tensor:
-    """NACL's scalar loss: mean cross-entropy + ``weight`` * mean :func:`nacl_penalty`."""
+    """NACL's scalar loss: mean cross-entropy + ``weight`` * mean :func:`nacl_penalty`.
+
+    Example:
+        >>> import torch
+        >>> labels = torch.ones(1, 2, 2, dtype=torch.long)  # all class 1: tau = (0, 1) with replicated borders
+        >>> logits = torch.zeros(1, 2, 2, 2)  # CE = log 2; mean |tau - z| = 0.5
+        >>> round(float(nacl_loss(logits, labels, border="replicate")), 4)  # log 2 + 0.1 * 0.5
+        0.7431
+    """
     return NACLLoss(weight=weight, kernel_size=kernel_size, distance=distance, border=border)(logits, labels)
 
 

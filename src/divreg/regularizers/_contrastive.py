@@ -27,7 +27,17 @@ from torch import Tensor
 def mix_hard_negatives(negatives: Tensor, count: int, *, generator: Optional[torch.Generator] = None,
                        concentration: float = 2.0) -> Tensor:
     """(B, count, D) unit vectors normalize(lam n_a + (1 - lam) n_b), n_a != n_b two of each
-    query's hard negatives (B, H, D), lam ~ Beta(concentration, concentration)."""
+    query's hard negatives (B, H, D), lam ~ Beta(concentration, concentration).
+
+    Example:
+        >>> import torch
+        >>> negatives = torch.eye(3)[None, :2]  # one query, hard negatives e1 and e2
+        >>> mixed = mix_hard_negatives(negatives, 4, generator=torch.Generator().manual_seed(0))
+        >>> tuple(mixed.shape), bool(torch.allclose(mixed.norm(dim=-1), torch.ones(1, 4)))  # unit vectors ...
+        ((1, 4, 3), True)
+        >>> bool((mixed[..., 2] == 0).all() and (mixed[..., :2] >= 0).all())  # ... between e1 and e2
+        True
+    """
     batch, hard, dim = negatives.shape
     if hard < 2:
         raise ValueError(f"mixing needs at least 2 hard negatives per query, got {hard}")
@@ -58,6 +68,14 @@ def focal_info_nce(query: Tensor, positive: Tensor, negatives: Optional[Tensor] 
         query, positive: (B, D) embeddings (normalized here).
         negatives: (B, H, D) hard negatives of each query (mixed ones appended by the caller), or None.
         in_batch: the other queries' positives are negatives too.
+
+    Example:
+        >>> import torch
+        >>> query, negatives = torch.tensor([[1.0, 0.0]]), torch.tensor([[[0.0, 1.0]]])  # cosines 1 (positive), 0
+        >>> round(float(focal_info_nce(query, query, negatives, temperature=1.0, gamma=0.0)), 4)  # -log(e / (e + 1))
+        0.3133
+        >>> round(float(focal_info_nce(query, query, negatives, temperature=1.0)), 4)  # times (1 - e / (e + 1)) ** 0.5
+        0.1625
     """
     if query.shape != positive.shape or query.dim() != 2:
         raise ValueError(f"query and positive must both be (B, D), got {tuple(query.shape)}, {tuple(positive.shape)}")

@@ -40,6 +40,14 @@ def focal_supervised_contrastive(features: Tensor, labels: Tensor, *, temperatur
     Args:
         features: (N, D) projections (normalized here). labels: (N,) integer classes.
         reduction: ``"positives"`` (divide by |P(i)|, the paper) or ``"row"`` (by N, the code).
+
+    Example:
+        >>> import math, torch
+        >>> features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> p = math.e / (math.e + 2)  # each anchor: its positive at cosine 1, two negatives at cosine 0
+        >>> loss = focal_supervised_contrastive(features, torch.tensor([0, 0, 1, 1]), temperature=1.0)
+        >>> round(float(loss), 4), round(-(1 - p) * math.log(p), 4)
+        (0.2337, 0.2337)
     """
     if features.dim() != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"expected features (N, D) and labels (N,), got {tuple(features.shape)}, {tuple(labels.shape)}")
@@ -66,7 +74,16 @@ def _beta(shape, generator: Optional[torch.Generator], device) -> Tensor:  # Bet
 
 def random_pair_mix(features: Tensor, soft_labels: Tensor, *, min_lambda: float = 0.8,
                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
-    """Random-pair feature mixes: f~ = (1 - lam) f + lam f[perm], lam = max(u, min_lambda)."""
+    """Random-pair feature mixes: f~ = (1 - lam) f + lam f[perm], lam = max(u, min_lambda).
+
+    Example:
+        >>> import torch
+        >>> mixed, soft = random_pair_mix(torch.eye(3), torch.eye(3), generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(mixed, soft), [round(v, 4) for v in soft.sum(1).tolist()]  # same weights; convex mixes
+        (True, [1.0, 1.0, 1.0])
+        >>> bool((soft.max(1).values >= 0.8).all())  # the partner weighs lam >= 0.8
+        True
+    """
     perm = torch.randperm(len(features), generator=generator, device=features.device)
     lam = _beta((len(features), 1), generator, features.device).clamp(min=min_lambda).to(features.dtype)
     return (1 - lam) * features + lam * features[perm], (1 - lam) * soft_labels + lam * soft_labels[perm]
@@ -75,7 +92,18 @@ def random_pair_mix(features: Tensor, soft_labels: Tensor, *, min_lambda: float 
 def hard_pair_mix(features: Tensor, labels: Tensor, soft_labels: Tensor, *,
                   generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
     """Per anchor: lam * (its hardest positive) + (1 - lam) * (its hardest negative), cosine
-    similarity on the features; an anchor without a negative mixes with itself."""
+    similarity on the features; an anchor without a negative mixes with itself.
+
+    Example:
+        >>> import torch
+        >>> features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]])
+        >>> labels = torch.tensor([0, 0, 0, 1, 1])
+        >>> mixed, ids = hard_pair_mix(features, labels, torch.eye(5), generator=torch.Generator().manual_seed(0))
+        >>> ids[0].nonzero().flatten().tolist()  # anchor 0: least similar positive 2, most similar negative 3
+        [2, 3]
+        >>> torch.allclose(mixed, ids @ features)  # features and (here one-hot sample-id) labels mixed alike
+        True
+    """
     z = F.normalize(features.detach(), dim=1)
     similarity = z @ z.T
     same = labels[:, None] == labels[None]
@@ -91,7 +119,13 @@ def hard_pair_mix(features: Tensor, labels: Tensor, soft_labels: Tensor, *,
 
 
 def soft_label_classes(soft_labels: Tensor) -> Tensor:
-    """(N,) class ids: rows with identical soft labels share an id (exact, any number of classes)."""
+    """(N,) class ids: rows with identical soft labels share an id (exact, any number of classes).
+
+    Example:
+        >>> import torch
+        >>> soft_label_classes(torch.tensor([[1.0, 0.0], [0.2, 0.8], [1.0, 0.0], [0.2, 0.8]])).tolist()
+        [1, 0, 1, 0]
+    """
     return torch.unique(soft_labels, dim=0, return_inverse=True)[1]
 
 

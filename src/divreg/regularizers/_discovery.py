@@ -36,7 +36,15 @@ from ..schedules import Schedule, as_schedule
 def known_confident_mask(logits: Tensor, unlabelled: Tensor, num_known: int, *, threshold: float = 0.7,
                          temperature: float = 0.1) -> Tensor:
     """LegoGCD's o_i: (B,) bool, unlabelled rows whose softmax(z / temperature) peaks at or above
-    ``threshold`` on one of the first ``num_known`` classes."""
+    ``threshold`` on one of the first ``num_known`` classes.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0], [5.0, 0.0, 0.0]])
+        >>> unlabelled = torch.tensor([True, True, True, False])
+        >>> known_confident_mask(logits, unlabelled, num_known=2).tolist()  # kept; novel class; unsure; labelled
+        [True, False, False, False]
+    """
     if logits.dim() != 2 or unlabelled.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (B, K) and unlabelled (B,), got {tuple(logits.shape)} and "
                          f"{tuple(unlabelled.shape)}")
@@ -50,7 +58,14 @@ def local_entropy(logits: Tensor, mask: Tensor, prior: Tensor, *, temperature: f
                   detach_target: bool = False) -> Tensor:
     r"""Per-sample LER values (B,): :math:`-o_i \sum_k \mathrm{softmax}(z_i/\tau)_k
     \log\mathrm{softmax}(z_i/\tau + \mathrm{strength} \cdot \log \tilde p)_k` (0 where the mask is
-    off). Average over the batch for the paper's loss."""
+    off). Average over the batch for the paper's loss.
+
+    Example:
+        >>> import torch
+        >>> prior = torch.full((2,), 0.5)  # a uniform prior shifts nothing: the entropy of softmax(z / tau)
+        >>> [round(v, 4) for v in local_entropy(torch.zeros(2, 2), torch.tensor([True, False]), prior).tolist()]
+        [0.6931, 0.0]
+    """
     if prior.shape != logits.shape[1:] or bool((prior <= 0).any()):
         raise ValueError(f"prior must be ({logits.shape[1]},) and positive, got {tuple(prior.shape)}")
     scaled = logits.float() / temperature if logits.dtype != torch.float64 else logits / temperature

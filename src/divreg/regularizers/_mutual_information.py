@@ -33,7 +33,14 @@ from torch import Tensor
 
 
 def loo_log_mean_exp(scores: Tensor) -> Tensor:
-    """(K, K) :math:`m_{ij} = \\log \\frac{1}{K-1} \\sum_{k \\ne j} e^{S_{ik}}`, stably."""
+    """(K, K) :math:`m_{ij} = \\log \\frac{1}{K-1} \\sum_{k \\ne j} e^{S_{ik}}`, stably.
+
+    Example:
+        >>> import torch
+        >>> scores = torch.log(torch.tensor([[1.0, 2.0, 3.0]] * 3))  # row 0: log 5/2, log 4/2, log 3/2
+        >>> [round(v, 4) for v in loo_log_mean_exp(scores)[0].tolist()]
+        [0.9163, 0.6931, 0.4055]
+    """
     k = scores.shape[1]
     if scores.dim() != 2 or k < 2:
         raise ValueError(f"scores must be (K, K) with K >= 2, got {tuple(scores.shape)}")
@@ -43,7 +50,18 @@ def loo_log_mean_exp(scores: Tensor) -> Tensor:
 
 def interpolated_mi_bound(scores: Tensor, log_baseline: Tensor, alpha_logit: Tensor) -> Tensor:
     """Poole et al.'s :math:`I_\\alpha` (a scalar) from scores (K, K) (rows: y, columns: x; the
-    diagonal the positive pairs), log baselines b(y_i) (K,) and the logit a of alpha."""
+    diagonal the positive pairs), log baselines b(y_i) (K,) and the logit a of alpha.
+
+    Example:
+        >>> import math, torch
+        >>> blind = interpolated_mi_bound(torch.zeros(3, 3), torch.zeros(3), torch.tensor(0.0))  # constant scores
+        >>> abs(float(blind)) < 1e-6
+        True
+        >>> s = 2.0  # K = 2, alpha = 1/2, b = 0: the bound is s - log((e^s + 1) / 2)
+        >>> bound = interpolated_mi_bound(torch.tensor([[s, 0.0], [0.0, s]]), torch.zeros(2), torch.tensor(0.0))
+        >>> round(float(bound), 4), round(s - math.log((math.exp(s) + 1) / 2), 4)
+        (0.5662, 0.5662)
+    """
     k = scores.shape[0]
     if scores.shape != (k, k) or log_baseline.shape != (k,):
         raise ValueError(f"scores must be (K, K) and log_baseline (K,), got {tuple(scores.shape)}, "

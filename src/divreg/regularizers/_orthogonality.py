@@ -24,7 +24,16 @@ from ..schedules import Schedule, as_schedule
 
 
 def orthogonality_gap(weight: Tensor) -> Tensor:
-    """:math:`\\|W W^\\top - I\\|_F` of a (d_out, d_in) matrix (rows orthonormal when 0)."""
+    """:math:`\\|W W^\\top - I\\|_F` of a (d_out, d_in) matrix (rows orthonormal when 0).
+
+    Example:
+        >>> import math, torch
+        >>> c, s = math.cos(0.3), math.sin(0.3)
+        >>> round(float(orthogonality_gap(torch.tensor([[c, -s], [s, c]]))), 4)  # a rotation
+        0.0
+        >>> round(float(orthogonality_gap(2 * torch.eye(2))), 4)  # ||4I - I||_F = 3 sqrt(2)
+        4.2426
+    """
     if weight.dim() != 2:
         raise ValueError(f"weight must be a matrix, got shape {tuple(weight.shape)}")
     gram = weight @ weight.T
@@ -33,7 +42,16 @@ def orthogonality_gap(weight: Tensor) -> Tensor:
 
 def lambda_orthogonality(weight: Tensor, lam: float = 12.0, steepness: float = 1.0) -> Tensor:
     """:math:`\\sigma(a (d(W) - \\lambda)) d(W)` (a scalar). ``lam`` = 12 is the paper's value in
-    its adaptation setting (per the issue); ``steepness`` a was not available: default 1."""
+    its adaptation setting (per the issue); ``steepness`` a was not available: default 1.
+
+    Example:
+        >>> import torch
+        >>> weight = 2 * torch.eye(2)  # gap d(W) = 3 sqrt(2) = 4.2426
+        >>> round(float(lambda_orthogonality(weight)), 4)  # well under lambda = 12: almost no pull
+        0.0018
+        >>> round(float(lambda_orthogonality(weight, lam=0.0)), 4)  # sigmoid(4.2426) * 4.2426
+        4.1825
+    """
     if lam < 0 or steepness <= 0:
         raise ValueError(f"lam must be >= 0 and steepness > 0, got {lam}, {steepness}")
     gap = orthogonality_gap(weight)

@@ -64,7 +64,14 @@ class InputConvexNetwork(torch.nn.Module):
 
 
 def proximal_matching_loss(estimate: Tensor, target: Tensor, gamma: float) -> Tensor:
-    """Per-example :math:`1 - \\exp(-(\\|\\hat x - x\\|_2 / \\gamma)^2)` over the last dim."""
+    """Per-example :math:`1 - \\exp(-(\\|\\hat x - x\\|_2 / \\gamma)^2)` over the last dim.
+
+    Example:
+        >>> import torch
+        >>> estimate, target = torch.tensor([[3.0, 4.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+        >>> [round(v, 4) for v in proximal_matching_loss(estimate, target, gamma=5.0).tolist()]  # 1 - exp(-1); exact: 0
+        [0.6321, 0.0]
+    """
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     return 1 - torch.exp(-((estimate - target).norm(dim=-1) / gamma) ** 2)

@@ -29,7 +29,18 @@ def surrogate_gradient_norm_grads(model: torch.nn.Module, mean_prediction: Calla
     """(per-parameter :math:`\\frac{\\rho}{r}(\\nabla G(\\theta + r\\hat g) - \\nabla G(\\theta))`, and
     :math:`\\|g\\|`), where ``mean_prediction()`` evaluates G with the model's current parameters.
     The parameters are restored exactly; multiply the gradients by lambda and add them to the
-    task gradients."""
+    task gradients.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.fill_(2.0)
+        >>> x = torch.ones(3, 1)  # G(w) = w^2: g = 2w = 4, H g / ||g|| = 2, so rho * 2 = 0.1
+        >>> grads, norm = surrogate_gradient_norm_grads(model, lambda: model(x).pow(2).mean())
+        >>> norm, round(float(grads[0]), 4), model.weight.item()  # the weight restored
+        (4.0, 0.1, 2.0)
+    """
     if rho < 0 or radius <= 0:
         raise ValueError(f"rho must be >= 0 and radius > 0, got {rho}, {radius}")
     parameters = [p for p in model.parameters() if p.requires_grad]

@@ -52,7 +52,13 @@ from ..divergences import gaussian_kl
 
 
 def topk_by_magnitude(z: Tensor, k: int) -> Tensor:
-    """Keep the ``k`` entries of largest |z| per row (with their signs), zero the rest."""
+    """Keep the ``k`` entries of largest |z| per row (with their signs), zero the rest.
+
+    Example:
+        >>> import torch
+        >>> topk_by_magnitude(torch.tensor([[0.5, -3.0, 1.0, 2.0]]), 2).tolist()  # |-3| and |2| kept, signs too
+        [[0.0, -3.0, 0.0, 2.0]]
+    """
     if not 1 <= k <= z.shape[-1]:
         raise ValueError(f"k must be in [1, {z.shape[-1]}], got {k}")
     index = z.abs().topk(k, dim=-1).indices
@@ -69,6 +75,15 @@ def auxk_loss(x: Tensor, reconstruction: Tensor, pre_activations: Tensor, dead: 
     Args:
         x, reconstruction: (B, d). pre_activations: (B, m). dead: (m,) bool. decoder_weight: (d, m).
         k_aux: latents kept. decoder_bias: (d,) or None.
+
+    Example:
+        >>> import torch
+        >>> x, reconstruction = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.eye(2)  # residual e = I, variance 0.5
+        >>> pre, decoder = torch.eye(2), torch.eye(2)  # latent j decodes to basis vector j
+        >>> float(auxk_loss(x, reconstruction, pre, torch.tensor([True, True]), decoder, k_aux=2))  # e fully explained
+        0.0
+        >>> float(auxk_loss(x, reconstruction, pre, torch.tensor([True, False]), decoder, k_aux=2))  # row 2 not: 0.5 / 0.5
+        1.0
     """
     if not bool(dead.any()):
         return pre_activations.sum() * 0.0
@@ -176,7 +191,17 @@ def sae_loss(model: TopKSAE, x: Tensor, *, step: int, total_steps: int, kl_coeff
     """The training loss of either SAE (reconstruction summed over dimensions, batch-averaged; the
     KL term with its linear warm-up for the variational one; AuxK) and its parts. ``k_aux=0``:
     d_model // 2. Updates the dead-latent counters with this batch first, then reads them (as the
-    reference)."""
+    reference).
+
+    Example:
+        >>> import torch
+        >>> from divreg.regularizers import VariationalSAE
+        >>> _ = torch.manual_seed(0)
+        >>> model, x = VariationalSAE(8, 16, k=4), torch.randn(5, 8)
+        >>> loss, parts = sae_loss(model, x, step=5, total_steps=100)  # halfway through the warm-up: beta = 500 / 2
+        >>> bool(torch.isclose(loss, torch.tensor(parts["reconstruction"] + 250 * parts["kl"] + parts["aux"] / 32)))
+        True
+    """
     out = model(x)
     reconstruction = (x - out["reconstruction"]).pow(2).sum(-1).mean()
     loss, parts = reconstruction, {"reconstruction": reconstruction.item()}
