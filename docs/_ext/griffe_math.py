@@ -1,5 +1,5 @@
 """A Griffe extension for the API reference: the docstrings are written for ``help()`` and
-Sphinx-style roles (``:math:`x```, ``.. math::`` blocks, ``:func:`name```); the site renders
+Sphinx-style roles (``:math:`x```, ``.. math::`` blocks, ``:func:`name```, ``Example:``); the site renders
 Markdown with ``pymdownx.arithmatex``. This turns the math roles and blocks into ``$...$`` and
 ``$$...$$`` and the cross-reference roles into code, before mkdocstrings parses the docstring.
 The source docstrings are not changed."""
@@ -10,6 +10,7 @@ import re
 
 import griffe
 
+_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.MULTILINE)
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _REF_ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc):`~?([^`]+)`")
 _MATH_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
@@ -72,9 +73,13 @@ def _split_grouped_arguments(text: str) -> str:
 
 
 def to_markdown(text: str) -> str:
-    """The docstring ``text`` with its Sphinx math and reference roles in Markdown, and grouped
-    arguments (``a, b: ...``) split into one entry per name."""
+    """The docstring ``text`` with its Sphinx math and reference roles in Markdown, grouped
+    arguments (``a, b: ...``) split into one entry per name, and ``Example:`` read as the
+    examples section."""
     text = _split_grouped_arguments(_math_blocks(text))
+    # Griffe reads a singular "Example:" as an admonition (its >>> lines as Markdown), the
+    # plural as the examples section whose >>> lines become console code blocks.
+    text = _EXAMPLE.sub(lambda m: f"{m.group('indent')}Examples:", text)
     text = _MATH_ROLE.sub(lambda m: f"${m.group(1).strip()}$", text)
     return _REF_ROLE.sub(lambda m: f"`{m.group(1)}`", text)
 

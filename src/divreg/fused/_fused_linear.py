@@ -145,12 +145,14 @@ def fused_linear_sparse_divergence(
     term and gradients). ``temperature`` divides the student's logits only; the target's
     log-probs must be at that temperature already.
 
+    The other arguments are those of :func:`fused_linear_divergence`.
+
     Args:
-        hidden: (..., Hs); weight: (V, Hs).
+        hidden: (..., Hs) the student's hidden states.
+        weight: (V, Hs) the student's output layer.
         target_ids, target_logprobs: (..., k) per position.
         target_tail_logmass: (...) log of the target's mass outside ``target_ids`` (optional).
         tail: ``"bucket"`` (exact KL of the coarsened distributions) or ``"renormalize"``.
-        Other arguments: as for :func:`fused_linear_divergence`.
 
     Example:
         >>> import torch
