@@ -53,7 +53,14 @@ class AWRSSample(NamedTuple):
 
 def gumbel_order(log_probs: Tensor, generator: Optional[torch.Generator] = None) -> list[int]:
     """Token ids in decreasing order of log p + Gumbel noise, tokens of probability 0 left out
-    (keys on normalized log-probabilities: a huge offset would otherwise swamp the noise)."""
+    (keys on normalized log-probabilities: a huge offset would otherwise swamp the noise).
+
+    Example:
+        >>> import math, torch
+        >>> order = gumbel_order(torch.tensor([0.0, -math.inf, 0.0, 0.0]), torch.Generator().manual_seed(0))
+        >>> sorted(order)  # a random order of the tokens of probability > 0: token 1 is left out
+        [0, 2, 3]
+    """
     log_z = torch.logsumexp(log_probs.double(), 0)
     return list(_key_order(log_probs.double() - log_z if log_z > -math.inf else log_probs, generator))
 
@@ -79,6 +86,17 @@ def awrs(log_probs: Tensor, allowed: Callable[[int], bool], *, estimator: str = 
     ``allowed(token) -> bool`` is the constraint on the next token (called at most once per token;
     ``constraint_calls`` counts the calls). ``max_accepts`` and ``max_rejects`` are the geometric
     estimator's (defaults: genlm-control's 2, and no cap: unbiased).
+
+    Example:
+        >>> import math, torch
+        >>> log_p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
+        >>> draw = awrs(log_p, lambda token: token != 0, generator=torch.Generator().manual_seed(0))
+        >>> draw.token in (1, 2), math.isfinite(draw.log_weight)  # an allowed token; E[exp(log_weight)] = Z = 0.5
+        (True, True)
+        >>> round(math.exp(awrs(log_p, lambda token: True).log_weight), 4)  # all allowed: the weight is Z = 1
+        1.0
+        >>> awrs(log_p, lambda token: False)  # a dead end
+        AWRSSample(token=None, log_weight=-inf, constraint_calls=3)
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")

@@ -273,7 +273,14 @@ def _co_accessible(transitions, finals) -> set:
 
 
 def json_schema_regex(schema: Union[dict, str], whitespace_pattern: Optional[str] = None) -> str:
-    """The regular expression outlines-core builds for a JSON schema (a dict or its JSON text)."""
+    """The regular expression outlines-core builds for a JSON schema (a dict or its JSON text).
+
+    Example:
+        >>> import re
+        >>> pattern = json_schema_regex({"type": "integer"})
+        >>> [bool(re.fullmatch(pattern, text)) for text in ("42", "-7", "4.2", "007")]
+        [True, True, False, False]
+    """
     try:
         from outlines_core.json_schema import build_regex_from_schema
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -340,6 +347,11 @@ def token_texts(tokenizer) -> list:
       character), which a text vocabulary cannot represent.
 
     Special tokens keep their written form (the constraint sees EOS through ``eos_token_id``).
+
+    Example:
+        >>> from divreg.data import char_tokenizer
+        >>> token_texts(char_tokenizer("ab"))  # neither byte-level nor SentencePiece: decode([i]) per token
+        ['<pad>', '<eos>', '<unk>', 'a', 'b']
     """
     import re as _re
 

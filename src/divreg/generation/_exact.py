@@ -41,7 +41,18 @@ def _children(lm, constraint, prefix, max_tokens):
 
 
 def exact_posterior(lm, constraint, max_tokens: int) -> tuple[dict, float]:
-    """``({y: pi(y)}, log Z)`` for the particle model ``lm`` (``next_log_probs``) under ``constraint``."""
+    """``({y: pi(y)}, log Z)`` for the particle model ``lm`` (``next_log_probs``) under ``constraint``.
+
+    Example:
+        >>> import math, torch
+        >>> from divreg.generation import BigramLM, Predicate
+        >>> lm = BigramLM(torch.zeros(3), torch.zeros(3, 3), eos_token_id=2)  # uniform over {0, 1, EOS}
+        >>> no_one = Predicate(lambda ids: 1 not in ids, eos_token_id=2)
+        >>> pi, log_z = exact_posterior(lm, no_one, max_tokens=1)
+        >>> # g(()) = p(EOS) = 1/3, g((0,)) = p(0) p(EOS|0) = 1/9: Z = 4/9, pi = 3/4 and 1/4
+        >>> {y: round(v, 4) for y, v in sorted(pi.items())}, round(math.exp(log_z), 4)
+        ({(): 0.75, (0,): 0.25}, 0.4444)
+    """
     check_pairing(lm, constraint)
     g: dict = {}
     stack = [((), 0.0)]
@@ -62,7 +73,18 @@ def exact_posterior(lm, constraint, max_tokens: int) -> tuple[dict, float]:
 
 
 def exact_locally_constrained(lm, constraint, max_tokens: int) -> tuple[dict, float]:
-    """``({y: q(y)}, failure probability)`` of locally constrained decoding."""
+    """``({y: q(y)}, failure probability)`` of locally constrained decoding.
+
+    Example:
+        >>> import torch
+        >>> from divreg.generation import BigramLM, Predicate
+        >>> lm = BigramLM(torch.zeros(3), torch.zeros(3, 3), eos_token_id=2)  # uniform over {0, 1, EOS}
+        >>> only_0 = Predicate(lambda ids: True, lambda ids: ids == (0,), eos_token_id=2)  # complete: (0,) only
+        >>> q, failure = exact_locally_constrained(lm, only_0, max_tokens=1)
+        >>> # token 0 or 1, 1/2 each (EOS refused); after 1 the forced EOS is refused: a dead end
+        >>> {y: round(v, 4) for y, v in q.items()}, round(failure, 4)
+        ({(0,): 0.5}, 0.5)
+    """
     check_pairing(lm, constraint)
     q: dict = {}
     failure = 0.0
@@ -93,6 +115,16 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
     points on each panel of width 1/2: the integrand's scales run from 1/(N w_max) to 1/w_min.
     The result is checked: if the probabilities and the failure do not sum to 1, a
     ``RuntimeError`` says so rather than returning them (1e-8).
+
+    Example:
+        >>> pi, q = {(0,): 0.5, (1,): 0.5}, {(0,): 0.8, (1,): 0.2}  # weights pi / q: 0.625 and 2.5
+        >>> p2, fails = exact_importance_resampling(pi, q, failure=0.0, n=2)
+        >>> # (0,) twice: 0.64; one of each (0.32): (0,) kept with probability 0.625 / 3.125 = 0.2
+        >>> round(p2[(0,)], 4), round(p2[(1,)], 4), fails
+        (0.704, 0.296, 0.0)
+        >>> p2, fails = exact_importance_resampling({(0,): 1.0}, {(0,): 0.5}, failure=0.5, n=2)
+        >>> round(p2[(0,)], 4), round(fails, 4)  # fails when both draws fail: 0.5 ** 2
+        (0.75, 0.25)
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -134,7 +166,15 @@ def exact_importance_resampling(pi: dict, q: dict, failure: float, n: int, nodes
 def distribution_kl(p: dict, q: dict) -> float:
     """KL(p || q) over dict distributions (inf where p > 0 = q): distributions over enumerated
     outputs, sparse and keyed by sequence, where :mod:`divreg.divergences` compares dense logit
-    vectors over one vocabulary (building those would enumerate every possible output)."""
+    vectors over one vocabulary (building those would enumerate every possible output).
+
+    Example:
+        >>> pi, q = {(): 0.75, (0,): 0.25}, {(): 0.5, (0,): 0.5}
+        >>> round(distribution_kl(pi, q), 4)  # 0.75 log(0.75 / 0.5) + 0.25 log(0.25 / 0.5)
+        0.1308
+        >>> distribution_kl(pi, pi), distribution_kl(pi, {(): 1.0})  # itself: 0; (0,) missing from q: inf
+        (0.0, inf)
+    """
     total = 0.0
     for y, value in p.items():
         if value <= 0:
@@ -150,12 +190,26 @@ def outcome_total_variation(p: dict, q: dict, p_failure: float = 0.0, q_failure:
     """Half the L1 distance between two distributions over *outputs* (dicts of sequences, sparse
     over an enumerated space; failures, no output, an outcome of their own): not
     :func:`divreg.divergences.total_variation`, which compares two logit vectors over one
-    vocabulary."""
+    vocabulary.
+
+    Example:
+        >>> outcome_total_variation({(): 0.75, (0,): 0.25}, {(): 0.5, (0,): 0.5})  # (0.25 + 0.25) / 2
+        0.25
+        >>> outcome_total_variation({(0,): 1.0}, {(0,): 0.5}, q_failure=0.5)  # failure is an outcome too
+        0.5
+    """
     keys = set(p) | set(q)
     return 0.5 * (sum(abs(p.get(y, 0.0) - q.get(y, 0.0)) for y in keys) + abs(p_failure - q_failure))
 
 
 def given_success(q: dict, failure: float) -> Optional[dict]:
-    """q given that an output was produced (None if it never is)."""
+    """q given that an output was produced (None if it never is).
+
+    Example:
+        >>> given_success({(0,): 0.3, (1,): 0.2}, failure=0.5)  # divided by the success mass 0.5
+        {(0,): 0.6, (1,): 0.4}
+        >>> given_success({}, failure=1.0) is None
+        True
+    """
     mass = 1.0 - failure
     return None if mass <= 0 else {y: v / mass for y, v in q.items()}

@@ -74,7 +74,15 @@ class SMCResult:
 def masked_sample(log_probs: Tensor, allowed, generator: Optional[torch.Generator] = None):
     """Token masking: the constraint on every token with p > 0, then a draw from p c / Z.
 
-    Returns ``(token or None, log Z, calls)``; Z = the exact local normalizer."""
+    Returns ``(token or None, log Z, calls)``; Z = the exact local normalizer.
+
+    Example:
+        >>> import math, torch
+        >>> log_p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
+        >>> token, log_z, calls = masked_sample(log_p, lambda t: t != 0, torch.Generator().manual_seed(0))
+        >>> token in (1, 2), round(math.exp(log_z), 4), calls  # Z = p(1) + p(2); one call per token
+        (True, 0.5, 3)
+    """
     candidates = torch.nonzero(log_probs > -math.inf).flatten().tolist()
     keep = [t for t in candidates if allowed(t)]
     if not keep:
@@ -86,7 +94,19 @@ def masked_sample(log_probs: Tensor, allowed, generator: Optional[torch.Generato
 
 
 def resample_indices(log_weights: Tensor, method: str, generator: Optional[torch.Generator] = None) -> Tensor:
-    """N ancestor indices: stratified (one uniform in each of N equal strata) or multinomial."""
+    """N ancestor indices: stratified (one uniform in each of N equal strata) or multinomial.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> half_on_0_and_2 = torch.tensor([0.5, 0.0, 0.5, 0.0], dtype=torch.float64).log()
+        >>> resample_indices(half_on_0_and_2, "stratified", g).tolist()  # each quarter of [0, 1) once
+        [0, 0, 2, 2]
+        >>> resample_indices(torch.zeros(4), "stratified", g).tolist()  # equal weights: each kept once
+        [0, 1, 2, 3]
+        >>> set(resample_indices(half_on_0_and_2, "multinomial", g).tolist()) <= {0, 2}
+        True
+    """
     n = log_weights.numel()
     probs = (log_weights - torch.logsumexp(log_weights, 0)).exp()
     if method == "multinomial":
@@ -136,6 +156,17 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
     ``"multinomial"``; ``generator``: all randomness.
 
     Returns an ``SMCResult``: outputs, log-weights, ``log_ml``, constraint calls, tokens, resamples.
+
+    Example:
+        >>> import torch
+        >>> from divreg.generation import BigramLM, Predicate
+        >>> lm = BigramLM(torch.zeros(3), torch.zeros(3, 3), eos_token_id=2)  # uniform over {0, 1, EOS}
+        >>> no_one = Predicate(lambda ids: 1 not in ids, eos_token_id=2)  # token 1 is never allowed
+        >>> result = smc(lm, no_one, 4, max_tokens=2, generator=torch.Generator().manual_seed(0))
+        >>> all(1 not in y for y in result.sequences), bool(result.log_weights.isfinite().all())
+        (True, True)
+        >>> round(sum(result.distribution().values()), 4)
+        1.0
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -220,7 +251,17 @@ def rejection_sampling(lm, constraint, n_samples: int, *, max_tokens: int, batch
                        max_attempts: int = 100_000, generator: Optional[torch.Generator] = None) -> RejectionResult:
     """Whole outputs from p (at most ``max_tokens`` tokens, then EOS), kept when every prefix is
     allowed and the output is complete: exact samples of the posterior. Stops with fewer samples
-    after ``max_attempts`` drawn outputs (the caller sees it in ``len(samples)``)."""
+    after ``max_attempts`` drawn outputs (the caller sees it in ``len(samples)``).
+
+    Example:
+        >>> import torch
+        >>> from divreg.generation import BigramLM, Predicate
+        >>> lm = BigramLM(torch.zeros(3), torch.zeros(3, 3), eos_token_id=2)  # uniform over {0, 1, EOS}
+        >>> no_one = Predicate(lambda ids: 1 not in ids, eos_token_id=2)  # token 1 is never allowed
+        >>> result = rejection_sampling(lm, no_one, 3, max_tokens=2, generator=torch.Generator().manual_seed(0))
+        >>> len(result.samples), all(1 not in y for y in result.samples)
+        (3, True)
+    """
     if n_samples < 1 or max_tokens < 1 or batch_size < 1:
         raise ValueError("n_samples, max_tokens and batch_size must be at least 1")
     check_pairing(lm, constraint)

@@ -80,6 +80,12 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Optional[Tensor], estimator: st
 
     Returns:
         (B, T) per-token values.
+
+    Example:
+        >>> import math, torch
+        >>> logprobs, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])  # r = log 2
+        >>> [round(float(kl_per_token(logprobs, ref, e)), 4) for e in ("k1", "k2", "k3")]  # r, r^2/2, e^-r - 1 + r
+        [0.6931, 0.2402, 0.1931]
     """
     _check_choice("kl_estimator", estimator, KL_ESTIMATORS)
     _check_choice("kl_direction", direction, KL_DIRECTIONS)
@@ -133,6 +139,17 @@ def loss_aggregation(loss_agg: str, max_completion_length: Optional[int] = None)
       ``generate_max_length``.
 
     ``S`` counts the sequences with at least one completion token.
+
+    Example:
+        >>> import torch
+        >>> per_token = torch.tensor([[1.0, 3.0, 0.0], [6.0, 0.0, 0.0]])
+        >>> mask = torch.tensor([[True, True, False], [True, False, False]])  # 3 tokens, 2 sequences
+        >>> reduction, count = loss_aggregation("token_mean")
+        >>> round(float(reduction(per_token, mask, count(3, 2))), 4)  # (1 + 3 + 6) / 3
+        3.3333
+        >>> reduction, count = loss_aggregation("seq_mean_token_mean")
+        >>> float(reduction(per_token, mask, count(3, 2)))  # ((1 + 3) / 2 + 6) / 2
+        4.0
     """
     _check_choice("loss_agg", loss_agg, LOSS_AGGREGATIONS)
     if loss_agg == "seq_mean_token_sum_norm" and (not isinstance(max_completion_length, int)

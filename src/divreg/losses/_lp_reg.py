@@ -27,7 +27,16 @@ def lp_reg_penalty(logprobs: Tensor, proxy_logprobs: Tensor, clamp: float = 10.0
     KL(pi || proxy)). Its gradient with respect to :math:`\log\pi` is
     :math:`-(\pi_{proxy}/\pi - 1)`: negative where the policy is below the proxy, so the loss
     pushes the token *up*; once the value reaches the clamp (:math:`\pi_{proxy}/\pi \gtrsim 13.6` at
-    c = 10) the gradient is 0, as in the official code. ``-inf`` proxy entries give 0."""
+    c = 10) the gradient is 0, as in the official code. ``-inf`` proxy entries give 0.
+
+    Example:
+        >>> import torch
+        >>> logprobs = torch.tensor([0.1, 0.3, 0.1, 0.001]).log()
+        >>> proxy = torch.tensor([0.2, 0.3, 0.0, 0.1]).log()  # 0.0: a token the min-p filter removed
+        >>> # u = log 2: 2 - log 2 - 1; equal: 0; filtered: 0; u = log 100: 99 - log 100, clamped to 10
+        >>> [round(v, 4) for v in lp_reg_penalty(logprobs, proxy).tolist()]
+        [0.3069, 0.0, 0.0, 10.0]
+    """
     raw = proxy_logprobs - logprobs
     finite = torch.isfinite(raw)
     u = torch.where(finite, raw, 0.0).clamp(max=60.0)  # no inf reaches the arithmetic (or its backward)

@@ -59,6 +59,14 @@ def f_divergence_link(logratios: Tensor, divergence: str = "reverse_kl", alpha: 
       convention as in ``divreg.divergences.alpha_divergence``: alpha -> 0 is the reverse KL and
       alpha -> 1 the forward KL): :math:`\frac{1 - u^{-\alpha}}{\alpha}`, computed stably; the
       limit alpha -> 0 is :math:`\ell`. (TRL's ``f_alpha_divergence_coef`` is 1 - alpha.)
+
+    Example:
+        >>> import math, torch
+        >>> logratios = torch.tensor([0.0, math.log(2.0)])  # pi = ref, and pi = 2 ref
+        >>> [round(v, 4) for v in f_divergence_link(logratios, "forward_kl").tolist()]  # 1 - 1/u
+        [0.0, 0.5]
+        >>> [round(v, 4) for v in f_divergence_link(logratios, "js").tolist()]  # log(2u / (1 + u))
+        [0.0, 0.2877]
     """
     if divergence == "reverse_kl":
         return logratios
@@ -97,6 +105,14 @@ def preference_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: 
     :math:`\ell/n` (TRL instead divides the link of the whole answer, :math:`f'(e^{\ell})/n`; the
     two agree for the reverse KL, the only case the papers define). A reference of
     None means 0 (reference-free). Inputs are (B,) sequence log-probs (sums over the answer tokens).
+
+    Example:
+        >>> import torch
+        >>> chosen, rejected = torch.tensor([-1.0, -1.0]), torch.tensor([-1.0, -3.0])
+        >>> out = preference_loss(chosen, rejected, torch.tensor([-1.0, -1.0]), torch.tensor([-1.0, -1.0]), beta=0.1)
+        >>> # margins h = 0.1 * (0 - 0) = 0, loss log 2; h = 0.1 * (0 - (-2)) = 0.2, loss log(1 + e^-0.2)
+        >>> [round(v, 4) for v in out.loss.tolist()], out.reward_accuracy.tolist()
+        ([0.6931, 0.5981], [0.0, 1.0])
     """
     if loss not in PREFERENCE_LOSSES:
         raise ValueError(f"loss must be one of {PREFERENCE_LOSSES}, got {loss!r}")
@@ -236,7 +252,14 @@ class PreferenceLoss(nn.Module):
 
 def leave_one_out_baseline(values: Tensor, group_size: int) -> Tensor:
     r""":math:`v_i - \frac{1}{k-1}\sum_{j \ne i} v_j` within each group of ``group_size`` = k
-    contiguous values (the samples of one prompt): RLOO's baseline-corrected value. Needs k >= 2."""
+    contiguous values (the samples of one prompt): RLOO's baseline-corrected value. Needs k >= 2.
+
+    Example:
+        >>> import torch
+        >>> # one group of 4: 1 - (0 + 0 + 1) / 3 = 2/3 and 0 - (1 + 0 + 1) / 3 = -2/3
+        >>> [round(v, 4) for v in leave_one_out_baseline(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4).tolist()]
+        [0.6667, -0.6667, -0.6667, 0.6667]
+    """
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
         raise ValueError(f"group_size must be an integer >= 2 (a leave-one-out baseline needs another sample of the "
                          f"same prompt), got {group_size!r}")
@@ -277,6 +300,17 @@ def hypo_kl_surrogate(policy_logprobs: Tensor, ref_logprobs: Tensor, group_size:
 
     Reference: Song et al. 2024, arXiv 2406.01462 (HyPO, Algorithm 1); the leave-one-out baseline
     is the form this library's issue specifies (see the recipe's docs for the paper's defaults).
+
+    Example:
+        >>> import torch
+        >>> policy = torch.tensor([-1.0, -2.0], requires_grad=True)  # two samples of one prompt
+        >>> # l = policy - ref = [0.5, -0.5]; coefficients l_i - l_other = [1, -1]; s = coefficient * log pi
+        >>> s = hypo_kl_surrogate(policy, torch.tensor([-1.5, -1.5]), group_size=2)
+        >>> s.tolist()
+        [-1.0, 2.0]
+        >>> s.sum().backward()
+        >>> policy.grad.tolist()  # the gradient is the (detached) coefficient
+        [1.0, -1.0]
     """
     if policy_logprobs.shape != ref_logprobs.shape:
         raise ValueError(f"policy and reference log-probs differ in shape: {tuple(policy_logprobs.shape)} vs "

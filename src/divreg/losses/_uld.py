@@ -14,7 +14,15 @@ from ._common import apply_reduction
 def align_answer_positions(student_mask: Tensor, teacher_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Boolean masks selecting, in each row, the first ``min(n_student, n_teacher)`` answer
     positions of each side (the answers aligned at their first token, truncated to the
-    shorter), so ``x[student_keep]`` and ``y[teacher_keep]`` pair up row by row, rank by rank."""
+    shorter), so ``x[student_keep]`` and ``y[teacher_keep]`` pair up row by row, rank by rank.
+
+    Example:
+        >>> import torch
+        >>> student = torch.tensor([[False, True, True, True]])  # a 3-token answer after a 1-token prompt
+        >>> teacher = torch.tensor([[False, False, True, True]])  # the same answer in 2 teacher tokens
+        >>> [keep.tolist() for keep in align_answer_positions(student, teacher)]  # the first 2 of each
+        [[[False, True, True, False]], [[False, False, True, True]]]
+    """
     if student_mask.shape[0] != teacher_mask.shape[0]:
         raise ValueError("student and teacher masks must have the same batch size")
     counts = student_mask.sum(1).minimum(teacher_mask.sum(1))  # (B,)

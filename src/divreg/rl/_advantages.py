@@ -30,6 +30,16 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
 
     Returns:
         Advantages, same shape and dtype as ``rewards``.
+
+    Example:
+        >>> import torch
+        >>> rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # two groups of 4
+        >>> # group 1: mean 1/2, unbiased std sqrt(1/3) (the population std, 1/2, would give +-1):
+        >>> # +-0.5 / (0.5774 + 1e-4); group 2 is all equal: 0
+        >>> [round(v, 4) for v in group_advantages(rewards, 4).tolist()]
+        [0.8659, -0.8659, -0.8659, 0.8659, 0.0, 0.0, 0.0, 0.0]
+        >>> group_advantages(rewards, 4, scale="none").tolist()[:4]  # Dr. GRPO: reward minus the group mean
+        [0.5, -0.5, -0.5, 0.5]
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"scale must be one of {list(ADVANTAGE_SCALES)}, got {scale!r}")

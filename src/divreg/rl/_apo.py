@@ -28,7 +28,14 @@ def _groups(values: Tensor, group_size: int, name: str) -> Tensor:
 def group_difficulty(correct: Tensor, group_size: int) -> Tensor:
     r"""APO's difficulty of each completion's prompt: :math:`d = 1 - \#\text{correct} / G`, the
     same for every completion of a group. ``correct`` (N,) is 0/1 (bool or numbers), groups
-    contiguous. Returns (N,) in [0, 1]."""
+    contiguous. Returns (N,) in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> correct = torch.tensor([1, 0, 0, 0, 1, 1, 1, 1])  # two prompts, 4 completions each
+        >>> group_difficulty(correct, 4).tolist()  # 1 - 1/4 and 1 - 4/4
+        [0.75, 0.75, 0.75, 0.75, 0.0, 0.0, 0.0, 0.0]
+    """
     correct = _groups(correct.double(), group_size, "correct")
     if bool(((correct != 0) & (correct != 1)).any()):
         raise ValueError("correct must hold 0/1 values (is each completion's answer right)")
@@ -57,6 +64,14 @@ def dads_kl_weights(correct: Tensor, advantages: Tensor, group_size: int, *, sca
 
     Returns:
         (N,) float64 weights in (0, 1].
+
+    Example:
+        >>> import torch
+        >>> correct = torch.tensor([1, 0, 0, 0])  # one right answer in 4: d = 3/4
+        >>> advantages = torch.tensor([1.5, -0.5, -0.5, -0.5])
+        >>> # the completion above its group: 1 - exp(-e (1 - 3/4)); the others keep weight 1
+        >>> [round(v, 4) for v in dads_kl_weights(correct, advantages, 4).tolist()]
+        [0.4932, 1.0, 1.0, 1.0]
     """
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
@@ -84,6 +99,14 @@ def stcr_advantages(advantages: Tensor, lengths: Tensor, correct: Tensor, group_
 
     Returns:
         (N,) the shaped advantages (float64).
+
+    Example:
+        >>> import torch
+        >>> advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
+        >>> lengths, correct = torch.tensor([10, 20, 25, 5]), torch.tensor([1, 1, 0, 0])  # mu+ = 15
+        >>> # the 25-token wrong answer: Delta = 10, p = 1 - 1.1^-10; the 5-token one is shorter: kept
+        >>> [round(v, 4) for v in stcr_advantages(advantages, lengths, correct, 4, base=1.1).tolist()]
+        [1.0, 1.0, -1.6145, -1.0]
     """
     if not (isinstance(base, (int, float)) and math.isfinite(base) and base > 1):
         raise ValueError(f"base must be a finite number > 1, got {base!r}")

@@ -39,6 +39,14 @@ def calibrated_rewards(rewards: Tensor, reference_rewards: Tensor, *, ties: str 
 
     Returns:
         C, shaped like ``rewards`` (float64, in [0, 1]).
+
+    Example:
+        >>> import torch
+        >>> reference = torch.tensor([[0.0, 1.0, 2.0, 3.0]])  # 4 reference samples of one prompt
+        >>> calibrated_rewards(torch.tensor([2.0]), reference).tolist()  # 2 below, 1 tie: (2 + 1/2) / 4
+        [0.625]
+        >>> calibrated_rewards(torch.tensor([2.0]), reference, ties="lower").tolist()  # (2 + 1) / 4
+        [0.75]
     """
     if ties not in TIE_RULES:
         raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
@@ -61,7 +69,16 @@ def ctrl_transform(calibrated: Tensor, kind: str = "identity", t: float = 1.0) -
     r"""The transform of the calibrated reward for the inference procedure:
     ``best_of_n``: :math:`e^{tC}`; ``worst_of_n``: :math:`-e^{-tC}`; ``identity``: :math:`C`.
     Larger t weighs the top (bottom) of the reference's reward distribution more; the t that
-    maximizes the best-of-N win rate at a given KL depends on N (see ``divreg.alignment``)."""
+    maximizes the best-of-N win rate at a given KL depends on N (see ``divreg.alignment``).
+
+    Example:
+        >>> import torch
+        >>> calibrated = torch.tensor([0.0, 0.5, 1.0])
+        >>> [round(v, 4) for v in ctrl_transform(calibrated, "best_of_n", t=2.0).tolist()]  # e^(2C)
+        [1.0, 2.7183, 7.3891]
+        >>> [round(v, 4) for v in ctrl_transform(calibrated, "worst_of_n", t=2.0).tolist()]  # -e^(-2C)
+        [-1.0, -0.3679, -0.1353]
+    """
     if kind not in CTRL_TRANSFORMS:
         raise ValueError(f"kind must be one of {CTRL_TRANSFORMS}, got {kind!r}")
     if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):

@@ -45,6 +45,13 @@ def min_p_proxy_logprobs(logits: Tensor, token_ids: Tensor, *, kappa: float = 0.
         logits: (..., V) of the policy that sampled the tokens (the old policy).
         token_ids: (...) sampled ids, or ``ignore_index``.
         kappa: the min-p threshold in [0, 1] (0.02 in the scripts).
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([0.6, 0.3, 0.1]).log().expand(3, 3)  # one distribution at 3 positions
+        >>> proxy = min_p_proxy_logprobs(logits, torch.tensor([0, 1, 2]), kappa=0.2)  # keeps p >= 0.2 * 0.6
+        >>> [round(v, 4) for v in proxy.exp().tolist()]  # 0.6 / 0.9 and 0.3 / 0.9; 0.1 is filtered out
+        [0.6667, 0.3333, 0.0]
     """
     check_temperature(temperature)
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 <= kappa <= 1:
@@ -78,6 +85,15 @@ def lp_reg_token_mask(logprobs: Tensor, proxy_logprobs: Tensor, advantages: Tens
 
     Returns:
         (B, T) bool.
+
+    Example:
+        >>> import torch
+        >>> logprobs = torch.tensor([[0.5, 0.01], [0.05, 0.6]]).log()
+        >>> proxy = torch.tensor([[0.6, 0.02], [0.0, 0.7]]).log()  # 0.0: filtered by min-p
+        >>> mask = torch.ones(2, 2, dtype=torch.bool)
+        >>> # both completions negative: n = 4, the k = 0.5 * 4 = 2 lowest (0.01, 0.05); only 0.01 is below its proxy
+        >>> lp_reg_token_mask(logprobs, proxy, torch.tensor([-1.0, -1.0]), mask, rho=0.5).tolist()
+        [[False, True], [False, False]]
     """
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
         raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")

@@ -39,6 +39,14 @@ def reweighted_reference_logits(ref_logits: Tensor, phi: Tensor, *, temperature:
         ref_logits: (B, T, V) the reference's logits.
         phi: (B,) in [0, 1].
         temperature: divides the reference's logits first.
+
+    Example:
+        >>> import torch
+        >>> ref_logits = torch.tensor([0.8, 0.2]).log().expand(3, 1, 2)  # 3 sequences of one position
+        >>> out = reweighted_reference_logits(ref_logits, torch.tensor([1.0, 0.5, 0.0]))
+        >>> # phi = 1: the reference; 1/2: sqrt(0.8) : sqrt(0.2) = 2 : 1; 0: uniform
+        >>> [[round(v, 4) for v in row] for row in out.softmax(-1)[:, 0].tolist()]
+        [[0.8, 0.2], [0.6667, 0.3333], [0.5, 0.5]]
     """
     check_temperature(temperature)
     if ref_logits.dim() != 3 or phi.shape != ref_logits.shape[:1]:

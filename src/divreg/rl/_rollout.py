@@ -66,7 +66,18 @@ class Rollout:
 
 def rollout_from_batch(batch: dict, rewards: Tensor, correct: Tensor) -> Rollout:
     """A :class:`Rollout` from a collated batch (``input_ids``, ``attention_mask``, ``labels``)
-    and its rewards and exact-match flags."""
+    and its rewards and exact-match flags.
+
+    Example:
+        >>> import torch
+        >>> batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+        ...          "labels": torch.tensor([[-100, -100, 7, 8]])}  # a 2-token prompt, a 2-token completion
+        >>> rollout = rollout_from_batch(batch, torch.tensor([1.0]), torch.tensor([1.0]))
+        >>> rollout.mask.tolist()  # position t predicts token t + 1: positions 1 and 2
+        [[False, True, True]]
+        >>> rollout.rewards.dtype, rollout.advantages is None  # shapers fill in advantages later
+        (torch.float64, True)
+    """
     rewards = rewards.to(torch.float64)
     return Rollout(batch["input_ids"], batch["attention_mask"], batch["labels"], rewards, rewards,
                    torch.as_tensor(correct, dtype=torch.float64))

@@ -172,7 +172,19 @@ def kl_target_signal(ref_signal: Union[DenseLogits, HiddenStates], phi: Optional
                      temperature: float) -> Union[DenseLogits, HiddenStates]:
     """The KL's target: the reference's signal, or with RAPO's ``phi`` (B,) the reweighted
     reference as logits *before* the temperature (the divergences divide by it again):
-    ``T * phi * log softmax(ref / T)``."""
+    ``T * phi * log softmax(ref / T)``.
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import DenseLogits
+        >>> ref = DenseLogits(torch.tensor([[[0.8, 0.2]]]).log())
+        >>> kl_target_signal(ref, None, 1.0) is ref  # no phi: the reference itself
+        True
+        >>> target = kl_target_signal(ref, torch.tensor([0.5]), temperature=2.0)
+        >>> # softmax(ref / 2) = (2/3, 1/3), to the power 1/2: sqrt(2) : 1
+        >>> [round(v, 4) for v in (target.logits / 2.0).softmax(-1).flatten().tolist()]
+        [0.5858, 0.4142]
+    """
     if phi is None:
         return ref_signal
     logits = reweighted_reference_logits(ref_signal.logits, phi.to(ref_signal.logits.device), temperature=temperature)

@@ -23,7 +23,14 @@ FUSED_SETTINGS = ("auto", "true", "false")
 def gives_hidden_states(setting: Union[str, bool], vocab_size: int) -> bool:
     """The one rule for the fused path: ``"true"``, ``"false"``, or ``"auto"`` (hidden states
     from :data:`FUSED_AUTO_VOCAB` vocabulary entries on). A boolean (``fused=true`` on a command
-    line) counts as its string."""
+    line) counts as its string.
+
+    Example:
+        >>> gives_hidden_states("auto", 32000), gives_hidden_states("auto", 151936)  # FUSED_AUTO_VOCAB = 32768
+        (False, True)
+        >>> gives_hidden_states(True, 10), gives_hidden_states("false", 151936)
+        (True, False)
+    """
     setting = str(setting).lower()
     if setting not in FUSED_SETTINGS:
         raise ValueError(f"fused must be one of {list(FUSED_SETTINGS)}, got {setting!r}")
@@ -42,6 +49,14 @@ def sampled_token_logprobs(signal: Union[DenseLogits, HiddenStates], token_ids: 
 
     Returns:
         :class:`~divreg.fused.TokenLogprobs` of (B, T) log-probs and entropies.
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import DenseLogits
+        >>> out = sampled_token_logprobs(DenseLogits(torch.zeros(1, 2, 4)), torch.tensor([[3, -100]]))
+        >>> # uniform over 4 tokens: log-prob -log 4, entropy log 4; 0 at the ignored position
+        >>> [round(v, 4) for v in out.logprobs[0].tolist()], [round(v, 4) for v in out.entropy[0].tolist()]
+        ([-1.3863, 0.0], [1.3863, 0.0])
     """
     if isinstance(signal, HiddenStates):
         return fused_linear_token_logprobs(signal.hidden, signal.weight, token_ids, temperature=temperature,
@@ -70,6 +85,16 @@ def signal_divergence(signal: Union[DenseLogits, HiddenStates], target: Union[De
         divergence: a name of :mod:`divreg.divergences` (``"reverse_kl"``: KL(model || target)).
         token_weights: (B, T) weights per position (e.g. a per-completion KL weight), or None.
         reduction, num_items_in_batch: see above.
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import DenseLogits
+        >>> model = DenseLogits(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]).log())
+        >>> target = DenseLogits(torch.tensor([[[0.25, 0.75], [0.9, 0.1]]]).log())
+        >>> values = signal_divergence(model, target, torch.tensor([[True, True]]))  # KL(model || target)
+        >>> # 0.5 log(0.5 / 0.25) + 0.5 log(0.5 / 0.75); a distribution to itself: 0
+        >>> [round(v, 4) for v in values[0].tolist()]
+        [0.1438, 0.0]
     """
     if isinstance(signal, HiddenStates) and isinstance(target, HiddenStates):
         return fused_linear_divergence(signal.hidden, signal.weight, target.hidden.detach(), target.weight.detach(),

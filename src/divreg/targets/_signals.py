@@ -74,7 +74,19 @@ Signal = Union[DenseLogits, HiddenStates, SparseTopK, SampledLogprobs]
 
 
 def as_logits(target: Union[Tensor, DenseLogits, HiddenStates]) -> Tensor:
-    """Full logits from a tensor or a dense signal; ``ValueError`` for a signal that has none."""
+    """Full logits from a tensor or a dense signal; ``ValueError`` for a signal that has none.
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import HiddenStates
+        >>> hidden, bias = torch.tensor([[1.0, 2.0]]), torch.tensor([0.5, 0.0])
+        >>> weight = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # (V, H): token 0 reads h_0, token 1 h_0 + h_1
+        >>> as_logits(HiddenStates(hidden, weight, bias)).tolist()  # hidden @ weight.T + bias
+        [[1.5, 3.0]]
+        >>> logits = torch.zeros(2, 3)
+        >>> as_logits(logits) is logits
+        True
+    """
     if isinstance(target, Tensor):
         return target
     if isinstance(target, (DenseLogits, HiddenStates)):
@@ -85,6 +97,15 @@ def as_logits(target: Union[Tensor, DenseLogits, HiddenStates]) -> Tensor:
 
 @torch.no_grad()
 def detached(signal: Signal) -> Signal:
-    """The same signal with every tensor detached (a target is a constant for the loss)."""
+    """The same signal with every tensor detached (a target is a constant for the loss).
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import DenseLogits
+        >>> logits = torch.tensor([[0.0, 1.0]], requires_grad=True)
+        >>> target = detached(DenseLogits(logits * 2))
+        >>> target.logits.requires_grad, target.logits.tolist()  # the same values, no graph
+        (False, [[0.0, 2.0]])
+    """
     fields = {name: (None if value is None else value.detach()) for name, value in vars(signal).items()}
     return type(signal)(**fields)

@@ -11,7 +11,15 @@ VOCAB_POLICIES = ("strict", "uld")
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the token -> id mapping and the special tokens: equal iff the tokenizers map
-    text to the same ids."""
+    text to the same ids.
+
+    Example:
+        >>> from divreg.data import char_tokenizer
+        >>> tokenizer_fingerprint(char_tokenizer("ab")) == tokenizer_fingerprint(char_tokenizer("ab"))  # built twice
+        True
+        >>> tokenizer_fingerprint(char_tokenizer("ab")) == tokenizer_fingerprint(char_tokenizer("ba"))  # ids swapped
+        False
+    """
     payload = {"vocab": sorted(tokenizer.get_vocab().items()),
                "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}}
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
@@ -29,6 +37,14 @@ def shared_vocab_size(student_tokenizer, teacher_tokenizer, student_rows: int, t
     Same tokenizer: its size, which is all the rows when neither model pads its embedding, and
     drops the padded columns otherwise (e.g. 152064 vs 151936 rows: their logits are not
     tokens). Different tokenizers: a ``ValueError`` naming both, unless ``policy="uld"``.
+
+    Example:
+        >>> from divreg.data import char_tokenizer
+        >>> tokenizer = char_tokenizer("ab")  # 5 tokens: <pad>, <eos>, <unk>, a, b
+        >>> shared_vocab_size(tokenizer, char_tokenizer("ab"), student_rows=5, teacher_rows=8)  # a padded teacher
+        5
+        >>> shared_vocab_size(tokenizer, char_tokenizer("abc"), 5, 6, policy="uld") is None  # cross-tokenizer
+        True
     """
     if policy not in VOCAB_POLICIES:
         raise ValueError(f"vocab_policy must be one of {VOCAB_POLICIES}, got {policy!r}")
