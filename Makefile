@@ -4,11 +4,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# pytest-xdist workers for make test: "auto" = one per core
+TEST_WORKERS ?= auto
 EXTRAS ?= all
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.divreg-installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast docs install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +27,20 @@ demo: $(STAMP)
 	$(BIN)/divreg demo overwrite=true
 	$(BIN)/divreg distill-lm overwrite=true
 
+# every test: the parallel tier on all cores, then the few that need the machine to themselves
+# (several launched processes, a Ray cluster), one at a time
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not alone"
+	$(BIN)/python -m pytest -m alone
 
 # the fast tier: everything but the tests marked slow (whole jobs, launched processes); make test runs all
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# the documentation site, into site/ (not committed); --strict: a broken link, a page missing
+# from the navigation or a docstring that does not render fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs site .pytest_cache

@@ -121,6 +121,7 @@ def _launch(arguments, processes=1):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_two_processes_match_one_process_for_the_same_global_batch(tmp_path):
     arguments = ["methods=[ce,kd_forward_kl,pskd,two_view]", "teacher_epochs=3", "epochs=3", "seeds=[0]",
                  "batch_size=64", "min_steps=0"]

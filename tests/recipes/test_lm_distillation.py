@@ -221,6 +221,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
         assert all(torch.equal(expected[key], got[key]) for key in expected), name
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_two_processes_match_one(tmp_path):
     arguments = fx.tiny_config_overrides("OUT") + ["methods=[{name: fkl, divergence: forward_kl}]"]
     one = _launch([a.replace("OUT", str(tmp_path / "one")) for a in arguments])

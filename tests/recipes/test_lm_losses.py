@@ -90,6 +90,7 @@ def _atol(mode, gradient):
     return 1e-6 * float(gradient.abs().max()) if mode.startswith(("grpo_", "preference_")) else 1e-8
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_same_gradients_for_1x8_4x2_and_2_processes_x_4(tmp_path):
     """Every objective (JSD; ULD per token and per sequence, each with its CE; GRPO with each
     aggregation; the preference recipe's loss with precomputed reference log-probs, a second loss

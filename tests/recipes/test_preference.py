@@ -96,6 +96,7 @@ def _launch(arguments, processes=1):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_two_processes_run_the_command(tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo): each takes its half of every batch of
     pairs (and samples its own completions for HyPO), the run writes one table and each record

@@ -222,6 +222,7 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
     assert len(expected) == 1 + 12 + 2 and got == expected
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_two_processes_run_the_command(tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo): each generates its half of the prompts
     (seeded by its rank), the group advantages come from the gathered global batch, and the run

@@ -86,6 +86,7 @@ def test_zstd_and_fast_mode(tmp_path):
     assert report["selected"] == 20 and report["kl_reduction"] > report["random_kl_reduction"]["mean"] + 0.3
 
 
+@pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
 def test_ray_backend_selects_the_same_examples(reference_budget_run, tmp_path):
     """A local Ray with 2 CPUs (started here, so the backend uses it as it is): the same selection
     and report as local processes; a bad line in a task is its own one-line error."""
