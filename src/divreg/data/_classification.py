@@ -15,6 +15,8 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclass
 class ClassificationData:
+    """A classification data set as tensors: standardized float32 features (``(N, F)``) or images
+    (``(N, C, H, W)``), int64 labels, for training and test, and the number of classes."""
     x_train: Tensor  # (N, F) features or (N, C, H, W) images, float32, standardized
     y_train: Tensor  # (N,) int64
     x_test: Tensor

@@ -12,6 +12,8 @@ from ._text import TextExample, _check_messages, _prompt_and_completion, _record
 
 @dataclass
 class PreferencePair:
+    """One tokenized preference pair: the same prompt with the chosen and with the rejected answer
+    (each a :class:`TextExample` whose prompt positions are out of the loss)."""
     pair_id: int
     chosen: TextExample  # prompt + chosen answer + EOS (prompt positions out of the loss)
     rejected: TextExample  # the same prompt + rejected answer + EOS

@@ -17,6 +17,8 @@ IGNORE_INDEX = -100
 
 @dataclass
 class TextExample:
+    """One tokenized example: its stable id (the key of a cached teacher signal), its token ids,
+    and the labels (the ids, with ``IGNORE_INDEX`` on the prompt positions)."""
     example_id: int  # stable id: the cache key of a teacher's signal
     input_ids: list[int]
     labels: list[int]  # input_ids with IGNORE_INDEX on prompt positions

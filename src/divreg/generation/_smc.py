@@ -241,6 +241,8 @@ def smc(lm, constraint, n_particles: int, *, max_tokens: int, sampler: str = "aw
 
 @dataclass
 class RejectionResult:
+    """What :func:`rejection_sampling` returns: the accepted outputs, how many outputs were drawn,
+    and the constraint calls and tokens that cost."""
     samples: list  # accepted outputs (EOS left out)
     attempts: int
     constraint_calls: int

@@ -16,6 +16,9 @@ from ..targets import DenseLogits, HiddenStates, tokenizer_fingerprint
 
 @dataclass
 class ModelSource:
+    """Where a causal LM comes from: a local folder or hub id (``path``), else a ``transformers``
+    config to build it from (``config``, with ``model_type``); ``tokenizer`` names the model's own
+    tokenizer when it is not the run's."""
     path: Optional[str] = None  # local path or hub id of an AutoModelForCausalLM; None: build from `config`
     config: dict[str, Any] = field(default_factory=dict)  # transformers config fields (with model_type) to build from
     tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer

@@ -42,6 +42,10 @@ from torch import Tensor
 
 @dataclass
 class MAIDState:
+    """Where a :class:`MAID` run is: the outer parameters ``theta``, the inner solution ``x``, the
+    current lower-level accuracy ``eps``, conjugate-gradient residual ``delta`` and initial outer
+    step size ``beta``, the work done (inner and conjugate-gradient iterations) and the history of
+    accepted steps."""
     theta: Tensor
     x: Tensor
     eps: float

@@ -17,6 +17,11 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Rollout:
+    """One generated RL batch, typed: the prompt + completion tokens and their masks, the rewards
+    (task rewards before shaping, rewards after), exact-match correctness, and what shapers and
+    the loss add to it (sampling and reference log-probs, advantages, per-completion KL weights,
+    Lp-Reg's selected tokens and proxy log-probs, RAPO's exponent). Frozen: a shaper returns a new
+    one with ``dataclasses.replace``."""
     input_ids: Tensor  # (B, L) prompt + completion + padding
     attention_mask: Tensor  # (B, L) 1 on prompt and completion tokens
     labels: Tensor  # (B, L) the completion's tokens, IGNORE_INDEX on prompt and padding

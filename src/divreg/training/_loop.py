@@ -61,6 +61,9 @@ class RunState:
 
 @dataclass
 class RunSpec:
+    """What :func:`train_run` runs: the name, the number of optimizer steps, where and how often to
+    checkpoint, how often to evaluate, what the progress bar shows, whether every step is logged,
+    and an optional early stop after an evaluation."""
     name: str  # the run's name in logs and progress bars, e.g. "teacher" or "kd_forward_kl-seed1"
     total_steps: int  # optimizer steps of the whole run
     checkpoint_path: str
