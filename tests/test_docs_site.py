@@ -28,3 +28,22 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
     missing = [f"{module.__name__}.{name}" for module, names in EXPECTED.items() if module.__name__ != "divreg"
                for name in names if f"{module.__name__}.{name}" not in anchors]
     assert not missing, missing
+
+
+PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
+PAGES_WITH_EXAMPLES = [page for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+                       if PYTHON_BLOCK.search(page.read_text())]
+
+
+def test_the_pages_with_python_examples_are_found():
+    names = {page.relative_to(ROOT).as_posix() for page in PAGES_WITH_EXAMPLES}
+    assert {"README.md", "docs/getting-started.md", "docs/library/divergences.md", "docs/library/fused.md"} <= names
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES_WITH_EXAMPLES])
+def test_every_python_example_of_a_page_runs_as_written(page, capsys):
+    """A page's ```python blocks run in order in one namespace (a later block may use what an
+    earlier one defined), as a reader pasting them one after the other would."""
+    namespace = {"__name__": "__docs_example__"}
+    for index, block in enumerate(PYTHON_BLOCK.findall(page.read_text())):
+        exec(compile(block, f"{page.relative_to(ROOT)} (python block {index + 1})", "exec"), namespace)
