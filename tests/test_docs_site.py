@@ -47,3 +47,11 @@ def test_every_python_example_of_a_page_runs_as_written(page, capsys):
     namespace = {"__name__": "__docs_example__"}
     for index, block in enumerate(PYTHON_BLOCK.findall(page.read_text())):
         exec(compile(block, f"{page.relative_to(ROOT)} (python block {index + 1})", "exec"), namespace)
+
+
+def test_every_command_has_a_guide_with_its_options_table():
+    from divreg.cli import COMMANDS
+
+    guides = "\n".join(page.read_text() for page in (ROOT / "docs" / "commands").glob("*.md"))
+    missing = [name for name in COMMANDS if name != "demo" and f"<!-- divreg-options: {name} -->" not in guides]
+    assert not missing, f"commands without an options table in docs/commands: {missing}"
