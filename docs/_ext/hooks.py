@@ -1,4 +1,4 @@
-"""MkDocs hooks for the site. ``<!-- divreg-options: COMMAND -->`` in a page becomes the table of
+"""MkDocs hooks for the site. ``<!-- divreg-options: COMMAND -->`` on a line of its own becomes the table of
 that command's config keys (key, default, what it is), generated from the config dataclass the
 command runs with, the same source as ``divreg COMMAND --help``, so the page cannot drift from
 the code."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-_PLACEHOLDER = re.compile(r"<!-- divreg-options: ([\w-]+) -->")
+_PLACEHOLDER = re.compile(r"^<!-- divreg-options: ([\w-]+) -->$", re.MULTILINE)  # on a line of its own
 
 
 def _cell(text: str) -> str:
