@@ -28,7 +28,7 @@ def _config(output_dir, *extra):
 
 def test_run_writes_the_table_metrics_and_curves(tmp_path, capsys):
     summary = run(_config(tmp_path / "a"))
-    assert set(summary) == {"seeds", "warmup_accuracy", "rl_accuracy"}
+    assert set(summary) == {"seeds", "warmup_accuracy", "rl_accuracy", "warmup_eval_reward", "rl_eval_reward"}
     assert 0 <= summary["rl_accuracy"]["mean"] <= 1 and summary["seeds"]["0"]["warmup_accuracy"] >= 0
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["run"], r["record"], r["step"]) for r in records] == [
@@ -150,7 +150,9 @@ def test_the_papers_configs_run_two_steps(tmp_path, name, extra):
 @pytest.mark.parametrize("options,message", [
     (["kl_estimator=k1"], "k1 as a loss has zero gradient"),
     (["kl_direction=forward", "kl_estimator=k2"], "kl_direction='forward' is available as"),
-    (["rewards={exact_match: 1.0, length: 1.0}"], "rewards must map some of"),
+    (["rewards={exact_match: 1.0, length: 1.0}"], r"rewards: \[.length.\] is neither a built-in"),
+    (["rewards={nosuchmodule.reward: 1.0}"], "reward .nosuchmodule.reward. does not import"),
+    (["held_out=prompts.jsonl"], "held_out names held-out prompts for your own data"),
     (["prompts_per_step=7", "group_size=3", "grad_accum=2"], "must split into grad_accum=2"),
     (["group_size=1"], "group_size=1 has no group standard deviation"),
     (["kl_coef=0", "kl_target=0.1"], "kl_target needs kl_coef > 0"),

@@ -3,6 +3,7 @@ examples for language models (prompt positions labelled ``IGNORE_INDEX``)."""
 
 from ._classification import ClassificationData, augment, load_classification_data
 from ._pairs import PreferencePair, load_preference_records, tokenize_pairs
+from ._prompts import PromptExample, load_prompt_records, task_prompt_records, tokenize_prompts
 from ._tasks import (
     ARITHMETIC_ALPHABET,
     ARITHMETIC_OPERATIONS,
@@ -31,4 +32,4 @@ __all__ = ["ARITHMETIC_ALPHABET", "ARITHMETIC_OPERATIONS", "TaskProblem", "arith
            "format_reward", "task_records", "ClassificationData", "IGNORE_INDEX", "TextExample", "augment", "builtin_corpus", "chunk_texts", "collate",
            "examples_fingerprint", "load_classification_data", "load_text_examples", "load_text_records", "tokenize_records",
            "PreferencePair", "load_preference_records", "read_records", "tokenize_pairs",
-           "train_bpe_tokenizer"]
+           "train_bpe_tokenizer", "PromptExample", "load_prompt_records", "task_prompt_records", "tokenize_prompts"]

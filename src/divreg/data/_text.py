@@ -4,6 +4,7 @@ JSONL / ``datasets`` records, and tokenization into prompt-completion examples."
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -130,14 +131,15 @@ def _check_messages(messages, place: str, key: str) -> None:
 
 
 def read_records(source) -> list[dict]:
-    """The records (objects) of a ``.jsonl`` file, a ``datasets.save_to_disk`` folder (its
+    """The records (objects) of a ``.jsonl`` (or ``.jsonl.gz``) file, a ``datasets.save_to_disk`` folder (its
     ``train`` split if it has several) or an in-memory sequence, keys with None values dropped,
     each a :class:`Record` that names where it came from."""
-    if isinstance(source, str) and source.endswith(".jsonl"):
+    if isinstance(source, str) and source.endswith((".jsonl", ".jsonl.gz")):
         if not os.path.isfile(source):
             raise ValueError(f"data file {source!r} does not exist")
         records, places = [], []
-        with open(source) as handle:
+        opener = gzip.open if source.endswith(".gz") else open
+        with opener(source, "rt", encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -151,7 +153,7 @@ def read_records(source) -> list[dict]:
             raise ValueError(f"data file {source!r} is empty: it holds no records (one JSON object per line)")
     elif isinstance(source, str):
         if not os.path.isdir(source):
-            raise ValueError(f"data must be 'builtin', a .jsonl file or a datasets folder; got {source!r}")
+            raise ValueError(f"data must be 'builtin', a .jsonl (or .jsonl.gz) file or a datasets folder; got {source!r}")
         import datasets
 
         loaded = datasets.load_from_disk(source)
@@ -192,13 +194,23 @@ def _prompt_and_completion(record: dict, tokenizer) -> tuple[list[int], list[int
         return prompt, full[len(prompt):]
     if "text" in record:
         return [], tokenizer(record["text"])["input_ids"]
-    prompt = record["prompt"]
-    if getattr(tokenizer, "chat_template", None):
-        prompt_ids = _chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-    else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
     # the completion continues the prompt: no special tokens (a BOS here would sit mid-sequence)
-    return list(prompt_ids), tokenizer(record["completion"], add_special_tokens=False)["input_ids"]
+    return prompt_token_ids(record["prompt"], tokenizer), tokenizer(record["completion"],
+                                                                  add_special_tokens=False)["input_ids"]
+
+
+def prompt_token_ids(prompt, tokenizer) -> list[int]:
+    """The token ids a model continues for ``prompt``: a list of chat messages under the
+    tokenizer's chat template (with the generation prompt; a tokenizer without a template is a
+    ``ValueError``); a string as one user message under the template when the tokenizer has one,
+    else as plain text (with the tokenizer's special tokens, e.g. a BOS)."""
+    if not isinstance(prompt, str):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("a prompt of chat messages needs a tokenizer with a chat template")
+        return _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    if getattr(tokenizer, "chat_template", None):
+        return _chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(tokenizer(prompt)["input_ids"])
 
 
 def with_eos(completion: list[int], eos_token_id: int) -> list[int]:

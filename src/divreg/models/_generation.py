@@ -41,18 +41,21 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
 
 @torch.no_grad()
 def greedy_completions(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int,
-                       batch_size: int = 256) -> list[str]:
+                       batch_size: int = 256, return_ids: bool = False):
     """The greedy (argmax) completion of each prompt, decoded up to its first EOS (special
     tokens skipped): deterministic, for evaluation; the model's ``generation_config`` is
-    ignored as in :func:`generate_examples`."""
-    texts = []
+    ignored as in :func:`generate_examples`. With ``return_ids``, ``(texts, ids)``: the ids up to
+    and including the first EOS (padding after it dropped)."""
+    texts, ids = [], []
     for start in range(0, len(prompts), batch_size):
         for completion in _generate(causal_lm, prompts[start:start + batch_size], tokenizer, max_new_tokens,
                                     do_sample=False):
             if tokenizer.eos_token_id in completion:
-                completion = completion[: completion.index(tokenizer.eos_token_id)]
-            texts.append(tokenizer.decode(completion, skip_special_tokens=True))
-    return texts
+                completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
+            ids.append(completion)
+            texts.append(tokenizer.decode([t for t in completion if t != tokenizer.eos_token_id],
+                                          skip_special_tokens=True))
+    return (texts, ids) if return_ids else texts
 
 
 def _generate(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int, **sampling) -> list[list[int]]:

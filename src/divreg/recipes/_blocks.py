@@ -70,9 +70,12 @@ class ArithmeticBlock:
 class WarmupBlock:
     """The supervised warm-up (CE on the task's answers) the RL and preference runs start from."""
 
-    warmup_steps: int = 3000  # at most this many steps (0: no warm-up, the policy as given)
-    # stop the warm-up at the first evaluation (every warmup_eval_every steps) whose test accuracy reaches this, so
-    # that every seed starts clearly above 0 and clearly below the ceiling (null: always warmup_steps)
+    # at most this many steps (0: no warm-up, the model as given); null: 3000 on the built-in task (data=builtin), 0 on
+    # your own data (your model is trained as given unless you ask for a warm-up)
+    warmup_steps: Optional[int] = None
+    # stop the warm-up at the first evaluation (every warmup_eval_every steps) whose held-out exact match reaches this,
+    # so that every seed starts clearly above 0 and clearly below the ceiling (null: always warmup_steps); it needs
+    # answers to match: the built-in task's, or an `answer` column in your data
     warmup_target: Optional[float] = 0.3
     warmup_eval_every: int = 100
     warmup_lr: float = 0.003
@@ -80,6 +83,8 @@ class WarmupBlock:
 
     def __post_init__(self):
         require_positive(self, ("warmup_lr", "warmup_batch_size", "warmup_eval_every"))
+        if self.warmup_steps is None:  # resolved here, so the printed and saved config says which
+            self.warmup_steps = 3000 if getattr(self, "data", "builtin") == "builtin" else 0
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.warmup_target is not None and not 0 < self.warmup_target <= 1:

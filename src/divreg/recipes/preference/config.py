@@ -67,9 +67,9 @@ class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
         if self.data == "builtin" and self.max_new_tokens < self.digits + 2:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({self.digits + 1} "
                              f"characters) and its EOS; use max_new_tokens >= {self.digits + 2}")
-        if self.warmup_target is not None and self.data != "builtin":
-            raise ValueError("warmup_target stops at a test accuracy, which only the built-in task has: set "
-                             "warmup_target=null (the warm-up then runs warmup_steps)")
+        if self.warmup_steps and self.warmup_target is not None and self.data != "builtin":
+            raise ValueError("warmup_target stops the warm-up at a test accuracy, which only the built-in task has: "
+                             "set warmup_target=null (the warm-up on your pairs' chosen answers then runs warmup_steps)")
         if not self.methods or len(set(self.methods)) != len(self.methods) or any(m not in METHODS for m in self.methods):
             raise ValueError(f"methods must be a non-empty list of {list(METHODS)} without repeats, got {self.methods}")
         if self.reference not in ("warmup", "none"):

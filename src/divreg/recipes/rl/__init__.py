@@ -17,7 +17,9 @@ import json
 import os
 
 from ..._table import format_table
-from ...data import arithmetic_problems, char_tokenizer, task_records, tokenize_records
+from ...data import (PromptExample, TextExample, arithmetic_problems, char_tokenizer, load_prompt_records, task_records,
+                    tokenize_prompts, tokenize_records)
+from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
@@ -34,7 +36,8 @@ class RLRecipe:
         self.config, self.accelerator = config, accelerator
 
     def setup(self) -> None:
-        """The tokenizer, the task's problems, the run folder and the trainer (every check first)."""
+        """The tokenizer, the prompts, the reward functions, the run folder and the trainer (every
+        check first, so a user error stops before anything is written)."""
         config, accelerator = self.config, self.accelerator
         tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
         if config.reference is not None and model_tokenizer(config.reference, tokenizer) is not tokenizer:
@@ -45,13 +48,15 @@ class RLRecipe:
             raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
                              f"{config.tokenizer!r}; the policy, its reference and the rewards must read one tokenizer: "
                              "pass the policy's (tokenizer=<policy.path>)")
-        self.train, self.test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
-                                                    operations=config.operations, seed=config.data_seed)
-        check_batches(config, accelerator.num_processes, len(self.train))
-        warmup_examples = tokenize_records(task_records(self.train), tokenizer, max_length=64, prompt_len=1)
+        train, test, warmup_examples = (builtin_prompts(config, tokenizer) if config.data == "builtin"
+                                        else user_prompts(config, tokenizer))
+        check_batches(config, accelerator.num_processes, len(train))
+        columns = sorted({key for prompt in train + test for key in prompt.columns})
+        functions = reward_functions(config, columns)
         _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
-        self.tokenizer = tokenizer
-        self.trainer = RLTrainer(accelerator, config, tokenizer, self.train, self.test, warmup_examples, log_path)
+        self.tokenizer, self.train, self.test = tokenizer, train, test
+        self.trainer = RLTrainer(accelerator, config, tokenizer, train, test, warmup_examples, log_path, functions,
+                                 columns)
 
     def run_seed(self, seed: int) -> dict:
         return run_seed(self.config, self.trainer, self.tokenizer, seed)
@@ -60,15 +65,77 @@ class RLRecipe:
         return report(self.config, results)
 
     def describe(self) -> str:
+        source = "problems" if self.config.data == "builtin" else f"prompts of {self.config.data}"
         return (f"{len(self.config.seeds)} seed(s), {self.config.steps} GRPO steps each, on {len(self.train)} train / "
-                f"{len(self.test)} test problems")
+                f"{len(self.test)} held-out {source}")
+
+
+def builtin_prompts(config: RLConfig, tokenizer) -> tuple[list[PromptExample], list[PromptExample], list[TextExample]]:
+    """The arithmetic task's training and test prompts (with their ``answer`` column) and its
+    warm-up examples (prompt -> answer); a prompt's ids are those its warm-up example starts with."""
+    problems = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
+                                   operations=config.operations, seed=config.data_seed)
+    sets = []
+    for split in problems:
+        examples = tokenize_records(task_records(split), tokenizer, max_length=64, prompt_len=1)
+        if len(examples) != len(split):
+            raise ValueError(f"{len(split) - len(examples)} problems do not fit the tokenizer's examples (prompt + "
+                             "answer + EOS within 64 tokens); use a tokenizer with shorter prompts")
+        sets.append(([PromptExample(p.prompt, e.input_ids[:e.prompt_length], {"answer": p.answer},
+                                    f"built-in problem {i}") for i, (p, e) in enumerate(zip(split, examples))], examples))
+    (train, warmup_examples), (test, _) = sets
+    return train, test, warmup_examples
+
+
+def user_prompts(config: RLConfig, tokenizer) -> tuple[list[PromptExample], list[PromptExample], list[TextExample]]:
+    """Your prompt set's training and held-out prompts (``held_out``, else the first tenth of
+    ``data``), and, when a warm-up is asked for, its examples (``prompt`` -> ``completion``)."""
+    records = load_prompt_records(config.data)
+    if config.held_out is None:
+        if len(records) < 2:
+            raise ValueError(f"{config.data}: one prompt cannot be split into training and held-out prompts; give "
+                             "more prompts or held_out=FILE")
+        cut = max(1, len(records) // 10)
+        held, records = records[:cut], records[cut:]
+    else:
+        held = load_prompt_records(config.held_out)
+    train = tokenize_prompts(records, tokenizer, config.max_prompt_length)
+    test = tokenize_prompts(held, tokenizer, config.max_prompt_length)
+    warmup_examples = []
+    if config.warmup_steps:
+        missing = [r.where for r in records if not isinstance(r.get("completion"), str)]
+        if missing:
+            raise ValueError(f"warmup_steps={config.warmup_steps} trains on prompt -> completion, and {missing[0]} has "
+                             "no string 'completion'; add a completion column or set warmup_steps=0")
+        if config.warmup_target is not None and not all("answer" in r for r in records + held):
+            raise ValueError("warmup_target stops the warm-up at a held-out exact match, which needs an 'answer' column "
+                             "in every prompt; set warmup_target=null (the warm-up then runs warmup_steps)")
+        warmup_examples = tokenize_records([{"prompt": r["prompt"], "completion": r["completion"]} for r in records],
+                                           tokenizer, max_length=config.max_prompt_length + config.max_new_tokens,
+                                           prompt_len=1)
+    return train, test, warmup_examples
+
+
+def reward_functions(config: RLConfig, columns: list[str]) -> dict:
+    """Each reward of ``config.rewards`` imported and checked against TRL's signature and the
+    prompt set's columns (``exact_match`` needs an ``answer`` column), before any training."""
+    functions = {}
+    for name in config.rewards:
+        if name == "exact_match" and "answer" not in columns:
+            where = "the built-in task" if config.data == "builtin" else config.data
+            raise ValueError(f"rewards: exact_match compares completions with the 'answer' column, which {where} does "
+                             "not have (its columns: " + (", ".join(columns) or "none besides prompt") + "); give your "
+                             "own reward functions, e.g. rewards={mymodule.my_reward: 1.0}")
+        functions[name] = reward_function(name)
+        check_reward_signature(name, functions[name], columns)
+    return functions
 
 
 def check_batches(config: RLConfig, processes: int, train_size: int) -> None:
     """The batch sizes split over processes and accumulation micro-batches."""
     if config.prompts_per_step > train_size or config.prompts_per_step % processes:
-        raise ValueError(f"prompts_per_step={config.prompts_per_step} must be <= train_size={train_size} and divisible "
-                         f"by the {processes} process(es)")
+        raise ValueError(f"prompts_per_step={config.prompts_per_step} must be <= the {train_size} training prompts and "
+                         f"divisible by the {processes} process(es)")
     local = config.prompts_per_step // processes * config.group_size
     if local % config.grad_accum:
         raise ValueError(f"each process's {local} completions per step must split into grad_accum={config.grad_accum} "
@@ -85,13 +152,12 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
         return CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
 
     policy = build()
-    warmup = None
     if config.warmup_steps:
-        warmup = trainer.warmup(policy, seed, os.path.join(checkpoints, f"warmup-seed{seed}.pt"))
-        state = warmup["model"]
+        state = trainer.warmup(policy, seed, os.path.join(checkpoints, f"warmup-seed{seed}.pt"))["model"]
+        policy.load_state_dict(state)
     else:
         state = policy.state_dict()
-    warmup_accuracy = warmup["metrics"]["test_accuracy"] if warmup else trainer.accuracy(policy)
+    before = trainer.evaluate(policy)  # the starting model (after any warm-up), on the held-out prompts
     policy = build()
     policy.load_state_dict(state)
     reference, reference_accuracy = None, None
@@ -108,36 +174,53 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
                 reference_accuracy = trained["metrics"]["test_accuracy"]
         reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
     result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
-    return {"warmup_accuracy": warmup_accuracy, "rl_accuracy": result["metrics"]["test_accuracy"],
-            **({"reference_accuracy": reference_accuracy} if reference_accuracy is not None else {}),
+    after = result["metrics"]
+    summary = {"warmup_eval_reward": before["eval_reward"], "rl_eval_reward": after["eval_reward"]}
+    if "test_accuracy" in after:
+        summary |= {"warmup_accuracy": before["test_accuracy"], "rl_accuracy": after["test_accuracy"]}
+    return {**summary, **({"reference_accuracy": reference_accuracy} if reference_accuracy is not None else {}),
             "history": result["state"]["history"], "steps": result["state"]["steps"]}
 
 
+REPORTED = (("accuracy", "held-out exact match"), ("eval_reward", "held-out reward"))
+
+
 def report(config: RLConfig, results: dict[int, dict]) -> dict:
-    warmup = mean_std([r["warmup_accuracy"] for r in results.values()])
-    rl = mean_std([r["rl_accuracy"] for r in results.values()])
-    summary = {"seeds": {str(seed): {key: r[key] for key in ("warmup_accuracy", "rl_accuracy", "reference_accuracy")
-                                     if key in r} for seed, r in results.items()},
-               "warmup_accuracy": warmup, "rl_accuracy": rl}
+    """metrics.json, the table (per seed: the starting model and the trained policy on the held-out
+    prompts: exact match when there are answers, and the combined reward) and the curves."""
+    first = next(iter(results.values()))
+    reported = [(key, label) for key, label in REPORTED if f"warmup_{key}" in first]
+    summary = {"seeds": {str(seed): {key: r[key] for key in r if key not in ("history", "steps")}
+                         for seed, r in results.items()}}
+    for key, _ in reported:
+        for stage in ("warmup", "rl"):
+            summary[f"{stage}_{key}"] = mean_std([r[f"{stage}_{key}"] for r in results.values()])
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    rows = [{"seed": str(seed), "warm-up accuracy": r["warmup_accuracy"], "after RL": r["rl_accuracy"]}
+    start = "warm-up" if config.warmup_steps else "start"
+    columns = ["seed"] + [f"{label}: {stage}" for _, label in reported for stage in (start, "after RL")]
+    rows = [{"seed": str(seed), **{f"{label}: {stage}": r[f"{key_stage}_{key}"] for key, label in reported
+                                   for stage, key_stage in ((start, "warmup"), ("after RL", "rl"))}}
             for seed, r in results.items()]
-    rows.append({"seed": "mean +- std", "warm-up accuracy": f"{warmup['mean']:.3f} +- {warmup['std']:.3f}",
-                 "after RL": f"{rl['mean']:.3f} +- {rl['std']:.3f}"})
-    print(format_table(rows, ["seed", "warm-up accuracy", "after RL"]))
+    rows.append({"seed": "mean +- std", **{f"{label}: {stage}": "{mean:.3f} +- {std:.3f}".format(**summary[f"{key_stage}_{key}"])
+                                           for key, label in reported
+                                           for stage, key_stage in ((start, "warmup"), ("after RL", "rl"))}})
+    print(format_table(rows, columns))
+    held = "test_accuracy" if "warmup_accuracy" in first else "eval_reward"
     curves = {}
-    for seed, r in results.items():  # per step: reward, KL (estimate and exact), entropy; per evaluation: accuracy
+    for seed, r in results.items():  # per step: reward, KL (estimate and exact), entropy; per evaluation: held-out
         steps = [s["step"] for s in r["steps"]]
         curves[f"seed {seed}"] = {key: (steps, [s[key] for s in r["steps"]])
                                   for key in ("reward", "kl_estimate", "kl_exact", "entropy")
                                   if r["steps"] and all(key in s for s in r["steps"])}
-        curves[f"seed {seed}"]["test_accuracy"] = ([0] + [h["step"] for h in r["history"]],
-                                                   [r["warmup_accuracy"]] + [h["test_accuracy"] for h in r["history"]])
+        start_value = r["warmup_accuracy" if held == "test_accuracy" else "warmup_eval_reward"]
+        curves[f"seed {seed}"][held] = ([0] + [h["step"] for h in r["history"]],
+                                        [start_value] + [h[held] for h in r["history"]])
+    task = (f"{config.digits}-digit '{config.operations}'" if config.data == "builtin" else config.data)
     training_curves(curves, os.path.join(config.output_dir, "curves.png"), x_key="step",
-                    title=f"GRPO on {config.digits}-digit '{config.operations}', per step: task reward, KL(pi || ref) "
-                          f"per token ({config.kl_estimator} estimate and exact), entropy; test accuracy = greedy "
-                          f"exact match on {config.test_size} held-out problems (step 0: the warm-up model)")
+                    title=f"GRPO on {task}, per step: task reward, KL(pi || ref) per token ({config.kl_estimator} "
+                          f"estimate and exact), entropy; {held} = greedy completions of the held-out prompts (step 0: "
+                          "the starting model)")
     return summary
 
 

@@ -8,13 +8,11 @@ from typing import Optional
 
 from ...config import require_positive
 from ...losses import GRPOLoss
-from ...rl import ADVANTAGE_SCALES, CTRL_TRANSFORMS
+from ...rl import ADVANTAGE_SCALES, BUILTIN_REWARDS, CTRL_TRANSFORMS
 from ...models import ModelSource, tiny_llama
 from ...targets import gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
 
-
-REWARD_FUNCTIONS = ("exact_match", "format")
 
 
 @dataclass
@@ -26,14 +24,25 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
     output_dir: str = "outputs/rl"
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
     tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
+    # the prompts: "builtin" (the arithmetic task: digits, operations, train_size, test_size, data_seed) or a prompt
+    # set, a .jsonl / .jsonl.gz file or a datasets folder with a `prompt` column (a string, or a list of chat
+    # messages); its other columns (e.g. `answer`) reach the reward functions by name, as in TRL
+    data: str = "builtin"
+    held_out: Optional[str] = None  # held-out prompts for evaluation (same forms); null: the first tenth of `data`
+    max_prompt_length: int = 512  # a longer prompt in your data is refused (never silently cut)
     # GRPO: each of `steps` steps generates prompts_per_step x group_size completions
     prompts_per_step: int = 16  # global, split over processes
     group_size: int = 8  # completions per prompt (G)
     num_iterations: int = 1  # optimizer updates per generated batch (old log-probs used when > 1)
-    max_new_tokens: int = 6  # completion length limit (EOS ends a completion earlier)
+    # completion length limit (EOS ends a completion earlier); null: 6 on the built-in task (at least digits + 2),
+    # 256 on your prompts (TRL's default)
+    max_new_tokens: Optional[int] = None
     temperature: float = 1.0  # sampling temperature; log-probs are computed at the same temperature (as TRL)
     top_p: float = 1.0  # nucleus sampling (1: the full distribution)
-    rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0, "format": 0.1})  # name: weight
+    # reward function: weight. A function is a built-in (exact_match: the completion equals the `answer` column;
+    # format: one integer) or a dotted path package.module.function with TRL's signature, f(prompts, completions,
+    # **columns) -> list of float or None (None: does not apply), imported from the current folder
+    rewards: dict[str, float] = field(default_factory=lambda: {"exact_match": 1.0, "format": 0.1})
     advantage_scale: str = "group"  # "group" (GRPO), "batch" or "none" (Dr. GRPO)
     advantage_eps: float = 0.0001  # added to the std that scales the advantages (TRL's 1e-4; APO's code: 1e-9)
     epsilon_low: float = 0.2  # clip range of the importance ratio, below 1
@@ -86,8 +95,13 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
+        if self.max_new_tokens is None:  # resolved here, so the printed and saved config says which
+            self.max_new_tokens = max(6, self.digits + 2) if self.data == "builtin" else 256
         require_positive(self, ("prompts_per_step", "group_size", "num_iterations", "max_new_tokens", "temperature",
-                                "top_p", "kl_horizon"))
+                                "top_p", "kl_horizon", "max_prompt_length"))
+        if self.data == "builtin" and self.held_out is not None:
+            raise ValueError("held_out names held-out prompts for your own data=; the built-in task holds out its own "
+                             "test_size problems")
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         gives_hidden_states(self.fused, 0)  # checks the setting
         self._check_sampling()
@@ -117,11 +131,15 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
         if self.group_size < 2 and self.advantage_scale == "group":
             raise ValueError("group_size=1 has no group standard deviation; use group_size >= 2 (GRPO compares the "
                              "completions of one prompt), or advantage_scale=batch or none")
-        unknown = [name for name in self.rewards if name not in REWARD_FUNCTIONS]
-        if not self.rewards or unknown:
-            raise ValueError(f"rewards must map some of {list(REWARD_FUNCTIONS)} to weights, got {dict(self.rewards)}")
+        if not self.rewards:
+            raise ValueError("rewards must map at least one reward function (a built-in, "
+                             f"{list(BUILTIN_REWARDS)}, or package.module.function) to its weight")
+        bad = [name for name in self.rewards if not (name in BUILTIN_REWARDS or "." in name or ":" in name)]
+        if bad:
+            raise ValueError(f"rewards: {bad} is neither a built-in ({list(BUILTIN_REWARDS)}) nor a dotted path "
+                             "package.module.function to your reward function")
         longest = self.digits + 1  # a+b and a*b (b of 1 digit) both have at most digits + 1 characters
-        if self.max_new_tokens < longest + 1:
+        if self.data == "builtin" and self.max_new_tokens < longest + 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} cannot hold the longest answer ({longest} "
                              f"characters) and its EOS; use max_new_tokens >= {longest + 1}")
 
@@ -160,7 +178,7 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
                              "kl_placement=loss")
         if (self.dads or self.stcr or self.kl_mask_correct) and "exact_match" not in self.rewards:
             raise ValueError("dads, stcr and kl_mask_correct read which completions are correct from the exact_match "
-                             "reward: keep it in rewards")
+                             "reward (the `answer` column): keep it in rewards")
         if self.ctrl not in ("none",) + CTRL_TRANSFORMS:
             raise ValueError(f"ctrl must be 'none' or one of {list(CTRL_TRANSFORMS)}, got {self.ctrl!r}")
         if self.ctrl != "none" and (not self.ctrl_t > 0 or self.ctrl_samples < 1):

@@ -15,20 +15,19 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from ...data import TaskProblem, TextExample, collate, exact_match_reward, format_reward, task_records, tokenize_records
+from ...data import PromptExample, TextExample, collate
 from ...estimators import k1
 from ...losses import LpReg, kl_per_token
-from ...models import CausalLM, generate_examples, next_token_signal
-from ...rl import Rollout, ShapingContext, combine_rewards, kl_target_signal, rollout_from_batch
+from ...models import CausalLM, generate_examples, greedy_completions, next_token_signal
+from ...rl import (Rollout, ShapingContext, combine_rewards, exact_match, kl_target_signal, rollout_from_batch,
+                   score_completions)
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...targets import gives_hidden_states, sampled_token_logprobs, signal_divergence
 from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
                          to_device, train_run)
-from .._warmup import exact_match_accuracy, supervised_warmup
+from .._warmup import supervised_warmup
 from .config import RLConfig
 from .shaping import build_shapers
-
-REWARDS = {"exact_match": exact_match_reward, "format": format_reward}
 
 
 def kl_schedule(config: RLConfig) -> Schedule:
@@ -53,10 +52,18 @@ def kl_stats(policy_signal, ref_signal, rollout: Rollout, config: RLConfig) -> d
 
 
 class RLTrainer:
-    def __init__(self, accelerator: Accelerator, config: RLConfig, tokenizer, train: list[TaskProblem],
-                 test: list[TaskProblem], warmup_examples: list[TextExample], log_path: str):
+    """Warm-up and GRPO on a prompt set: ``train`` and ``test`` are :class:`divreg.data.PromptExample`
+    lists (the built-in task's problems carry their ``answer`` column), ``reward_functions`` maps
+    each name of ``config.rewards`` to a function with TRL's signature, ``columns`` names the prompt
+    set's other columns (passed to the reward functions by name)."""
+
+    def __init__(self, accelerator: Accelerator, config: RLConfig, tokenizer, train: list[PromptExample],
+                 test: list[PromptExample], warmup_examples: list[TextExample], log_path: str,
+                 reward_functions: dict, columns: list[str]):
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
+        self.reward_functions, self.columns = reward_functions, columns
+        self.chat = not isinstance(train[0].prompt, str)  # completions reach the rewards as TRL's message lists
         hidden = gives_hidden_states(config.fused, len(tokenizer))
         if hidden and (config.rapo or config.lp_reg):
             raise ValueError(f"{'rapo' if config.rapo else 'lp_reg'} needs full logits (RAPO reweights the reference's, "
@@ -65,62 +72,85 @@ class RLTrainer:
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
-        # one tokenization of the prompts for warm-up, sampling and evaluation (tokenize_records: with the
-        # tokenizer's special tokens or chat template, if it has them)
-        if len(warmup_examples) != len(train):
-            raise ValueError(f"{len(train) - len(warmup_examples)} training problems do not fit the tokenizer's "
-                             "examples (prompt + answer + EOS within 64 tokens); use a tokenizer with shorter prompts")
-        self.prompt_ids = [e.input_ids[:e.prompt_length] for e in warmup_examples]
-        test_examples = tokenize_records(task_records(test), tokenizer, max_length=64, prompt_len=1)
-        self.test_prompt_ids = [e.input_ids[:e.prompt_length] for e in test_examples]
+
+    def evaluate(self, model) -> dict:
+        """Greedy completions of the held-out prompts, scored: each reward function's mean (over the
+        completions it applies to) as ``eval_<name>``, the combined reward's mean as ``eval_reward``,
+        and, when the prompts have an ``answer`` column, the exact match as ``test_accuracy``."""
+        texts, ids = greedy_completions(self.accelerator.unwrap_model(model), [p.prompt_ids for p in self.test],
+                                        self.tokenizer, self.config.max_new_tokens, return_ids=True)
+        per_function, combined = self.score(self.test, texts, ids)
+        metrics = {"eval_reward": float(combined.mean())}
+        for name, rewards in zip(self.reward_functions, per_function):
+            applied = [float(r) for r in rewards if r is not None]
+            metrics[f"eval_{name}"] = sum(applied) / len(applied) if applied else float("nan")
+        if "answer" in self.columns:
+            matches = exact_match(None, texts, answer=[p.columns.get("answer") for p in self.test])
+            metrics["test_accuracy"] = sum(matches) / len(matches)
+        return metrics
 
     def accuracy(self, model) -> float:
-        """Exact-match accuracy of greedy completions on the held-out problems."""
-        return exact_match_accuracy(self.accelerator, model, self.test_prompt_ids, self.test, self.tokenizer,
-                                    self.config.max_new_tokens)
+        """Held-out exact match (the warm-up's target; needs an ``answer`` column)."""
+        return self.evaluate(model)["test_accuracy"]
 
     def warmup(self, model: CausalLM, seed: int, checkpoint_path: str, steps: Optional[int] = None,
                name: str = "warmup") -> dict:
         """Supervised warm-up: CE on prompt -> answer, for ``steps`` (default: ``warmup_steps``),
         stopped at ``warmup_target``; also how a separate reference is trained (its full steps)."""
         config = self.config
+        target = config.warmup_target if name == "warmup" else None
         return supervised_warmup(self.accelerator, model, self.warmup_examples, self.tokenizer, name=f"{name}-seed{seed}",
                                  seed=seed, steps=config.warmup_steps if steps is None else steps,
                                  batch_size=config.warmup_batch_size, lr=config.warmup_lr,
                                  grad_accum=config.grad_accum, checkpoint_path=checkpoint_path,
-                                 checkpoint_every=config.checkpoint_every * 4, accuracy=self.accuracy,
-                                 target=config.warmup_target if name == "warmup" else None,
-                                 eval_every=config.warmup_eval_every, log_path=self.log_path)
+                                 checkpoint_every=config.checkpoint_every * 4,
+                                 accuracy=self.accuracy if "answer" in self.columns else
+                                 (lambda model: self.evaluate(model)["eval_reward"]),
+                                 target=target, eval_every=config.warmup_eval_every, log_path=self.log_path,
+                                 metric="test_accuracy" if "answer" in self.columns else "eval_reward")
 
     def generate(self, model, seed: int, step: int, copies: int,
-                 stream: int = 0) -> tuple[list[TextExample], list[TaskProblem]]:
+                 stream: int = 0) -> tuple[list[TextExample], list[PromptExample]]:
         """``copies`` completions of each of this process's prompts at ``step`` (contiguous);
         ``stream`` 1 (CTRL's reference samples) draws as a virtual process past the real ones, so
         it never meets a policy stream of this run."""
         config, rank, processes = self.config, self.accelerator.process_index, self.accelerator.num_processes
         indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
-        problems = [self.train[i] for i in indices for _ in range(copies)]
-        prompts = [self.prompt_ids[i] for i in indices for _ in range(copies)]
-        examples = generate_examples(model, prompts, self.tokenizer, config.max_new_tokens,
+        prompts = [self.train[i] for i in indices for _ in range(copies)]
+        examples = generate_examples(model, [p.prompt_ids for p in prompts], self.tokenizer, config.max_new_tokens,
                                      derive_seed(seed, step, rank + stream * processes),
                                      temperature=config.temperature, top_p=config.top_p)
-        return examples, problems
+        return examples, prompts
 
-    def rewards(self, examples: list[TextExample], problems: list[TaskProblem]) -> tuple[Tensor, list[float]]:
-        """The combined rewards of completions, and which are exactly right."""
-        texts = [self.tokenizer.decode([t for t in e.input_ids[e.prompt_length:] if t != self.tokenizer.eos_token_id],
-                                       skip_special_tokens=True) for e in examples]
-        answers, names = [p.answer for p in problems], list(self.config.rewards)
-        return (combine_rewards([REWARDS[name](texts, answers) for name in names], names,
-                                list(self.config.rewards.values())), exact_match_reward(texts, answers))
+    def score(self, prompts: list[PromptExample], texts: list[str], ids: list[list[int]]) -> tuple[list, Tensor]:
+        """Each reward function's rewards for the completions (TRL's call: prompts as given,
+        completions as strings or, for chat prompts, one assistant message each, their token ids,
+        and every column by name) and their weighted combination."""
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if self.chat else texts
+        columns = {c: [p.columns.get(c) for p in prompts] for c in self.columns}
+        per_function = score_completions(self.reward_functions, [p.prompt for p in prompts], completions, ids, columns,
+                                         [p.where for p in prompts])
+        return per_function, combine_rewards(per_function, list(self.reward_functions),
+                                             [self.config.rewards[name] for name in self.reward_functions])
+
+    def rewards(self, examples: list[TextExample], prompts: list[PromptExample]) -> tuple[Tensor, list[float]]:
+        """The combined rewards of completions, and which are exactly right (all 0 without an
+        ``answer`` column)."""
+        ids = [e.input_ids[e.prompt_length:] for e in examples]
+        texts = [self.tokenizer.decode([t for t in i if t != self.tokenizer.eos_token_id], skip_special_tokens=True)
+                 for i in ids]
+        _, combined = self.score(prompts, texts, ids)
+        correct = (exact_match(None, texts, answer=[p.columns.get("answer") for p in prompts])
+                   if "answer" in self.columns else [0.0] * len(texts))
+        return combined, correct
 
     @torch.no_grad()
     def rollout(self, policy, reference, seed: int, step: int, kl_coef: float) -> tuple[Rollout, dict]:
         """One generated batch, scored by the policy (and the reference), then shaped; with the
         ``(values, mask)`` statistics to log."""
         config, accelerator = self.config, self.accelerator
-        examples, problems = self.generate(policy, seed, step, config.group_size)
-        rewards, correct = self.rewards(examples, problems)
+        examples, prompts = self.generate(policy, seed, step, config.group_size)
+        rewards, correct = self.rewards(examples, prompts)
         batch = to_device(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
         rollout = rollout_from_batch(batch, rewards, correct).to(accelerator.device)
         policy_signal = self.signal(policy, rollout.batch)
@@ -144,8 +174,8 @@ class RLTrainer:
 
     def reference_rewards(self, reference, seed: int, step: int, copies: int) -> Tensor:
         """CTRL's calibration samples: the rewards of ``copies`` reference completions per prompt."""
-        examples, problems = self.generate(reference, seed, step, copies, stream=1)
-        return self.rewards(examples, problems)[0]
+        examples, prompts = self.generate(reference, seed, step, copies, stream=1)
+        return self.rewards(examples, prompts)[0]
 
     def loss_fn(self, reference, kl_coef: float):
         """The GRPO loss of one micro-batch :class:`Rollout` (with the accumulation's global counts)."""
@@ -197,7 +227,8 @@ class RLTrainer:
                                                    "sum"))
             metrics = {**totals, **global_means(accelerator, stats), "kl_coef": coef,
                        "reward": global_mean(accelerator, rollout.task_rewards.tolist()),
-                       "train_exact_match": global_mean(accelerator, rollout.correct.tolist()),
+                       **({"train_exact_match": global_mean(accelerator, rollout.correct.tolist())}
+                          if "answer" in self.columns else {}),
                        "completion_tokens": float(accelerator.reduce(rollout.mask.sum().double(), "sum")) / completions}
             if "kl_exact" in metrics:
                 metrics["kl_gap"] = metrics["kl_estimate"] - metrics["kl_exact"]
@@ -205,10 +236,11 @@ class RLTrainer:
             return metrics
 
         spec = RunSpec(f"grpo-seed{seed}", config.steps, checkpoint_path, evaluate_every=config.eval_every,
-                       checkpoint_every=config.checkpoint_every, progress_keys=("test_accuracy", "reward"),
+                       checkpoint_every=config.checkpoint_every,
+                       progress_keys=("test_accuracy" if "answer" in self.columns else "eval_reward", "reward"),
                        log_every_step=True)
         optimizer = functools.partial(torch.optim.AdamW, lr=config.lr, weight_decay=0.0)
         return train_run(accelerator, spec, model, optimizer, step_fn,
-                         lambda model, step, means: {**means, "test_accuracy": self.accuracy(model)},
-                         lambda model: {"metrics": {"test_accuracy": self.accuracy(model)}},
+                         lambda model, step, means: {**means, **self.evaluate(model)},
+                         lambda model: {"metrics": self.evaluate(model)},
                          components={"kl_coef": beta}, log_path=self.log_path)
