@@ -99,6 +99,10 @@ def user_prompts(config: RLConfig, tokenizer) -> tuple[list[PromptExample], list
         held, records = records[:cut], records[cut:]
     else:
         held = load_prompt_records(config.held_out)
+    kinds = {isinstance(r["prompt"], str) for r in records + held}
+    if len(kinds) > 1:  # the reward functions get one form per call (strings, or message lists), as in TRL
+        raise ValueError(f"the prompts of {config.data}" + (f" and {config.held_out}" if config.held_out else "") +
+                         " mix strings and chat messages; use one form for every prompt")
     train = tokenize_prompts(records, tokenizer, config.max_prompt_length)
     test = tokenize_prompts(held, tokenizer, config.max_prompt_length)
     warmup_examples = []
