@@ -21,7 +21,9 @@ class ModelSource:
     tokenizer when it is not the run's."""
     path: Optional[str] = None  # local path or hub id of an AutoModelForCausalLM; None: build from `config`
     config: dict[str, Any] = field(default_factory=dict)  # transformers config fields (with model_type) to build from
-    tokenizer: Optional[str] = None  # this model's own tokenizer (path or hub id); None: the run's tokenizer
+    # this model's own tokenizer (path or hub id); None: the one its path ships (a folder with tokenizer files, or a
+    # hub id), else the run's tokenizer
+    tokenizer: Optional[str] = None
 
 
 def _from_pretrained(load, name_or_path: str, what: str):

@@ -24,8 +24,8 @@ from ..._table import format_table
 
 @dataclass
 class FrontierConfig:
-    # a JSON list of probabilities (the base distribution) and a JSON list of rewards of the same length; both null:
-    # the built-in Bernoulli model below
+    # a JSON file holding a list of probabilities (the base distribution), and one holding a list of rewards of the
+    # same length; both null: the built-in Bernoulli model below
     base: Optional[str] = None
     rewards: Optional[str] = None
     bernoulli_length: int = 16  # n tokens per sequence (built-in model)

@@ -84,9 +84,6 @@ def setup(config: PreferenceConfig, accelerator):
     if model_tokenizer(config.policy, tokenizer) is not tokenizer:
         raise ValueError(f"policy.path {config.policy.path!r} ships its own tokenizer, which differs from tokenizer="
                          f"{config.tokenizer!r}: pass the policy's (tokenizer=<policy.path>)")
-    if config.kl_eval == "exact" and not exact_kl_fits(len(tokenizer), config):
-        raise ValueError(f"kl_eval=exact would enumerate {len(tokenizer) - 1}^{config.max_new_tokens - 1} completions per "
-                         f"prompt (more than {EXACT_KL_LIMIT}): use kl_eval=sampled (or auto)")
     _check_batches(config, accelerator.num_processes)
     if config.data == "builtin":
         train, test = arithmetic_problems(config.train_size, config.test_size, digits=config.digits,
@@ -99,10 +96,15 @@ def setup(config: PreferenceConfig, accelerator):
         data = {"pairs": pairs, "warmup": [p.chosen for p in pairs[0]]}
         size = len(pairs[0])
         longest = max(len(p.chosen.input_ids) - p.chosen.prompt_length for p in pairs[0])
+        if config.max_new_tokens is None:  # resolved here, so the saved config says which
+            config.max_new_tokens = longest
         if config.max_new_tokens < longest and ("hypo" in config.methods or config.kl_eval != "none"):
             raise ValueError(f"max_new_tokens={config.max_new_tokens} is shorter than the longest chosen answer "
                              f"({longest} tokens with its EOS): HyPO's samples and the KL evaluation would only cover "
                              f"prefixes; set max_new_tokens={longest} (or more)")
+    if config.kl_eval == "exact" and not exact_kl_fits(len(tokenizer), config):
+        raise ValueError(f"kl_eval=exact would enumerate {len(tokenizer) - 1}^{config.max_new_tokens - 1} completions per "
+                         f"prompt (more than {EXACT_KL_LIMIT}): use kl_eval=sampled (or auto)")
     if config.warmup_steps and config.warmup_batch_size > len(data["warmup"]):
         raise ValueError(f"warmup_batch_size={config.warmup_batch_size} exceeds the {len(data['warmup'])} warm-up "
                          "examples; lower warmup_batch_size")

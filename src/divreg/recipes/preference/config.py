@@ -49,7 +49,9 @@ class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
     # leave-one-out score-function surrogate); the paper's lambda and k for this setting were not available to us
     hypo_coef: float = 0.05
     hypo_samples: int = 4
-    max_new_tokens: int = 4  # completion length limit of samples and greedy evaluation
+    # completion length limit of samples and greedy evaluation; null: digits + 2 on the built-in task, the longest
+    # chosen answer (with its EOS) of your pairs
+    max_new_tokens: Optional[int] = None
     batch_size: int = 32  # pairs per step (global, split over processes)
     # KL(pi || ref) per held-out prompt (sequence level): "exact" enumerates every completion (small vocabularies and
     # short completions), "sampled" averages the log-ratio of kl_samples samples, "auto" is exact when it fits
@@ -60,8 +62,11 @@ class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
-        require_positive(self, ("max_length", "rejected_samples", "batch_size", "max_new_tokens", "kl_prompts",
-                                "kl_samples"))
+        if self.max_new_tokens is None and self.data == "builtin":
+            self.max_new_tokens = self.digits + 2  # your pairs' longest chosen answer is known once they are read
+        require_positive(self, ("max_length", "rejected_samples", "batch_size", "kl_prompts", "kl_samples"))
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or null), got {self.max_new_tokens}")
         self.fused = str(self.fused).lower()
         gives_hidden_states(self.fused, 0)  # checks the setting
         if self.data == "builtin" and self.max_new_tokens < self.digits + 2:
