@@ -48,6 +48,8 @@ COMMANDS = {
                       "divreg.recipes.selection", "SelectConfig"),
     "mode-fitting": Command("fit a single-mode student to a two-mode target under each divergence",
                             "divreg.recipes.analytics.mode_fitting", "ModeFittingConfig"),
+    "export": Command("write a run's trained models as Hugging Face folders from their latest checkpoints",
+                      "divreg.recipes.export", "ExportConfig"),
 }
 
 
@@ -145,6 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     schema, run = COMMANDS[parsed.command].load()
     try:
         config_path, overrides = _split_arguments(parsed.arguments)
+        if parsed.command == "export" and config_path is not None and os.path.isdir(config_path):
+            config_path, overrides = None, [f"run_dir={config_path}", *overrides]  # divreg export RUN_DIR
         config = load_config(schema, config_path, overrides)
     except ValueError as error:
         parser.exit(2, f"divreg {parsed.command}: error: {error}\n")

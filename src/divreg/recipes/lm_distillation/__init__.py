@@ -23,9 +23,11 @@ from ..._table import format_table
 from ...data import (arithmetic_problems, builtin_corpus, char_tokenizer, load_text_examples, task_records,
                      tokenize_records, train_bpe_tokenizer)
 from ...metrics import training_curves
-from ...models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
+from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, save_model_folder,
+                       weights_fingerprint)
 from ...targets import TeacherCache
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._export import exported
 from .config import DistillLMConfig, LMMethod
 from .objectives import ce_loss, check_cache, make_student_loss
 from .trainer import LMRun, LMTrainer
@@ -115,7 +117,7 @@ def build_teacher(config: DistillLMConfig, tokenizer):
         teacher_tokenizer
 
 
-def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer: LMTrainer, accelerator):
+def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer: LMTrainer, accelerator, tokenizer):
     """Train a teacher built here with CE (saved to ``output_dir/teacher``), then freeze it in
     ``teacher_dtype``, in place (the student losses built before hold this same module)."""
     if model is None:
@@ -124,8 +126,9 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed)
         trainer.run(run, model, ce_loss, None)
-        if accelerator.is_main_process:
-            model.model.save_pretrained(os.path.join(config.output_dir, "teacher"))
+        if accelerator.is_main_process:  # a folder any tool loads, its tokenizer included (cache-teacher reads it)
+            save_model_folder(model, tokenizer, os.path.join(config.output_dir, "teacher"),
+                              checkpoint=os.path.join("checkpoints", "teacher.pt"))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
     return model.eval().requires_grad_(False).to(accelerator.device, dtype)
 
@@ -176,7 +179,7 @@ class DistillLMRecipe:
         self.losses = {method.name: make_student_loss(config, method, teacher, teacher_tokenizer, self.tokenizer)
                        for method in config.methods}
         self.new_student(config.seeds[0])
-        self.teacher = prepare_teacher(config, teacher, trainer, accelerator)
+        self.teacher = prepare_teacher(config, teacher, trainer, accelerator, self.tokenizer)
         trainer.teacher_model = self.teacher
         self.teacher_metrics = None
         if self.teacher is not None and teacher_tokenizer is self.tokenizer:
@@ -194,7 +197,9 @@ class DistillLMRecipe:
             run_spec = LMRun(name, method, config.steps, config.lr,
                              os.path.join(config.output_dir, "checkpoints", f"{name}.pt"), seed)
             eval_teacher = self.teacher if shared is not None and config.kl_eval else None
-            results[method.name] = self.trainer.run(run_spec, self.new_student(seed), loss_fn, eval_teacher)
+            student = self.new_student(seed)
+            with exported(self.accelerator, student, self.tokenizer, config.output_dir, name):
+                results[method.name] = self.trainer.run(run_spec, student, loss_fn, eval_teacher)
         return results
 
     def report(self, results: dict[int, dict]) -> dict:

@@ -27,6 +27,7 @@ from ...data import (arithmetic_problems, char_tokenizer, load_preference_record
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._export import exported
 from .._warmup import supervised_warmup
 from .config import PreferenceConfig
 from .trainer import (EXACT_KL_LIMIT, PreferenceTrainer, exact_kl_fits, prompt_of, sequence_logprobs,
@@ -197,8 +198,10 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
 
     outcome["warmup"] |= evaluate(policy)  # its KL to itself: 0 (a check of the measurement)
     for method in config.methods:
-        result = trainer.optimize(method, build(state), reference, train_pairs, tables["train"], evaluate, seed,
-                                  os.path.join(checkpoints, f"{method}-seed{seed}.pt"))
+        model = build(state)
+        with exported(trainer.accelerator, model, tokenizer, config.output_dir, f"{method}-seed{seed}"):
+            result = trainer.optimize(method, model, reference, train_pairs, tables["train"], evaluate, seed,
+                                      os.path.join(checkpoints, f"{method}-seed{seed}.pt"))
         outcome[method] = {**result["metrics"], "history": result["state"]["history"],
                            "steps": result["state"]["steps"]}
     return outcome

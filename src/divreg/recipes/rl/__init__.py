@@ -23,6 +23,7 @@ from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._export import exported
 from .config import RLConfig
 from .trainer import RLTrainer
 
@@ -177,7 +178,8 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
                 reference.load_state_dict(trained["model"])
                 reference_accuracy = trained["metrics"]["test_accuracy"]
         reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
-    result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
+    with exported(trainer.accelerator, policy, tokenizer, config.output_dir, f"grpo-seed{seed}"):
+        result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     after = result["metrics"]
     summary = {"warmup_eval_reward": before["eval_reward"], "rl_eval_reward": after["eval_reward"]}
     if "test_accuracy" in after:

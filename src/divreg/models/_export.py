@@ -1,0 +1,99 @@
+"""Trained models as Hugging Face folders: what every LM command writes for each model it trains
+(``output_dir/models/<run>/``), loadable by ``AutoModelForCausalLM.from_pretrained``, by vLLM and
+by any tool that reads a ``save_pretrained`` folder; and the export of a run's checkpoints into
+such folders (``divreg export RUN_DIR``), for a run that was stopped or an earlier checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import torch
+
+MARKER = "divreg_model.json"  # in a model folder: which checkpoint it comes from, and whether it holds the weights
+
+
+def save_model_folder(model, tokenizer, path: str, *, checkpoint: Optional[str] = None, weights: bool = True) -> str:
+    """Write ``model`` (a :class:`CausalLM` or a ``transformers`` model) and ``tokenizer`` to the
+    folder ``path`` with ``save_pretrained``: ``config.json``, ``generation_config.json``, the
+    weights as safetensors (unless ``weights=False``: the folder's skeleton, which ``divreg
+    export`` completes from ``checkpoint``) and the tokenizer files, plus ``divreg_model.json``
+    naming the checkpoint. Written to a staging folder beside ``path`` and renamed over it, so a
+    reader never sees half a folder.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from transformers import AutoModelForCausalLM
+        >>> from divreg.data import char_tokenizer
+        >>> from divreg.models import CausalLM, ModelSource, build_causal_lm, tiny_llama
+        >>> tokenizer = char_tokenizer()
+        >>> model = CausalLM(build_causal_lm(ModelSource(config=tiny_llama()), tokenizer, seed=0))
+        >>> folder = save_model_folder(model, tokenizer, tempfile.mkdtemp() + "/policy")
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> loaded = AutoModelForCausalLM.from_pretrained(folder)
+        >>> bool(torch.equal(loaded(ids).logits, model.model(ids).logits))
+        True
+    """
+    hf_model = getattr(model, "model", model)
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.saving-", dir=os.path.dirname(path))
+    try:
+        if weights:
+            hf_model.save_pretrained(staging, safe_serialization=True)
+        else:
+            hf_model.config.save_pretrained(staging)
+            if getattr(hf_model, "generation_config", None) is not None:
+                hf_model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, MARKER), "w") as handle:
+            json.dump({"checkpoint": checkpoint, "weights": weights}, handle, indent=2)
+        previous = None
+        if os.path.exists(path):
+            previous = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+            os.rename(path, os.path.join(previous, "folder"))
+        os.rename(staging, path)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def export_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
+    """Complete the model folder ``folder`` (written by :func:`save_model_folder`, with or without
+    weights) with the weights of ``checkpoint`` (default: the one its ``divreg_model.json``
+    names): a divreg run checkpoint whose ``model`` entry is the :class:`CausalLM` state. Returns
+    the folder; a missing checkpoint or one of another architecture is a ``ValueError``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    marker = os.path.join(folder, MARKER)
+    if checkpoint is None:
+        if not os.path.isfile(marker):
+            raise ValueError(f"{folder} has no {MARKER}: it is not a model folder of a divreg run")
+        with open(marker) as handle:
+            checkpoint = json.load(handle)["checkpoint"]
+        if checkpoint is not None and not os.path.isabs(checkpoint):
+            checkpoint = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(folder))), checkpoint)
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        raise ValueError(f"{folder}: its checkpoint {checkpoint!r} does not exist (the run wrote none yet?)")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise ValueError(f"{checkpoint} is not a divreg run checkpoint (no 'model' entry)")
+    state = {key[len("model."):]: value for key, value in saved["model"].items() if key.startswith("model.")}
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint} does not hold the weights of the model in {folder}: "
+                         f"{str(error).splitlines()[0]}") from None
+    if os.path.isfile(os.path.join(folder, "generation_config.json")):
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    relative = os.path.relpath(checkpoint, os.path.dirname(os.path.dirname(os.path.abspath(folder))))
+    return save_model_folder(model, AutoTokenizer.from_pretrained(folder), folder, checkpoint=relative)
