@@ -76,7 +76,7 @@ EXPECTED = {
                   "PromptExample", "load_prompt_records", "task_prompt_records", "tokenize_prompts"},
     divreg.models: {"CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
                     "exact_sequence_kl", "generate_examples", "greedy_completions", "load_tokenizer", "model_tokenizer", "next_token_signal", "predict_probabilities",
-                    "tiny_llama", "weights_fingerprint", "export_checkpoint", "save_model_folder"},
+                    "tiny_llama", "weights_fingerprint", "export_checkpoint", "own_tokenizer", "save_model_folder"},
     divreg.training: {"global_mean", "global_means", "to_device", "Recipe", "make_accelerator", "mean_std", "run_recipe", "ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
                       "derive_seed", "epoch_batches", "global_item_counts", "load_if_exists", "load_model_state", "prepare_run_folder",
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},

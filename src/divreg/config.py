@@ -49,6 +49,7 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
         _refuse_renamed(schema, [item.split("=", 1)[0].split(".")[0] for item in overrides], None)
         for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
             given = OmegaConf.from_dotlist([item])
+            _refuse_scalar_for_block(merged, given, item.split("=", 1)[0].strip())
             merged = OmegaConf.merge(merged, given)
             key = item.split("=", 1)[0].strip()
             # the given value unresolved: an interpolation (`lr=${warmup_lr}`) resolves against the whole config
@@ -76,6 +77,18 @@ def _refuse_renamed(schema: type, keys: list, path: Optional[str]) -> None:
         if key in renamed:
             where = f" (in {path})" if path else ""
             raise ValueError(f"config key {key!r}{where} was renamed: use {renamed[key]}")
+
+
+def _refuse_scalar_for_block(merged: DictConfig, given: DictConfig, key: str) -> None:
+    """``ValueError`` for ``block=value`` where ``block`` is a dataclass block (``teacher=./folder``
+    where ``teacher.path=./folder`` is meant), naming the block's keys."""
+    node = OmegaConf.select(merged, key, throw_on_resolution_failure=False)
+    value = OmegaConf.select(given, key, throw_on_resolution_failure=False)
+    if (isinstance(node, DictConfig) and not node._is_none() and _is_block(node) and value is not None
+            and not isinstance(value, DictConfig)):
+        fields = list(node.keys())
+        hint = f"{key}.{fields[0]}={value}" if fields else f"{key}.<field>=..."
+        raise ValueError(f"{key} is a block of keys ({', '.join(fields)}), not a value: set one of them, e.g. {hint}")
 
 
 def _is_mapping(node) -> bool:

@@ -51,7 +51,7 @@ def test_cached_teacher_and_distillm_adaptive(tmp_path):
     first = tmp_path / "first"
     run(_config(first, "methods=[{name: fkl, divergence: forward_kl}]"))
     cache_config = load_config(CacheTeacherConfig, None, [
-        f"teacher={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "seq_len=24", "prompt_len=6", "top_k=8",
+        f"teacher.path={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "seq_len=24", "prompt_len=6", "top_k=8",
         f"output_dir={tmp_path / 'cache'}"])
     cache_teacher(cache_config)
     common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={first / 'teacher'}", "teacher_train_steps=0"]
@@ -136,7 +136,7 @@ def test_a_teacher_folder_with_its_own_tokenizer_is_compared_by_fingerprint(tmp_
     assert summary["fkl"]["perplexity"] > 1 and "kl_to_teacher" not in summary["fkl"]
     with pytest.raises(ValueError, match="ships its own tokenizer"):
         cache_teacher(load_config(CacheTeacherConfig, None, [
-            f"teacher={tmp_path / 'own'}", f"tokenizer={tmp_path / 'run_tokenizer'}", "seq_len=24", "prompt_len=6",
+            f"teacher.path={tmp_path / 'own'}", f"tokenizer={tmp_path / 'run_tokenizer'}", "seq_len=24", "prompt_len=6",
             f"output_dir={tmp_path / 'cache'}"]))
     same = fx.model(seed=4)
     same.model.save_pretrained(tmp_path / "same")
@@ -263,7 +263,7 @@ def test_teacher_cache_is_checked_by_content_at_start_up(tmp_path, monkeypatch):
     data.write_text("\n".join(json.dumps(r) for r in records))
     monkeypatch.chdir(tmp_path)
     cache_teacher(load_config(CacheTeacherConfig, None, [
-        f"teacher={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "data=data.jsonl", "seq_len=24",
+        f"teacher.path={first / 'teacher'}", f"tokenizer={first / 'tokenizer'}", "data=data.jsonl", "seq_len=24",
         "prompt_len=6", "top_k=8", f"output_dir={tmp_path / 'cache'}"]))
     common = [f"tokenizer={first / 'tokenizer'}", f"teacher.path={first / 'teacher'}", "teacher_train_steps=0",
               f"teacher_cache={tmp_path / 'cache'}", "batch_size=4", "methods=[{name: c, divergence: forward_kl}]"]

@@ -190,7 +190,9 @@ def test_a_policy_with_another_tokenizer_is_refused(tmp_path):
     policy.model.save_pretrained(tmp_path / "policy")
     other.save_pretrained(tmp_path / "policy")
     with pytest.raises(ValueError, match="ships its own tokenizer, which differs"):
-        run(_config(tmp_path / "run", f"policy.path={tmp_path / 'policy'}"))
+        run(_config(tmp_path / "run", f"policy.path={tmp_path / 'policy'}", "tokenizer=builtin"))
+    # without tokenizer=, the run reads the policy's own tokenizer (the printed config says so)
+    assert _config(tmp_path / "run", f"policy.path={tmp_path / 'policy'}").tokenizer == str(tmp_path / "policy")
 
 
 def _launch(arguments):

@@ -64,6 +64,24 @@ def load_tokenizer(name_or_path: str):
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def own_tokenizer(source: ModelSource) -> Optional[str]:
+    """Where the tokenizer of the model of ``source`` is, without loading it: ``source.tokenizer``
+    when given; else ``source.path`` when that is a local folder holding tokenizer files or a hub
+    id (whose repositories ship one); else None (a model built from a config, or a folder of
+    weights alone).
+
+    Example:
+        >>> own_tokenizer(ModelSource(path="org/model")), own_tokenizer(ModelSource(config={"model_type": "llama"}))
+        ('org/model', None)
+    """
+    if source.tokenizer:
+        return source.tokenizer
+    if source.path and (not os.path.isdir(source.path)
+                        or any(os.path.exists(os.path.join(source.path, f)) for f in _TOKENIZER_FILES)):
+        return source.path
+    return None
+
+
 def model_tokenizer(source: ModelSource, run_tokenizer):
     """The tokenizer the model of ``source`` reads: ``source.tokenizer`` when given; else the
     tokenizer its folder ships (``source.path`` a local folder holding tokenizer files, or a hub
@@ -72,13 +90,10 @@ def model_tokenizer(source: ModelSource, run_tokenizer):
     compare with ``is``; otherwise the model's own, for the vocabulary policy to accept (ULD) or
     refuse. Without this, a teacher folder with its own 1024-token tokenizer, run with a
     300-token ``tokenizer=``, would have its logits silently cut to the first 300 columns."""
-    if source.tokenizer:
-        own = load_tokenizer(source.tokenizer)
-    elif source.path and (not os.path.isdir(source.path)
-                          or any(os.path.exists(os.path.join(source.path, f)) for f in _TOKENIZER_FILES)):
-        own = load_tokenizer(source.path)
-    else:
+    where = own_tokenizer(source)
+    if where is None:
         return run_tokenizer
+    own = load_tokenizer(where)
     return run_tokenizer if tokenizer_fingerprint(own) == tokenizer_fingerprint(run_tokenizer) else own
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -14,14 +14,31 @@ from tqdm.auto import tqdm
 
 from ...config import require_positive
 from ...data import collate, examples_fingerprint, load_text_examples
-from ...models import CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, weights_fingerprint
+from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, own_tokenizer,
+                       weights_fingerprint)
 from ...targets import TeacherCacheWriter, tokenizer_fingerprint
 
 
 @dataclass
+class TrainedTeacher:
+    """A trained teacher by path: the keys of distill-lm's ``teacher`` block that apply to a model
+    that is loaded, not built."""
+
+    path: Optional[str] = "outputs/distill_lm/teacher"  # a local folder or hub id of an AutoModelForCausalLM
+    # this model's own tokenizer (path or hub id); None: the one its path ships
+    tokenizer: Optional[str] = None
+
+    def source(self) -> ModelSource:
+        return ModelSource(path=self.path, tokenizer=self.tokenizer)
+
+
+@dataclass
 class CacheTeacherConfig:
-    teacher: str = "outputs/distill_lm/teacher"  # the teacher: a local folder or hub id
-    tokenizer: str = "outputs/distill_lm/tokenizer"  # the tokenizer the students will use
+    # the teacher: teacher.path a local folder or hub id (as in distill-lm); the default is the teacher a divreg
+    # distill-lm run trained
+    teacher: TrainedTeacher = field(default_factory=TrainedTeacher)
+    # the tokenizer the students will use: null = the teacher's own (teacher.tokenizer, or the one teacher.path ships)
+    tokenizer: Optional[str] = None
     data: str = "builtin"  # "builtin", a .jsonl file or a datasets folder (as in distill-lm)
     held_out: Optional[str] = None  # as in distill-lm: decides which examples are training examples
     seq_len: int = 64  # as in distill-lm
@@ -33,18 +50,25 @@ class CacheTeacherConfig:
 
     def __post_init__(self):
         require_positive(self, ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"))
+        if not self.teacher.path:
+            raise ValueError("cache-teacher caches a trained teacher: give teacher.path (a local folder or hub id)")
+        if self.tokenizer is None:  # resolved here, so the printed config says which (None: checked by run)
+            self.tokenizer = own_tokenizer(self.teacher.source())
 
 
 @torch.no_grad()
 def run(config: CacheTeacherConfig) -> str:
     started = time.perf_counter()
+    if config.tokenizer is None:
+        raise ValueError(f"teacher.path {config.teacher.path!r} ships no tokenizer: give tokenizer= (the one the "
+                         "students will use)")
     tokenizer = load_tokenizer(config.tokenizer)
     train, _ = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
-    source = ModelSource(path=config.teacher)
+    source = config.teacher.source()
     if model_tokenizer(source, tokenizer) is not tokenizer:  # its own tokenizer, another than the students'
-        raise ValueError(f"teacher {config.teacher!r} ships its own tokenizer, which differs from tokenizer="
+        raise ValueError(f"teacher.path {source.path!r} ships its own tokenizer, which differs from tokenizer="
                          f"{config.tokenizer!r}; a cache holds token-level log-probs, so teacher and students must "
-                         "share one tokenizer: pass the teacher's tokenizer (tokenizer=" + repr(config.teacher) + ")")
+                         "share one tokenizer: leave tokenizer unset (the teacher's own)")
     teacher = CausalLM(build_causal_lm(source, tokenizer, 0), len(tokenizer)).eval()
     if config.top_k > teacher.output_weight.shape[0]:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
@@ -52,7 +76,7 @@ def run(config: CacheTeacherConfig) -> str:
                 "data": config.data, "seq_len": config.seq_len,
                 "prompt_len": config.prompt_len, "examples": len(train),
                 # which teacher wrote it: distill-lm loads it (by path, checked by its weights) to report the KL
-                "teacher": os.path.abspath(config.teacher) if os.path.isdir(config.teacher) else config.teacher,
+                "teacher": os.path.abspath(source.path) if os.path.isdir(source.path) else source.path,
                 "teacher_sha256": weights_fingerprint(teacher.model)}
     writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):

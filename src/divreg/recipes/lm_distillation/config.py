@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 
 from ...config import require_positive
 from ...divergences import check_tail_policy
-from ...models import ModelSource
+from ...models import ModelSource, own_tokenizer
 from ...targets import VOCAB_POLICIES, gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock
 from .._methods import check_divergence, divergence_name, parse_methods
@@ -81,7 +81,10 @@ class DistillLMConfig(ArithmeticBlock, RunBlock):
     # by the exact match of their greedy answers), a .jsonl file, or a datasets folder
     data: str = "builtin"
     held_out: Optional[str] = None  # held-out data for evaluation (same forms); builtin/None: a split of `data`
-    tokenizer: str = "builtin"  # "builtin": a BPE trained on the training text (arithmetic: one token per character)
+    # the run's (the students') tokenizer: null = the student's own (student.tokenizer, or the one student.path ships),
+    # else the teacher's (teacher.path), else "builtin" (a BPE trained on the training text; arithmetic: one token per
+    # character); or a path or hub id
+    tokenizer: Optional[str] = None
     vocab_size: int = 1024  # size of the builtin tokenizer
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
@@ -118,6 +121,8 @@ class DistillLMConfig(ArithmeticBlock, RunBlock):
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
+        if self.tokenizer is None:  # resolved here, so the printed and saved config says which
+            self.tokenizer = own_tokenizer(self.student) or own_tokenizer(self.teacher) or "builtin"
         self.methods = parse_methods(self.methods, LMMethod, _shorthand)
         require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "batch_size", "temperature",
                                 "eval_examples", "replay_capacity", "sampling_temperature", "top_p"))

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ...config import require_positive
 from ...losses import PreferenceLoss
-from ...models import ModelSource, tiny_llama
+from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
 
@@ -34,7 +34,9 @@ class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
     train_size: int = 2000  # the built-in task's training prompts (one pair each)
     rejected_samples: int = 8  # completions of the warm-up model per prompt; the first wrong one is the rejected
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
-    tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
+    # the run's tokenizer: null = the policy's own (policy.tokenizer, or the one policy.path ships), else "builtin" (one
+    # token per character of the built-in task); or a path or hub id
+    tokenizer: Optional[str] = None
     # preference optimization: every method from the same warm-up model, on the same pairs
     methods: list[str] = field(default_factory=lambda: ["dpo", "hypo"])  # "dpo": the losses; "hypo": + the online KL
     losses: dict[str, float] = field(default_factory=lambda: {"sigmoid": 1.0})  # name: weight (MPO-style sums)
@@ -62,6 +64,8 @@ class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
+        if self.tokenizer is None:  # resolved here, so the printed and saved config says which
+            self.tokenizer = own_tokenizer(self.policy) or "builtin"
         if self.max_new_tokens is None and self.data == "builtin":
             self.max_new_tokens = self.digits + 2  # your pairs' longest chosen answer is known once they are read
         require_positive(self, ("max_length", "rejected_samples", "batch_size", "kl_prompts", "kl_samples"))

@@ -9,7 +9,7 @@ from typing import Optional
 from ...config import require_positive
 from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, BUILTIN_REWARDS, CTRL_TRANSFORMS
-from ...models import ModelSource, tiny_llama
+from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
 from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
 
@@ -23,7 +23,9 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     output_dir: str = "outputs/rl"
     policy: ModelSource = field(default_factory=lambda: ModelSource(config=tiny_llama()))
-    tokenizer: str = "builtin"  # "builtin": one token per character of the task; else a path or hub id
+    # the run's tokenizer: null = the policy's own (policy.tokenizer, or the one policy.path ships), else "builtin" (one
+    # token per character of the built-in task); or a path or hub id
+    tokenizer: Optional[str] = None
     # the prompts: "builtin" (the arithmetic task: digits, operations, train_size, test_size, data_seed) or a prompt
     # set, a .jsonl / .jsonl.gz file or a datasets folder with a `prompt` column (a string, or a list of chat
     # messages); its other columns (e.g. `answer`) reach the reward functions by name, as in TRL
@@ -95,6 +97,8 @@ class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
+        if self.tokenizer is None:  # resolved here, so the printed and saved config says which
+            self.tokenizer = own_tokenizer(self.policy) or "builtin"
         if self.max_new_tokens is None:  # resolved here, so the printed and saved config says which
             self.max_new_tokens = max(6, self.digits + 2) if self.data == "builtin" else 256
         require_positive(self, ("prompts_per_step", "group_size", "num_iterations", "max_new_tokens", "temperature",
