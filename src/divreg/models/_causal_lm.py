@@ -155,6 +155,19 @@ class CausalLM(nn.Module):
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[..., : self.vocab_size]
 
+    def checkpointing_in_eval(self) -> "CausalLM":
+        """After ``eval()`` (no dropout, as RL and preference scoring want): put the decoder layers
+        back in training mode when gradient checkpointing is on, so that it stays active
+        (``transformers`` checkpoints a layer only in training mode); their children (attention,
+        MLP, dropout) stay in eval mode, so nothing else changes. A no-op without checkpointing."""
+        if getattr(self.model, "is_gradient_checkpointing", False):
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
+            for module in self.model.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    module.training = True
+        return self
+
     @property
     def output_weight(self) -> Tensor:
         return self.model.get_output_embeddings().weight[: self.vocab_size]

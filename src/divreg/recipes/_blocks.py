@@ -49,6 +49,27 @@ class RunBlock:
         _next_check(self, RunBlock)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class EngineBlock:
+    """How the trained model runs, in every LM recipe: precision and gradient checkpointing."""
+
+    # "fp32", or "bf16": the forward passes of the trained model (and of a frozen reference or teacher, unless set
+    # apart) under bf16 autocast, with fp32 master weights and optimizer state; every loss is computed in fp32 (the
+    # fused kernels read bf16-computed hidden states and work in fp32)
+    precision: str = "fp32"
+    # recompute each decoder layer's activations in the backward pass instead of storing them (transformers'
+    # gradient checkpointing, non-reentrant): less memory, about one more forward of compute; the same gradients
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        _next_check(self, EngineBlock)
+
+
 @dataclass
 class ArithmeticBlock:
     """The built-in verifiable task (integer arithmetic), in every LM recipe that has it."""

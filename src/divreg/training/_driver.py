@@ -30,10 +30,22 @@ class Recipe(Protocol):
         """One line on what ran (the driver adds the processes, the time and the output folder)."""
 
 
-def make_accelerator(cpu: bool) -> Accelerator:
+def make_accelerator(cpu: bool, precision: str = "fp32") -> Accelerator:
     """The one Accelerator of a run: on the CPU when asked or without CUDA (Accelerate runs a
-    multi-process job on CPUs, over gloo, only when asked for the CPU explicitly)."""
-    return Accelerator(cpu=cpu or not torch.cuda.is_available())
+    multi-process job on CPUs, over gloo, only when asked for the CPU explicitly); with
+    ``precision="bf16"``, Accelerate's bf16 mixed precision (the prepared model's forward under
+    autocast, its outputs returned in fp32; the weights and optimizer state stay fp32)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    from accelerate.state import AcceleratorState
+
+    wanted = "bf16" if precision == "bf16" else "no"
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", wanted)) != wanted:
+        # Accelerate keeps one state per process and refuses a second mixed precision; a library user (or a
+        # test) running an fp32 job and then a bf16 one in one process gets a fresh state, the processes kept
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision="bf16" if precision == "bf16" else "no")
 
 
 def run_recipe(recipe_type: Any, config: Any) -> Optional[dict]:
@@ -41,7 +53,7 @@ def run_recipe(recipe_type: Any, config: Any) -> Optional[dict]:
     ``seeds``), the report (main process), timing and teardown. Returns the report's summary
     (None on other processes)."""
     started = time.perf_counter()
-    accelerator = make_accelerator(config.cpu)
+    accelerator = make_accelerator(config.cpu, getattr(config, "precision", "fp32"))
     recipe = recipe_type(config, accelerator)
     recipe.setup()
     seeds = getattr(recipe, "seeds", None) or config.seeds

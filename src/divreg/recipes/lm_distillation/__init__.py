@@ -27,6 +27,7 @@ from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, m
                        weights_fingerprint)
 from ...targets import TeacherCache
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._engine import trainable
 from .._export import exported
 from .config import DistillLMConfig, LMMethod
 from .objectives import ce_loss, check_cache, make_student_loss
@@ -129,8 +130,12 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
         if accelerator.is_main_process:  # a folder any tool loads, its tokenizer included (cache-teacher reads it)
             save_model_folder(model, tokenizer, os.path.join(config.output_dir, "teacher"),
                               checkpoint=os.path.join("checkpoints", "teacher.pt"))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype]
-    return model.eval().requires_grad_(False).to(accelerator.device, dtype)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.teacher_dtype
+                                                                                          or "float32"]
+    model = model.eval().requires_grad_(False).to(accelerator.device, dtype)
+    if config.teacher_dtype is None and config.precision == "bf16":  # the teacher follows the student's autocast
+        accelerator.prepare_model(model, evaluation_mode=True)  # wraps its forward in place
+    return model
 
 
 def report(config: DistillLMConfig, teacher_metrics, results: dict[int, dict]) -> dict:
@@ -187,7 +192,8 @@ class DistillLMRecipe:
         self.trainer = trainer
 
     def new_student(self, seed: int) -> CausalLM:  # every method of a seed starts from the same initialization
-        return CausalLM(build_causal_lm(self.config.student, self.tokenizer, seed + 1), len(self.tokenizer))
+        return trainable(CausalLM(build_causal_lm(self.config.student, self.tokenizer, seed + 1), len(self.tokenizer)),
+                         self.config)
 
     def run_seed(self, seed: int) -> dict:
         config, results = self.config, {}

@@ -14,7 +14,7 @@ from ...config import require_positive
 from ...divergences import check_tail_policy
 from ...models import ModelSource, own_tokenizer
 from ...targets import VOCAB_POLICIES, gives_hidden_states
-from .._blocks import ArithmeticBlock, RunBlock
+from .._blocks import ArithmeticBlock, EngineBlock, RunBlock
 from .._methods import check_divergence, divergence_name, parse_methods
 
 
@@ -62,7 +62,7 @@ def _default_methods() -> list[Any]:
 
 
 @dataclass
-class DistillLMConfig(ArithmeticBlock, RunBlock):
+class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     """The run keys (``seeds``, ``lr``, ``steps``, ...) and the arithmetic task (``digits``, ...,
     for ``data=arithmetic``) come from :mod:`divreg.recipes._blocks`. The teacher and the data
     split are shared by every seed (built under ``data_seed``); each seed trains one student per
@@ -89,7 +89,9 @@ class DistillLMConfig(ArithmeticBlock, RunBlock):
     teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
-    teacher_dtype: str = "float32"  # the live teacher's precision during distillation: float32, bfloat16 or float16
+    # the live teacher's weights during distillation: float32, bfloat16 or float16; null: float32 weights run as the
+    # student does (under bf16 autocast with precision=bf16)
+    teacher_dtype: Optional[str] = None
     student: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(32, 1, 2, 86)))
     # one student per method: divergence short names or mappings {name, divergence, divergence_options, weight,
     # ce_weight, lmbda, sequence_kd, adaptive_off_policy}
@@ -132,7 +134,7 @@ class DistillLMConfig(ArithmeticBlock, RunBlock):
             raise ValueError("data=arithmetic has its own held-out problems (test_size); leave held_out unset")
         if self.prompt_len >= self.seq_len:
             raise ValueError(f"prompt_len ({self.prompt_len}) must be < seq_len ({self.seq_len})")
-        if self.teacher_dtype not in ("float32", "bfloat16", "float16"):
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         gives_hidden_states(self.fused, 0)  # checks the setting

@@ -27,6 +27,7 @@ from ...data import (arithmetic_problems, char_tokenizer, load_preference_record
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._engine import frozen, trainable
 from .._export import exported
 from .._warmup import supervised_warmup
 from .config import PreferenceConfig
@@ -151,7 +152,7 @@ def _reference(config: PreferenceConfig, trainer: PreferenceTrainer, reference, 
     tables = {"train": None, "held_out": None}
     if reference is None:
         return None, tables
-    reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
+    reference = frozen(reference, config, trainer.accelerator)
     splits = {"train": train_pairs, "held_out": held_out} if config.precompute_reference else {"held_out": held_out}
     tables.update(trainer.reference_logprobs(reference, splits, os.path.join(
         config.output_dir, "checkpoints",
@@ -166,7 +167,7 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
     def build(state=None) -> CausalLM:
-        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
+        model = trainable(CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer)), config)
         if state is not None:
             model.load_state_dict(state)
         return model

@@ -10,7 +10,7 @@ from ...config import require_positive
 from ...losses import PreferenceLoss
 from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
-from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
+from .._blocks import ArithmeticBlock, EngineBlock, RunBlock, WarmupBlock
 
 
 METHODS = ("dpo", "hypo")
@@ -18,7 +18,7 @@ KL_EVALUATIONS = ("auto", "exact", "sampled", "none")
 
 
 @dataclass
-class PreferenceConfig(WarmupBlock, ArithmeticBlock, RunBlock):
+class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     """The run keys, the built-in task and the warm-up come from :mod:`divreg.recipes._blocks`."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

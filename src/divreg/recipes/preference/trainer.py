@@ -167,6 +167,7 @@ class PreferenceTrainer:
             # eval mode throughout (no dropout, as TRL's default disable_dropout): the samples and the
             # log-probs of one step come from one policy
             model.eval()
+            accelerator.unwrap_model(model).checkpointing_in_eval()
             indices = step_batch(len(pairs), config.batch_size, seed, step)[rank::processes].tolist()
             local = [pairs[i] for i in indices]
             samples, sample_ref, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None

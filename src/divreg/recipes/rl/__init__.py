@@ -23,6 +23,7 @@ from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
+from .._engine import frozen, trainable
 from .._export import exported
 from .config import RLConfig
 from .trainer import RLTrainer
@@ -154,7 +155,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
     def build() -> CausalLM:
-        return CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
+        return trainable(CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer)), config)
 
     policy = build()
     if config.warmup_steps:
@@ -177,7 +178,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
                                          steps=config.reference_warmup_steps, name="reference-warmup")
                 reference.load_state_dict(trained["model"])
                 reference_accuracy = trained["metrics"]["test_accuracy"]
-        reference = reference.eval().requires_grad_(False).to(trainer.accelerator.device)
+        reference = frozen(reference, config, trainer.accelerator)
     with exported(trainer.accelerator, policy, tokenizer, config.output_dir, f"grpo-seed{seed}"):
         result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     after = result["metrics"]

@@ -11,12 +11,12 @@ from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, BUILTIN_REWARDS, CTRL_TRANSFORMS
 from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
-from .._blocks import ArithmeticBlock, RunBlock, WarmupBlock
+from .._blocks import ArithmeticBlock, EngineBlock, RunBlock, WarmupBlock
 
 
 
 @dataclass
-class RLConfig(WarmupBlock, ArithmeticBlock, RunBlock):
+class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     """The run keys (``seeds``, ``lr``, ``steps``, ...), the built-in task (``digits``, ...) and the
     warm-up (``warmup_*``) come from the shared blocks of :mod:`divreg.recipes._blocks`."""
 

@@ -214,6 +214,7 @@ class RLTrainer:
             # scored in eval mode, like the sampling: no dropout, so the log-probs are those of the
             # policy that generated the completions (the KL estimators assume on-policy samples)
             model.eval()
+            accelerator.unwrap_model(model).checkpointing_in_eval()
             coef = beta(step)
             rollout, stats = self.rollout(accelerator.unwrap_model(model), reference, seed, step, coef)
             micro = rollout.micro_batches(config.grad_accum)

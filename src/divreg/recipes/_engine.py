@@ -1,0 +1,28 @@
+"""The engine options of the LM recipes (:class:`divreg.recipes._blocks.EngineBlock`) applied to
+their models: the trained model gets gradient checkpointing when asked; a frozen reference or
+teacher runs under the same bf16 autocast as the trained model when ``precision=bf16``."""
+
+from __future__ import annotations
+
+from ..models import CausalLM
+
+
+def trainable(model: CausalLM, config) -> CausalLM:
+    """``model`` (about to be trained) with the engine options: non-reentrant gradient
+    checkpointing of every decoder layer when ``config.gradient_checkpointing``."""
+    if config.gradient_checkpointing:
+        if not getattr(model.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"gradient_checkpointing=true: this {type(model.model).__name__} does not support "
+                             "transformers' gradient checkpointing; set gradient_checkpointing=false")
+        model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def frozen(model: CausalLM, config, accelerator) -> CausalLM:
+    """``model`` as a frozen reference or teacher: eval mode, no gradients, on the run's device,
+    and under bf16 autocast (its forward wrapped in place by Accelerate) when
+    ``config.precision == "bf16"``."""
+    model = model.eval().requires_grad_(False).to(accelerator.device)
+    if config.precision == "bf16":
+        accelerator.prepare_model(model, evaluation_mode=True)
+    return model
