@@ -200,8 +200,9 @@ def _launch(arguments):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
-    arguments = ["steps=12", "checkpoint_every=3", "eval_every=6", "warmup_steps=6", "num_iterations=2"]
+@pytest.mark.parametrize("engine", [[], ["lora={r: 4}", "kl_estimator=exact"]], ids=["full", "lora"])
+def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path, engine):
+    arguments = ["steps=12", "checkpoint_every=3", "eval_every=6", "warmup_steps=6", "num_iterations=2", *engine]
     reference = _launch([f"output_dir={tmp_path / 'reference'}", *arguments])
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]

@@ -150,8 +150,9 @@ class CausalLM(nn.Module):
         self.vocab_size = rows if vocab_size is None else vocab_size
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
-        if hidden:
-            return self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if hidden:  # the transformer body (under LoRA: the adapted model's own body, adapters active)
+            body = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            return body.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[..., : self.vocab_size]
 
@@ -180,6 +181,83 @@ class CausalLM(nn.Module):
     def signal(self, batch: dict[str, Tensor], hidden: bool = False) -> Union[DenseLogits, HiddenStates]:
         """The next-token signal of ``batch`` (see :func:`next_token_signal`)."""
         return next_token_signal(self, batch, hidden)
+
+
+class AdaptersOff:
+    """A LoRA-adapted :class:`CausalLM` seen with its adapters disabled: the model the adapters
+    started from, as a frozen reference that shares the adapted model's weights (no second copy).
+    Called like a :class:`CausalLM` (``(input_ids, attention_mask, hidden=False)``), always without
+    gradients; ``output_weight``, ``output_bias`` and ``vocab_size`` are the adapted model's (the
+    output layer is never adapted: :func:`divreg.models.add_lora` refuses it)."""
+
+    def __init__(self, adapted: CausalLM):
+        if not hasattr(adapted.model, "disable_adapter"):
+            raise ValueError("AdaptersOff needs a model with LoRA adapters (peft)")
+        self.adapted = adapted
+        self.training = False
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
+        with torch.no_grad(), self.adapted.model.disable_adapter():
+            return self.adapted(input_ids, attention_mask, hidden=hidden)
+
+    def parameters(self):
+        """The adapted model's parameters (where the reference's weights live: for their device)."""
+        return self.adapted.parameters()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.adapted.vocab_size
+
+    @property
+    def output_weight(self) -> Tensor:
+        return self.adapted.output_weight.detach()
+
+    @property
+    def output_bias(self) -> Optional[Tensor]:
+        bias = self.adapted.output_bias
+        return None if bias is None else bias.detach()
+
+
+def add_lora(model: CausalLM, r: int, alpha: float, dropout: float, target_modules, seed: int = 0) -> CausalLM:
+    """``model`` with LoRA adapters (``peft``: rank ``r``, scale ``alpha / r``, ``dropout`` on the
+    adapters' input) on the modules named ``target_modules``; only the adapters train. Their
+    initialization is drawn under ``seed`` (so a run and its resumed copy start alike). The output
+    layer and the embeddings are refused as targets (the fused path and the adapters-off reference
+    read the output layer as it was). A model peft cannot adapt, or targets it does not have, is a
+    ``ValueError`` naming them.
+
+    Example:
+        >>> import torch
+        >>> from divreg.data import char_tokenizer
+        >>> from divreg.models import ModelSource, build_causal_lm, tiny_llama
+        >>> model = CausalLM(build_causal_lm(ModelSource(config=tiny_llama()), char_tokenizer(), seed=0))
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> before = model(ids, torch.ones_like(ids))
+        >>> adapted = add_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+        >>> bool(torch.equal(adapted(ids, torch.ones_like(ids)), before))  # LoRA's B starts at 0: the same model
+        True
+        >>> sum(p.numel() for p in adapted.parameters() if p.requires_grad) < 5000  # only the adapters train
+        True
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ValueError("lora needs peft: pip install peft (or the project's 'lora' extra)") from error
+    targets = list(target_modules)
+    output = {name for name, module in model.model.named_modules()
+              if module is model.model.get_output_embeddings() or module is model.model.get_input_embeddings()}
+    if any(t in output or any(name.endswith(t) for name in output) for t in targets):
+        raise ValueError(f"lora.target_modules {targets} names the output layer or the embeddings; adapt the "
+                         "attention or MLP projections (e.g. q_proj, k_proj, v_proj, o_proj)")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model.model = get_peft_model(model.model, config)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"lora: peft cannot adapt this {type(model.model).__name__} with target_modules={targets}: "
+                         f"{str(error).splitlines()[0]}") from None
+    return model
 
 
 def next_token_signal(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> Union[DenseLogits,

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from ._causal_lm import CausalLM
+
 MARKER = "divreg_model.json"  # in a model folder: which checkpoint it comes from, and whether it holds the weights
 
 
@@ -21,7 +23,8 @@ def save_model_folder(model, tokenizer, path: str, *, checkpoint: Optional[str] 
     folder ``path`` with ``save_pretrained``: ``config.json``, ``generation_config.json``, the
     weights as safetensors (unless ``weights=False``: the folder's skeleton, which ``divreg
     export`` completes from ``checkpoint``) and the tokenizer files, plus ``divreg_model.json``
-    naming the checkpoint. Written to a staging folder beside ``path`` and renamed over it, so a
+    naming the checkpoint. A LoRA model (``peft``) is written as the model with its adapters
+    merged in (a plain model any tool loads) and its adapter alone in ``path/adapter/``. Written to a staging folder beside ``path`` and renamed over it, so a
     reader never sees half a folder.
 
     Example:
@@ -37,17 +40,24 @@ def save_model_folder(model, tokenizer, path: str, *, checkpoint: Optional[str] 
         >>> bool(torch.equal(loaded(ids).logits, model.model(ids).logits))
         True
     """
-    hf_model = getattr(model, "model", model)
+    hf_model = model.model if isinstance(model, CausalLM) else model  # (a peft model's .model is its base)
+    adapted = hasattr(hf_model, "merge_adapter")  # LoRA (peft): the merged model, and the adapter in adapter/
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.saving-", dir=os.path.dirname(path))
     try:
-        if weights:
+        if weights and adapted:
+            hf_model.save_pretrained(os.path.join(staging, "adapter"), safe_serialization=True)
+            _save_merged(hf_model, staging)
+        elif weights:
             hf_model.save_pretrained(staging, safe_serialization=True)
         else:
-            hf_model.config.save_pretrained(staging)
-            if getattr(hf_model, "generation_config", None) is not None:
-                hf_model.generation_config.save_pretrained(staging)
+            base = hf_model.get_base_model() if adapted else hf_model
+            base.config.save_pretrained(staging)
+            if getattr(base, "generation_config", None) is not None:
+                base.generation_config.save_pretrained(staging)
+            if adapted:
+                hf_model.peft_config["default"].save_pretrained(os.path.join(staging, "adapter"))
         tokenizer.save_pretrained(staging)
         with open(os.path.join(staging, MARKER), "w") as handle:
             json.dump({"checkpoint": checkpoint, "weights": weights}, handle, indent=2)
@@ -62,6 +72,19 @@ def save_model_folder(model, tokenizer, path: str, *, checkpoint: Optional[str] 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _save_merged(peft_model, folder: str) -> None:
+    """The LoRA model's weights with the adapters merged in, saved as the plain base model (in place:
+    merged, saved, unmerged; no copy of the model)."""
+    base = peft_model.get_base_model()
+    peft_model.merge_adapter()
+    try:
+        state = {key.replace(".base_layer.", "."): value for key, value in base.state_dict().items()
+                 if ".lora_" not in key}
+        base.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    finally:
+        peft_model.unmerge_adapter()
 
 
 def export_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
@@ -86,6 +109,11 @@ def export_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
         raise ValueError(f"{checkpoint} is not a divreg run checkpoint (no 'model' entry)")
     state = {key[len("model."):]: value for key, value in saved["model"].items() if key.startswith("model.")}
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    adapter = os.path.join(folder, "adapter")
+    if os.path.isfile(os.path.join(adapter, "adapter_config.json")):  # a LoRA run: the checkpoint holds the adapters
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig.from_pretrained(adapter))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -94,6 +122,7 @@ def export_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
     if os.path.isfile(os.path.join(folder, "generation_config.json")):
         from transformers import GenerationConfig
 
-        model.generation_config = GenerationConfig.from_pretrained(folder)
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).generation_config = \
+            GenerationConfig.from_pretrained(folder)
     relative = os.path.relpath(checkpoint, os.path.dirname(os.path.dirname(os.path.abspath(folder))))
     return save_model_folder(model, AutoTokenizer.from_pretrained(folder), folder, checkpoint=relative)

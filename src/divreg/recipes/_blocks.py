@@ -53,6 +53,22 @@ PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
+class LoRABlock:
+    """LoRA adapters (peft) on the trained model: only they train."""
+
+    r: int = 16  # the adapters' rank
+    alpha: float = 32.0  # their scale is alpha / r
+    dropout: float = 0.05  # dropout on the adapters' input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # module names
+
+    def __post_init__(self):
+        require_positive(self, ("r", "alpha"))
+        if not 0 <= self.dropout < 1 or not self.target_modules:
+            raise ValueError(f"lora needs dropout in [0, 1) and at least one target module, got {self.dropout}, "
+                             f"{self.target_modules}")
+
+
+@dataclass
 class EngineBlock:
     """How the trained model runs, in every LM recipe: precision and gradient checkpointing."""
 
@@ -63,6 +79,9 @@ class EngineBlock:
     # recompute each decoder layer's activations in the backward pass instead of storing them (transformers'
     # gradient checkpointing, non-reentrant): less memory, about one more forward of compute; the same gradients
     gradient_checkpointing: bool = False
+    # LoRA adapters on the trained model (e.g. lora={r: 16}); in rl and preference, a reference that is the starting
+    # model is then that same model with its adapters disabled: no second copy of the weights. null: full fine-tuning
+    lora: Optional[LoRABlock] = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

@@ -4,17 +4,22 @@ teacher runs under the same bf16 autocast as the trained model when ``precision=
 
 from __future__ import annotations
 
-from ..models import CausalLM
+from ..models import CausalLM, add_lora
 
 
-def trainable(model: CausalLM, config) -> CausalLM:
+def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> CausalLM:
     """``model`` (about to be trained) with the engine options: non-reentrant gradient
-    checkpointing of every decoder layer when ``config.gradient_checkpointing``."""
+    checkpointing of every decoder layer when ``config.gradient_checkpointing``; LoRA adapters
+    when ``config.lora`` (and ``lora``: a supervised warm-up trains the full model), initialized
+    under ``seed``."""
     if config.gradient_checkpointing:
         if not getattr(model.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"gradient_checkpointing=true: this {type(model.model).__name__} does not support "
                              "transformers' gradient checkpointing; set gradient_checkpointing=false")
         model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora and config.lora is not None:
+        model = add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules,
+                         seed=seed)
     return model
 
 

@@ -193,7 +193,7 @@ class DistillLMRecipe:
 
     def new_student(self, seed: int) -> CausalLM:  # every method of a seed starts from the same initialization
         return trainable(CausalLM(build_causal_lm(self.config.student, self.tokenizer, seed + 1), len(self.tokenizer)),
-                         self.config)
+                         self.config, seed=seed + 1)
 
     def run_seed(self, seed: int) -> dict:
         config, results = self.config, {}

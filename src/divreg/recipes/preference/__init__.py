@@ -25,7 +25,7 @@ from ..._table import format_table
 from ...data import (arithmetic_problems, char_tokenizer, load_preference_records, task_records, tokenize_pairs,
                      tokenize_records)
 from ...metrics import training_curves
-from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
+from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
 from .._engine import frozen, trainable
 from .._export import exported
@@ -166,14 +166,15 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
     """The warm-up, the pairs, the reference's log-probs, then each method from the warm-up."""
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
-    def build(state=None) -> CausalLM:
-        model = trainable(CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer)), config)
+    def build(state=None, lora: bool = True) -> CausalLM:
+        """The policy (the warm-up's weights loaded before any LoRA adapters are added)."""
+        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
         if state is not None:
             model.load_state_dict(state)
-        return model
+        return trainable(model, config, lora=lora, seed=seed)
 
     metric, warmup_metric = _warmup_metric(config, trainer, tokenizer, data)
-    policy = build()
+    policy = build(lora=False)  # a warm-up trains the full model
     state = policy.state_dict() if not config.warmup_steps else supervised_warmup(
         trainer.accelerator, policy, data["warmup"], tokenizer, name=f"warmup-seed{seed}", seed=seed,
         steps=config.warmup_steps, batch_size=config.warmup_batch_size, lr=config.warmup_lr,
@@ -184,8 +185,11 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
     policy.eval()
     outcome = {"warmup": {metric: warmup_metric(policy)}}
     train_pairs, held_out = _pairs(config, trainer, policy, tokenizer, data, seed, outcome)
-    reference, tables = _reference(config, trainer, build(state) if config.reference == "warmup" else None,
-                                   train_pairs, held_out, seed)
+    # the reference is the warm-up model: with lora, that model itself for the log-prob tables, then each method's
+    # policy with its adapters off (one copy of the weights); without, a frozen copy
+    reference, tables = _reference(config, trainer, (policy if config.lora is not None else build(state, lora=False))
+                                   if config.reference == "warmup" else None, train_pairs, held_out, seed)
+    current = {"reference": reference}
     kl_prompts = [list(p) for p in list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]]
     test_set = _test_set(tokenizer, data) if "problems" in data else None
 
@@ -193,15 +197,18 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
         record = trainer.held_out_metrics(model, held_out, tables["held_out"])
         if test_set is not None:
             record["test_accuracy"] = trainer.accuracy(model, *test_set)
-        if reference is not None and config.kl_eval != "none":
-            record["kl"] = trainer.kl_to_reference(model, reference, kl_prompts, seed)
+        if current["reference"] is not None and config.kl_eval != "none":
+            record["kl"] = trainer.kl_to_reference(model, current["reference"], kl_prompts, seed)
         return record
 
     outcome["warmup"] |= evaluate(policy)  # its KL to itself: 0 (a check of the measurement)
+    del policy
     for method in config.methods:
         model = build(state)
+        if config.lora is not None and current["reference"] is not None:
+            current["reference"] = AdaptersOff(model)
         with exported(trainer.accelerator, model, tokenizer, config.output_dir, f"{method}-seed{seed}"):
-            result = trainer.optimize(method, model, reference, train_pairs, tables["train"], evaluate, seed,
+            result = trainer.optimize(method, model, current["reference"], train_pairs, tables["train"], evaluate, seed,
                                       os.path.join(checkpoints, f"{method}-seed{seed}.pt"))
         outcome[method] = {**result["metrics"], "history": result["state"]["history"],
                            "steps": result["state"]["steps"]}

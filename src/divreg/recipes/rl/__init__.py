@@ -21,7 +21,7 @@ from ...data import (PromptExample, TextExample, arithmetic_problems, char_token
                     tokenize_prompts, tokenize_records)
 from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
-from ...models import CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
+from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
 from .._engine import frozen, trainable
 from .._export import exported
@@ -154,23 +154,27 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     """Warm-up then GRPO for one seed; returns both runs' final checkpoints."""
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
-    def build() -> CausalLM:
-        return trainable(CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer)), config)
+    def build(state=None, lora: bool = True) -> CausalLM:
+        """The policy (the warm-up's weights loaded before any LoRA adapters are added)."""
+        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
+        if state is not None:
+            model.load_state_dict(state)
+        return trainable(model, config, lora=lora, seed=seed)
 
-    policy = build()
+    policy = build(lora=False)  # a warm-up trains the full model
     if config.warmup_steps:
         state = trainer.warmup(policy, seed, os.path.join(checkpoints, f"warmup-seed{seed}.pt"))["model"]
         policy.load_state_dict(state)
     else:
         state = policy.state_dict()
     before = trainer.evaluate(policy)  # the starting model (after any warm-up), on the held-out prompts
-    policy = build()
-    policy.load_state_dict(state)
+    policy = build(state)
     reference, reference_accuracy = None, None
     if config.kl_coef > 0 or config.kl_target is not None or config.ctrl != "none":
-        if config.reference is None:  # a frozen copy of the warm-up model
-            reference = build()
-            reference.load_state_dict(state)
+        if config.reference is None and config.lora is not None:  # the policy with its adapters off: no copy
+            reference = AdaptersOff(policy)
+        elif config.reference is None:  # a frozen copy of the warm-up model
+            reference = frozen(build(state, lora=False), config, trainer.accelerator)
         else:  # another model (KDRL: a teacher), trained by the same warm-up first when asked
             reference = CausalLM(build_causal_lm(config.reference, tokenizer, seed + 1000), len(tokenizer))
             if config.reference_warmup_steps:
@@ -178,7 +182,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
                                          steps=config.reference_warmup_steps, name="reference-warmup")
                 reference.load_state_dict(trained["model"])
                 reference_accuracy = trained["metrics"]["test_accuracy"]
-        reference = frozen(reference, config, trainer.accelerator)
+            reference = frozen(reference, config, trainer.accelerator)
     with exported(trainer.accelerator, policy, tokenizer, config.output_dir, f"grpo-seed{seed}"):
         result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     after = result["metrics"]
