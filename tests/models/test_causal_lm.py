@@ -138,3 +138,16 @@ def test_weights_fingerprint_names_the_weights_not_the_folder(tmp_path):
 
     linear = torch.nn.Linear(2, 2)
     assert weights_fingerprint(copy.deepcopy(linear).bfloat16()) != weights_fingerprint(linear)
+
+
+@pytest.mark.parametrize("field,value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625),
+                                         ("logits_scaling", 8.0)])
+def test_a_transformed_output_head_is_refused_on_the_hidden_state_path(field, value):
+    """Gemma's softcapping, Cohere's logit scale, Granite's scaling: hidden @ W^T is not the model's
+    logits, so the fused path, which computes exactly that, must not run silently."""
+    model = fx.model(seed=0)
+    setattr(model.model.config, field, value)
+    ids = torch.tensor([[1, 2, 3]])
+    model(ids, torch.ones_like(ids))  # the model's own logits: fine
+    with pytest.raises(ValueError, match=f"applies {field}={value}, which the fused hidden-state path does not apply yet"):
+        model(ids, torch.ones_like(ids), hidden=True)

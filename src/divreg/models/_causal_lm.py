@@ -151,17 +151,34 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
         if hidden:  # the transformer body (under LoRA: the adapted model's own body, adapters active)
+            self.check_plain_head()
             body = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             return body.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[..., : self.vocab_size]
+
+    # transformers config fields by which an output head transforms hidden @ W^T: Gemma 2/3's final-logit
+    # softcapping (cap * tanh(z / cap)), Cohere's logit scale (z * s), Granite's logits scaling (z / s)
+    HEAD_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+    def check_plain_head(self) -> None:
+        """``ValueError`` when the model's output head is not ``hidden @ W^T + b`` (a logit scale or
+        final-logit softcapping in its config): the hidden-state (fused) path would compute other
+        logits than the model, so it is refused, naming the field and the way out (``fused=false``)."""
+        config = getattr(self.model, "config", None)
+        for field, plain in self.HEAD_TRANSFORMS.items():
+            value = getattr(config, field, plain)
+            if value is not None and value != plain:
+                raise ValueError(f"this {type(self.model).__name__}'s output head applies {field}={value}, which the "
+                                 "fused hidden-state path does not apply yet: set fused=false (the logits then come "
+                                 "from the model itself)")
 
     def checkpointing_in_eval(self) -> "CausalLM":
         """After ``eval()`` (no dropout, as RL and preference scoring want): put the decoder layers
         back in training mode when gradient checkpointing is on, so that it stays active
         (``transformers`` checkpoints a layer only in training mode); their children (attention,
         MLP, dropout) stay in eval mode, so nothing else changes. A no-op without checkpointing."""
-        if getattr(self.model, "is_gradient_checkpointing", False):
+        if getattr(self.model, "is_activation_checkpointing", getattr(self.model, "is_gradient_checkpointing", False)):
             from transformers.modeling_layers import GradientCheckpointingLayer
 
             for module in self.model.modules():

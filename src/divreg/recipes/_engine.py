@@ -16,7 +16,10 @@ def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> Caus
         if not getattr(model.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"gradient_checkpointing=true: this {type(model.model).__name__} does not support "
                              "transformers' gradient checkpointing; set gradient_checkpointing=false")
-        model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora and config.lora is not None:
         model = add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules,
                          seed=seed)
