@@ -178,7 +178,9 @@ class CausalLM(nn.Module):
         back in training mode when gradient checkpointing is on, so that it stays active
         (``transformers`` checkpoints a layer only in training mode); their children (attention,
         MLP, dropout) stay in eval mode, so nothing else changes. A no-op without checkpointing."""
-        if getattr(self.model, "is_activation_checkpointing", getattr(self.model, "is_gradient_checkpointing", False)):
+        name = "is_activation_checkpointing" if hasattr(self.model, "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"  # transformers < 5.x
+        if getattr(self.model, name, False):
             from transformers.modeling_layers import GradientCheckpointingLayer
 
             for module in self.model.modules():
