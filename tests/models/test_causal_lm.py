@@ -140,14 +140,33 @@ def test_weights_fingerprint_names_the_weights_not_the_folder(tmp_path):
     assert weights_fingerprint(copy.deepcopy(linear).bfloat16()) != weights_fingerprint(linear)
 
 
-@pytest.mark.parametrize("field,value", [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625),
-                                         ("logits_scaling", 8.0)])
-def test_a_transformed_output_head_is_refused_on_the_hidden_state_path(field, value):
-    """Gemma's softcapping, Cohere's logit scale, Granite's scaling: hidden @ W^T is not the model's
-    logits, so the fused path, which computes exactly that, must not run silently."""
-    model = fx.model(seed=0)
-    setattr(model.model.config, field, value)
-    ids = torch.tensor([[1, 2, 3]])
-    model(ids, torch.ones_like(ids))  # the model's own logits: fine
-    with pytest.raises(ValueError, match=f"applies {field}={value}, which the fused hidden-state path does not apply yet"):
-        model(ids, torch.ones_like(ids), hidden=True)
+@pytest.mark.parametrize("model_type,head", [("gemma2", {"final_logit_softcapping": 2.0}),
+                                             ("cohere", {"logit_scale": 0.0625}),
+                                             ("granite", {"logits_scaling": 8.0}),
+                                             ("llama", {})])
+def test_the_hidden_state_signal_carries_the_models_output_head(model_type, head):
+    """Gemma's softcapping, Cohere's logit scale, Granite's scaling: the fused path computes the
+    model's own logits and log-probs (float64), not hidden @ W^T."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from divreg.models import next_token_signal
+    from divreg.targets import sampled_token_logprobs
+
+    tokenizer = fx.tokenizer()
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                  pad_token_id=tokenizer.pad_token_id, **head)
+    torch.manual_seed(0)
+    model = CausalLM(AutoModelForCausalLM.from_config(config).double().eval(), len(tokenizer))
+    batch = {"input_ids": torch.randint(0, len(tokenizer), (2, 7), generator=torch.Generator().manual_seed(1))}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    with torch.no_grad():
+        dense, hidden = next_token_signal(model, batch), next_token_signal(model, batch, hidden=True)
+        assert torch.allclose(hidden.to_logits(), dense.logits, rtol=1e-10, atol=1e-10)
+        tokens = batch["input_ids"][:, 1:]
+        fused = sampled_token_logprobs(hidden, tokens, temperature=0.7)
+        plain = sampled_token_logprobs(dense, tokens, temperature=0.7)
+        assert torch.allclose(fused.logprobs, plain.logprobs, atol=1e-10)
+        assert torch.allclose(fused.entropy, plain.entropy, atol=1e-10)
+    assert (hidden.logit_scale, hidden.softcap) == {"gemma2": (None, 2.0), "cohere": (0.0625, None),
+                                                    "granite": (0.125, None), "llama": (None, None)}[model_type]

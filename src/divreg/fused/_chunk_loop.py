@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..divergences.kernels import Scratch, math_dtype, sparse_kl_with_grad
+from ._head import apply_head_, head_derivative
 from ._inputs import FlatInputs, choose_chunk_size, flatten_inputs
 
 
@@ -33,6 +34,8 @@ class Plan:
     num_items_in_batch: Union[int, float, Tensor, None]
     divergence_weight: float
     ce_weight: float
+    head: tuple = (None, None)  # the student's output head: (logit_scale, softcap), see ._head
+    target_head: tuple = (None, None)  # the target's
 
 
 class Totals(NamedTuple):
@@ -52,7 +55,7 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], dtype: torch.dtyp
 
 
 # Scratch slots of the chunk loop; 0-3 belong to the divergence forms.
-_STUDENT_SLOT, _TARGET_SLOT, _CE_GRAD_SLOT = 10, 11, 12
+_STUDENT_SLOT, _TARGET_SLOT, _CE_GRAD_SLOT, _HEAD_SLOT = 10, 11, 12, 13
 
 
 def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: Plan,
@@ -82,6 +85,12 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
         logits = _linear(hidden, weight, bias, dtype,
                          scratch.block(_STUDENT_SLOT, end - start, weight.shape[0], dtype, weight.device)
                          if in_math_dtype else None)
+        head_grad = None  # d(head)/dz of a transformed output head (softcap: per entry), for the chain rule
+        if plan.head != (None, None):
+            apply_head_(logits, plan.head)
+            if grads is not None:
+                head_grad = head_derivative(logits, plan.head, scratch.like(_HEAD_SLOT, logits)
+                                            if plan.head[1] is not None else None)
         token_weight = None if flat.token_weights is None else flat.token_weights[start:end].to(dtype)  # (c,)
         row_weight = None if flat.row_weights is None else flat.row_weights[start:end].to(dtype)  # (c,)
         ce_grad = None
@@ -106,7 +115,8 @@ def run_chunks(flat: FlatInputs, weight: Tensor, bias: Optional[Tensor], plan: P
         else:
             divergence_total += (weighted * row_weight).sum()
         if grads is not None:
-            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, row_weight, plan)
+            grad_hidden_rows = _accumulate_grads(grads, grad, ce_grad, hidden, weight, token_weight, row_weight, plan,
+                                                 head_grad)
             if grad_hidden_rows is not None:
                 if flat.rows is None:
                     grads[0][start:end] = grad_hidden_rows.to(grads[0].dtype)
@@ -131,6 +141,8 @@ def _target_divergence(flat: FlatInputs, log_q: Tensor, start: int, end: int, pl
         if in_math_dtype else None
     target_logits = _linear(flat.rows_of(flat.target_hidden, start, end), flat.target_weight, flat.target_bias,
                             dtype, out)  # (c, V)
+    if plan.target_head != (None, None):
+        apply_head_(target_logits, plan.target_head)
     if plan.temperature != 1.0:
         target_logits.div_(plan.temperature)
     log_p = _log_softmax_in_place(target_logits)  # (c, V)
@@ -146,10 +158,16 @@ def _log_softmax_in_place(logits: Tensor) -> Tensor:
 
 
 def _accumulate_grads(grads, grad: Tensor, ce_grad: Optional[Tensor], hidden: Tensor, weight: Tensor,
-                      token_weight: Optional[Tensor], row_weight: Tensor, plan: Plan) -> Optional[Tensor]:
+                      token_weight: Optional[Tensor], row_weight: Tensor, plan: Plan,
+                      head_grad=None) -> Optional[Tensor]:
     """Turn one chunk's gradient w.r.t. the tempered logits into dW and db (accumulated in
-    place) and return this chunk's dX rows (or None)."""
+    place) and return this chunk's dX rows (or None). ``head_grad``: d(head)/dz of a transformed
+    output head (a tensor or a number), applied to both gradients first (the chain rule)."""
     grad_hidden, grad_weight, grad_bias = grads
+    if head_grad is not None:
+        grad.mul_(head_grad)
+        if ce_grad is not None:
+            ce_grad.mul_(head_grad)
     row_scale = row_weight[:, None] * (plan.divergence_weight / plan.temperature)  # (c, 1)
     if token_weight is not None:
         row_scale = row_scale * token_weight[:, None]

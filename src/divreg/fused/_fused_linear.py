@@ -3,6 +3,8 @@ points (argument checks and reductions); the chunk loop lives in ``_chunk_loop``
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
@@ -12,6 +14,7 @@ from ..divergences import check_divergence_options, check_tail_policy, get_diver
 from ..divergences.kernels import check_temperature
 from ..reductions import get_reduction
 from ._chunk_loop import FusedLinearDivergenceFunction, Plan, run_chunks
+from ._head import check_head
 from ._inputs import DEFAULT_MEMORY_BUDGET_MB, flatten_inputs
 
 
@@ -44,6 +47,10 @@ def fused_linear_divergence(
     divergence_weight: float = 1.0,
     ce_weight: float = 0.0,
     return_parts: bool = False,
+    logit_scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    target_logit_scale: Optional[float] = None,
+    target_softcap: Optional[float] = None,
     **divergence_kwargs,
 ) -> Union[Tensor, FusedOutput]:
     r"""A divergence between student and teacher output distributions, computed from hidden
@@ -96,6 +103,11 @@ def fused_linear_divergence(
         divergence_weight, ce_weight: weights of the two terms (``ce_weight=a,
             divergence_weight=1-a`` is the usual ``a*CE + (1-a)*KD``).
         return_parts: also return the reduced divergence and CE (detached) as a ``FusedOutput``.
+        logit_scale, softcap: the student's output head when it transforms ``z`` before the
+            softmax: ``s z`` (Cohere's logit scale; Granite's ``z / s`` is ``1 / s``), or
+            ``c tanh(s z / c)`` with a softcap ``c`` (Gemma 2/3's final-logit softcapping). The
+            CE and the divergence see the transformed logits; the gradient goes through the head.
+        target_logit_scale, target_softcap: the same for the teacher's head.
 
     Returns:
         Scalar loss (fp32, or fp64 for fp64 weights), or a ``FusedOutput``; for
@@ -114,6 +126,8 @@ def fused_linear_divergence(
     plan = _make_plan(get_divergence(divergence).with_grad, divergence_kwargs, temperature, chunk_size,
                       memory_budget_mb, ignore_index, target_vocab_slice, reduction, num_items_in_batch,
                       divergence_weight, ce_weight, labels)
+    plan = dataclasses.replace(plan, head=check_head(logit_scale, softcap),
+                               target_head=check_head(target_logit_scale, target_softcap, "target_"))
     return _evaluate(plan, return_parts, hidden, weight, bias, target_hidden, target_weight, target_bias, labels,
                      token_weights, None)
 
@@ -138,6 +152,8 @@ def fused_linear_sparse_divergence(
     divergence_weight: float = 1.0,
     ce_weight: float = 0.0,
     return_parts: bool = False,
+    logit_scale: Optional[float] = None,
+    softcap: Optional[float] = None,
 ) -> Union[Tensor, FusedOutput]:
     r""":func:`divreg.divergences.sparse_kl` to a sparse target (top-k ids and log-probs per
     position, as a teacher cache stores them), computed from the student's hidden states and
@@ -153,6 +169,7 @@ def fused_linear_sparse_divergence(
         target_ids, target_logprobs: (..., k) per position.
         target_tail_logmass: (...) log of the target's mass outside ``target_ids`` (optional).
         tail: ``"bucket"`` (exact KL of the coarsened distributions) or ``"renormalize"``.
+        logit_scale, softcap: the student's output head, as in :func:`fused_linear_divergence`.
 
     Example:
         >>> import torch
@@ -167,6 +184,7 @@ def fused_linear_sparse_divergence(
     check_tail_policy(tail)
     plan = _make_plan(None, {"tail": tail}, temperature, chunk_size, memory_budget_mb, ignore_index, None, reduction,
                       num_items_in_batch, divergence_weight, ce_weight, labels)
+    plan = dataclasses.replace(plan, head=check_head(logit_scale, softcap))
     return _evaluate(plan, return_parts, hidden, weight, bias, None, None, None, labels, token_weights,
                      (target_ids, target_logprobs, target_tail_logmass))
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..divergences.kernels import Scratch, check_temperature, log_softmax_checked, math_dtype
 from ._inputs import DEFAULT_MEMORY_BUDGET_MB, check_output_layer, choose_chunk_size
+from ._head import apply_head_, check_head, head_derivative
 
 _LOGITS_SLOT, _PROBS_SLOT, _GRAD_SLOT = 10, 0, 1
 
@@ -33,6 +34,8 @@ def fused_linear_token_logprobs(
     ignore_index: int = -100,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     return_entropy: bool = False,
+    logit_scale: Optional[float] = None,
+    softcap: Optional[float] = None,
 ) -> Union[Tensor, TokenLogprobs]:
     r"""Log-probabilities of ``token_ids`` under ``softmax((h W^T + b) / T)``, and optionally the
     entropy of that distribution, per token, without the ``[tokens x vocab]`` logits.
@@ -63,6 +66,9 @@ def fused_linear_token_logprobs(
         ignore_index: the id of positions to skip.
         memory_budget_mb: the budget that chooses the chunk size.
         return_entropy: also return the entropy.
+        logit_scale, softcap: an output head that transforms ``z = h W^T + b`` before the
+            softmax (and the temperature): ``s z``, or ``c tanh(s z / c)`` (Gemma's final-logit
+            softcapping); the gradient goes through it.
 
     Returns:
         The log-probs, shaped like ``token_ids``; with ``return_entropy``, a
@@ -77,10 +83,11 @@ def fused_linear_token_logprobs(
     """
     check_temperature(temperature)
     check_output_layer(hidden, weight, bias)
+    head = check_head(logit_scale, softcap)
     valid, ids = _checked_token_ids(token_ids, hidden.shape[:-1], weight.shape[0], ignore_index, "hidden")
     chunk = choose_chunk_size(chunk_size, weight.shape[0], max(1, ids.numel()), memory_budget_mb)
     logprobs, entropy = _TokenLogprobsFunction.apply(hidden, weight, bias, token_ids, valid, temperature, chunk,
-                                                     return_entropy)
+                                                     return_entropy, head)
     return TokenLogprobs(logprobs, entropy) if return_entropy else logprobs
 
 
@@ -150,14 +157,16 @@ def _checked_token_ids(token_ids: Tensor, shape: torch.Size, vocab: int, ignore_
 
 
 def _logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float, dtype: torch.dtype,
-            scratch: Scratch) -> Tensor:
-    """``(h W^T + b) / T`` of one chunk in ``dtype``, in a scratch block when no conversion is needed."""
+            scratch: Scratch, head=(None, None)) -> Tensor:
+    """``head(h W^T + b) / T`` of one chunk in ``dtype``, in a scratch block when no conversion is needed."""
     rows = hidden.shape[0]
     if hidden.dtype == dtype and (bias is None or bias.dtype == dtype):
         out = scratch.block(_LOGITS_SLOT, rows, weight.shape[0], dtype, hidden.device)
         logits = torch.mm(hidden, weight.t(), out=out) if bias is None else torch.addmm(bias, hidden, weight.t(), out=out)
     else:
         logits = (torch.mm(hidden, weight.t()) if bias is None else torch.addmm(bias, hidden, weight.t())).to(dtype)
+    if head != (None, None):
+        apply_head_(logits, head)
     return logits.div_(temperature) if temperature != 1.0 else logits
 
 
@@ -171,7 +180,7 @@ def _entropy(log_probs: Tensor, probs: Tensor) -> Tensor:
 
 class _TokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, token_ids, valid, temperature, chunk, return_entropy):
+    def forward(ctx, hidden, weight, bias, token_ids, valid, temperature, chunk, return_entropy, head):
         dtype = math_dtype(hidden, weight)
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
         flat_valid = valid.reshape(-1)
@@ -185,7 +194,7 @@ class _TokenLogprobsFunction(torch.autograd.Function):
         for start in range(0, count, chunk):
             end = min(start + chunk, count)
             h = flat_hidden[start:end] if rows is None else flat_hidden.index_select(0, rows[start:end])
-            logits = _logits(h, weight, bias, temperature, dtype, scratch)  # (c, V)
+            logits = _logits(h, weight, bias, temperature, dtype, scratch, head)  # (c, V)
             log_z[start:end] = torch.logsumexp(logits, -1)
             picked[start:end] = logits.gather(-1, ids[start:end, None]).squeeze(-1)
             if return_entropy:
@@ -203,7 +212,7 @@ class _TokenLogprobsFunction(torch.autograd.Function):
             if return_entropy:
                 entropy_out.view(-1).index_copy_(0, rows, entropy)
         ctx.save_for_backward(hidden, weight, bias, ids, log_z, entropy, rows)
-        ctx.temperature, ctx.chunk, ctx.return_entropy = temperature, chunk, return_entropy
+        ctx.temperature, ctx.chunk, ctx.return_entropy, ctx.head = temperature, chunk, return_entropy, head
         if not return_entropy:
             ctx.mark_non_differentiable(entropy_out)
         return logprobs, entropy_out
@@ -230,7 +239,10 @@ class _TokenLogprobsFunction(torch.autograd.Function):
         for start in range(0, ids.numel(), ctx.chunk):
             end = min(start + ctx.chunk, ids.numel())
             h = flat_hidden[start:end] if rows is None else flat_hidden.index_select(0, rows[start:end])
-            log_probs = _logits(h, weight, bias, temperature, dtype, scratch).sub_(log_z[start:end, None])  # (c, V)
+            logits = _logits(h, weight, bias, temperature, dtype, scratch, ctx.head)  # (c, V), tempered
+            head_grad = None if ctx.head == (None, None) else head_derivative(
+                logits * temperature, ctx.head)  # d head / dz, from the transformed logits
+            log_probs = logits.sub_(log_z[start:end, None])  # (c, V)
             probs = torch.exp(log_probs, out=scratch.like(_PROBS_SLOT, log_probs))
             g = g_lp[start:end, None]  # (c, 1)
             grad = torch.mul(probs, -g, out=scratch.like(_GRAD_SLOT, probs))  # d log pi(y) / dz = e_y - pi
@@ -242,6 +254,8 @@ class _TokenLogprobsFunction(torch.autograd.Function):
             grad.scatter_add_(-1, ids[start:end, None], g)
             if temperature != 1.0:
                 grad.div_(temperature)
+            if head_grad is not None:
+                grad.mul_(head_grad)
             if grad_hidden is not None:
                 rows_grad = torch.mm(grad.to(weight.dtype), weight).to(grad_dtype)  # (c, H)
                 if rows is None:
@@ -255,4 +269,4 @@ class _TokenLogprobsFunction(torch.autograd.Function):
         grad_hidden = None if grad_hidden is None else grad_hidden.reshape(hidden.shape).to(hidden.dtype)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None

@@ -90,7 +90,7 @@ class LMDistillLoss(nn.Module):
         common = dict(labels=labels, ignore_index=self.ignore_index, temperature=self.temperature, bias=student.bias,
                       reduction=self.reduction, num_items_in_batch=num_items_in_batch,
                       divergence_weight=divergence_weight, ce_weight=ce_weight, chunk_size=self.chunk_size,
-                      return_parts=True)
+                      return_parts=True, logit_scale=student.logit_scale, softcap=student.softcap)
         if isinstance(target, SparseTopK):
             output = fused_linear_sparse_divergence(student.hidden, student.weight, target.ids, target.logprobs,
                                                     target.tail_logmass, tail=self.tail, **common)
@@ -98,6 +98,7 @@ class LMDistillLoss(nn.Module):
             target_bias = None if target.bias is None else target.bias.detach()
             output = fused_linear_divergence(student.hidden, student.weight, target.hidden.detach(),
                                              target.weight.detach(), target_bias=target_bias,
+                                             target_logit_scale=target.logit_scale, target_softcap=target.softcap,
                                              divergence=self.divergence, **common, **self.divergence_kwargs)
         else:
             raise ValueError(f"a HiddenStates student (the fused path) needs a HiddenStates or SparseTopK target, got "

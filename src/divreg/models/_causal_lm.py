@@ -151,27 +151,24 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
         if hidden:  # the transformer body (under LoRA: the adapted model's own body, adapters active)
-            self.check_plain_head()
             body = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             return body.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[..., : self.vocab_size]
 
-    # transformers config fields by which an output head transforms hidden @ W^T: Gemma 2/3's final-logit
-    # softcapping (cap * tanh(z / cap)), Cohere's logit scale (z * s), Granite's logits scaling (z / s)
-    HEAD_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
-
-    def check_plain_head(self) -> None:
-        """``ValueError`` when the model's output head is not ``hidden @ W^T + b`` (a logit scale or
-        final-logit softcapping in its config): the hidden-state (fused) path would compute other
-        logits than the model, so it is refused, naming the field and the way out (``fused=false``)."""
+    def head_transform(self) -> tuple[Optional[float], Optional[float]]:
+        """``(logit_scale, softcap)`` of the model's output head, from its config: Gemma 2/3's
+        ``final_logit_softcapping`` (``c tanh(z / c)``), Cohere's ``logit_scale`` (``s z``),
+        Granite's ``logits_scaling`` (``z / s``, the scale ``1 / s``); ``(None, None)`` for a
+        plain head. The hidden-state signal carries it, so the fused path computes the model's
+        own logits."""
         config = getattr(self.model, "config", None)
-        for field, plain in self.HEAD_TRANSFORMS.items():
-            value = getattr(config, field, plain)
-            if value is not None and value != plain:
-                raise ValueError(f"this {type(self.model).__name__}'s output head applies {field}={value}, which the "
-                                 "fused hidden-state path does not apply yet: set fused=false (the logits then come "
-                                 "from the model itself)")
+        softcap = getattr(config, "final_logit_softcapping", None)
+        scale = getattr(config, "logit_scale", None)
+        scaling = getattr(config, "logits_scaling", None)
+        if scaling is not None and scaling != 1.0:
+            scale = (scale or 1.0) / scaling
+        return (None if scale in (None, 1.0) else float(scale), None if softcap is None else float(softcap))
 
     def checkpointing_in_eval(self) -> "CausalLM":
         """After ``eval()`` (no dropout, as RL and preference scoring want): put the decoder layers
@@ -218,6 +215,10 @@ class AdaptersOff:
     def __call__(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
         with torch.no_grad(), self.adapted.model.disable_adapter():
             return self.adapted(input_ids, attention_mask, hidden=hidden)
+
+    def head_transform(self) -> tuple[Optional[float], Optional[float]]:
+        """The adapted model's output head transform (the head is never adapted)."""
+        return self.adapted.head_transform()
 
     def parameters(self):
         """The adapted model's parameters (where the reference's weights live: for their device)."""
@@ -288,5 +289,5 @@ def next_token_signal(model: nn.Module, batch: dict[str, Tensor], hidden: bool =
     core = model.module if hasattr(model, "module") else model
     if hidden:
         states = model(batch["input_ids"], batch["attention_mask"], hidden=True)[:, :-1]  # (B, T-1, H)
-        return HiddenStates(states, core.output_weight, core.output_bias)
+        return HiddenStates(states, core.output_weight, core.output_bias, *core.head_transform())
     return DenseLogits(model(batch["input_ids"], batch["attention_mask"])[:, :-1])  # (B, T-1, V)

@@ -60,7 +60,8 @@ def sampled_token_logprobs(signal: Union[DenseLogits, HiddenStates], token_ids: 
     """
     if isinstance(signal, HiddenStates):
         return fused_linear_token_logprobs(signal.hidden, signal.weight, token_ids, temperature=temperature,
-                                           bias=signal.bias, ignore_index=ignore_index, return_entropy=True)
+                                           bias=signal.bias, ignore_index=ignore_index, return_entropy=True,
+                                           logit_scale=signal.logit_scale, softcap=signal.softcap)
     if isinstance(signal, DenseLogits):
         return token_logprobs(signal.logits, token_ids, temperature=temperature, ignore_index=ignore_index,
                               return_entropy=True)
@@ -102,7 +103,9 @@ def signal_divergence(signal: Union[DenseLogits, HiddenStates], target: Union[De
                                        labels=torch.where(mask, 0, -100), bias=signal.bias,
                                        target_bias=None if target.bias is None else target.bias.detach(),
                                        token_weights=token_weights, reduction=reduction or "none",
-                                       num_items_in_batch=num_items_in_batch)
+                                       num_items_in_batch=num_items_in_batch, logit_scale=signal.logit_scale,
+                                       softcap=signal.softcap, target_logit_scale=target.logit_scale,
+                                       target_softcap=target.softcap)
     if isinstance(signal, DenseLogits) and isinstance(target, DenseLogits):
         values = get_divergence(divergence).on_logits(signal.logits, target.logits.detach(), temperature=temperature,
                                                       mask=mask)  # (B, T), 0 with a zero gradient off the mask

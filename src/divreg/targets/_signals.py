@@ -41,11 +41,18 @@ class HiddenStates:
     hidden: Tensor  # (..., H)
     weight: Tensor  # (V, H)
     bias: Optional[Tensor] = None  # (V,)
+    # an output head that transforms z = hidden @ weight.T + bias: logit_scale s (s z) and softcap c (c tanh(s z / c),
+    # Gemma 2/3); None: the plain head. They travel with the weight too, so no path drops them
+    logit_scale: Optional[float] = None
+    softcap: Optional[float] = None
 
     def to_logits(self) -> Tensor:
-        """The full logits (..., V): materialized, for the plain (non-fused) path."""
+        """The full logits (..., V) the model computes: materialized, for the plain (non-fused) path."""
         logits = self.hidden @ self.weight.T  # (..., V)
-        return logits if self.bias is None else logits + self.bias
+        logits = logits if self.bias is None else logits + self.bias
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
 
 
 @dataclass(frozen=True)
@@ -107,5 +114,5 @@ def detached(signal: Signal) -> Signal:
         >>> target.logits.requires_grad, target.logits.tolist()  # the same values, no graph
         (False, [[0.0, 2.0]])
     """
-    fields = {name: (None if value is None else value.detach()) for name, value in vars(signal).items()}
+    fields = {name: (value.detach() if isinstance(value, Tensor) else value) for name, value in vars(signal).items()}
     return type(signal)(**fields)
