@@ -109,5 +109,27 @@ def test_a_bad_lora_target_is_one_line(tmp_path, targets, message):
 def test_options_lora_does_not_combine_with_are_refused():
     with pytest.raises(ValueError, match="ctrl with lora is not supported yet"):
         load_config(RLConfig, None, ["lora={r: 4}", "ctrl=identity"])
-    with pytest.raises(ValueError, match="kl_eval=exact enumerates completions"):
-        load_config(PreferenceConfig, None, ["lora={r: 4}", "kl_eval=exact"])
+
+
+def test_the_exact_sequence_kl_to_the_adapters_off_reference_is_the_kl_to_the_frozen_copy():
+    """preference's kl_eval=exact enumerates completions with the reference's KV cache: with LoRA,
+    the policy with its adapters off gives the same exact KL as a separate frozen copy."""
+    from divreg.data import char_tokenizer
+    from divreg.models import exact_sequence_kl
+
+    tokenizer = char_tokenizer()
+    base = CausalLM(build_causal_lm(ModelSource(config={"model_type": "llama", "hidden_size": 16,
+                                                        "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                        "intermediate_size": 32}), tokenizer, 0), len(tokenizer))
+    frozen_copy = copy.deepcopy(base).eval()
+    policy = add_lora(base, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], seed=1)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    prompts = [tokenizer("1+2=")["input_ids"], tokenizer("3+4=")["input_ids"]]
+    args = (prompts, tokenizer.eos_token_id, 3)
+    with torch.no_grad():
+        adapters_off = exact_sequence_kl(policy.eval(), AdaptersOff(policy), *args)
+        separate = exact_sequence_kl(policy, frozen_copy, *args)
+    assert torch.allclose(adapters_off, separate, rtol=1e-12, atol=1e-14) and bool((separate > 0).all())

@@ -3,11 +3,14 @@ vocabularies and short completions only): no sampling noise."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 
 import torch
 from torch import Tensor
+
+from ._causal_lm import AdaptersOff
 
 
 @torch.no_grad()
@@ -64,7 +67,8 @@ def exact_sequence_kl(policy, reference, prompts: list[list[int]], eos_token_id:
         for start in range(0, stems.shape[0], stems_per_batch):
             rows = stems[start:start + stems_per_batch]
             log_pi = _next_token_logprobs(policy, prompt, rows, last if depth else None, device)
-            log_ref = _next_token_logprobs(reference, prompt, rows, last if depth else None, device)
+            with _adapters_off(reference) as ref_model:  # a LoRA model's adapters-off reference reads its base
+                log_ref = _next_token_logprobs(ref_model, prompt, rows, last if depth else None, device)
             full = rows  # depth 0: the prompt alone
             if depth:  # every stem with every last token, stem-major: (N, depth)
                 full = torch.cat([rows.repeat_interleave(width, 0), last.repeat(rows.shape[0])[:, None]], 1)
@@ -74,6 +78,17 @@ def exact_sequence_kl(policy, reference, prompts: list[list[int]], eos_token_id:
             total += (prefix * step_kl / copies).sum()
         results.append(total)
     return torch.stack(results)
+
+
+@contextlib.contextmanager
+def _adapters_off(model):
+    """``model`` itself, or for an :class:`AdaptersOff` reference its LoRA model with the adapters
+    disabled for the duration (the enumeration drives the model's KV cache itself)."""
+    if isinstance(model, AdaptersOff):
+        with torch.no_grad(), model.adapted.model.disable_adapter():
+            yield model.adapted
+    else:
+        yield model
 
 
 def _next_token_logprobs(model, prompt: list[int], stems: Tensor, last: Tensor, device) -> Tensor:
@@ -87,8 +102,9 @@ def _next_token_logprobs(model, prompt: list[int], stems: Tensor, last: Tensor, 
     if last is None:
         return head
     width = last.shape[0]
-    # transformers 5 names the KV cache `cache` (4.x: `past_key_values`)
-    name = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
+    # transformers 5 names the KV cache `cache` (4.x: `past_key_values`); a peft model forwards it to its base model
+    base = model.model.get_base_model() if hasattr(model.model, "get_base_model") else model.model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     cache = out[name]
     cache.batch_repeat_interleave(width)
     step = last.repeat(stems.shape[0])[:, None].to(device)

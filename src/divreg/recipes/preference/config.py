@@ -89,9 +89,6 @@ class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
             if not self.hypo_coef > 0 or self.hypo_samples < 2:
                 raise ValueError(f"hypo needs hypo_coef > 0 and hypo_samples >= 2 (its leave-one-out baseline needs "
                                  f"another sample of the prompt), got {self.hypo_coef}, {self.hypo_samples}")
-        if self.kl_eval == "exact" and self.lora is not None:
-            raise ValueError("kl_eval=exact enumerates completions with the reference's own KV cache, which the "
-                             "adapters-off reference of lora does not expose yet: use kl_eval=sampled (auto does)")
         if self.kl_eval not in KL_EVALUATIONS:
             raise ValueError(f"kl_eval must be one of {list(KL_EVALUATIONS)}, got {self.kl_eval!r}")
         if self.reference == "none" and self.kl_eval != "none":
