@@ -106,9 +106,21 @@ def test_a_bad_lora_target_is_one_line(tmp_path, targets, message):
                                         f"output_dir={tmp_path / 'run'}"]))
 
 
-def test_options_lora_does_not_combine_with_are_refused():
-    with pytest.raises(ValueError, match="ctrl with lora is not supported yet"):
-        load_config(RLConfig, None, ["lora={r: 4}", "ctrl=identity"])
+def test_the_adapters_off_reference_samples_as_the_frozen_copy(tmp_path):
+    """CTRL samples the reference: with LoRA, the policy with its adapters off draws the same
+    completions as a separate frozen copy, for the same seed; and an rl run with ctrl and lora runs."""
+    from divreg.models import generate_examples
+
+    adapted, base = _adapted_pair()
+    prompts = [[1, 2, 3], [4, 5]]
+    tokenizer = lm_fixtures.tokenizer()
+    off = generate_examples(AdaptersOff(adapted), prompts, tokenizer, 6, seed=3)
+    copy_samples = generate_examples(base, prompts, tokenizer, 6, seed=3)
+    assert [e.input_ids for e in off] == [e.input_ids for e in copy_samples]
+    rl(load_config(RLConfig, None, [*RL_TINY, "warmup_steps=0", "lora={r: 4}", "ctrl=best_of_n", "ctrl_t=2",
+                                    "ctrl_samples=2", f"output_dir={tmp_path / 'ctrl'}"]))
+    records = [json.loads(line) for line in (tmp_path / "ctrl" / "metrics.jsonl").read_text().splitlines()]
+    assert all("ctrl_reward" in r for r in records if r["record"] == "step")
 
 
 def test_the_exact_sequence_kl_to_the_adapters_off_reference_is_the_kl_to_the_frozen_copy():

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..data import TextExample
+from ._enumerate import _adapters_off
 
 
 @torch.no_grad()
@@ -26,7 +27,7 @@ def generate_examples(causal_lm, prompts: list[list[int]], tokenizer, max_new_to
     first EOS is the label."""
     if not temperature > 0 or not 0 < top_p <= 1:
         raise ValueError(f"sampling needs temperature > 0 and top_p in (0, 1], got {temperature}, {top_p}")
-    device = next(causal_lm.model.parameters()).device
+    device = next(causal_lm.parameters()).device
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         completions = _generate(causal_lm, prompts, tokenizer, max_new_tokens, do_sample=True, top_k=0, top_p=top_p,
@@ -61,6 +62,11 @@ def greedy_completions(causal_lm, prompts: list[list[int]], tokenizer, max_new_t
 def _generate(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int, **sampling) -> list[list[int]]:
     """The generated tokens of each left-padded prompt (up to ``max_new_tokens``, EOS included,
     padding after it included), in eval mode, under an explicit generation config."""
+    with _adapters_off(causal_lm) as causal_lm:  # a LoRA model's adapters-off reference samples from its base
+        return _generate_with(causal_lm, prompts, tokenizer, max_new_tokens, **sampling)
+
+
+def _generate_with(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int, **sampling) -> list[list[int]]:
     from transformers import GenerationConfig, LogitsProcessorList
 
     model = causal_lm.model

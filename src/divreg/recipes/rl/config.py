@@ -187,9 +187,6 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
             raise ValueError(f"ctrl must be 'none' or one of {list(CTRL_TRANSFORMS)}, got {self.ctrl!r}")
         if self.ctrl != "none" and (not self.ctrl_t > 0 or self.ctrl_samples < 1):
             raise ValueError(f"ctrl needs ctrl_t > 0 and ctrl_samples >= 1, got {self.ctrl_t}, {self.ctrl_samples}")
-        if self.ctrl != "none" and self.lora is not None:
-            raise ValueError("ctrl samples the reference model, which with lora is the policy with its adapters off; "
-                             "ctrl with lora is not supported yet: drop one of them")
         if self.ctrl != "none" and self.reference is not None:
             raise ValueError("ctrl calibrates against the frozen warm-up model; leave reference unset")
         if self.reference is not None and not (self.kl_coef > 0 or self.kl_target is not None):
