@@ -95,9 +95,13 @@ def test_export_errors_are_one_line(tmp_path, extra, message):
         export(load_config(ExportConfig, None, [f"run_dir={out}", *extra]))
 
 
-def test_export_refuses_a_missing_checkpoint(tmp_path):
+def test_export_refuses_a_missing_or_damaged_checkpoint(tmp_path):
     tokenizer = lm_fixtures.tokenizer()
     model = CausalLM(build_causal_lm(ModelSource(config=lm_fixtures.TINY_LLAMA), tokenizer, 0))
     save_model_folder(model, tokenizer, str(tmp_path / "models" / "m"), checkpoint="checkpoints/m.pt", weights=False)
     with pytest.raises(ValueError, match=r"its checkpoint .*checkpoints/m.pt' does not exist"):
+        export(load_config(ExportConfig, None, [f"run_dir={tmp_path}"]))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "m.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"m.pt cannot be read as a checkpoint .*it may be truncated"):
         export(load_config(ExportConfig, None, [f"run_dir={tmp_path}"]))

@@ -61,15 +61,22 @@ def test_an_rl_run_trains_only_the_adapters_against_the_starting_model(tmp_path)
     steps = [r for r in records if r["record"] == "step"]
     assert steps[0]["kl_exact"] == 0.0 and steps[-1]["kl_exact"] > 0  # the reference is the starting model
     state = torch.load(out / "checkpoints" / "grpo-seed0.pt", weights_only=False)["model"]
-    start = CausalLM(build_causal_lm(ModelSource(config=load_config(RLConfig, None, RL_TINY).policy.config),
-                                     lm_fixtures.tokenizer(), 0))  # not used for values: names only
-    assert any(".lora_A." in k for k in state) and start is not None
+    # only the adapters moved: every base weight is still the starting policy's (built under seed 0)
+    from divreg.data import char_tokenizer
+    from divreg.recipes._engine import build_policy
+
+    config = load_config(RLConfig, None, [*RL_TINY, "warmup_steps=0"])
+    start = build_policy(config.policy, char_tokenizer(), 0, config, lora=False).state_dict()
+    base = {k.replace("model.base_model.model.", "model.").replace(".base_layer.", "."): v
+            for k, v in state.items() if ".lora_" not in k}
+    assert base.keys() == start.keys() and all(torch.equal(base[k], start[k]) for k in start)
+    assert any(".lora_A." in k for k in state) and any(
+        not torch.equal(v, torch.zeros_like(v)) for k, v in state.items() if ".lora_B." in k)  # the adapters trained
     # the merged export equals the adapted module, and the adapter folder is there
     folder = out / "models" / "grpo-seed0"
     assert (folder / "adapter" / "adapter_config.json").exists() and (folder / "model.safetensors").exists()
     merged = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    adapted = copy.deepcopy(merged)  # the same architecture; rebuild the adapted module from the checkpoint
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # rebuild the adapted module from the checkpoint
     adapted = get_peft_model(AutoModelForCausalLM.from_config(merged.config), LoraConfig.from_pretrained(
         str(folder / "adapter")))
     adapted.load_state_dict({k[len("model."):]: v for k, v in state.items()})

@@ -99,8 +99,6 @@ def test_your_prompts_and_reward_functions(workspace):
 
 
 def test_chat_prompts_and_a_reward_function_trl_ships(workspace):
-    import my_rewards
-
     summary = run(_config(workspace, "data=chat.jsonl",
                           "rewards={trl.rewards.think_format_reward: 1.0, my_rewards.chat_form: 0.0}"))
     assert summary["rl_eval_reward"]["mean"] == 0.0  # a tiny untrained model does not write <think> blocks

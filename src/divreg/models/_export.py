@@ -104,7 +104,11 @@ def export_checkpoint(folder: str, checkpoint: Optional[str] = None) -> str:
             checkpoint = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(folder))), checkpoint)
     if checkpoint is None or not os.path.isfile(checkpoint):
         raise ValueError(f"{folder}: its checkpoint {checkpoint!r} does not exist (the run wrote none yet?)")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: torch/pickle raise many kinds
+        raise ValueError(f"{checkpoint} cannot be read as a checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:160] if str(error) else ''}); it may be truncated") from None
     if not isinstance(saved, dict) or "model" not in saved:
         raise ValueError(f"{checkpoint} is not a divreg run checkpoint (no 'model' entry)")
     state = {key[len("model."):]: value for key, value in saved["model"].items() if key.startswith("model.")}

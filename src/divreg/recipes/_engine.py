@@ -4,7 +4,7 @@ teacher runs under the same bf16 autocast as the trained model when ``precision=
 
 from __future__ import annotations
 
-from ..models import CausalLM, add_lora
+from ..models import CausalLM, ModelSource, add_lora, build_causal_lm
 
 
 def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> CausalLM:
@@ -24,6 +24,16 @@ def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> Caus
         model = add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules,
                          seed=seed)
     return model
+
+
+def build_policy(source: ModelSource, tokenizer, seed: int, config, state=None, lora: bool = True) -> CausalLM:
+    """The policy of ``rl`` and ``preference``: built (or loaded) under ``seed``, the warm-up's
+    ``state`` loaded before any LoRA adapters are added, then :func:`trainable` (``lora=False``:
+    the supervised warm-up trains the full model)."""
+    model = CausalLM(build_causal_lm(source, tokenizer, seed), len(tokenizer))
+    if state is not None:
+        model.load_state_dict(state)
+    return trainable(model, config, lora=lora, seed=seed)
 
 
 def frozen(model: CausalLM, config, accelerator) -> CausalLM:

@@ -17,6 +17,7 @@ held-out exact match, held-out reward accuracy and margin, the sequence KL to th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Optional
@@ -25,9 +26,9 @@ from ..._table import format_table
 from ...data import (arithmetic_problems, char_tokenizer, load_preference_records, task_records, tokenize_pairs,
                      tokenize_records)
 from ...metrics import training_curves
-from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
+from ...models import AdaptersOff, CausalLM, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
-from .._engine import frozen, trainable
+from .._engine import build_policy, frozen
 from .._export import exported
 from .._warmup import supervised_warmup
 from .config import PreferenceConfig
@@ -166,12 +167,7 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
     """The warm-up, the pairs, the reference's log-probs, then each method from the warm-up."""
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
-    def build(state=None, lora: bool = True) -> CausalLM:
-        """The policy (the warm-up's weights loaded before any LoRA adapters are added)."""
-        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
-        if state is not None:
-            model.load_state_dict(state)
-        return trainable(model, config, lora=lora, seed=seed)
+    build = functools.partial(build_policy, config.policy, tokenizer, seed, config)
 
     metric, warmup_metric = _warmup_metric(config, trainer, tokenizer, data)
     policy = build(lora=False)  # a warm-up trains the full model

@@ -13,6 +13,7 @@ KL coefficient; and one per evaluation: those means since the last one and the t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -23,7 +24,7 @@ from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import mean_std, prepare_run_folder, run_recipe
-from .._engine import frozen, trainable
+from .._engine import build_policy, frozen
 from .._export import exported
 from .config import RLConfig
 from .trainer import RLTrainer
@@ -154,12 +155,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     """Warm-up then GRPO for one seed; returns both runs' final checkpoints."""
     checkpoints = os.path.join(config.output_dir, "checkpoints")
 
-    def build(state=None, lora: bool = True) -> CausalLM:
-        """The policy (the warm-up's weights loaded before any LoRA adapters are added)."""
-        model = CausalLM(build_causal_lm(config.policy, tokenizer, seed), len(tokenizer))
-        if state is not None:
-            model.load_state_dict(state)
-        return trainable(model, config, lora=lora, seed=seed)
+    build = functools.partial(build_policy, config.policy, tokenizer, seed, config)
 
     policy = build(lora=False)  # a warm-up trains the full model
     if config.warmup_steps:
