@@ -21,9 +21,10 @@ from .test_rl import TINY as RL_TINY
 
 pytestmark = pytest.mark.slow  # whole jobs end to end (make test-fast leaves them out)
 
-# bf16 keeps 8 bits of mantissa (a relative rounding of 2^-9 = 2e-3 per operation); over a forward pass of these
-# tiny models the first step's loss moves by well under 1% (measured: 2e-5 to 3e-3): the tolerance is 2%
-BF16_REL_TOLERANCE = 0.02
+# bf16 keeps 8 bits of mantissa (a relative rounding of 2^-9 = 2e-3 per operation). Measured on these tiny models
+# (_run below with and without precision=bf16, the first record of each run): distill-lm's loss 7.7e-4
+# relative, rl's entropy 6.1e-7, preference's held-out unseen mass 7.7e-8; the tolerance, 5e-3, leaves a factor 6
+BF16_REL_TOLERANCE = 5e-3
 
 
 # per command: the loss, and a quantity the model computes (at step 1 the RL and DPO losses do not depend on the
@@ -91,12 +92,12 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(eval_mod
 def test_gradient_checkpointing_leaves_an_rl_run_unchanged(tmp_path):
     plain = _run("rl", tmp_path / "plain")
     checkpointed = _run("rl", tmp_path / "checkpointed", "gradient_checkpointing=true")
-    for a, b in zip(plain, checkpointed):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-9)
+    # recomputing a layer repeats the same float operations on the CPU: the same run, bitwise (measured)
+    assert [r["loss"] for r in plain] == [r["loss"] for r in checkpointed]
     a = torch.load(tmp_path / "plain" / "checkpoints" / "grpo-seed0.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "checkpointed" / "checkpoints" / "grpo-seed0.pt", weights_only=False)["model"]
     for name in a:
-        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_a_bad_precision_is_one_line():
