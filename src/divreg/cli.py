@@ -155,6 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if parsed.print_config:
         print(to_yaml(config), end="")
         return 0
+    from .training._fsdp import fsdp_requested
+
+    if fsdp_requested() and parsed.command not in FSDP_COMMANDS:
+        parser.exit(2, f"divreg {parsed.command}: error: this command does not shard a model: FSDP is for "
+                       f"{', '.join(FSDP_COMMANDS)}; launch it without the FSDP config\n")
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
     try:
@@ -174,6 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"divreg {parsed.command}: error: {message} (add --debug for the traceback)\n")
     return 0
 
+
+# the commands whose trained model FSDP shards (configs/accelerate/fsdp.yaml)
+FSDP_COMMANDS = ("distill-lm", "rl", "preference")
 
 # What a user can cause and fix: bad values, missing or unreadable files and folders. Anything
 # else is a bug and keeps its traceback.

@@ -94,6 +94,11 @@ def _check_vector(name: str, tensor: Optional[Tensor], size: int) -> None:
 def check_output_layer(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     """The model side of every fused entry point: floating-point ``hidden`` (..., H) and
     ``weight`` (V, H) in one dtype, and an optional ``bias`` (V,)."""
+    for name, tensor in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if tensor is not None and type(tensor).__name__ == "DTensor":  # a shard would be gathered chunk by chunk
+            raise ValueError(f"{name} is a sharded DTensor (FSDP / tensor parallel): gather it once before the call "
+                             f"({name}.full_tensor(), or read it after the model's forward, where FSDP gathers it); "
+                             "the kernel reads it chunk by chunk")
     for name, tensor in (("hidden", hidden), ("weight", weight)):
         if not torch.is_floating_point(tensor):
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")

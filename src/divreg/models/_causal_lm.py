@@ -186,8 +186,23 @@ class CausalLM(nn.Module):
         return self
 
     @property
+    def _no_split_modules(self) -> Optional[list[str]]:
+        """The wrapped model's own (its decoder layer classes): what FSDP shards as units."""
+        return getattr(self.model, "_no_split_modules", None)
+
+    def generate(self, *args, **kwargs):
+        """The wrapped model's ``generate``. Called through the wrapper so that, under FSDP (where
+        the wrapper is the sharded root and this method is registered as one of its forward
+        methods), the root's parameters are gathered for it as for ``forward``."""
+        return self.model.generate(*args, **kwargs)
+
+    @property
     def output_weight(self) -> Tensor:
-        return self.model.get_output_embeddings().weight[: self.vocab_size]
+        weight = self.model.get_output_embeddings().weight
+        if _is_sharded(weight):
+            raise RuntimeError("the output layer is sharded (FSDP) outside the model's forward: read output_weight "
+                               "after a forward of the model (FSDP gathers it there, once per forward)")
+        return weight[: self.vocab_size]
 
     @property
     def output_bias(self) -> Optional[Tensor]:
@@ -278,6 +293,15 @@ def add_lora(model: CausalLM, r: int, alpha: float, dropout: float, target_modul
         raise ValueError(f"lora: peft cannot adapt this {type(model.model).__name__} with target_modules={targets}: "
                          f"{str(error).splitlines()[0]}") from None
     return model
+
+
+def _is_sharded(tensor: Tensor) -> bool:
+    """An FSDP/DTensor shard rather than a whole tensor."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(tensor, DTensor)
 
 
 def next_token_signal(model: nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> Union[DenseLogits,

@@ -84,12 +84,26 @@ def _generate_with(causal_lm, prompts: list[list[int]], tokenizer, max_new_token
     model.eval()
     try:
         with _without_model_defaults(model):
-            sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                       generation_config=config, logits_processor=LogitsProcessorList(
-                                           [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
+            sequences = causal_lm.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                           generation_config=config, synced_gpus=_sharded(causal_lm),
+                                           logits_processor=LogitsProcessorList(
+                                               [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
     finally:
         model.train(was_training)
     return [sequences[row, width:].tolist() for row in range(len(prompts))]
+
+
+def _sharded(causal_lm) -> bool:
+    """``causal_lm`` is sharded with FSDP across more than one process: ``generate`` must then keep
+    every process stepping until all of them are done (``synced_gpus``), since each forward
+    gathers the shards collectively."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(causal_lm, FSDPModule)
 
 
 @contextlib.contextmanager

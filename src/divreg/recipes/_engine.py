@@ -4,7 +4,10 @@ teacher runs under the same bf16 autocast as the trained model when ``precision=
 
 from __future__ import annotations
 
+import torch
+
 from ..models import CausalLM, ModelSource, add_lora, build_causal_lm
+from ..training import is_fsdp
 
 
 def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> CausalLM:
@@ -42,5 +45,24 @@ def frozen(model: CausalLM, config, accelerator) -> CausalLM:
     ``config.precision == "bf16"``."""
     model = model.eval().requires_grad_(False).to(accelerator.device)
     if config.precision == "bf16":
-        accelerator.prepare_model(model, evaluation_mode=True)
+        autocast_bf16(model, accelerator)
+    return model
+
+
+def autocast_bf16(model: CausalLM, accelerator) -> CausalLM:
+    """``model``'s forward (in place) under the run's bf16 autocast, its outputs in fp32: what
+    Accelerate's ``prepare_model(evaluation_mode=True)`` does, done by hand under FSDP (where
+    ``prepare_model`` would shard the frozen model too: a frozen teacher or reference stays
+    whole, one copy per process)."""
+    if not is_fsdp(accelerator):
+        return accelerator.prepare_model(model, evaluation_mode=True)
+    from accelerate.utils import convert_outputs_to_fp32
+
+    forward = model.forward
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs)
+
+    model.forward = convert_outputs_to_fp32(autocast_forward)
     return model

@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..models import save_model_folder
+from ..models import export_checkpoint, save_model_folder
+from ..training import is_fsdp
 
 
 def model_folder(output_dir: str, name: str) -> str:
@@ -24,5 +25,8 @@ def exported(accelerator, model, tokenizer, output_dir: str, name: str):
         save_model_folder(model, tokenizer, folder, checkpoint=checkpoint, weights=False)
     yield folder
     if accelerator.is_main_process:
-        save_model_folder(accelerator.unwrap_model(model), tokenizer, folder, checkpoint=checkpoint)
+        if is_fsdp(accelerator):  # the model holds shards: the weights from its (full) final checkpoint
+            export_checkpoint(folder)
+        else:
+            save_model_folder(accelerator.unwrap_model(model), tokenizer, folder, checkpoint=checkpoint)
     accelerator.wait_for_everyone()

@@ -13,6 +13,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ._fsdp import check_launcher_precision, use_fsdp_if_asked
+
 
 class Recipe(Protocol):
     """A training job the driver runs: built from its config and the Accelerator."""
@@ -45,7 +47,11 @@ def make_accelerator(cpu: bool, precision: str = "fp32") -> Accelerator:
         # Accelerate keeps one state per process and refuses a second mixed precision; a library user (or a
         # test) running an fp32 job and then a bf16 one in one process gets a fresh state, the processes kept
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision="bf16" if precision == "bf16" else "no")
+    check_launcher_precision(precision)
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(),
+                              mixed_precision="bf16" if precision == "bf16" else "no")
+    use_fsdp_if_asked(accelerator, precision)
+    return accelerator
 
 
 def run_recipe(recipe_type: Any, config: Any) -> Optional[dict]:

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._checkpoint import load_if_exists, save_atomic
+from ._fsdp import full_state, load_full_state, prepare_sharded
 from ._run_folder import append_record, drop_records_after
 
 
@@ -95,11 +96,11 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
         model.load_state_dict(saved["model"])
         return saved
     optimizer = make_optimizer(model.parameters())
-    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.free_memory()  # forget earlier runs' models and optimizers (Accelerate's advice between trainings)
+    model, optimizer = prepare_sharded(accelerator, model, optimizer)
     state = RunState()
     if saved is not None:
-        accelerator.unwrap_model(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        load_full_state(accelerator, model, optimizer, saved["model"], saved["optimizer"])
         for name, component in components.items():
             component.load_state_dict(saved["components"][accelerator.process_index][name])
         state = RunState(**saved["state"])
@@ -110,9 +111,9 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
 
     def checkpoint(**results) -> dict:
         states = _gathered_states(accelerator, components)
-        checkpoint = {"name": spec.name, "model": accelerator.unwrap_model(model).state_dict(),
-                      "optimizer": optimizer.state_dict(), "components": states, "state": dataclasses.asdict(state),
-                      **results}
+        model_state, optimizer_state = full_state(accelerator, model, optimizer)  # under FSDP: gathered
+        checkpoint = {"name": spec.name, "model": model_state, "optimizer": optimizer_state, "components": states,
+                      "state": dataclasses.asdict(state), **results}
         if accelerator.is_main_process:
             save_atomic(checkpoint, spec.checkpoint_path)
         accelerator.wait_for_everyone()
@@ -146,4 +147,6 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
         if done < spec.total_steps and (periodic or (evaluated and spec.checkpoint_at_evaluation)):
             checkpoint()
     state.done = True
-    return checkpoint(**finish(model))
+    final = checkpoint(**finish(model))
+    accelerator.free_memory()
+    return final

@@ -12,6 +12,7 @@ students (forward KL, reverse KL, JSD, on-policy JSD). Writes ``config.yaml``,
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Optional
@@ -26,8 +27,8 @@ from ...metrics import training_curves
 from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, save_model_folder,
                        weights_fingerprint)
 from ...targets import TeacherCache
-from ...training import mean_std, prepare_run_folder, run_recipe
-from .._engine import trainable
+from ...training import is_fsdp, mean_std, prepare_run_folder, run_recipe
+from .._engine import autocast_bf16, trainable
 from .._export import exported
 from .config import DistillLMConfig, LMMethod
 from .objectives import ce_loss, check_cache, make_student_loss
@@ -126,7 +127,10 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
     if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed)
-        trainer.run(run, model, ce_loss, None)
+        if is_fsdp(accelerator):  # FSDP would shard the module the losses hold: train a copy, keep its weights
+            model.load_state_dict(trainer.run(run, copy.deepcopy(model), ce_loss, None)["model"])
+        else:
+            trainer.run(run, model, ce_loss, None)
         if accelerator.is_main_process:  # a folder any tool loads, its tokenizer included (cache-teacher reads it)
             save_model_folder(model, tokenizer, os.path.join(config.output_dir, "teacher"),
                               checkpoint=os.path.join("checkpoints", "teacher.pt"))
@@ -134,7 +138,7 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
                                                                                           or "float32"]
     model = model.eval().requires_grad_(False).to(accelerator.device, dtype)
     if config.teacher_dtype is None and config.precision == "bf16":  # the teacher follows the student's autocast
-        accelerator.prepare_model(model, evaluation_mode=True)  # wraps its forward in place
+        autocast_bf16(model, accelerator)  # wraps its forward in place
     return model
 
 

@@ -27,7 +27,7 @@ from ...data import (arithmetic_problems, char_tokenizer, load_preference_record
                      tokenize_records)
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, load_tokenizer, model_tokenizer
-from ...training import mean_std, prepare_run_folder, run_recipe
+from ...training import load_weights, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
 from .._engine import build_policy, frozen
 from .._export import exported
 from .._warmup import supervised_warmup
@@ -58,6 +58,9 @@ class PreferenceRecipe:
         self.config, self.accelerator = config, accelerator
 
     def setup(self) -> None:
+        if self.config.kl_eval == "exact":
+            refuse_under_fsdp(self.accelerator, "kl_eval=exact (the enumeration drives the policy's own KV cache)",
+                              "use kl_eval=sampled (or auto, which samples under FSDP)")
         self.tokenizer, self.data, self.trainer = setup(self.config, self.accelerator)
 
     def run_seed(self, seed: int) -> dict:
@@ -177,7 +180,7 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
         grad_accum=config.grad_accum, checkpoint_path=os.path.join(checkpoints, f"warmup-seed{seed}.pt"),
         checkpoint_every=config.checkpoint_every * 4, accuracy=warmup_metric, target=config.warmup_target,
         eval_every=config.warmup_eval_every, log_path=trainer.log_path, metric=metric)["model"]
-    policy.load_state_dict(state)
+    load_weights(policy, state)  # (sharded by FSDP: into its shards)
     policy.eval()
     outcome = {"warmup": {metric: warmup_metric(policy)}}
     train_pairs, held_out = _pairs(config, trainer, policy, tokenizer, data, seed, outcome)

@@ -19,7 +19,7 @@ from ...data import (IGNORE_INDEX, PreferencePair, TaskProblem, TextExample, col
 from ...losses import PreferenceLoss, hypo_kl_surrogate
 from ...models import CausalLM, exact_sequence_kl, generate_examples, next_token_signal
 from ...targets import gives_hidden_states, sampled_token_logprobs
-from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, load_if_exists, save_atomic,
+from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, is_fsdp, load_if_exists, save_atomic,
                          step_batch, to_device, train_run)
 from .._warmup import exact_match_accuracy
 from .config import PreferenceConfig
@@ -142,7 +142,8 @@ class PreferenceTrainer:
         log-ratio of ``kl_samples`` samples per prompt (unbiased, seeded)."""
         config = self.config
         core = self.accelerator.unwrap_model(model)
-        if config.kl_eval == "exact" or (config.kl_eval == "auto" and exact_kl_fits(core.vocab_size, config)):
+        if config.kl_eval == "exact" or (config.kl_eval == "auto" and exact_kl_fits(core.vocab_size, config)
+                                         and not is_fsdp(self.accelerator)):  # sharded: sampled (see setup)
             return float(exact_sequence_kl(core, reference, prompts, self.tokenizer.eos_token_id,
                                            config.max_new_tokens, max_sequences=EXACT_KL_LIMIT).mean())
         samples = generate_examples(core, [p for p in prompts for _ in range(config.kl_samples)], self.tokenizer,

@@ -23,7 +23,7 @@ from ...data import (PromptExample, TextExample, arithmetic_problems, char_token
 from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
-from ...training import mean_std, prepare_run_folder, run_recipe
+from ...training import load_weights, mean_std, prepare_run_folder, run_recipe
 from .._engine import build_policy, frozen
 from .._export import exported
 from .config import RLConfig
@@ -160,7 +160,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
     policy = build(lora=False)  # a warm-up trains the full model
     if config.warmup_steps:
         state = trainer.warmup(policy, seed, os.path.join(checkpoints, f"warmup-seed{seed}.pt"))["model"]
-        policy.load_state_dict(state)
+        load_weights(policy, state)  # (sharded by FSDP: into its shards)
     else:
         state = policy.state_dict()
     before = trainer.evaluate(policy)  # the starting model (after any warm-up), on the held-out prompts
@@ -176,7 +176,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
             if config.reference_warmup_steps:
                 trained = trainer.warmup(reference, seed, os.path.join(checkpoints, f"reference-warmup-seed{seed}.pt"),
                                          steps=config.reference_warmup_steps, name="reference-warmup")
-                reference.load_state_dict(trained["model"])
+                load_weights(reference, trained["model"])
                 reference_accuracy = trained["metrics"]["test_accuracy"]
             reference = frozen(reference, config, trainer.accelerator)
     with exported(trainer.accelerator, policy, tokenizer, config.output_dir, f"grpo-seed{seed}"):
