@@ -17,9 +17,12 @@ def accelerate_prefix(processes: int) -> list[str]:
             "--main_process_port", str(free_port())]
 
 
-def kill_at_checkpoint(process, checkpoint, ready, timeout: float = 120.0) -> dict:
+def kill_at_checkpoint(process, checkpoint, ready, timeout: float = 120.0, group: bool = False) -> dict:
     """SIGKILL ``process`` as soon as ``checkpoint`` (a path) holds a checkpoint for which
-    ``ready(checkpoint_dict)`` is true; returns that checkpoint. Fails if the process ended first."""
+    ``ready(checkpoint_dict)`` is true; returns that checkpoint. Fails if the process ended first.
+    ``group``: kill its whole process group (a launcher started with ``start_new_session=True``
+    and its workers, which would otherwise go on writing)."""
+    import os
     import signal
     import time
 
@@ -32,7 +35,10 @@ def kill_at_checkpoint(process, checkpoint, ready, timeout: float = 120.0) -> di
             if ready(state):
                 break
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
+    if group:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert state is not None and ready(state), "no checkpoint of the wanted kind was written before the kill"

@@ -145,6 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "pip install 'divreg[cli]'\n")
 
     schema, run = COMMANDS[parsed.command].load()
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and parsed.command not in FSDP_COMMANDS:
+        parser.exit(2, f"divreg {parsed.command}: error: this command does not shard a model: FSDP is for "
+                       f"{', '.join(FSDP_COMMANDS)}; launch it without the FSDP config\n")
     try:
         config_path, overrides = _split_arguments(parsed.arguments)
         if parsed.command == "export" and config_path is not None and os.path.isdir(config_path):
@@ -155,11 +158,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if parsed.print_config:
         print(to_yaml(config), end="")
         return 0
-    from .training._fsdp import fsdp_requested
-
-    if fsdp_requested() and parsed.command not in FSDP_COMMANDS:
-        parser.exit(2, f"divreg {parsed.command}: error: this command does not shard a model: FSDP is for "
-                       f"{', '.join(FSDP_COMMANDS)}; launch it without the FSDP config\n")
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
     try:

@@ -78,9 +78,11 @@ def use_fsdp_if_asked(accelerator: Accelerator, precision: str) -> None:
                          "gradient_checkpointing=true instead (it checkpoints every decoder layer the same way, and "
                          "rl/preference keep it active in their eval-mode scoring); set fsdp_activation_checkpointing: "
                          "false")
+    if precision == "bf16":  # bf16 compute, fp32 master weights and optimizer state, gradients reduced in fp32
+        from torch.distributed.fsdp import MixedPrecisionPolicy  # (Accelerate's own policy reduces in bf16)
+
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if not is_fsdp(accelerator):
-        if precision == "bf16":
-            plugin.set_mixed_precision("bf16")
         from accelerate.state import PartialState
 
         # both shared states: every later AcceleratorState() re-reads the process state's type
