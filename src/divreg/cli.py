@@ -50,7 +50,12 @@ COMMANDS = {
                             "divreg.recipes.analytics.mode_fitting", "ModeFittingConfig"),
     "export": Command("write a run's trained models as Hugging Face folders from their latest checkpoints",
                       "divreg.recipes.export", "ExportConfig"),
+    "serve": Command("serve a model folder with vLLM (its own venv: make vllm) for teacher.server= / generation.server=",
+                     "divreg.serving.command", "ServeConfig"),
 }
+
+# commands whose first argument may be a folder: divreg export RUN_DIR, divreg serve MODEL_DIR
+FOLDER_ARGUMENT = {"export": "run_dir", "serve": "model"}
 
 
 def _split_arguments(arguments: Sequence[str]) -> tuple[Optional[str], list[str]]:
@@ -150,8 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        f"{', '.join(FSDP_COMMANDS)}; launch it without the FSDP config\n")
     try:
         config_path, overrides = _split_arguments(parsed.arguments)
-        if parsed.command == "export" and config_path is not None and os.path.isdir(config_path):
-            config_path, overrides = None, [f"run_dir={config_path}", *overrides]  # divreg export RUN_DIR
+        if parsed.command in FOLDER_ARGUMENT and config_path is not None and os.path.isdir(config_path):
+            config_path, overrides = None, [f"{FOLDER_ARGUMENT[parsed.command]}={config_path}", *overrides]
         config = load_config(schema, config_path, overrides)
     except ValueError as error:
         parser.exit(2, f"divreg {parsed.command}: error: {error}\n")
@@ -161,7 +166,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
     try:
-        run(config)
+        result = run(config)
+        if type(result) is int:  # a command with an exit code of its own (serve)
+            return result
     except KeyboardInterrupt:
         if debug:
             raise
