@@ -22,6 +22,7 @@ from ._preference import (PREFERENCE_DIVERGENCES, PREFERENCE_LOSSES, PreferenceL
                           PreferenceOutput, f_divergence_link, hypo_kl_surrogate, leave_one_out_baseline,
                           preference_loss)
 from ._pskd import PSKDLoss
+from ._sampler import SAMPLER_CORRECTIONS, sampler_mismatch, sampler_weights
 from ._sinkd import SinKDLoss
 from ._uld import ULDLoss, align_answer_positions
 
@@ -30,4 +31,4 @@ __all__ = ["GRPOLoss", "GRPOOutput", "IMPORTANCE_LEVELS", "KDLoss",
            "PREFERENCE_DIVERGENCES", "PREFERENCE_LOSSES", "PSKDLoss", "PreferenceLoss", "PreferenceLossOutput", "PreferenceOutput", "SinKDLoss", "TwoViewKL", "ULDLoss", "align_answer_positions",
            "f_divergence_link", "hypo_kl_surrogate",
            "kl_per_token", "leave_one_out_baseline", "loss_aggregation", "lp_reg_penalty",
-           "preference_loss"]
+           "preference_loss", "SAMPLER_CORRECTIONS", "sampler_mismatch", "sampler_weights"]

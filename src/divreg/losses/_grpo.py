@@ -27,6 +27,7 @@ from ..estimators import k1, k2, k3, k3_k2grad
 from ..reductions import per_sequence_mean, sum_over_items
 from ..targets import DenseLogits, HiddenStates, signal_divergence
 from ._lp_reg import LpReg, lp_reg_penalty
+from ._sampler import check_sampler_correction, sampler_weights
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 IMPORTANCE_LEVELS = ("token", "sequence")
@@ -228,13 +229,22 @@ class GRPOLoss(nn.Module):
             through the fused kernel, which reduces like the loss.
         kl_placement: "loss" or "reward" (see above).
         temperature: the sampling temperature, at which the exact KL compares the two policies.
+        sampler_correction, sampler_cap, sampler_floor: the correction of a sampler whose
+            log-probs differ from the trainer's (:func:`~divreg.losses.sampler_weights`:
+            ``"tis"``, ``"mis"`` or ``"none"``, the default); it weights each token's clipped
+            surrogate by :math:`w_t` computed from ``old_logprobs`` (the trainer's at sampling
+            time) and :meth:`forward`'s ``sampler_logprobs``; the KL term is not weighted.
     """
 
     def __init__(self, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, importance_sampling: str = "token",
                  loss_agg: Optional[str] = None, max_completion_length: Optional[int] = None,
                  kl_estimator: str = "k3", kl_direction: str = "reverse", kl_placement: str = "loss",
-                 kl_clamp: bool = False, temperature: float = 1.0):
+                 kl_clamp: bool = False, temperature: float = 1.0, sampler_correction: str = "none",
+                 sampler_cap: float = 2.0, sampler_floor: Optional[float] = None):
         super().__init__()
+        check_sampler_correction(sampler_correction, sampler_cap, sampler_floor)
+        self.sampler_correction, self.sampler_cap, self.sampler_floor = (sampler_correction, float(sampler_cap),
+                                                                         sampler_floor)
         for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= (
                     1 if name == "epsilon_low" else math.inf) or math.isinf(value):
@@ -280,7 +290,8 @@ class GRPOLoss(nn.Module):
                 ref_logprobs: Optional[Tensor] = None, kl_coef: float = 0.0,
                 exact_kl: Optional[Tensor] = None, kl_weights: Optional[Tensor] = None,
                 lp_reg: Optional[LpReg] = None, policy_signal: Optional[Union[DenseLogits, HiddenStates]] = None,
-                ref_signal: Optional[Union[DenseLogits, HiddenStates]] = None) -> GRPOOutput:
+                ref_signal: Optional[Union[DenseLogits, HiddenStates]] = None,
+                sampler_logprobs: Optional[Tensor] = None) -> GRPOOutput:
         """The micro-batch loss.
 
         Args:
@@ -302,6 +313,8 @@ class GRPOLoss(nn.Module):
             lp_reg: Lp-Reg's tokens (:class:`~divreg.losses.LpReg`): at each selected token the
                 clipped surrogate is replaced by the unclipped :math:`-A\rho` plus
                 ``coef * lp_reg_penalty(log pi, log proxy)`` (aggregated with the rest).
+            sampler_logprobs: (B, T) the sampler's own log-probs of the tokens (vLLM's processed
+                log-probs), for ``sampler_correction`` "tis" or "mis".
         """
         if logprobs.dim() != 2 or mask.shape != logprobs.shape or mask.dtype != torch.bool:
             raise ValueError(f"logprobs must be (B, T) and mask a bool tensor of the same shape, got "
@@ -327,6 +340,13 @@ class GRPOLoss(nn.Module):
             penalty = lp_reg_penalty(logprobs, lp_reg.proxy_logprobs.detach(), lp_reg.clamp)
             policy_values = torch.where(lp_reg.selected & mask, -ratio * advantage + lp_reg.coef * penalty,
                                         policy_values)
+        if self.sampler_correction != "none":
+            if sampler_logprobs is None or sampler_logprobs.shape != logprobs.shape:
+                raise ValueError(f"sampler_correction={self.sampler_correction!r} needs sampler_logprobs of shape "
+                                 f"{tuple(logprobs.shape)} (the sampler's log-probs of the tokens)")
+            weights = sampler_weights(old, sampler_logprobs, self.sampler_correction, self.sampler_cap,
+                                      self.sampler_floor)
+            policy_values = policy_values * torch.where(mask, weights, 1.0).to(policy_values.dtype)
         count = self.count(tokens, sequences)
         policy = self.reduction(policy_values, mask, count)
         kl = torch.zeros((), dtype=policy.dtype, device=policy.device)

@@ -69,6 +69,22 @@ class LoRABlock:
 
 
 @dataclass
+class GenerationBlock:
+    """Where the trained model's samples come from (``generation.server``)."""
+
+    # null: transformers' generate inside the trainer; a vLLM server's URL (divreg serve MODEL prints it): every step
+    # the trained weights are synced into it (checked on a probe sequence) and it samples, returning its own
+    # log-probs of the samples (the sampler/trainer mismatch is logged; sampler_correction corrects for it)
+    server: Optional[str] = None
+    # the largest |log p_server - log p_trainer| on the probe after a sync; above it the run stops (never drifts)
+    sync_tolerance: float = 0.001
+
+    def __post_init__(self):
+        if not self.sync_tolerance > 0:
+            raise ValueError(f"generation.sync_tolerance must be > 0, got {self.sync_tolerance}")
+
+
+@dataclass
 class EngineBlock:
     """How the trained model runs, in every LM recipe: precision and gradient checkpointing."""
 

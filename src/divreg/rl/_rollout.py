@@ -35,6 +35,7 @@ class Rollout:
     lp_selected: Optional[Tensor] = None  # (B, T) bool, Lp-Reg's regularized tokens
     proxy_logprobs: Optional[Tensor] = None  # (B, T) Lp-Reg's min-p proxy log-probs of the sampled tokens
     ref_phi: Optional[Tensor] = None  # (B,) RAPO's reweighting exponent of the reference, per completion
+    sampler_logprobs: Optional[Tensor] = None  # (B, T) the sampler's own log-probs of the sampled tokens (vLLM), 0 off
 
     @property
     def mask(self) -> Tensor:

@@ -3,8 +3,8 @@
 log-probs with the exact tail mass, a :class:`divreg.targets.SparseTopK` signal), and the
 HTTP client they share (time-outs, retries with backoff)."""
 
-from ._client import ServedTeacher, ServerClient, ServerError, check_server_tokenizer
+from ._client import ServedSampler, ServedTeacher, ServerClient, ServerError, check_server_tokenizer
 from ._server import VLLMServer, find_vllm_python, serve
 
-__all__ = ["ServedTeacher", "ServerClient", "ServerError", "VLLMServer", "check_server_tokenizer",
+__all__ = ["ServedSampler", "ServedTeacher", "ServerClient", "ServerError", "VLLMServer", "check_server_tokenizer",
            "find_vllm_python", "serve"]

@@ -35,11 +35,19 @@ class TeacherCacheWriter:
 
     def add(self, example_id: int, logits: Tensor) -> None:
         """Store the signal of one example from its teacher logits (T, V) at the cache temperature."""
-        if str(example_id) in self.index:
-            raise ValueError(f"example id {example_id} is already in the cache")
         log_p = torch.log_softmax(logits.float() / self.manifest["temperature"], -1)  # (T, V)
         top, ids = log_p.topk(self.top_k, -1)  # (T, k)
-        tail = torch.logsumexp(log_p.scatter(-1, ids, -torch.inf), -1)  # (T,)
+        self.add_top_k(example_id, ids, top, torch.logsumexp(log_p.scatter(-1, ids, -torch.inf), -1))
+
+    def add_top_k(self, example_id: int, ids: Tensor, logprobs: Tensor, tail_logmass: Tensor) -> None:
+        """Store the signal of one example given as its top-k already: ids and log-probs (T, k)
+        at the cache temperature, and the log-mass of the rest (T,) (e.g. from a served teacher)."""
+        if str(example_id) in self.index:
+            raise ValueError(f"example id {example_id} is already in the cache")
+        if ids.shape != logprobs.shape or ids.shape[-1] != self.top_k or tail_logmass.shape != ids.shape[:1]:
+            raise ValueError(f"ids and logprobs must be (T, {self.top_k}) and tail_logmass (T,), got "
+                             f"{tuple(ids.shape)}, {tuple(logprobs.shape)}, {tuple(tail_logmass.shape)}")
+        top, tail = logprobs.float(), tail_logmass.float()
         if self._rows + len(ids) > self.rows_per_shard and self._buffers:
             self._flush()
         self.index[str(example_id)] = [self._shard, self._rows, len(ids)]

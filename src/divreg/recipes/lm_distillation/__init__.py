@@ -80,6 +80,10 @@ def cached_teacher_source(config: DistillLMConfig) -> Optional[ModelSource]:
         return config.teacher
     manifest = TeacherCache(config.teacher_cache).manifest
     recorded = manifest.get("teacher")
+    if "teacher_server" in manifest and "teacher_sha256" not in manifest:
+        raise ValueError(f"teacher_cache {config.teacher_cache!r} was written from the served teacher "
+                         f"{manifest['teacher_server']} ({manifest.get('teacher_served_model')}), whose weights are not "
+                         "here; pass teacher.path=<the folder it serves> to report the KL to it, or kl_eval=false")
     if recorded is None or "teacher_sha256" not in manifest:  # written by an older divreg: nothing to check it by
         raise ValueError(f"teacher_cache {config.teacher_cache!r} does not record which teacher wrote it (an older "
                          "divreg wrote it); pass teacher.path=<that teacher> to report the KL to it, kl_eval=false, or "
@@ -112,6 +116,11 @@ def build_teacher(config: DistillLMConfig, tokenizer):
         teacher_tokenizer = model_tokenizer(source, tokenizer)
         model = CausalLM(build_causal_lm(source, teacher_tokenizer, config.data_seed), len(teacher_tokenizer))
         return cached_teacher(config, model), teacher_tokenizer
+    if config.teacher.server:  # served: the run's tokenizer (the server's is checked against it); a local copy by
+        # teacher.path only for the held-out KL (kl_eval), never trained here
+        model = None if config.teacher.path is None else CausalLM(
+            build_causal_lm(config.teacher, tokenizer, config.data_seed), len(tokenizer))
+        return model, tokenizer
     teacher_tokenizer = model_tokenizer(config.teacher, tokenizer)
     if config.teacher.path is None and config.teacher_train_steps and teacher_tokenizer is not tokenizer:
         raise ValueError("a teacher trained here uses the run's tokenizer; give teacher.path for another one")

@@ -27,6 +27,9 @@ class TrainedTeacher:
     path: Optional[str] = "outputs/distill_lm/teacher"  # a local folder or hub id of an AutoModelForCausalLM
     # this model's own tokenizer (path or hub id); None: the one its path ships
     tokenizer: Optional[str] = None
+    # a vLLM server serving the teacher (divreg serve MODEL prints its URL): its top-k log-probs and exact tail
+    # mass are cached instead of an in-process forward (temperature 1 only; path then only names its tokenizer)
+    server: Optional[str] = None
 
     def source(self) -> ModelSource:
         return ModelSource(path=self.path, tokenizer=self.tokenizer)
@@ -50,9 +53,16 @@ class CacheTeacherConfig:
 
     def __post_init__(self):
         require_positive(self, ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"))
-        if not self.teacher.path:
-            raise ValueError("cache-teacher caches a trained teacher: give teacher.path (a local folder or hub id)")
-        if self.tokenizer is None:  # resolved here, so the printed config says which (None: checked by run)
+        if not self.teacher.path and not self.teacher.server:
+            raise ValueError("cache-teacher caches a trained teacher: give teacher.path (a local folder or hub id) or "
+                             "teacher.server (a vLLM server's URL)")
+        if self.teacher.server and self.teacher.path == TrainedTeacher.path and not os.path.isdir(self.teacher.path):
+            self.teacher.path = None  # the default folder, absent: the server alone (no path was given)
+        if self.teacher.server and self.temperature != 1.0:
+            raise ValueError(f"teacher.server with temperature={self.temperature}: a served teacher's log-probs are at "
+                             "temperature 1 and the tail's mass under another is not recoverable from them; use "
+                             "temperature=1, or the teacher in-process (teacher.path without teacher.server)")
+        if self.tokenizer is None and self.teacher.path:  # resolved here, so the printed config says which
             self.tokenizer = own_tokenizer(self.teacher.source())
 
 
@@ -61,9 +71,12 @@ def run(config: CacheTeacherConfig) -> str:
     started = time.perf_counter()
     if config.tokenizer is None:
         raise ValueError(f"teacher.path {config.teacher.path!r} ships no tokenizer: give tokenizer= (the one the "
-                         "students will use)")
+                         "students will use)" if config.teacher.path else "teacher.server: give tokenizer= (the one "
+                         "the served teacher and the students read; it is checked against the server's)")
     tokenizer = load_tokenizer(config.tokenizer)
     train, _ = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+    if config.teacher.server:
+        return _cache_from_server(config, tokenizer, train, started)
     source = config.teacher.source()
     if model_tokenizer(source, tokenizer) is not tokenizer:  # its own tokenizer, another than the students'
         raise ValueError(f"teacher.path {source.path!r} ships its own tokenizer, which differs from tokenizer="
@@ -87,5 +100,27 @@ def run(config: CacheTeacherConfig) -> str:
             writer.add(example.example_id, logits[row, : len(example.input_ids) - 1])
     writer.close()
     print(f"cached top-{config.top_k} of {len(train)} examples in {config.output_dir} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return config.output_dir
+
+
+def _cache_from_server(config: CacheTeacherConfig, tokenizer, train, started: float) -> str:
+    """The cache from a served teacher (:class:`divreg.serving.ServedTeacher`): each example's
+    top-k and exact tail mass, requested in batches (the server's tokenizer checked first)."""
+    from ...serving import ServedTeacher
+
+    teacher = ServedTeacher(config.teacher.server, config.top_k, tokenizer, batch_size=config.batch_size)
+    manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "examples_sha256": examples_fingerprint(train),
+                "data": config.data, "seq_len": config.seq_len, "prompt_len": config.prompt_len,
+                "examples": len(train), "teacher": config.teacher.path, "teacher_server": config.teacher.server,
+                "teacher_served_model": teacher.model}
+    writer = TeacherCacheWriter(config.output_dir, config.top_k, 1.0, manifest=manifest)
+    step = config.batch_size * teacher.concurrency  # requests in flight together
+    for start in tqdm(range(0, len(train), step), desc="cache-teacher (served)"):
+        examples = train[start:start + step]
+        for example, signal in zip(examples, teacher.score([e.input_ids for e in examples])):
+            writer.add_top_k(example.example_id, signal.ids, signal.logprobs, signal.tail_logmass)
+    writer.close()
+    print(f"cached top-{config.top_k} of {len(train)} examples from {config.teacher.server} in {config.output_dir} "
           f"({time.perf_counter() - started:.0f} s)")
     return config.output_dir

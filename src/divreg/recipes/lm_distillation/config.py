@@ -62,6 +62,16 @@ def _default_methods() -> list[Any]:
 
 
 @dataclass
+class TeacherSource(ModelSource):
+    """distill-lm's teacher: a model (``path`` or ``config``, as any model), or a vLLM server
+    (``server``, ``top_k``; :class:`divreg.serving.ServedTeacher`)."""
+    # a vLLM server serving the teacher (divreg serve MODEL prints its URL): its top-k log-probs and exact tail
+    # mass per position are the target (a sparse signal, as a teacher cache's), on the dataset and on generated text
+    server: Optional[str] = None
+    top_k: int = 32  # with server: log-probs per position (at most the server's --max-logprobs)
+
+
+@dataclass
 class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     """The run keys (``seeds``, ``lr``, ``steps``, ...) and the arithmetic task (``digits``, ...,
     for ``data=arithmetic``) come from :mod:`divreg.recipes._blocks`. The teacher and the data
@@ -86,7 +96,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     # character); or a path or hub id
     tokenizer: Optional[str] = None
     vocab_size: int = 1024  # size of the builtin tokenizer
-    teacher: ModelSource = field(default_factory=lambda: ModelSource(config=_llama(96, 2, 4, 256)))
+    teacher: TeacherSource = field(default_factory=lambda: TeacherSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
     # the live teacher's weights during distillation: float32, bfloat16 or float16; null: float32 weights run as the
@@ -154,6 +164,28 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
         if self.teacher_cache and on_generated_text:
             raise ValueError("teacher_cache holds the teacher's signal on the dataset only; methods on generated "
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
+        if self.teacher.server:
+            self._check_served_teacher()
         if self.vocab_policy == "uld" and (self.teacher_cache or on_generated_text):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")
+
+    def _check_served_teacher(self) -> None:
+        """What a served teacher cannot do, each in one line."""
+        if self.teacher.top_k < 1:
+            raise ValueError(f"teacher.top_k must be >= 1, got {self.teacher.top_k}")
+        if self.teacher_cache:
+            raise ValueError("teacher.server and teacher_cache are two teachers: give one")
+        if self.temperature != 1.0:
+            raise ValueError(f"teacher.server with temperature={self.temperature}: the server's log-probs are at "
+                             "temperature 1 and the tail's mass under another is not recoverable from them; use "
+                             "temperature=1 or the teacher in-process (teacher.path)")
+        if self.vocab_policy == "uld":
+            raise ValueError("vocab_policy=uld re-tokenizes the text for a live teacher; a served teacher is scored on "
+                             "the run's tokens: use vocab_policy=strict")
+        if any(method.sequence_kd for method in self.methods):
+            raise ValueError("sequence_kd trains on the teacher's own generations, which the served teacher does not "
+                             "produce here; drop sequence_kd or use the teacher in-process (teacher.path)")
+        if self.kl_eval and self.teacher.path is None:
+            raise ValueError("kl_eval reports the KL to the teacher's full distribution, which a server's top-k does "
+                             "not give: pass teacher.path=<the folder it serves> as well, or kl_eval=false")

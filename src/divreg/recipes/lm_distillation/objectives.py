@@ -55,6 +55,10 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
     hidden = gives_hidden_states(config.fused, shared)  # the one fused rule: hidden states from 32768 entries on
     if config.teacher_cache:
         target = TeacherCache(config.teacher_cache)  # checked against the run's examples at setup
+    elif config.teacher.server:  # the server's tokenizer is checked against the run's here, before training
+        from ...serving import ServedTeacher
+
+        target = ServedTeacher(config.teacher.server, config.teacher.top_k, tokenizer)
     else:
         target = LiveTeacher(teacher, hidden=hidden)
     ce_weight = config.ce_weight if method.ce_weight is None else method.ce_weight

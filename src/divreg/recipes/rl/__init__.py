@@ -23,7 +23,7 @@ from ...data import (PromptExample, TextExample, arithmetic_problems, char_token
 from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
-from ...training import load_weights, mean_std, prepare_run_folder, run_recipe
+from ...training import load_weights, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
 from .._engine import build_policy, frozen
 from .._export import exported
 from .config import RLConfig
@@ -42,6 +42,9 @@ class RLRecipe:
         """The tokenizer, the prompts, the reward functions, the run folder and the trainer (every
         check first, so a user error stops before anything is written)."""
         config, accelerator = self.config, self.accelerator
+        if config.generation.server:
+            refuse_under_fsdp(accelerator, "generation.server (the main process writes the whole model for each sync)",
+                              "run it with DDP (accelerate launch --multi_gpu) or one process")
         tokenizer = char_tokenizer() if config.tokenizer == "builtin" else load_tokenizer(config.tokenizer)
         if config.reference is not None and model_tokenizer(config.reference, tokenizer) is not tokenizer:
             raise ValueError(f"reference.path {config.reference.path!r} ships its own tokenizer, which differs from the "

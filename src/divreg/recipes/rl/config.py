@@ -11,7 +11,7 @@ from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, BUILTIN_REWARDS, CTRL_TRANSFORMS
 from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
-from .._blocks import ArithmeticBlock, EngineBlock, RunBlock, WarmupBlock
+from .._blocks import ArithmeticBlock, EngineBlock, GenerationBlock, RunBlock, WarmupBlock
 
 
 
@@ -41,6 +41,12 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     max_new_tokens: Optional[int] = None
     temperature: float = 1.0  # sampling temperature; log-probs are computed at the same temperature (as TRL)
     top_p: float = 1.0  # nucleus sampling (1: the full distribution)
+    generation: GenerationBlock = field(default_factory=GenerationBlock)  # generation.server: vLLM samples
+    # the sampler/trainer mismatch corrected on the policy-gradient term (needs generation.server): "none", "tis"
+    # (min(p_trainer / p_sampler, sampler_cap)) or "mis" (the ratio, 0 outside [sampler_floor, sampler_cap])
+    sampler_correction: str = "none"
+    sampler_cap: float = 2.0  # C (Yao et al.'s TIS recipe and verl: 2; TRL: 3)
+    sampler_floor: Optional[float] = None  # mis only: the lower bound (IcePop: 0.5); null: none
     # reward function: weight. A function is a built-in (exact_match: the completion equals the `answer` column;
     # format: one integer) or a dotted path package.module.function with TRL's signature, f(prompts, completions,
     # **columns) -> list of float or None (None: does not apply), imported from the current folder
@@ -109,6 +115,12 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
         self.fused = str(self.fused).lower()  # `fused=true` on the command line arrives as a boolean
         gives_hidden_states(self.fused, 0)  # checks the setting
         self._check_sampling()
+        if self.sampler_correction != "none" and not self.generation.server:
+            raise ValueError(f"sampler_correction={self.sampler_correction} corrects a sampler other than the trainer: "
+                             "set generation.server (a vLLM server) or sampler_correction=none")
+        if self.generation.server and self.lora is not None:
+            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
+                             "lora=null or generation.server=null")
         self._check_kl()
         self._check_papers()
         self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
@@ -119,7 +131,8 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
                         importance_sampling=self.importance_sampling, loss_agg=self.loss_agg,
                         max_completion_length=self.max_new_tokens, kl_estimator=self.kl_estimator,
                         kl_direction=self.kl_direction, kl_placement=self.kl_placement, kl_clamp=self.kl_clamp,
-                        temperature=self.temperature)
+                        temperature=self.temperature, sampler_correction=self.sampler_correction,
+                        sampler_cap=self.sampler_cap, sampler_floor=self.sampler_floor)
 
     def _check_sampling(self) -> None:
         """Sampling, rewards and advantages."""

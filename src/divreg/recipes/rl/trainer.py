@@ -9,6 +9,7 @@ checkpoint samples the same completions and ends with the same weights."""
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -72,6 +73,13 @@ class RLTrainer:
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
+        self.sampler = None  # generation.server: the vLLM sampler (its tokenizer checked here, before training)
+        if config.generation.server:
+            from ...serving import ServedSampler
+
+            self.sampler = ServedSampler(config.generation.server, tokenizer,
+                                         os.path.join(config.output_dir, "sync", f"process{accelerator.process_index}"),
+                                         tolerance=config.generation.sync_tolerance)
 
     def evaluate(self, model) -> dict:
         """Greedy completions of the held-out prompts, scored: each reward function's mean (over the
@@ -117,10 +125,26 @@ class RLTrainer:
         config, rank, processes = self.config, self.accelerator.process_index, self.accelerator.num_processes
         indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
         prompts = [self.train[i] for i in indices for _ in range(copies)]
+        if self.sampler is not None and stream == 0:  # the policy's samples come from the server (synced this step)
+            sampled = self.sampler.sample([self.train[i].prompt_ids for i in indices], copies, config.max_new_tokens,
+                                          config.temperature, config.top_p, derive_seed(seed, step, rank))
+            examples = [TextExample.with_prompt(-1, list(p.prompt_ids) + ids, len(p.prompt_ids))
+                        for p, (ids, _) in zip(prompts, sampled)]
+            self.sampled_logprobs = [logprobs for _, logprobs in sampled]
+            return examples, prompts
         examples = generate_examples(model, [p.prompt_ids for p in prompts], self.tokenizer, config.max_new_tokens,
                                      derive_seed(seed, step, rank + stream * processes),
                                      temperature=config.temperature, top_p=config.top_p)
         return examples, prompts
+
+    def sampler_logprobs(self, examples: list[TextExample], shape: torch.Size) -> Tensor:
+        """(B, T) the server's log-probs of the last :meth:`generate`'s completions, at their
+        positions in the collated batch (0 elsewhere)."""
+        table = torch.zeros(shape, dtype=torch.float32)
+        for row, (example, logprobs) in enumerate(zip(examples, self.sampled_logprobs)):
+            start = example.prompt_length - 1  # position t predicts token t + 1
+            table[row, start:start + len(logprobs)] = torch.tensor(logprobs, dtype=torch.float32)
+        return table
 
     def score(self, prompts: list[PromptExample], texts: list[str], ids: list[list[int]]) -> tuple[list, Tensor]:
         """Each reward function's rewards for the completions (TRL's call: prompts as given,
@@ -157,6 +181,12 @@ class RLTrainer:
         scored = sampled_token_logprobs(policy_signal, rollout.targets, temperature=config.temperature)
         rollout = rollout.replace(logprobs=scored.logprobs)
         stats, ref_signal = {"entropy": (scored.entropy, rollout.mask)}, None
+        if self.sampler is not None:  # the sampler/trainer mismatch on the sampled tokens
+            sampler = self.sampler_logprobs(examples, rollout.mask.shape).to(scored.logprobs.device)
+            rollout = rollout.replace(sampler_logprobs=sampler)
+            log_ratio = torch.where(rollout.mask, scored.logprobs.double() - sampler.double(), 0.0)
+            stats |= {"mismatch_log_ratio": (log_ratio, rollout.mask),
+                      "mismatch_k3": (log_ratio.exp() - 1 - log_ratio, rollout.mask)}
         if reference is not None:
             ref_signal = self.signal(reference, rollout.batch)
             rollout = rollout.replace(ref_logprobs=sampled_token_logprobs(
@@ -194,7 +224,8 @@ class RLTrainer:
             result = loss_module(scored.logprobs, micro.logprobs if config.num_iterations > 1 else None,
                                  micro.advantages, micro.mask, tokens=counts.tokens, sequences=counts.sequences,
                                  ref_logprobs=micro.ref_logprobs, kl_coef=kl_coef, kl_weights=micro.kl_weights,
-                                 lp_reg=lp_reg, policy_signal=signal, ref_signal=ref_signal)
+                                 lp_reg=lp_reg, policy_signal=signal, ref_signal=ref_signal,
+                                 sampler_logprobs=micro.sampler_logprobs)
             loss, parts = result.loss, {"policy_loss": result.policy_loss, "kl_term": result.kl}
             if config.entropy_coef:  # an entropy bonus, aggregated like the loss
                 entropy = loss_module.reduction(scored.entropy, micro.mask,
@@ -216,6 +247,11 @@ class RLTrainer:
             model.eval()
             accelerator.unwrap_model(model).checkpointing_in_eval()
             coef = beta(step)
+            synced = {}
+            if self.sampler is not None:  # this step's weights into the server, checked, before it samples
+                if accelerator.is_main_process:
+                    synced = self.sampler.sync(accelerator.unwrap_model(model))
+                accelerator.wait_for_everyone()
             rollout, stats = self.rollout(accelerator.unwrap_model(model), reference, seed, step, coef)
             micro = rollout.micro_batches(config.grad_accum)
             for _ in range(config.num_iterations):
@@ -226,7 +262,7 @@ class RLTrainer:
                 optimizer.zero_grad()
             completions = float(accelerator.reduce(torch.tensor(float(len(rollout)), device=accelerator.device),
                                                    "sum"))
-            metrics = {**totals, **global_means(accelerator, stats), "kl_coef": coef,
+            metrics = {**totals, **global_means(accelerator, stats), **synced, "kl_coef": coef,
                        "reward": global_mean(accelerator, rollout.task_rewards.tolist()),
                        **({"train_exact_match": global_mean(accelerator, rollout.correct.tolist())}
                           if "answer" in self.columns else {}),

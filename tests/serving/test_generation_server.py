@@ -1,0 +1,72 @@
+"""vLLM as the generation engine (``generation.server``) against the session's real server: the
+weight sync is checked on a probe, the sampler's log-probs are the tempered ones the trainer
+computes for the same tokens, sampling is reproducible, and ``divreg rl`` runs on it with the
+mismatch logged (and ~0 for the same fp32 weights). The server's original weights are put back at
+the end, for the other serving tests."""
+
+import json
+
+import pytest
+import torch
+
+from divreg.serving import ServedSampler
+
+from .conftest import served_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.alone]
+
+
+@pytest.fixture
+def sampler(served, tmp_path):
+    server, _, original, tokenizer = served
+    sampler = ServedSampler(server.url, tokenizer, str(tmp_path / "sync"))
+    yield sampler
+    sampler.sync(original)  # the server as the session started it
+
+
+def test_sync_then_sample_with_the_trainers_tempered_logprobs(sampler, served):
+    _, _, _, tokenizer = served
+    trained = served_model(seed=5)
+    stats = sampler.sync(trained)
+    assert stats["sync_probe_error"] < 1e-5 and stats["sync_seconds"] > 0
+    prompts = [[5, 6, 7, 8], [40, 41], [100, 7, 9, 12, 3]]
+    samples = sampler.sample(prompts, copies=2, max_new_tokens=6, temperature=0.7, seed=11)
+    assert len(samples) == 6 and samples == sampler.sample(prompts, 2, 6, 0.7, seed=11)  # reproducible
+    assert samples != sampler.sample(prompts, 2, 6, 0.7, seed=12)
+    for index, (ids, logprobs) in enumerate(samples):
+        prompt = prompts[index // 2]
+        assert 1 <= len(ids) == len(logprobs) <= 6
+        sequence = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            logits = trained(sequence, torch.ones_like(sequence))[0, len(prompt) - 1:-1].double()
+        expected = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(logprobs, dtype=torch.float64), expected, atol=1e-4, rtol=0)
+
+
+def test_a_sync_the_probe_disagrees_with_is_an_error(served, tmp_path):
+    server, _, original, tokenizer = served
+    strict = ServedSampler(server.url, tokenizer, str(tmp_path / "sync"), tolerance=1e-12)
+    with pytest.raises(RuntimeError, match="after the weight sync the server's log-probs differ from the trainer's"):
+        strict.sync(served_model(seed=6))
+    strict.tolerance = 1e-3
+    strict.sync(original)
+
+
+def test_rl_samples_from_the_server(sampler, served, tmp_path):
+    from divreg.cli import main
+
+    server, folder, _, _ = served
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a} + {b} =", "answer": str(a + b)}) + "\n"
+                            for a in range(6) for b in range(4)))
+    arguments = [f"policy.path={folder}", f"data={data}", "rewards={exact_match: 1.0}", "steps=3", "eval_every=3",
+                 "prompts_per_step=2", "group_size=2", "max_new_tokens=5", "temperature=0.8",
+                 f"generation.server={server.url}", "seeds=[0]"]
+    for name, extra in (("plain", []), ("tis", ["sampler_correction=tis"])):
+        assert main(["rl", *arguments, *extra, f"output_dir={tmp_path / name}"]) == 0
+        steps = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["record"] == "step"]
+        assert len(steps) == 3
+        for record in steps:
+            assert record["sync_probe_error"] < 1e-4 and record["sync_seconds"] > 0
+            assert abs(record["mismatch_log_ratio"]) < 1e-4 and 0 <= record["mismatch_k3"] < 1e-6  # same fp32 weights
