@@ -66,7 +66,7 @@ EXPECTED = {
                      "expected_calibration_error", "metric_bars", "nll", "optimal_aurc", "reliability_diagrams",
                      "training_curves"},
     divreg.schedules: {"AdaptiveKLController", "AdaptiveReplayProbability", "Constant", "LinearDecay", "LinearRamp", "Schedule", "as_schedule"},
-    divreg.targets: {"FUSED_AUTO_VOCAB", "FUSED_SETTINGS", "gives_hidden_states", "sampled_token_logprobs",
+    divreg.targets: {"truncation_report", "FUSED_AUTO_VOCAB", "FUSED_SETTINGS", "gives_hidden_states", "sampled_token_logprobs",
                      "signal_divergence", "DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy",
                      "SampledLogprobs", "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES",
                      "as_logits", "detached", "shared_vocab_size", "tokenizer_fingerprint"},

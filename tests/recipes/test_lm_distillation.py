@@ -58,6 +58,13 @@ def test_cached_teacher_and_distillm_adaptive(tmp_path):
     cached = run(_config(tmp_path / "cached", *common, f"teacher_cache={tmp_path / 'cache'}",
                          "methods=[{name: cached_fkl, divergence: forward_kl}]"))
     assert cached["cached_fkl"]["kl_to_teacher"] >= 0
+    # what the top-8 truncation costs: in the cache's manifest (a student at uniform) and at every evaluation
+    truncation = json.loads((tmp_path / "cache" / "manifest.json").read_text())["truncation"]
+    assert 0 < truncation["tail_mass_mean"] < 1 and truncation["tail_mass_p90"] <= truncation["tail_mass_max"]
+    assert truncation["uniform_student"]["gap"] >= 0 and truncation["positions"] > 100
+    evaluations = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
+    assert evaluations and all(r["topk_gap"] >= 0 and 0 < r["topk_grad_cosine"] <= 1 + 1e-9 for r in evaluations
+                               if r["run"] == "cached_fkl")
     with pytest.raises(ValueError, match="temperature"):
         run(_config(tmp_path / "hot", *common, f"teacher_cache={tmp_path / 'cache'}", "temperature=2.0",
                     "methods=[{name: fkl, divergence: forward_kl}]"))

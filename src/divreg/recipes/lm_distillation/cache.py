@@ -92,16 +92,53 @@ def run(config: CacheTeacherConfig) -> str:
                 "teacher": os.path.abspath(source.path) if os.path.isdir(source.path) else source.path,
                 "teacher_sha256": weights_fingerprint(teacher.model)}
     writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
+    sample: list[torch.Tensor] = []  # the first positions' full teacher logits, for the truncation report
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):
         examples = train[start:start + config.batch_size]
         batch = collate(examples, tokenizer.pad_token_id)
         logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, L-1, V)
         for row, example in enumerate(examples):
             writer.add(example.example_id, logits[row, : len(example.input_ids) - 1])
+            if sum(len(s) for s in sample) < TRUNCATION_POSITIONS:
+                sample.append(logits[row, : len(example.input_ids) - 1].float() / config.temperature)
     writer.close()
+    truncation = _report_truncation(config, torch.cat(sample)[:TRUNCATION_POSITIONS])
     print(f"cached top-{config.top_k} of {len(train)} examples in {config.output_dir} "
-          f"({time.perf_counter() - started:.0f} s)")
+          f"({time.perf_counter() - started:.0f} s); {truncation}")
     return config.output_dir
+
+
+TRUNCATION_POSITIONS = 2048  # positions the truncation report of cache-teacher measures
+
+
+def _report_truncation(config: CacheTeacherConfig, teacher_logits: Optional[torch.Tensor]) -> str:
+    """The cache's tail mass (over every cached position: mean, median, 90th percentile, max) and,
+    with the teacher's full logits of a sample of positions, the truncation's cost for a student
+    at uniform (:func:`divreg.targets.truncation_report`; a trained student's own is measured by
+    each evaluation of distill-lm with the teacher present), written to the manifest; returns
+    the line to print."""
+    import json
+
+    import numpy as np
+
+    from ...targets import TeacherCache, truncation_report
+
+    cache = TeacherCache(config.output_dir)
+    mass = np.exp(np.concatenate([np.asarray(tail, dtype=np.float64) for _, _, tail in cache.shards]))
+    report = {"tail_mass_mean": float(mass.mean()), "tail_mass_median": float(np.median(mass)),
+              "tail_mass_p90": float(np.quantile(mass, 0.9)), "tail_mass_max": float(mass.max())}
+    line = f"tail mass off the top-{config.top_k}: mean {report['tail_mass_mean']:.3g}, p90 {report['tail_mass_p90']:.3g}"
+    if teacher_logits is not None and config.top_k < teacher_logits.shape[-1]:
+        uniform = truncation_report(torch.zeros_like(teacher_logits), teacher_logits, config.top_k)
+        report |= {"uniform_student": uniform, "positions": int(teacher_logits.shape[0])}
+        line += (f"; for a student at uniform the top-{config.top_k} loss is {uniform['relative_gap']:.2%} below the "
+                 f"full one, gradient cosine {uniform['cosine_mean']:.4f}")
+    manifest_path = os.path.join(config.output_dir, "manifest.json")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    with open(manifest_path, "w") as handle:
+        json.dump({**manifest, "truncation": report}, handle, indent=1)
+    return line
 
 
 def _cache_from_server(config: CacheTeacherConfig, tokenizer, train, started: float) -> str:
@@ -121,6 +158,7 @@ def _cache_from_server(config: CacheTeacherConfig, tokenizer, train, started: fl
         for example, signal in zip(examples, teacher.score([e.input_ids for e in examples])):
             writer.add_top_k(example.example_id, signal.ids, signal.logprobs, signal.tail_logmass)
     writer.close()
+    truncation = _report_truncation(config, None)
     print(f"cached top-{config.top_k} of {len(train)} examples from {config.teacher.server} in {config.output_dir} "
-          f"({time.perf_counter() - started:.0f} s)")
+          f"({time.perf_counter() - started:.0f} s); {truncation}")
     return config.output_dir

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from ...data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match_reward
 from ...divergences import forward_kl
+from ...targets import TeacherCache, truncation_report
 from ...models import CausalLM, greedy_completions
 from ...training import RunSpec, backward_micro_batches, check_batch_size, train_run
 from .config import DistillLMConfig, LMMethod
@@ -34,12 +35,17 @@ class LMRun:
 
 @torch.no_grad()
 def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[TextExample], pad_token_id: int,
-             batch_size: int = 16) -> dict[str, float]:
+             batch_size: int = 16, top_k: Optional[int] = None, top_k_positions: int = 512) -> dict[str, float]:
     """Held-out perplexity of the student and its mean per-token KL(teacher || student) (both
-    over the tokenizer's tokens, see :class:`divreg.models.CausalLM`)."""
+    over the tokenizer's tokens, see :class:`divreg.models.CausalLM`). With ``top_k`` (the run
+    trains on a cached or served top-k teacher) and a teacher: what the truncation costs at the
+    student's current state, on the first ``top_k_positions`` held-out positions
+    (:func:`divreg.targets.truncation_report`: ``topk_gap``, ``topk_relative_gap``,
+    ``topk_grad_cosine``, ``topk_tail_mass``)."""
     was_training = student.training
     student.eval()
     nll_sum, kl_sum, tokens = 0.0, 0.0, 0
+    sampled: list[tuple[torch.Tensor, torch.Tensor]] = []  # (student, teacher) logits of positions, for top_k
     device = next(student.parameters()).device
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_token_id).items()}
@@ -51,10 +57,17 @@ def evaluate(student: CausalLM, teacher: Optional[CausalLM], examples: list[Text
         if teacher is not None:
             teacher_logits = teacher(batch["input_ids"], batch["attention_mask"])[:, :-1].float()
             kl_sum += float(forward_kl(logits, teacher_logits)[mask].sum())
+            if top_k is not None and sum(len(a) for a, _ in sampled) < top_k_positions:
+                sampled.append((logits[mask], teacher_logits[mask]))
     student.train(was_training)
     result = {"perplexity": math.exp(nll_sum / tokens), "nll": nll_sum / tokens}
     if teacher is not None:
         result["kl_to_teacher"] = kl_sum / tokens
+    if sampled:
+        report = truncation_report(torch.cat([a for a, _ in sampled])[:top_k_positions],
+                                   torch.cat([b for _, b in sampled])[:top_k_positions], top_k)
+        result |= {"topk_gap": report["gap"], "topk_relative_gap": report["relative_gap"],
+                   "topk_grad_cosine": report["cosine_mean"], "topk_tail_mass": report["tail_mass_mean"]}
     return result
 
 
@@ -66,6 +79,9 @@ class LMTrainer:
         check_batch_size(config.batch_size, len(train), accelerator.num_processes, config.grad_accum)
         self.accelerator, self.config, self.tokenizer = accelerator, config, tokenizer
         self.teacher_model = None  # set by the recipe: generates the data of sequence-level KD
+        # a cached or served top-k teacher's k: each evaluation also measures what the truncation costs
+        self.top_k = (config.teacher.top_k if config.teacher.server else
+                      TeacherCache(config.teacher_cache).top_k if config.teacher_cache else None)
         self.train, self.held_out, self.log_path = train, held_out, log_path
         self.eval_subset = held_out[: config.eval_examples]
         self.problems = problems  # a generated task's held-out problems: also the greedy answers' exact match
@@ -77,7 +93,8 @@ class LMTrainer:
 
     def evaluate(self, model, teacher, examples=None) -> dict[str, float]:
         model = self.accelerator.unwrap_model(model)
-        result = evaluate(model, teacher, examples or self.eval_subset, self.tokenizer.pad_token_id)
+        result = evaluate(model, teacher, examples or self.eval_subset, self.tokenizer.pad_token_id,
+                          top_k=self.top_k if teacher is not None else None)
         if self.problems is not None:  # every held-out problem, greedy: how GKD and MiniLLM judge students
             texts = greedy_completions(model, self.problem_prompts, self.tokenizer, self.config.max_new_tokens)
             result["exact_match"] = sum(exact_match_reward(texts, [p.answer for p in self.problems])) / len(texts)
