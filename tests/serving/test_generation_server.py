@@ -70,3 +70,28 @@ def test_rl_samples_from_the_server(sampler, served, tmp_path):
         for record in steps:
             assert record["sync_probe_error"] < 1e-4 and record["sync_seconds"] > 0
             assert abs(record["mismatch_log_ratio"]) < 1e-4 and 0 <= record["mismatch_k3"] < 1e-6  # same fp32 weights
+
+
+def test_on_policy_distillation_and_hypo_sample_from_the_server(sampler, served, tmp_path):
+    """distill-lm's on-policy student and preference's HyPO samples come from the server (synced
+    each step: the sync's figures in the step log); the runs complete."""
+    from divreg.cli import main
+
+    server, folder, _, _ = served
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}) + "\n"
+                             for a in range(8) for b in range(5)))
+    assert main(["distill-lm", f"data={texts}", f"tokenizer={folder}", f"teacher.path={folder}", f"student.path={folder}",
+                 "teacher_train_steps=0", "steps=2", "eval_every=2", "batch_size=4", "eval_examples=4", "seq_len=24",
+                 "max_new_tokens=4", "methods=[{name: gkd, divergence: reverse_kl, lmbda: 1.0}]",
+                 f"generation.server={server.url}", f"output_dir={tmp_path / 'distill'}"]) == 0
+    steps = [json.loads(line) for line in (tmp_path / "distill" / "metrics.jsonl").read_text().splitlines()]
+    assert steps and all(r["sync_probe_error"] < 1e-4 for r in steps)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{a} plus {b} is", "chosen": f" {a + b}", "rejected": f" {a + b + 1}"})
+                             + "\n" for a in range(8) for b in range(5)))
+    assert main(["preference", f"data={pairs}", f"policy.path={folder}", "methods=[hypo]", "steps=2", "eval_every=2",
+                 "batch_size=4", "warmup_steps=0", "warmup_target=null", "kl_eval=none", "seeds=[0]",
+                 f"generation.server={server.url}", f"output_dir={tmp_path / 'hypo'}"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "hypo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sync_probe_error"] < 1e-4 for r in records if r["record"] == "step"] == [True, True]

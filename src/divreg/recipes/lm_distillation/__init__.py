@@ -27,7 +27,7 @@ from ...metrics import training_curves
 from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, save_model_folder,
                        weights_fingerprint)
 from ...targets import TeacherCache
-from ...training import is_fsdp, mean_std, prepare_run_folder, run_recipe
+from ...training import is_fsdp, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
 from .._engine import autocast_bf16, trainable
 from .._export import exported
 from .config import DistillLMConfig, LMMethod
@@ -191,6 +191,9 @@ class DistillLMRecipe:
 
     def setup(self) -> None:
         config, accelerator = self.config, self.accelerator
+        if config.generation.server:
+            refuse_under_fsdp(accelerator, "generation.server (the main process writes the whole model for each sync)",
+                              "run it with DDP (accelerate launch --multi_gpu) or one process")
         self.tokenizer, self.train, self.held_out, (teacher, teacher_tokenizer), trainer = setup(config, accelerator)
         # Everything the run needs is built and checked before any training: the teacher (in setup),
         # a student, and every method's loss.

@@ -14,7 +14,7 @@ from ...config import require_positive
 from ...divergences import check_tail_policy
 from ...models import ModelSource, own_tokenizer
 from ...targets import VOCAB_POLICIES, gives_hidden_states
-from .._blocks import ArithmeticBlock, EngineBlock, RunBlock
+from .._blocks import ArithmeticBlock, EngineBlock, GenerationBlock, RunBlock
 from .._methods import check_divergence, divergence_name, parse_methods
 
 
@@ -125,6 +125,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     max_new_tokens: int = 48  # length of on-policy student generations
     sampling_temperature: float = 1.0  # temperature of on-policy and sequence-level generations (TRL GKD: 0.9)
     top_p: float = 1.0  # nucleus sampling of those generations (1: the full distribution)
+    generation: GenerationBlock = field(default_factory=GenerationBlock)  # generation.server: vLLM samples (on-policy)
     batch_size: int = 16  # global batch (examples), split over processes and accumulation
     replay_capacity: int = 64  # DistiLLM replay buffer size (examples)
     replay_init: float = 0.0  # DistiLLM's initial probability of student-generated data (paper: 0.0)
@@ -166,6 +167,9 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
         if self.teacher.server:
             self._check_served_teacher()
+        if self.generation.server and self.lora is not None:
+            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
+                             "lora=null or generation.server=null")
         if self.vocab_policy == "uld" and (self.teacher_cache or on_generated_text):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")

@@ -5,7 +5,7 @@ DistiLLM's adaptive replay of student generations."""
 from __future__ import annotations
 
 import random
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from ...data import TextExample
 from ...models import generate_examples
@@ -68,12 +68,22 @@ class StepSource:
     """This process's examples of each step, and where they came from."""
 
     def __init__(self, config: DistillLMConfig, method: Optional[LMMethod], train: list[TextExample], tokenizer,
-                 teacher=None, replay: Optional[AdaptiveOffPolicy] = None, seed: int = 0):
+                 teacher=None, replay: Optional[AdaptiveOffPolicy] = None, seed: int = 0, sampler=None,
+                 sync: Optional[Callable] = None):
         self.config, self.method, self.train, self.tokenizer, self.seed = config, method, train, tokenizer, seed
         self.teacher, self.replay = teacher, replay
+        # generation.server: the student's samples come from vLLM; ``sync(student)`` puts its weights there first
+        # (called on every process together: the choice to generate is the same on all of them)
+        self.sampler, self.sync, self.last_sync = sampler, sync, {}
 
-    def _generate(self, model, examples: list[TextExample], seed: int) -> list[TextExample]:
+    def _generate(self, model, examples: list[TextExample], seed: int, served: bool = False) -> list[TextExample]:
         prompts = [e.input_ids[: e.prompt_length] for e in examples]
+        if served:
+            self.last_sync = self.sync(model)
+            sampled = self.sampler.sample(prompts, 1, self.config.max_new_tokens, self.config.sampling_temperature,
+                                          self.config.top_p, seed)
+            return [TextExample.with_prompt(-1, list(prompt) + ids, len(prompt)) for prompt, (ids, _) in
+                    zip(prompts, sampled)]
         return generate_examples(model, prompts, self.tokenizer, self.config.max_new_tokens, seed,
                                  temperature=self.config.sampling_temperature, top_p=self.config.top_p)
 
@@ -92,7 +102,7 @@ class StepSource:
         if source == "dataset" and method.sequence_kd:
             return self._generate(self.teacher, examples, seed), "teacher"
         if source == "generate":
-            examples = self._generate(student, examples, seed)
+            examples = self._generate(student, examples, seed, served=self.sampler is not None)
             if self.replay is not None:
                 self.replay.add(examples)
         elif source == "replay":

@@ -58,6 +58,9 @@ class PreferenceRecipe:
         self.config, self.accelerator = config, accelerator
 
     def setup(self) -> None:
+        if self.config.generation.server:
+            refuse_under_fsdp(self.accelerator, "generation.server (the main process writes the whole model for each "
+                              "sync)", "run it with DDP (accelerate launch --multi_gpu) or one process")
         if self.config.kl_eval == "exact":
             refuse_under_fsdp(self.accelerator, "kl_eval=exact (the enumeration drives the policy's own KV cache)",
                               "use kl_eval=sampled (or auto, which samples under FSDP)")

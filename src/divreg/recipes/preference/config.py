@@ -10,7 +10,7 @@ from ...config import require_positive
 from ...losses import PreferenceLoss
 from ...models import ModelSource, own_tokenizer, tiny_llama
 from ...targets import gives_hidden_states
-from .._blocks import ArithmeticBlock, EngineBlock, RunBlock, WarmupBlock
+from .._blocks import ArithmeticBlock, EngineBlock, GenerationBlock, RunBlock, WarmupBlock
 
 
 METHODS = ("dpo", "hypo")
@@ -54,6 +54,7 @@ class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     # completion length limit of samples and greedy evaluation; null: digits + 2 on the built-in task, the longest
     # chosen answer (with its EOS) of your pairs
     max_new_tokens: Optional[int] = None
+    generation: GenerationBlock = field(default_factory=GenerationBlock)  # generation.server: HyPO's samples from vLLM
     batch_size: int = 32  # pairs per step (global, split over processes)
     # KL(pi || ref) per held-out prompt (sequence level): "exact" enumerates every completion (small vocabularies and
     # short completions), "sampled" averages the log-ratio of kl_samples samples, "auto" is exact when it fits
@@ -95,6 +96,12 @@ class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
             raise ValueError("reference=none loads no reference, so no KL to it can be measured: set kl_eval=none")
         if self.data == "builtin" and self.held_out is not None:
             raise ValueError("held_out is for a data file; the built-in task holds out test_size problems")
+        if self.generation.server and "hypo" not in self.methods:
+            raise ValueError("generation.server samples HyPO's completions during training, and no method here samples "
+                             "(add hypo to methods, or set generation.server=null)")
+        if self.generation.server and self.lora is not None:
+            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
+                             "lora=null or generation.server=null")
         self.preference_loss()  # every loss option checked now, with PreferenceLoss's own messages
 
     def preference_loss(self) -> PreferenceLoss:

@@ -7,6 +7,7 @@ is a function of (seed, step, process), so a resumed run ends with the same weig
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import NamedTuple, Optional
 
@@ -96,6 +97,22 @@ class PreferenceTrainer:
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         # model, batch -> its next-token signal: hidden states on the fused path (decided once, by the vocabulary)
         self.signal = functools.partial(next_token_signal, hidden=gives_hidden_states(config.fused, len(tokenizer)))
+        self.sampler = None  # generation.server: HyPO's samples from vLLM (its tokenizer checked here)
+        if config.generation.server:
+            from ...serving import ServedSampler
+
+            self.sampler = ServedSampler(config.generation.server, tokenizer, os.path.join(
+                config.output_dir, "sync", f"process{accelerator.process_index}"),
+                tolerance=config.generation.sync_tolerance)
+
+    def served_samples(self, policy, prompts: list[list[int]], copies: int, seed: int) -> tuple[list, dict]:
+        """``copies`` samples of each prompt from the sampler's server after syncing ``policy`` into
+        it (the main process syncs, every process waits), and the sync's figures."""
+        synced = self.sampler.sync(policy) if self.accelerator.is_main_process else {}
+        self.accelerator.wait_for_everyone()
+        sampled = self.sampler.sample(prompts, copies, self.config.max_new_tokens, 1.0, 1.0, seed)
+        prompts_each = [p for p in prompts for _ in range(copies)]
+        return [TextExample.with_prompt(-1, list(p) + ids, len(p)) for p, (ids, _) in zip(prompts_each, sampled)], synced
 
     def reference_logprobs(self, reference: CausalLM, pairs: dict[str, list[PreferencePair]], path: str) -> dict:
         """``{split: (N, 2) [chosen, rejected]}`` log-probs of the reference, computed once and kept
@@ -171,11 +188,15 @@ class PreferenceTrainer:
             accelerator.unwrap_model(model).checkpointing_in_eval()
             indices = step_batch(len(pairs), config.batch_size, seed, step)[rank::processes].tolist()
             local = [pairs[i] for i in indices]
-            samples, sample_ref, kl_estimate = [], torch.zeros(0, dtype=torch.float64), None
+            samples, sample_ref, kl_estimate, synced = [], torch.zeros(0, dtype=torch.float64), None, {}
             if hypo:  # fresh samples of each local prompt from the current policy, and the reference's log-probs
                 policy = accelerator.unwrap_model(model)
-                samples = generate_examples(policy, [prompt_of(p) for p in local for _ in range(k)], self.tokenizer,
-                                            config.max_new_tokens, derive_seed(seed, step, rank))
+                if self.sampler is not None:  # from vLLM, the policy's weights synced this step
+                    samples, synced = self.served_samples(policy, [prompt_of(p) for p in local], k,
+                                                          derive_seed(seed, step, rank))
+                else:
+                    samples = generate_examples(policy, [prompt_of(p) for p in local for _ in range(k)],
+                                                self.tokenizer, config.max_new_tokens, derive_seed(seed, step, rank))
                 sample_ref = sequence_logprobs(reference, samples, pad, self.signal)
                 logratios = sequence_logprobs(policy, samples, pad, self.signal) - sample_ref
                 kl_estimate = global_mean(accelerator, logratios.tolist())
@@ -191,7 +212,7 @@ class PreferenceTrainer:
             optimizer.zero_grad()
             if kl_estimate is not None:
                 totals["hypo_kl_estimate"] = kl_estimate  # the mean sequence log-ratio of the fresh samples
-            return totals
+            return {**totals, **synced}
 
         spec = RunSpec(f"{method}-seed{seed}", config.steps, checkpoint_path, evaluate_every=config.eval_every,
                        checkpoint_every=config.checkpoint_every,
