@@ -43,6 +43,29 @@ def test_sync_then_sample_with_the_trainers_tempered_logprobs(sampler, served):
         torch.testing.assert_close(torch.tensor(logprobs, dtype=torch.float64), expected, atol=1e-4, rtol=0)
 
 
+def test_a_lora_policy_syncs_as_its_merged_weights(sampler, served):
+    """The server holds W + B A alpha / r after the sync (checked on the probe against the model
+    with its adapters active), and the model itself is untouched (no merge and unmerge)."""
+    from divreg.models import add_lora
+
+    model = add_lora(served_model(seed=7), 4, 8.0, 0.0, ["q_proj", "v_proj", "down_proj"], seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # adapters away from their zero start, so the merge matters
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert sampler.sync(model)["sync_probe_error"] < 1e-5
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    prompt = [5, 6, 7, 8]
+    (ids, logprobs), = sampler.sample([prompt], copies=1, max_new_tokens=5, temperature=1.0, seed=3)
+    sequence = torch.tensor([prompt + ids])
+    with torch.no_grad():
+        logits = model(sequence, torch.ones_like(sequence))[0, len(prompt) - 1:-1].double()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(logprobs, dtype=torch.float64), expected, atol=1e-4, rtol=0)
+
+
 def test_a_sync_the_probe_disagrees_with_is_an_error(served, tmp_path):
     server, _, original, tokenizer = served
     strict = ServedSampler(server.url, tokenizer, str(tmp_path / "sync"), tolerance=1e-12)
@@ -62,7 +85,7 @@ def test_rl_samples_from_the_server(sampler, served, tmp_path):
     arguments = [f"policy.path={folder}", f"data={data}", "rewards={exact_match: 1.0}", "steps=3", "eval_every=3",
                  "prompts_per_step=2", "group_size=2", "max_new_tokens=5", "temperature=0.8",
                  f"generation.server={server.url}", "seeds=[0]"]
-    for name, extra in (("plain", []), ("tis", ["sampler_correction=tis"])):
+    for name, extra in (("plain", []), ("tis", ["sampler_correction=tis"]), ("lora", ["lora.r=4"])):
         assert main(["rl", *arguments, *extra, f"output_dir={tmp_path / name}"]) == 0
         steps = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line)["record"] == "step"]

@@ -205,16 +205,16 @@ class ServedSampler:
         import os
         import time
 
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
         started = time.perf_counter()
         hf_model = model.model
-        if hasattr(hf_model, "merge_adapter"):
-            raise ValueError("generation.server with lora: syncing adapters is not built yet; use lora=null or "
-                             "generation.server=null")
         os.makedirs(self.weights_dir, exist_ok=True)
         path = os.path.join(self.weights_dir, "model.safetensors")
-        save_model(hf_model, f"{path}.tmp")  # (shared tensors, e.g. tied embeddings, written once)
+        if hasattr(hf_model, "merge_adapter"):  # LoRA: the merged weights (the model itself is left as it is)
+            save_file(merged_lora_state(hf_model), f"{path}.tmp")
+        else:
+            save_model(hf_model, f"{path}.tmp")  # (shared tensors, e.g. tied embeddings, written once)
         os.replace(f"{path}.tmp", path)
         self.client.post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": self.weights_dir}})
         self.client.post("/reset_prefix_cache")
@@ -270,3 +270,31 @@ class ServedSampler:
                     for index, prompt in enumerate(prompts)]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return [item for items in pool.map(self._sample_one, jobs) for item in items]
+
+
+def merged_lora_state(peft_model) -> dict[str, Tensor]:
+    """The state dict of a peft LoRA model's base with every adapted weight merged,
+    ``W + get_delta_weight(adapter)`` (peft's own delta: B A times alpha / r), under the base
+    model's names, computed without touching the model (no merge and unmerge, whose rounding
+    would change the trained weights); a tensor shared by two names (tied embeddings) once."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    merged = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.base_layer.weight.detach()
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).detach()
+            merged[f"{name}.weight"] = weight
+    state, seen = {}, set()
+    for key, tensor in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        tensor = merged.get(key, tensor.detach())
+        if tensor.data_ptr() in seen:  # tied: the server ties them again on load
+            continue
+        seen.add(tensor.data_ptr())
+        state[key] = tensor.contiguous()
+    return state

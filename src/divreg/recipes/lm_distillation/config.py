@@ -167,9 +167,6 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
         if self.teacher.server:
             self._check_served_teacher()
-        if self.generation.server and self.lora is not None:
-            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
-                             "lora=null or generation.server=null")
         if self.vocab_policy == "uld" and (self.teacher_cache or on_generated_text):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")

@@ -99,9 +99,6 @@ class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
         if self.generation.server and "hypo" not in self.methods:
             raise ValueError("generation.server samples HyPO's completions during training, and no method here samples "
                              "(add hypo to methods, or set generation.server=null)")
-        if self.generation.server and self.lora is not None:
-            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
-                             "lora=null or generation.server=null")
         self.preference_loss()  # every loss option checked now, with PreferenceLoss's own messages
 
     def preference_loss(self) -> PreferenceLoss:

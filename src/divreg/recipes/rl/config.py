@@ -118,9 +118,6 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
         if self.sampler_correction != "none" and not self.generation.server:
             raise ValueError(f"sampler_correction={self.sampler_correction} corrects a sampler other than the trainer: "
                              "set generation.server (a vLLM server) or sampler_correction=none")
-        if self.generation.server and self.lora is not None:
-            raise ValueError("generation.server with lora: syncing adapters into the server is not built yet; use "
-                             "lora=null or generation.server=null")
         self._check_kl()
         self._check_papers()
         self.loss_agg = self.grpo_loss().loss_agg  # null resolved (the printed config says which); every KL /
