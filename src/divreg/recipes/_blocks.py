@@ -83,6 +83,19 @@ class GenerationBlock:
         if not self.sync_tolerance > 0:
             raise ValueError(f"generation.sync_tolerance must be > 0, got {self.sync_tolerance}")
 
+    def sampler(self, tokenizer, output_dir: str, accelerator):
+        """The run's :class:`divreg.serving.ServedSampler` (its server's tokenizer checked now,
+        before training), syncing through ``output_dir/sync/process<rank>``; None without a server."""
+        if not self.server:
+            return None
+        import os
+
+        from ..serving import ServedSampler
+
+        return ServedSampler(self.server, tokenizer, os.path.join(output_dir, "sync",
+                                                                  f"process{accelerator.process_index}"),
+                             tolerance=self.sync_tolerance)
+
 
 @dataclass
 class EngineBlock:

@@ -226,6 +226,13 @@ class ServedSampler:
                                "weights (another model, dtype or a failed reload); check its log")
         return {"sync_seconds": seconds, "sync_probe_error": error}
 
+    def sync_from_main(self, accelerator, model) -> dict[str, float]:
+        """:meth:`sync` on the main process (one server, one copy of the weights), every process
+        waiting for it; the sync's figures on the main process, {} elsewhere."""
+        synced = self.sync(model) if accelerator.is_main_process else {}
+        accelerator.wait_for_everyone()
+        return synced
+
     def probe_error(self, model) -> float:
         """The largest |log p_server - log p_trainer| (temperature 1) of the probe's tokens."""
         answer = self.client.post("/v1/completions", {"model": self.model, "prompt": [self.probe], "max_tokens": 1,

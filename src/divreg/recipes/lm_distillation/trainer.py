@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -83,13 +82,7 @@ class LMTrainer:
         # a cached or served top-k teacher's k: each evaluation also measures what the truncation costs
         self.top_k = (config.teacher.top_k if config.teacher.server else
                       TeacherCache(config.teacher_cache).top_k if config.teacher_cache else None)
-        self.sampler = None  # generation.server: the student's samples from vLLM (its tokenizer checked here)
-        if config.generation.server:
-            from ...serving import ServedSampler
-
-            self.sampler = ServedSampler(config.generation.server, tokenizer, os.path.join(
-                config.output_dir, "sync", f"process{accelerator.process_index}"),
-                tolerance=config.generation.sync_tolerance)
+        self.sampler = config.generation.sampler(tokenizer, config.output_dir, accelerator)  # the student's samples
         self.train, self.held_out, self.log_path = train, held_out, log_path
         self.eval_subset = held_out[: config.eval_examples]
         self.problems = problems  # a generated task's held-out problems: also the greedy answers' exact match
@@ -98,12 +91,6 @@ class LMTrainer:
             raise ValueError(f"{len(problems) - len(held_out)} held-out problems do not fit seq_len={config.seq_len} "
                              "with this tokenizer; raise seq_len")
         self.problem_prompts = None if problems is None else [e.input_ids[:e.prompt_length] for e in held_out]
-
-    def sync(self, student) -> dict:
-        """The student's weights into the sampler's server (main process), every process waiting."""
-        synced = self.sampler.sync(student) if self.accelerator.is_main_process else {}
-        self.accelerator.wait_for_everyone()
-        return synced
 
     def evaluate(self, model, teacher, examples=None) -> dict[str, float]:
         model = self.accelerator.unwrap_model(model)
@@ -121,7 +108,8 @@ class LMTrainer:
                   if run.method is not None and run.method.adaptive_off_policy else None)
         served = self.sampler is not None and run.method is not None
         source = StepSource(config, run.method, self.train, self.tokenizer, self.teacher_model, replay, run.seed,
-                            sampler=self.sampler if served else None, sync=self.sync)
+                            sampler=self.sampler if served else None,
+                            sync=functools.partial(self.sampler.sync_from_main, accelerator) if served else None)
 
         def step_fn(model, optimizer, step: int) -> dict:
             examples, origin = source.examples(step, accelerator.unwrap_model(model), accelerator.process_index,

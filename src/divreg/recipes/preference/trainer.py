@@ -7,7 +7,6 @@ is a function of (seed, step, process), so a resumed run ends with the same weig
 from __future__ import annotations
 
 import functools
-import os
 import re
 from typing import NamedTuple, Optional
 
@@ -97,19 +96,12 @@ class PreferenceTrainer:
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         # model, batch -> its next-token signal: hidden states on the fused path (decided once, by the vocabulary)
         self.signal = functools.partial(next_token_signal, hidden=gives_hidden_states(config.fused, len(tokenizer)))
-        self.sampler = None  # generation.server: HyPO's samples from vLLM (its tokenizer checked here)
-        if config.generation.server:
-            from ...serving import ServedSampler
-
-            self.sampler = ServedSampler(config.generation.server, tokenizer, os.path.join(
-                config.output_dir, "sync", f"process{accelerator.process_index}"),
-                tolerance=config.generation.sync_tolerance)
+        self.sampler = config.generation.sampler(tokenizer, config.output_dir, accelerator)  # HyPO's samples
 
     def served_samples(self, policy, prompts: list[list[int]], copies: int, seed: int) -> tuple[list, dict]:
         """``copies`` samples of each prompt from the sampler's server after syncing ``policy`` into
         it (the main process syncs, every process waits), and the sync's figures."""
-        synced = self.sampler.sync(policy) if self.accelerator.is_main_process else {}
-        self.accelerator.wait_for_everyone()
+        synced = self.sampler.sync_from_main(self.accelerator, policy)
         sampled = self.sampler.sample(prompts, copies, self.config.max_new_tokens, 1.0, 1.0, seed)
         prompts_each = [p for p in prompts for _ in range(copies)]
         return [TextExample.with_prompt(-1, list(p) + ids, len(p)) for p, (ids, _) in zip(prompts_each, sampled)], synced

@@ -9,7 +9,6 @@ checkpoint samples the same completions and ends with the same weights."""
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -73,13 +72,7 @@ class RLTrainer:
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
-        self.sampler = None  # generation.server: the vLLM sampler (its tokenizer checked here, before training)
-        if config.generation.server:
-            from ...serving import ServedSampler
-
-            self.sampler = ServedSampler(config.generation.server, tokenizer,
-                                         os.path.join(config.output_dir, "sync", f"process{accelerator.process_index}"),
-                                         tolerance=config.generation.sync_tolerance)
+        self.sampler = config.generation.sampler(tokenizer, config.output_dir, accelerator)  # generation.server
 
     def evaluate(self, model) -> dict:
         """Greedy completions of the held-out prompts, scored: each reward function's mean (over the
@@ -247,11 +240,8 @@ class RLTrainer:
             model.eval()
             accelerator.unwrap_model(model).checkpointing_in_eval()
             coef = beta(step)
-            synced = {}
-            if self.sampler is not None:  # this step's weights into the server, checked, before it samples
-                if accelerator.is_main_process:
-                    synced = self.sampler.sync(accelerator.unwrap_model(model))
-                accelerator.wait_for_everyone()
+            synced = {} if self.sampler is None else self.sampler.sync_from_main(  # this step's weights, checked
+                accelerator, accelerator.unwrap_model(model))
             rollout, stats = self.rollout(accelerator.unwrap_model(model), reference, seed, step, coef)
             micro = rollout.micro_batches(config.grad_accum)
             for _ in range(config.num_iterations):
