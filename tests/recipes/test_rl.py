@@ -244,3 +244,28 @@ def test_two_processes_run_the_command(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["run"] for r in records if r["record"] == "evaluation"] == ["warmup-seed0", "grpo-seed0", "grpo-seed0"]
     assert [r["step"] for r in records if r["record"] == "step"] == [1, 2, 3, 4]  # written once
+
+
+def test_the_one_forward_step_logs_and_trains_as_the_separate_scoring_pass(tmp_path, monkeypatch):
+    """By default a step runs the policy once (the loss's forward) and computes the reference's
+    log-probs and the logged statistics in the loss's micro-batches; the same run with the
+    separate no-gradient scoring pass (what num_iterations > 1, the KL in the reward, RAPO and
+    Lp-Reg need) gives the same losses, entropy, exact KL and estimate at every step."""
+    from divreg.recipes.rl.trainer import RLTrainer
+
+    run(_config(tmp_path / "lean", "warmup_steps=0", "grad_accum=2"))
+    original = RLTrainer.__init__
+
+    def separate_pass(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        assert self.lean  # the default configuration takes the one-forward step
+        self.lean = False
+
+    monkeypatch.setattr(RLTrainer, "__init__", separate_pass)
+    run(_config(tmp_path / "full", "warmup_steps=0", "grad_accum=2"))
+    lean, full = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["record"] == "step"] for name in ("lean", "full"))
+    assert len(lean) == len(full) == 4
+    for mine, theirs in zip(lean, full):
+        for key in ("loss", "policy_loss", "kl_term", "entropy", "kl_exact", "kl_estimate", "k1_negative_fraction"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-9), (mine["step"], key)

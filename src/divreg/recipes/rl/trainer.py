@@ -22,7 +22,7 @@ from ...models import CausalLM, generate_examples, greedy_completions, next_toke
 from ...rl import (Rollout, ShapingContext, combine_rewards, exact_match, kl_target_signal, rollout_from_batch,
                    score_completions)
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
-from ...targets import gives_hidden_states, sampled_token_logprobs, signal_divergence
+from ...targets import detached, gives_hidden_states, sampled_token_logprobs, signal_divergence
 from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
                          to_device, train_run)
 from .._warmup import supervised_warmup
@@ -37,6 +37,13 @@ def kl_schedule(config: RLConfig) -> Schedule:
     if config.kl_coef_decay:
         return LinearDecay(config.kl_coef, config.kl_coef_floor, config.kl_coef_decay)
     return Constant(config.kl_coef)
+
+
+def mismatch_stats(logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """The sampler/trainer mismatch on the sampled tokens: log p_trainer - log p_sampler and its
+    k3 (an estimate of KL(sampler || trainer)), ``(values, mask)`` pairs for global means."""
+    log_ratio = torch.where(mask, logprobs.double() - sampler_logprobs.double(), 0.0)
+    return {"mismatch_log_ratio": (log_ratio, mask), "mismatch_k3": (log_ratio.exp() - 1 - log_ratio, mask)}
 
 
 def kl_stats(policy_signal, ref_signal, rollout: Rollout, config: RLConfig) -> dict[str, tuple[Tensor, Tensor]]:
@@ -73,6 +80,14 @@ class RLTrainer:
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
         self.sampler = config.generation.sampler(tokenizer, config.output_dir, accelerator)  # generation.server
+        # one forward of the policy per step, the loss's, when nothing reads the policy's scores before the loss
+        # (one update per batch; no KL in the reward, RAPO or Lp-Reg): the logged statistics (entropy, the exact KL
+        # beside its estimate, the sampler mismatch) and the reference's log-probs are then computed in the loss's
+        # micro-batches instead of in a separate no-gradient pass (benchmarks/vs_trl.py: that pass was the
+        # difference with TRL's GRPO step)
+        self.lean = (config.num_iterations == 1 and config.kl_placement == "loss" and not config.rapo
+                     and not config.lp_reg)
+        self.micro_stats: list[dict] = []  # the lean path's statistics of the step's micro-batches
 
     def evaluate(self, model) -> dict:
         """Greedy completions of the held-out prompts, scored: each reward function's mean (over the
@@ -170,21 +185,22 @@ class RLTrainer:
         rewards, correct = self.rewards(examples, prompts)
         batch = to_device(collate(examples, self.tokenizer.pad_token_id), accelerator.device)
         rollout = rollout_from_batch(batch, rewards, correct).to(accelerator.device)
-        policy_signal = self.signal(policy, rollout.batch)
-        scored = sampled_token_logprobs(policy_signal, rollout.targets, temperature=config.temperature)
-        rollout = rollout.replace(logprobs=scored.logprobs)
-        stats, ref_signal = {"entropy": (scored.entropy, rollout.mask)}, None
-        if self.sampler is not None:  # the sampler/trainer mismatch on the sampled tokens
-            sampler = self.sampler_logprobs(examples, rollout.mask.shape).to(scored.logprobs.device)
-            rollout = rollout.replace(sampler_logprobs=sampler)
-            log_ratio = torch.where(rollout.mask, scored.logprobs.double() - sampler.double(), 0.0)
-            stats |= {"mismatch_log_ratio": (log_ratio, rollout.mask),
-                      "mismatch_k3": (log_ratio.exp() - 1 - log_ratio, rollout.mask)}
-        if reference is not None:
-            ref_signal = self.signal(reference, rollout.batch)
-            rollout = rollout.replace(ref_logprobs=sampled_token_logprobs(
-                ref_signal, rollout.targets, temperature=config.temperature).logprobs)
-            stats |= kl_stats(policy_signal, ref_signal, rollout, config)
+        if self.sampler is not None:
+            rollout = rollout.replace(sampler_logprobs=self.sampler_logprobs(examples, rollout.mask.shape).to(
+                accelerator.device))
+        stats, policy_signal, ref_signal = {}, None, None
+        if not self.lean:  # else scored in the loss's forward (see __init__): the shapers then read rewards only
+            policy_signal = self.signal(policy, rollout.batch)
+            scored = sampled_token_logprobs(policy_signal, rollout.targets, temperature=config.temperature)
+            rollout = rollout.replace(logprobs=scored.logprobs)
+            stats["entropy"] = (scored.entropy, rollout.mask)
+            if self.sampler is not None:  # the sampler/trainer mismatch on the sampled tokens
+                stats |= mismatch_stats(scored.logprobs, rollout.sampler_logprobs, rollout.mask)
+            if reference is not None:
+                ref_signal = self.signal(reference, rollout.batch)
+                rollout = rollout.replace(ref_logprobs=sampled_token_logprobs(
+                    ref_signal, rollout.targets, temperature=config.temperature).logprobs)
+                stats |= kl_stats(policy_signal, ref_signal, rollout, config)
         context = ShapingContext(config.group_size, lambda t: accelerator.gather(t.to(accelerator.device)),
                                  accelerator.process_index, config.temperature, kl_coef, policy_signal, ref_signal,
                                  functools.partial(self.reference_rewards, reference, seed, step))
@@ -208,10 +224,14 @@ class RLTrainer:
         def loss_fn(model, micro: Rollout, counts):
             signal = self.signal(model, micro.batch)
             scored = sampled_token_logprobs(signal, micro.targets, temperature=config.temperature)
-            ref_signal = None
-            if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
+            ref_signal, raw_ref = None, None
+            if reference is not None and (exact or self.lean):
                 with torch.no_grad():
-                    ref_signal = kl_target_signal(self.signal(reference, micro.batch), micro.ref_phi, config.temperature)
+                    raw_ref = self.signal(reference, micro.batch)
+            if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
+                ref_signal = kl_target_signal(raw_ref, micro.ref_phi, config.temperature)
+            if self.lean:  # this micro-batch's reference log-probs and logged statistics (see __init__)
+                micro = self.score_in_loss(micro, signal, scored, raw_ref)
             lp_reg = None if micro.lp_selected is None else LpReg(micro.lp_selected, micro.proxy_logprobs,
                                                                   config.lp_reg_coef)
             result = loss_module(scored.logprobs, micro.logprobs if config.num_iterations > 1 else None,
@@ -229,6 +249,22 @@ class RLTrainer:
 
         return loss_fn
 
+    @torch.no_grad()
+    def score_in_loss(self, micro: Rollout, signal, scored, raw_ref) -> Rollout:
+        """The lean path (see ``__init__``): ``micro`` with the reference's log-probs, and this
+        micro-batch's statistics (those the separate pass logs) kept in ``micro_stats``."""
+        config, mask = self.config, micro.mask
+        logprobs = scored.logprobs.detach()
+        stats = {"entropy": (scored.entropy.detach(), mask)}
+        if micro.sampler_logprobs is not None:
+            stats |= mismatch_stats(logprobs, micro.sampler_logprobs, mask)
+        if raw_ref is not None:
+            micro = micro.replace(ref_logprobs=sampled_token_logprobs(raw_ref, micro.targets,
+                                                                      temperature=config.temperature).logprobs)
+            stats |= kl_stats(detached(signal), raw_ref, micro.replace(logprobs=logprobs), config)
+        self.micro_stats.append(stats)
+        return micro
+
     def grpo(self, model: CausalLM, reference: Optional[CausalLM], seed: int, checkpoint_path: str) -> dict:
         """The GRPO run from the warm-up weights; ``reference`` frozen (None when no KL is used)."""
         accelerator, config = self.accelerator, self.config
@@ -244,12 +280,15 @@ class RLTrainer:
                 accelerator, accelerator.unwrap_model(model))
             rollout, stats = self.rollout(accelerator.unwrap_model(model), reference, seed, step, coef)
             micro = rollout.micro_batches(config.grad_accum)
+            self.micro_stats = []
             for _ in range(config.num_iterations):
                 totals = backward_micro_batches(accelerator, model, micro, self.loss_fn(reference, coef))
                 if config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
+            for key in (self.micro_stats[0] if self.micro_stats else {}):  # the lean path's, over the whole batch
+                stats[key] = tuple(torch.cat([parts[key][i] for parts in self.micro_stats]) for i in (0, 1))
             completions = float(accelerator.reduce(torch.tensor(float(len(rollout)), device=accelerator.device),
                                                    "sum"))
             metrics = {**totals, **global_means(accelerator, stats), **synced, "kl_coef": coef,

@@ -10,8 +10,11 @@ Each measurement runs in its own worker process with the thread count set; the v
 median over ``--repeats`` runs after one warm-up; the in-process and the server paths never run
 at the same time (the machine has 2 cores: they would share them).
 
-    .venv/bin/python benchmarks/vllm.py            # writes outputs/benchmarks/vllm/vllm.json
-    .venv/bin/python benchmarks/vllm.py --quick
+    .venv/bin/python benchmarks/vllm_engine.py            # writes outputs/benchmarks/vllm/vllm.json
+    .venv/bin/python benchmarks/vllm_engine.py --quick
+
+(Named vllm_engine, not vllm: a benchmarks/vllm.py would shadow the vllm package for every
+script in this folder, and TRL probes for that package at import.)
 """
 
 from __future__ import annotations
