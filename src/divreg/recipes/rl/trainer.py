@@ -8,6 +8,7 @@ checkpoint samples the same completions and ends with the same weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
@@ -22,7 +23,7 @@ from ...models import CausalLM, generate_examples, greedy_completions, next_toke
 from ...rl import (Rollout, ShapingContext, combine_rewards, exact_match, kl_target_signal, rollout_from_batch,
                    score_completions)
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
-from ...targets import detached, gives_hidden_states, sampled_token_logprobs, signal_divergence
+from ...targets import DenseLogits, detached, gives_hidden_states, sampled_token_logprobs, signal_divergence
 from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
                          to_device, train_run)
 from .._warmup import supervised_warmup
@@ -37,6 +38,16 @@ def kl_schedule(config: RLConfig) -> Schedule:
     if config.kl_coef_decay:
         return LinearDecay(config.kl_coef, config.kl_coef_floor, config.kl_coef_decay)
     return Constant(config.kl_coef)
+
+
+LEAN_ROWS = 4  # completions per slice of the lean path's reference scoring (RLTrainer.score_in_loss)
+
+
+def _rows(signal, rows: slice):
+    """``signal`` (dense logits or hidden states, batch-first) restricted to ``rows``."""
+    if isinstance(signal, DenseLogits):
+        return DenseLogits(signal.logits[rows])
+    return dataclasses.replace(signal, hidden=signal.hidden[rows])
 
 
 def mismatch_stats(logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -225,13 +236,12 @@ class RLTrainer:
             signal = self.signal(model, micro.batch)
             scored = sampled_token_logprobs(signal, micro.targets, temperature=config.temperature)
             ref_signal, raw_ref = None, None
-            if reference is not None and (exact or self.lean):
+            if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
                 with torch.no_grad():
                     raw_ref = self.signal(reference, micro.batch)
-            if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
                 ref_signal = kl_target_signal(raw_ref, micro.ref_phi, config.temperature)
             if self.lean:  # this micro-batch's reference log-probs and logged statistics (see __init__)
-                micro = self.score_in_loss(micro, signal, scored, raw_ref)
+                micro = self.score_in_loss(micro, signal, scored, reference, raw_ref)
             lp_reg = None if micro.lp_selected is None else LpReg(micro.lp_selected, micro.proxy_logprobs,
                                                                   config.lp_reg_coef)
             result = loss_module(scored.logprobs, micro.logprobs if config.num_iterations > 1 else None,
@@ -250,18 +260,29 @@ class RLTrainer:
         return loss_fn
 
     @torch.no_grad()
-    def score_in_loss(self, micro: Rollout, signal, scored, raw_ref) -> Rollout:
+    def score_in_loss(self, micro: Rollout, signal, scored, reference, raw_ref) -> Rollout:
         """The lean path (see ``__init__``): ``micro`` with the reference's log-probs, and this
-        micro-batch's statistics (those the separate pass logs) kept in ``micro_stats``."""
+        micro-batch's statistics (those the separate pass logs) kept in ``micro_stats``. The
+        reference runs (and the exact KL is computed) ``LEAN_ROWS`` completions at a time, so
+        that beside the policy's graph only a slice of the reference's logits is alive
+        (``raw_ref``: the reference's signal of the whole micro-batch when the loss needs it)."""
         config, mask = self.config, micro.mask
         logprobs = scored.logprobs.detach()
         stats = {"entropy": (scored.entropy.detach(), mask)}
         if micro.sampler_logprobs is not None:
             stats |= mismatch_stats(logprobs, micro.sampler_logprobs, mask)
-        if raw_ref is not None:
-            micro = micro.replace(ref_logprobs=sampled_token_logprobs(raw_ref, micro.targets,
-                                                                      temperature=config.temperature).logprobs)
-            stats |= kl_stats(detached(signal), raw_ref, micro.replace(logprobs=logprobs), config)
+        if reference is not None:
+            policy, parts, ref_logprobs = detached(signal), [], []
+            for start in range(0, len(micro), LEAN_ROWS):
+                rows = slice(start, start + LEAN_ROWS)
+                sub = micro.replace(**{f.name: getattr(micro, f.name)[rows] for f in dataclasses.fields(micro)
+                                       if isinstance(getattr(micro, f.name), Tensor)})
+                ref = _rows(raw_ref, rows) if raw_ref is not None else self.signal(reference, sub.batch)
+                ref_logprobs.append(sampled_token_logprobs(ref, sub.targets, temperature=config.temperature).logprobs)
+                parts.append(kl_stats(_rows(policy, rows), ref, sub.replace(logprobs=logprobs[rows],
+                                                                            ref_logprobs=ref_logprobs[-1]), config))
+            micro = micro.replace(ref_logprobs=torch.cat(ref_logprobs))
+            stats |= {key: tuple(torch.cat([part[key][i] for part in parts]) for i in (0, 1)) for key in parts[0]}
         self.micro_stats.append(stats)
         return micro
 
