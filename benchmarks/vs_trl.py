@@ -23,12 +23,26 @@ default for the job, and where the defaults differ the table says so):
   ``token_mean``), group-scaled advantages, a reward function with TRL's signature (shorter
   completions score higher), AdamW lr 1e-6 constant; ``trl.GRPOTrainer`` vs ``divreg rl``.
 
-First losses: DPO's first loss is log 2 in both (the policy is its reference at step 1). GRPO's
-first losses are not comparable: each library samples its own completions (different random
-streams), so they are reported, not compared.
+- ``opd-rkl`` and ``opd-jsd``: on-policy distillation of a 6M-parameter student (width 256, 4
+  layers, the same tokenizer) from the 20M model: 8 prompts per step, the student samples up to 64
+  tokens at temperature 1, the loss is the reverse KL (TRL ``beta=1``) or the JSD (TRL ``beta=0.5``,
+  divreg ``generalized_jsd`` with ``beta: 0.5``) over the whole vocabulary at the sampled tokens'
+  positions, token mean; ``trl.DistillationTrainer`` vs ``divreg distill-lm`` with ``lmbda: 1``.
+  TRL's defaults for this trainer are bf16 and gradient checkpointing: both are turned off here
+  (divreg runs fp32 without checkpointing unless asked), so the two run the same arithmetic.
+- ``kd-fkl``: off-policy distillation, forward KL on the data's completions (prompt: the first 200
+  characters of a source file, completion: the next 100): TRL's ``DistillationTrainer`` is
+  on-policy only, so TRL's side is ``trl.experimental.gkd.GKDTrainer`` with ``lmbda=0, beta=0``
+  (its chat-format data through a chat template that only concatenates the messages, so the
+  tokens are the same as divreg's prompt + completion).
 
-Not measured here yet: on-policy and off-policy distillation against ``trl.DistillationTrainer``,
-and the vLLM engine in both (see the docs' benchmark page).
+First losses: DPO's first loss is log 2 in both (the policy is its reference at step 1). The other
+first losses are reported, not compared: GRPO and on-policy distillation sample their own
+completions (different random streams), and the off-policy job's first batch is a different
+sample of the data in each library (each its own shuffle).
+
+Peak memory is the resident set's high-water mark: on this CPU it includes what glibc's allocator
+keeps after freeing (run to run it varies by about 10%); the table gives the median of the runs.
 
     .venv/bin/python benchmarks/vs_trl.py --quick     # writes outputs/benchmarks/vs_trl.json
 """
@@ -82,15 +96,39 @@ def trl_worker(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     stamps = _stamps()
     before = rss_bytes()
-    model = AutoModelForCausalLM.from_pretrained(spec["model"])
-    if spec["job"].startswith("dpo"):
+    job = spec.get("trl_job", spec["job"])
+    # the trained model: the student of the distillation jobs, else the model
+    model = AutoModelForCausalLM.from_pretrained(spec["student"] if job in DISTILL_METHODS else spec["model"])
+    if job.startswith("dpo"):
         from trl import DPOConfig, DPOTrainer
 
         data = datasets.load_dataset("json", data_files=spec["pairs"], split="train")
         args = _trl_args(DPOConfig, spec, per_device_train_batch_size=8, beta=0.1, loss_type=["sigmoid"],
-                         max_length=256, precompute_ref_log_probs=spec["job"] == "dpo-precomputed")
+                         max_length=256, precompute_ref_log_probs=job == "dpo-precomputed")
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                              callbacks=[FirstLoss()])
+    elif job.startswith("opd"):
+        from trl import DistillationConfig, DistillationTrainer
+
+        data = datasets.load_dataset("json", data_files=spec["distill"], split="train").select_columns(["prompt"])
+        args = _trl_args(DistillationConfig, spec, per_device_train_batch_size=8, max_completion_length=64,
+                         beta=1.0 if job == "opd-rkl" else 0.5, temperature=1.0, top_k=0,
+                         gradient_checkpointing=False)
+        trainer = DistillationTrainer(model=model, teacher_model=spec["model"], args=args, train_dataset=data,
+                                      processing_class=tokenizer, callbacks=[FirstLoss()])
+    elif job == "kd-fkl":
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        rows = [json.loads(line) for line in open(spec["distill"])]
+        data = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]},
+                                                         {"role": "assistant", "content": r["completion"]}]}
+                                           for r in rows])
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the bare concatenation
+        args = _trl_args(GKDConfig, spec, per_device_train_batch_size=8, lmbda=0.0, beta=0.0, temperature=1.0,
+                         max_length=256)
+        teacher = AutoModelForCausalLM.from_pretrained(spec["model"])
+        trainer = GKDTrainer(model=model, teacher_model=teacher, args=args, train_dataset=data,
+                             processing_class=tokenizer, callbacks=[FirstLoss()])
     else:
         from trl import GRPOConfig, GRPOTrainer
 
@@ -108,6 +146,40 @@ def trl_worker(spec: dict) -> dict:
             "peak_mb": (peak_rss_bytes() - before) / 2 ** 20, "first_loss": losses[0] if losses else None}
 
 
+DISTILL_METHODS = {  # divreg's method of each distillation job (one student)
+    "opd-rkl": "{name: reverse_kl, divergence: reverse_kl, lmbda: 1.0}",
+    "opd-jsd": "{name: jsd, divergence: generalized_jsd, divergence_options: {beta: 0.5}, lmbda: 1.0}",
+    "kd-fkl": "{name: forward_kl, divergence: forward_kl}",
+}
+JOBS = ("dpo", "grpo", *DISTILL_METHODS)
+
+
+def build_distillation_assets(assets: dict) -> dict:
+    """The distillation jobs' student (a smaller Llama with the model's tokenizer, saved beside it)
+    and their data (prompt: a source file's first 200 characters; completion: the next 100)."""
+    folder = assets["folder"]
+    student, data = os.path.join(folder, "student"), os.path.join(folder, "distill.jsonl")
+    if not os.path.isfile(os.path.join(student, "model.safetensors")):
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(assets["model"])
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=4, intermediate_size=704,
+                                             max_position_embeddings=1024, tie_word_embeddings=True,
+                                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+        model.save_pretrained(student)
+        tokenizer.save_pretrained(student)
+    if not os.path.isfile(data):
+        with open(assets["texts.jsonl"]) as source, open(data, "w") as handle:
+            for line in source:
+                text = json.loads(line)["text"]
+                if len(text) >= 300:
+                    handle.write(json.dumps({"prompt": text[:200], "completion": text[200:300]}) + "\n")
+    return {**assets, "student": student, "distill": data}
+
+
 def divreg_worker(spec: dict) -> dict:
     os.chdir(spec["folder"])  # the reward module is found in the current folder
     sys.path.insert(0, spec["folder"])
@@ -116,13 +188,19 @@ def divreg_worker(spec: dict) -> dict:
     out = os.path.join(spec["out"], "divreg")
     common = [f"steps={spec['steps']}", f"eval_every={spec['steps']}", "checkpoint_every=0", "seeds=[0]",
               f"output_dir={out}", "overwrite=true", "lr=1e-6"]
-    if spec["job"] == "dpo":
+    if spec["job"] in DISTILL_METHODS:
+        argv = ["distill-lm", f"teacher.path={spec['model']}", f"student.path={spec['student']}",
+                f"data={spec['distill']}", f"methods=[{DISTILL_METHODS[spec['job']]}]", "batch_size=8", "seq_len=256",
+                "max_new_tokens=64", "sampling_temperature=1.0", "temperature=1.0", "kl_eval=false",
+                "eval_examples=8", *common]
+    elif spec["job"] == "dpo":
         argv = ["preference", f"policy.path={spec['model']}", f"data={spec['pairs']}", "methods=[dpo]", "beta=0.1",
                 "batch_size=8", "kl_eval=none", "max_length=256", *common]
     else:
         argv = ["rl", f"policy.path={spec['model']}", f"data={spec['prompts']}", "rewards={bench_rewards.brevity: 1.0}",
                 "prompts_per_step=4", "group_size=4", "max_new_tokens=64", "kl_coef=0.04", "kl_estimator=k3",
                 "loss_agg=token_mean", "temperature=1.0", *common]
+    argv += spec.get("divreg_extra", [])
     stamps = _stamps()
     before = rss_bytes()
     code = main(argv)
@@ -152,9 +230,12 @@ def worker(spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker")
-    parser.add_argument("--quick", action="store_true", help="fewer steps (every job in a few minutes)")
-    parser.add_argument("--jobs", nargs="+", default=["dpo", "grpo"])
+    parser.add_argument("--quick", action="store_true", help="6 steps and one run of each side (every job in minutes)")
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
+    parser.add_argument("--repeats", type=int, help="runs of each side, interleaved (default: 1 with --quick, else 3)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--divreg-extra", nargs="*", default=[],
+                        help="extra key=value for divreg's command (e.g. fused=false: the dense path)")
     parser.add_argument("--output", default=os.path.join("outputs", "benchmarks"))
     args = parser.parse_args()
     if args.worker:
@@ -162,34 +243,52 @@ def main() -> None:
         return
     from engine import build_assets
 
-    assets = build_assets(os.path.abspath(os.path.join(args.output, "vs_trl")), vocab_size=8000)
-    steps = 6 if args.quick else 16
+    assets = build_distillation_assets(build_assets(os.path.abspath(os.path.join(args.output, "vs_trl")),
+                                                    vocab_size=8000))
+    steps, repeats = (6, args.repeats or 1) if args.quick else (16, args.repeats or 3)
     rows = []
+
+    def measured(spec: dict) -> dict:
+        """Each side ``repeats`` times, interleaved; medians (first losses of the first run)."""
+        runs: dict = {"trl": [], "divreg": []}
+        for _ in range(repeats):
+            for library in runs:
+                runs[library].append(run_worker(HERE, {**spec, "library": library}))
+        return {library: {"first_loss": results[0]["first_loss"],
+                          "seconds_per_step": statistics.median(r["seconds_per_step"] for r in results),
+                          "peak_mb": statistics.median(r["peak_mb"] for r in results)}
+                for library, results in runs.items()}
+
     for job in args.jobs:
-        base = {"job": job, "model": assets["model"], "pairs": assets["pairs.jsonl"], "prompts": assets["prompts.jsonl"],
-                "folder": assets["folder"], "threads": args.threads, "steps": steps,
-                "out": os.path.join(assets["folder"], "runs", job)}
-        trl = run_worker(HERE, {**base, "library": "trl"})
-        ours = run_worker(HERE, {**base, "library": "divreg"})
-        rows.append({"job": job, "first_loss_trl": trl["first_loss"], "first_loss_divreg": ours["first_loss"],
-                     "trl_seconds_per_step": trl["seconds_per_step"], "divreg_seconds_per_step": ours["seconds_per_step"],
-                     "trl_peak_mb": trl["peak_mb"], "divreg_peak_mb": ours["peak_mb"], "steps": steps})
-        print(json.dumps(rows[-1]), flush=True)
-        if job == "dpo":  # TRL with its reference log-probs precomputed too (not its default)
-            extra = run_worker(HERE, {**base, "job": "dpo-precomputed", "library": "trl"})
-            rows.append({**rows[-1], "job": "dpo (TRL precompute_ref_log_probs=True)",
-                         "first_loss_trl": extra["first_loss"], "trl_seconds_per_step": extra["seconds_per_step"],
-                         "trl_peak_mb": extra["peak_mb"]})
-        print(json.dumps(rows[-1]), flush=True)
+        spec = {"job": job, **{key: assets[key] for key in ("model", "student", "distill", "folder")},
+                "pairs": assets["pairs.jsonl"], "prompts": assets["prompts.jsonl"], "threads": args.threads,
+                "steps": steps, "out": os.path.join(assets["folder"], "runs", job), "divreg_extra": args.divreg_extra}
+        for name, trl_job in ((job, job), *((("dpo (TRL precompute_ref_log_probs=True)", "dpo-precomputed"),)
+                                            if job == "dpo" else ())):
+            result = measured({**spec, "job": job, "trl_job": trl_job})
+            trl, ours = result["trl"], result["divreg"]
+            rows.append({"job": name, "first_loss_trl": trl["first_loss"], "first_loss_divreg": ours["first_loss"],
+                         "trl_seconds_per_step": trl["seconds_per_step"],
+                         "divreg_seconds_per_step": ours["seconds_per_step"], "trl_peak_mb": trl["peak_mb"],
+                         "divreg_peak_mb": ours["peak_mb"], "steps": steps, "repeats": repeats,
+                         "divreg_extra": args.divreg_extra})
+            print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(args.output, "vs_trl.json"), "w") as handle:
         json.dump(rows, handle, indent=2)
-    print("| job | first loss TRL / divreg | s / step TRL | divreg | TRL / divreg | peak MB TRL | divreg |")
-    print("|---|---|---|---|---|---|---|")
+    import transformers
+    import trl
+
+    import divreg
+
+    print(f"TRL {trl.__version__}, divreg {divreg.__version__}, transformers {transformers.__version__}, "
+          f"torch {__import__('torch').__version__}; {steps} steps, median of {repeats} run(s) each")
+    print("| job | first loss TRL / divreg | s / step TRL | divreg | speed-up | peak MB TRL | divreg | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         first = " / ".join("-" if v is None else f"{v:.4f}" for v in (r["first_loss_trl"], r["first_loss_divreg"]))
-        print(f"| {r['job']} | {first} | {r['trl_seconds_per_step']:.3f} | {r['divreg_seconds_per_step']:.3f} | "
+        print(f"| {r['job']} | {first} | {r['trl_seconds_per_step']:.2f} | {r['divreg_seconds_per_step']:.2f} | "
               f"{r['trl_seconds_per_step'] / r['divreg_seconds_per_step']:.2f}x | {r['trl_peak_mb']:.0f} | "
-              f"{r['divreg_peak_mb']:.0f} |")
+              f"{r['divreg_peak_mb']:.0f} | {r['trl_peak_mb'] / r['divreg_peak_mb']:.2f}x |")
 
 
 if __name__ == "__main__":

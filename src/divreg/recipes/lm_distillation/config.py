@@ -109,7 +109,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     temperature: float = 1.0  # T of the divergence in the loss (both sides); sampling has its own
     t_squared: bool = True  # scale the divergence by T^2 (no effect at T = 1)
     ce_weight: float = 0.0  # weight of the student's own CE on the labels
-    fused: str = "auto"  # "auto" (fused when the vocabulary has >= 32768 entries), "true" or "false"
+    fused: str = "auto"  # "auto" (fused when the vocabulary has >= 4096 entries), "true" or "false"
     vocab_policy: str = "strict"  # "strict" (same tokenizer; padded embeddings sliced) or "uld" (cross-tokenizer)
     # ULD's reduction: "token" (sum over aligned positions / the global batch's answer tokens, like the CE) or
     # "sequence" (the official code: mean over each answer, then over the global batch's sequences)

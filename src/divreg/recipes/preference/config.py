@@ -61,7 +61,7 @@ class PreferenceConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     kl_eval: str = "auto"
     kl_prompts: int = 20  # held-out prompts the KL is measured on
     kl_samples: int = 16
-    fused: str = "auto"  # per-token log-probs through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
+    fused: str = "auto"  # per-token log-probs through divreg.fused: "auto" (>= 4096 tokens), "true", "false"
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks

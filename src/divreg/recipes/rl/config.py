@@ -99,7 +99,7 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     # plain reference (the drift); the loss's KL term is logged as kl_term.
     rapo: bool = False
     entropy_coef: float = 0.0  # an entropy bonus: - entropy_coef * (entropy aggregated like the loss)
-    fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 32768 tokens), "true", "false"
+    fused: str = "auto"  # per-token log-probs and exact KL through divreg.fused: "auto" (>= 4096 tokens, unless rapo/lp_reg), "true", "false"
 
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
@@ -186,7 +186,7 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
                                  f"got {self.lp_reg_kappa}, {self.lp_reg_rho}, {self.lp_reg_coef}")
             if self.fused == "true":
                 raise ValueError("lp_reg needs the sampling policy's full logits for its min-p proxy; use fused=false "
-                                 "(or auto below 32768 tokens)")
+                                 "or auto (dense with lp_reg)")
         if (self.dads or self.kl_mask_correct) and not (self.kl_coef > 0 and self.kl_placement == "loss"):
             raise ValueError("dads and kl_mask_correct weight the KL term of the loss: they need kl_coef > 0 and "
                              "kl_placement=loss")

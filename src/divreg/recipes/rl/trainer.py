@@ -82,11 +82,11 @@ class RLTrainer:
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
         self.reward_functions, self.columns = reward_functions, columns
         self.chat = not isinstance(train[0].prompt, str)  # completions reach the rewards as TRL's message lists
-        hidden = gives_hidden_states(config.fused, len(tokenizer))
-        if hidden and (config.rapo or config.lp_reg):
+        full_logits = config.rapo or config.lp_reg  # RAPO reweights the reference's, Lp-Reg's proxy reads the policy's
+        if full_logits and config.fused == "true":
             raise ValueError(f"{'rapo' if config.rapo else 'lp_reg'} needs full logits (RAPO reweights the reference's, "
-                             f"Lp-Reg's proxy reads the policy's), and this {len(tokenizer)}-token vocabulary turns the "
-                             "fused path on: set fused=false")
+                             "Lp-Reg's proxy reads the policy's), which fused=true never builds: set fused=auto or false")
+        hidden = gives_hidden_states("false" if full_logits else config.fused, len(tokenizer))
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
