@@ -246,14 +246,17 @@ def test_two_processes_run_the_command(tmp_path):
     assert [r["step"] for r in records if r["record"] == "step"] == [1, 2, 3, 4]  # written once
 
 
-def test_the_one_forward_step_logs_and_trains_as_the_separate_scoring_pass(tmp_path, monkeypatch):
+@pytest.mark.parametrize("options", [["fused=false"], ["fused=true"], ["fused=true", "kl_estimator=exact"]])
+def test_the_one_forward_step_logs_and_trains_as_the_separate_scoring_pass(tmp_path, monkeypatch, options):
     """By default a step runs the policy once (the loss's forward) and computes the reference's
-    log-probs and the logged statistics in the loss's micro-batches; the same run with the
-    separate no-gradient scoring pass (what num_iterations > 1, the KL in the reward, RAPO and
-    Lp-Reg need) gives the same losses, entropy, exact KL and estimate at every step."""
+    log-probs and the logged statistics in the loss's micro-batches (on hidden states: the
+    policy's log-probs and entropy, the exact KL, in the loss with kl_estimator=exact, and the
+    reference's log-probs out of one chunked pass); the same run with the separate no-gradient
+    scoring pass (what num_iterations > 1, the KL in the reward, RAPO and Lp-Reg need) gives the
+    same losses, entropy, exact KL and estimate at every step."""
     from divreg.recipes.rl.trainer import RLTrainer
 
-    run(_config(tmp_path / "lean", "warmup_steps=0", "grad_accum=2"))
+    run(_config(tmp_path / "lean", "warmup_steps=0", "grad_accum=2", *options))
     original = RLTrainer.__init__
 
     def separate_pass(self, *args, **kwargs):
@@ -262,10 +265,14 @@ def test_the_one_forward_step_logs_and_trains_as_the_separate_scoring_pass(tmp_p
         self.lean = False
 
     monkeypatch.setattr(RLTrainer, "__init__", separate_pass)
-    run(_config(tmp_path / "full", "warmup_steps=0", "grad_accum=2"))
+    run(_config(tmp_path / "full", "warmup_steps=0", "grad_accum=2", *options))
     lean, full = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
                    if json.loads(line)["record"] == "step"] for name in ("lean", "full"))
     assert len(lean) == len(full) == 4
     for mine, theirs in zip(lean, full):
         for key in ("loss", "policy_loss", "kl_term", "entropy", "kl_exact", "kl_estimate", "k1_negative_fraction"):
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-9), (mine["step"], key)
+            # on hidden states the logged exact KL (about 1e-5 here) comes from two fp32 algorithms (the one pass's
+            # logit gaps, the separate kernel's log-ratios): each is within a few 1e-7 of the fp64 value
+            # (and so are the estimate and the KL term of the loss with kl_estimator=exact)
+            tolerance = 2e-7 if key in ("kl_exact", "kl_term", "kl_estimate") and "fused=true" in options else 1e-9
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=tolerance), (mine["step"], key)

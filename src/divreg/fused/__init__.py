@@ -3,7 +3,7 @@
 
 from ._fused_linear import FusedOutput, fused_linear_divergence, fused_linear_sparse_divergence
 from ._module import FusedLinearDivergence
-from ._token_logprobs import TokenLogprobs, fused_linear_token_logprobs, token_logprobs
+from ._token_logprobs import TokenLogprobs, TokenStatistics, fused_linear_token_logprobs, token_logprobs
 
-__all__ = ["FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "fused_linear_divergence",
+__all__ = ["FusedLinearDivergence", "FusedOutput", "TokenLogprobs", "TokenStatistics", "fused_linear_divergence",
            "fused_linear_sparse_divergence", "fused_linear_token_logprobs", "token_logprobs"]

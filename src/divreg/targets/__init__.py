@@ -4,7 +4,7 @@ they give a loss (:class:`DenseLogits`, :class:`HiddenStates`, :class:`SparseTop
 :class:`SampledLogprobs`)."""
 
 from ._on_signals import (FUSED_AUTO_VOCAB, FUSED_SETTINGS, gives_hidden_states, sampled_token_logprobs,
-                          signal_divergence)
+                          sampled_token_statistics, signal_divergence)
 from ._past_predictions import PastPredictions
 from ._signals import DenseLogits, HiddenStates, SampledLogprobs, Signal, SparseTopK, as_logits, detached
 from ._sources import LiveTeacher, ReferencePolicy
@@ -12,7 +12,7 @@ from ._teacher_cache import TeacherCache, TeacherCacheWriter
 from ._truncation import truncation_report
 from ._vocabulary import VOCAB_POLICIES, shared_vocab_size, tokenizer_fingerprint
 
-__all__ = ["truncation_report", "FUSED_AUTO_VOCAB", "FUSED_SETTINGS", "gives_hidden_states", "sampled_token_logprobs", "signal_divergence",
+__all__ = ["truncation_report", "FUSED_AUTO_VOCAB", "FUSED_SETTINGS", "gives_hidden_states", "sampled_token_logprobs", "sampled_token_statistics", "signal_divergence",
            "DenseLogits", "HiddenStates", "LiveTeacher", "PastPredictions", "ReferencePolicy", "SampledLogprobs",
            "Signal", "SparseTopK", "TeacherCache", "TeacherCacheWriter", "VOCAB_POLICIES", "as_logits", "detached",
            "shared_vocab_size", "tokenizer_fingerprint"]

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from ..divergences import get_divergence
-from ..fused import TokenLogprobs, fused_linear_divergence, fused_linear_token_logprobs, token_logprobs
+from ..fused import (TokenLogprobs, TokenStatistics, fused_linear_divergence, fused_linear_token_logprobs,
+                     token_logprobs)
 from ._signals import DenseLogits, HiddenStates
 
 # From this many vocabulary entries on, a model's signal is its hidden states (the fused path). Measured with
@@ -69,6 +70,43 @@ def sampled_token_logprobs(signal: Union[DenseLogits, HiddenStates], token_ids: 
         return token_logprobs(signal.logits, token_ids, temperature=temperature, ignore_index=ignore_index,
                               return_entropy=True)
     raise ValueError(f"sampled_token_logprobs takes DenseLogits or HiddenStates, got {type(signal).__name__}")
+
+
+def sampled_token_statistics(signal: Union[DenseLogits, HiddenStates], target: Union[DenseLogits, HiddenStates],
+                             token_ids: Tensor, *, temperature: float = 1.0, ignore_index: int = -100) -> TokenStatistics:
+    r"""Everything an RL step reads per sampled token, from the policy's and the reference's
+    signals at the same positions: the policy's log-probs and entropy, the exact
+    :math:`\mathrm{KL}(\pi\,\|\,\rho)` over the whole vocabulary, and the reference's log-probs
+    (:class:`~divreg.fused.TokenStatistics`; 0 at ``ignore_index``). On hidden states one chunked
+    pass over the vocabulary gives all four (:func:`~divreg.fused.fused_linear_token_logprobs`
+    with a target); on dense logits, the plain functions. Gradients flow to the policy's signal
+    (the log-probs, the entropy and the KL); the reference is a constant.
+
+    Example:
+        >>> import torch
+        >>> from divreg.targets import DenseLogits
+        >>> policy = DenseLogits(torch.tensor([[[0.5, 0.5]]]).log())
+        >>> reference = DenseLogits(torch.tensor([[[0.25, 0.75]]]).log())
+        >>> out = sampled_token_statistics(policy, reference, torch.tensor([[1]]))
+        >>> [round(float(v), 4) for v in (out.logprobs, out.kl, out.target_logprobs)]  # KL = 0.5 log(0.5/0.25) + 0.5 log(0.5/0.75)
+        [-0.6931, 0.1438, -0.2877]
+    """
+    if isinstance(signal, HiddenStates) and isinstance(target, HiddenStates):
+        return fused_linear_token_logprobs(signal.hidden, signal.weight, token_ids, temperature=temperature,
+                                           bias=signal.bias, ignore_index=ignore_index, logit_scale=signal.logit_scale,
+                                           softcap=signal.softcap, target_hidden=target.hidden,
+                                           target_weight=target.weight, target_bias=target.bias,
+                                           target_logit_scale=target.logit_scale, target_softcap=target.softcap)
+    if isinstance(signal, DenseLogits) and isinstance(target, DenseLogits):
+        scored = token_logprobs(signal.logits, token_ids, temperature=temperature, ignore_index=ignore_index,
+                                return_entropy=True)
+        with torch.no_grad():
+            target_logprobs = token_logprobs(target.logits, token_ids, temperature=temperature,
+                                             ignore_index=ignore_index)
+        kl = signal_divergence(signal, target, token_ids != ignore_index, temperature=temperature)
+        return TokenStatistics(scored.logprobs, scored.entropy, kl.to(scored.logprobs.dtype), target_logprobs)
+    raise ValueError(f"sampled_token_statistics takes two DenseLogits or two HiddenStates, got "
+                     f"{type(signal).__name__} and {type(target).__name__}")
 
 
 def signal_divergence(signal: Union[DenseLogits, HiddenStates], target: Union[DenseLogits, HiddenStates],

@@ -23,7 +23,9 @@ from ...models import CausalLM, generate_examples, greedy_completions, next_toke
 from ...rl import (Rollout, ShapingContext, combine_rewards, exact_match, kl_target_signal, rollout_from_batch,
                    score_completions)
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
-from ...targets import DenseLogits, detached, gives_hidden_states, sampled_token_logprobs, signal_divergence
+from ...fused import TokenLogprobs
+from ...targets import (DenseLogits, HiddenStates, detached, gives_hidden_states, sampled_token_logprobs,
+                        sampled_token_statistics, signal_divergence)
 from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
                          to_device, train_run)
 from .._warmup import supervised_warmup
@@ -57,12 +59,15 @@ def mismatch_stats(logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor) -> 
     return {"mismatch_log_ratio": (log_ratio, mask), "mismatch_k3": (log_ratio.exp() - 1 - log_ratio, mask)}
 
 
-def kl_stats(policy_signal, ref_signal, rollout: Rollout, config: RLConfig) -> dict[str, tuple[Tensor, Tensor]]:
-    """The logged KL(pi || ref) per token: exact, the configured estimator's value (k2's is
-    biased), and how often k1 is negative; ``(values, mask)`` pairs for global means."""
+def kl_stats(policy_signal, ref_signal, rollout: Rollout, config: RLConfig,
+             exact: Optional[Tensor] = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """The logged KL(pi || ref) per token: exact (``exact``, or computed from the signals), the
+    configured estimator's value (k2's is biased), and how often k1 is negative; ``(values,
+    mask)`` pairs for global means."""
     mask = rollout.mask
-    exact = signal_divergence(policy_signal, ref_signal, mask, divergence="reverse_kl",
-                              temperature=config.temperature)  # (B, T)
+    if exact is None:
+        exact = signal_divergence(policy_signal, ref_signal, mask, divergence="reverse_kl",
+                                  temperature=config.temperature)  # (B, T)
     estimate = exact if config.kl_estimator == "exact" else kl_per_token(
         rollout.logprobs, rollout.ref_logprobs, config.kl_estimator, "reverse", config.kl_clamp)
     return {"kl_exact": (exact, mask), "kl_estimate": (estimate, mask),
@@ -234,20 +239,32 @@ class RLTrainer:
 
         def loss_fn(model, micro: Rollout, counts):
             signal = self.signal(model, micro.batch)
-            scored = sampled_token_logprobs(signal, micro.targets, temperature=config.temperature)
-            ref_signal, raw_ref = None, None
-            if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
+            ref_signal, raw_ref, exact_kl = None, None, None
+            if (self.lean and reference is not None and isinstance(signal, HiddenStates)
+                    and not (exact and config.kl_direction == "forward")):
+                # one pass over the vocabulary: the policy's log-probs and entropy, the exact KL to the reference
+                # (the loss's, when kl_estimator=exact, and the logged one) and the reference's log-probs
                 with torch.no_grad():
                     raw_ref = self.signal(reference, micro.batch)
-                ref_signal = kl_target_signal(raw_ref, micro.ref_phi, config.temperature)
-            if self.lean:  # this micro-batch's reference log-probs and logged statistics (see __init__)
-                micro = self.score_in_loss(micro, signal, scored, reference, raw_ref)
+                both = sampled_token_statistics(signal, raw_ref, micro.targets, temperature=config.temperature)
+                scored, exact_kl = TokenLogprobs(both.logprobs, both.entropy), both.kl
+                micro = self.lean_statistics(micro.replace(ref_logprobs=both.target_logprobs), scored, both.kl)
+                if not exact:
+                    exact_kl = None
+            else:
+                scored = sampled_token_logprobs(signal, micro.targets, temperature=config.temperature)
+                if exact:  # the KL's target (RAPO's reweighting, when the rollout carries it), without gradient
+                    with torch.no_grad():
+                        raw_ref = self.signal(reference, micro.batch)
+                    ref_signal = kl_target_signal(raw_ref, micro.ref_phi, config.temperature)
+                if self.lean:  # this micro-batch's reference log-probs and logged statistics (see __init__)
+                    micro = self.score_in_loss(micro, signal, scored, reference, raw_ref)
             lp_reg = None if micro.lp_selected is None else LpReg(micro.lp_selected, micro.proxy_logprobs,
                                                                   config.lp_reg_coef)
             result = loss_module(scored.logprobs, micro.logprobs if config.num_iterations > 1 else None,
                                  micro.advantages, micro.mask, tokens=counts.tokens, sequences=counts.sequences,
                                  ref_logprobs=micro.ref_logprobs, kl_coef=kl_coef, kl_weights=micro.kl_weights,
-                                 lp_reg=lp_reg, policy_signal=signal, ref_signal=ref_signal,
+                                 exact_kl=exact_kl, lp_reg=lp_reg, policy_signal=signal, ref_signal=ref_signal,
                                  sampler_logprobs=micro.sampler_logprobs)
             loss, parts = result.loss, {"policy_loss": result.policy_loss, "kl_term": result.kl}
             if config.entropy_coef:  # an entropy bonus, aggregated like the loss
@@ -258,6 +275,19 @@ class RLTrainer:
             return loss, {"loss": loss.detach(), **parts}
 
         return loss_fn
+
+    @torch.no_grad()
+    def lean_statistics(self, micro: Rollout, scored: TokenLogprobs, exact_kl: Tensor) -> Rollout:
+        """The lean path on hidden states (see ``__init__``): this micro-batch's statistics, from
+        the one-pass values (``micro`` carries the reference's log-probs already)."""
+        logprobs, mask = scored.logprobs.detach(), micro.mask
+        stats = {"entropy": (scored.entropy.detach(), mask)}
+        if micro.sampler_logprobs is not None:
+            stats |= mismatch_stats(logprobs, micro.sampler_logprobs, mask)
+        stats |= kl_stats(None, None, micro.replace(logprobs=logprobs), self.config,
+                          exact=exact_kl.detach().masked_fill(~mask, 0.0))
+        self.micro_stats.append(stats)
+        return micro
 
     @torch.no_grad()
     def score_in_loss(self, micro: Rollout, signal, scored, reference, raw_ref) -> Rollout:
