@@ -188,8 +188,11 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
     outcome = {"warmup": {metric: warmup_metric(policy)}}
     train_pairs, held_out = _pairs(config, trainer, policy, tokenizer, data, seed, outcome)
     # the reference is the warm-up model: with lora, that model itself for the log-prob tables, then each method's
-    # policy with its adapters off (one copy of the weights); without, a frozen copy
-    reference, tables = _reference(config, trainer, (policy if config.lora is not None else build(state, lora=False))
+    # policy with its adapters off (one copy of the weights); without, a frozen copy, unless nothing reads the
+    # reference after its tables (as TRL's precompute_ref_log_probs: the warm-up model scores them, no second copy)
+    tables_only = config.precompute_reference and "hypo" not in config.methods and config.kl_eval == "none"
+    reference, tables = _reference(config, trainer, (policy if config.lora is not None or tables_only
+                                                     else build(state, lora=False))
                                    if config.reference == "warmup" else None, train_pairs, held_out, seed)
     current = {"reference": reference}
     kl_prompts = [list(p) for p in list({tuple(prompt_of(p)): None for p in held_out})[:config.kl_prompts]]
