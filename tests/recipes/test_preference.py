@@ -214,24 +214,31 @@ def test_every_shipped_config_runs_two_steps(tmp_path, name):
 
 
 def test_precomputed_reference_is_never_run_again(tmp_path, monkeypatch):
-    """With precomputed log-probs, DPO and no KL evaluation, the reference model runs once over
-    the pairs and never after (its forward raises from then on)."""
+    """With precomputed log-probs, DPO and no KL evaluation, the reference runs once over the
+    pairs and never in training (its forward raises from then on; the model that scored the
+    tables is the warm-up model itself, evaluated once before training: no second copy), and
+    training gets no reference model."""
     from divreg.recipes.preference.trainer import PreferenceTrainer
 
-    original = PreferenceTrainer.reference_logprobs
-    calls = []
+    original, optimize = PreferenceTrainer.reference_logprobs, PreferenceTrainer.optimize
+    calls, scorers = [], []
 
     def once(self, reference, pairs, path):
         table = original(self, reference, pairs, path)
         calls.append(sorted(pairs))
-
-        def refuse(*args, **kwargs):
-            raise AssertionError("the reference ran after its log-probs were precomputed")
-
-        monkeypatch.setattr(reference, "forward", refuse)
+        scorers.append(reference)
         return table
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran after its log-probs were precomputed")
+
+    def training(self, method, model, reference, *args, **kwargs):
+        assert reference is None and model is not scorers[0]
+        monkeypatch.setattr(scorers[0], "forward", refuse)
+        return optimize(self, method, model, reference, *args, **kwargs)
+
     monkeypatch.setattr(PreferenceTrainer, "reference_logprobs", once)
+    monkeypatch.setattr(PreferenceTrainer, "optimize", training)
     summary = run(_config(tmp_path / "r", "methods=[dpo]", "kl_eval=none"))
     assert calls == [["held_out", "train"]] and 0 <= summary["dpo"]["held_out_reward_accuracy"]["mean"] <= 1
 

@@ -208,8 +208,10 @@ def run_seed(config: PreferenceConfig, trainer: PreferenceTrainer, tokenizer, da
 
     outcome["warmup"] |= evaluate(policy)  # its KL to itself: 0 (a check of the measurement)
     del policy
-    for method in config.methods:
+    for number, method in enumerate(config.methods):
         model = build(state)
+        if number == len(config.methods) - 1:
+            del state  # the last method's copy is the only one needed from here (no second copy while it trains)
         if config.lora is not None and current["reference"] is not None:
             current["reference"] = AdaptersOff(model)
         with exported(trainer.accelerator, model, tokenizer, config.output_dir, f"{method}-seed{seed}"):

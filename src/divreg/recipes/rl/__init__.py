@@ -182,6 +182,7 @@ def run_seed(config: RLConfig, trainer: RLTrainer, tokenizer, seed: int) -> dict
                 load_weights(reference, trained["model"])
                 reference_accuracy = trained["metrics"]["test_accuracy"]
             reference = frozen(reference, config, trainer.accelerator)
+    del state  # the warm-up weights live on in the policy and the reference: no third copy during training
     with exported(trainer.accelerator, policy, tokenizer, config.output_dir, f"grpo-seed{seed}"):
         result = trainer.grpo(policy, reference, seed, os.path.join(checkpoints, f"grpo-seed{seed}.pt"))
     after = result["metrics"]
