@@ -201,13 +201,26 @@ def divreg_worker(spec: dict) -> dict:
                 "prompts_per_step=4", "group_size=4", "max_new_tokens=64", "kl_coef=0.04", "kl_estimator=k3",
                 "loss_agg=token_mean", "temperature=1.0", *common]
     argv += spec.get("divreg_extra", [])
+    losses: list = []
+    if spec["job"] in DISTILL_METHODS:  # distill-lm logs evaluations, not steps: the first step's loss from its call
+        import divreg.recipes.lm_distillation.trainer as distill_trainer
+
+        backward = distill_trainer.backward_micro_batches
+
+        def recorded(*args, **kwargs):
+            totals = backward(*args, **kwargs)
+            losses.append(float(totals["loss"]))
+            return totals
+
+        distill_trainer.backward_micro_batches = recorded
     stamps = _stamps()
     before = rss_bytes()
     code = main(argv)
     if code:
         raise SystemExit(code)
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    first = next((r["loss"] for r in records if r.get("record") == "step" and "loss" in r), None)
+    first = next((r["loss"] for r in records if r.get("record") == "step" and "loss" in r),
+                 losses[0] if losses else None)
     return {"seconds_per_step": _seconds_per_step(stamps), "steps": len(stamps),
             "peak_mb": (peak_rss_bytes() - before) / 2 ** 20, "first_loss": first}
 

@@ -73,7 +73,8 @@ def sampled_token_logprobs(signal: Union[DenseLogits, HiddenStates], token_ids: 
 
 
 def sampled_token_statistics(signal: Union[DenseLogits, HiddenStates], target: Union[DenseLogits, HiddenStates],
-                             token_ids: Tensor, *, temperature: float = 1.0, ignore_index: int = -100) -> TokenStatistics:
+                             token_ids: Tensor, *, temperature: float = 1.0,
+                             ignore_index: int = -100) -> TokenStatistics:
     r"""Everything an RL step reads per sampled token, from the policy's and the reference's
     signals at the same positions: the policy's log-probs and entropy, the exact
     :math:`\mathrm{KL}(\pi\,\|\,\rho)` over the whole vocabulary, and the reference's log-probs
@@ -88,7 +89,8 @@ def sampled_token_statistics(signal: Union[DenseLogits, HiddenStates], target: U
         >>> policy = DenseLogits(torch.tensor([[[0.5, 0.5]]]).log())
         >>> reference = DenseLogits(torch.tensor([[[0.25, 0.75]]]).log())
         >>> out = sampled_token_statistics(policy, reference, torch.tensor([[1]]))
-        >>> [round(float(v), 4) for v in (out.logprobs, out.kl, out.target_logprobs)]  # KL = 0.5 log(0.5/0.25) + 0.5 log(0.5/0.75)
+        >>> # KL = 0.5 log(0.5 / 0.25) + 0.5 log(0.5 / 0.75); log 0.5 and log 0.75 at the token
+        >>> [round(float(v), 4) for v in (out.logprobs, out.kl, out.target_logprobs)]
         [-0.6931, 0.1438, -0.2877]
     """
     if isinstance(signal, HiddenStates) and isinstance(target, HiddenStates):

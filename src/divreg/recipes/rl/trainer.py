@@ -89,8 +89,9 @@ class RLTrainer:
         self.chat = not isinstance(train[0].prompt, str)  # completions reach the rewards as TRL's message lists
         full_logits = config.rapo or config.lp_reg  # RAPO reweights the reference's, Lp-Reg's proxy reads the policy's
         if full_logits and config.fused == "true":
-            raise ValueError(f"{'rapo' if config.rapo else 'lp_reg'} needs full logits (RAPO reweights the reference's, "
-                             "Lp-Reg's proxy reads the policy's), which fused=true never builds: set fused=auto or false")
+            raise ValueError(f"{'rapo' if config.rapo else 'lp_reg'} needs full logits (RAPO reweights the "
+                             "reference's, Lp-Reg's proxy reads the policy's), which fused=true never builds: set "
+                             "fused=auto or false")
         hidden = gives_hidden_states("false" if full_logits else config.fused, len(tokenizer))
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
