@@ -152,7 +152,8 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, hidden: bool = False) -> Tensor:
         if hidden:  # the transformer body (under LoRA: the adapted model's own body, adapters active)
             body = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            return body.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return body.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                   use_cache=False).last_hidden_state  # (no KV cache built for a scoring pass)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits[..., : self.vocab_size]
 
