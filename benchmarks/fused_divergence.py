@@ -29,6 +29,8 @@ import time
 
 from _measure import peak_rss_bytes, rss_bytes, run_worker
 
+TRL_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "generalized_jsd": 0.5}  # TRL's generalized-JSD beta of each
+
 DIVERGENCES = {  # name -> options
     "forward_kl": {},
     "reverse_kl": {},
@@ -122,7 +124,17 @@ def worker(spec: dict) -> dict:
         loss.backward()
         return loss
 
-    run = naive if spec["variant"] == "naive" else fused
+    def trl_chunked():  # TRL 1.16's chunked loss of its DistillationTrainer (beta 0: forward KL, 1: reverse KL, 0.5: JSD)
+        from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+        loss, _, _ = _chunked_divergence_loss(hidden[None], target_hidden[None], weight, target_weight,
+                                              (labels != -100)[None].long(), TRL_BETA[name], temperature=temperature)
+        loss.backward()
+        return loss
+
+    if spec["variant"] == "trl":
+        from trl.trainer import distillation_trainer  # noqa: F401  (imported before the memory baseline)
+    run = {"naive": naive, "fused": fused, "trl": trl_chunked}[spec["variant"]]
     rss_before = rss_bytes()
     start = time.perf_counter()
     loss = run()
@@ -169,9 +181,15 @@ def main() -> None:
     parser.add_argument("--mixed-hidden-only", action="store_true", help="only the Hs=512, Ht=1024 rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--peers", action="store_true",
+                        help="only TRL 1.16's chunked distillation loss against the fused path (forward KL, reverse "
+                             "KL, JSD), at each --vocab, T=1")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.peers:
+        peers(args)
         return
 
     raw = []
@@ -211,6 +229,29 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(raw, handle, indent=1)
+
+
+def peers(args) -> None:
+    """TRL 1.16's ``_chunked_divergence_loss`` (what its DistillationTrainer calls; on a CPU, its
+    torch path, which projects every position, ignored ones included) against the fused path,
+    interleaved, medians of ``--repeats``."""
+    print("| V | divergence | TRL s | fused s | speed-up | TRL MB | fused MB | memory ratio | loss rel. diff |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        for name in [d for d in args.divergences if d in TRL_BETA]:
+            spec = {"n": args.tokens, "vocab": vocab, "hs": args.hidden, "ht": args.hidden, "divergence": name,
+                    "temperature": 1.0, "ignored": 0.1}
+            runs = {"trl": [], "fused": []}
+            for _ in range(args.repeats):
+                for variant in runs:
+                    runs[variant].append(_measure({**spec, "variant": variant}))
+            med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "loss")}
+                   for v, rs in runs.items()}
+            trl, fused = med["trl"], med["fused"]
+            print(f"| {vocab} | {name} | {trl['seconds']:.2f} | {fused['seconds']:.2f} | "
+                  f"{trl['seconds'] / fused['seconds']:.2f}x | {trl['peak_mb']:.0f} | {fused['peak_mb']:.0f} | "
+                  f"{trl['peak_mb'] / fused['peak_mb']:.1f}x | {abs(trl['loss'] - fused['loss']) / abs(fused['loss']):.1e} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
