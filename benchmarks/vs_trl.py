@@ -11,7 +11,10 @@ resident set minus its resident set before the job (torch, transformers, dataset
 imported by then in both: each side's peak counts its own imports and its job).
 
 Jobs (TRL 1.16 against divreg; the settings both are given; everything else each library's
-default for the job, and where the defaults differ the table says so):
+default for the job, and where the defaults differ the table says so). One default differs on
+every TRL trainer: ``gradient_checkpointing=True`` (TRL's base config), where divreg's default is
+off. TRL keeps its default in the DPO, GRPO and off-policy jobs; ``--divreg-extra
+gradient_checkpointing=true`` measures divreg the same way (its memory is then comparable).
 
 - ``dpo``: sigmoid DPO, beta 0.1, 8 pairs per step, lengths up to 256 tokens, AdamW lr 1e-6
   constant, no warm-up; ``trl.DPOTrainer`` vs ``divreg preference methods=[dpo]``. TRL's default
