@@ -24,7 +24,7 @@ from ...rl import (Rollout, ShapingContext, combine_rewards, exact_match, kl_tar
                    score_completions)
 from ...schedules import AdaptiveKLController, Constant, LinearDecay, Schedule
 from ...fused import TokenLogprobs
-from ...targets import (DenseLogits, HiddenStates, detached, gives_hidden_states, sampled_token_logprobs,
+from ...targets import (DenseLogits, detached, gives_hidden_states, sampled_token_logprobs,
                         sampled_token_statistics, signal_divergence)
 from ...training import (RunSpec, backward_micro_batches, derive_seed, global_mean, global_means, step_batch,
                          to_device, train_run)
@@ -93,6 +93,7 @@ class RLTrainer:
                              "reference's, Lp-Reg's proxy reads the policy's), which fused=true never builds: set "
                              "fused=auto or false")
         hidden = gives_hidden_states("false" if full_logits else config.fused, len(tokenizer))
+        self.hidden = hidden
         self.signal = functools.partial(next_token_signal, hidden=hidden)  # model, batch -> its next-token signal
         self.loss = config.grpo_loss()
         self.shapers = build_shapers(config, self.loss)
@@ -239,14 +240,16 @@ class RLTrainer:
         exact = config.kl_estimator == "exact" and kl_coef and reference is not None
 
         def loss_fn(model, micro: Rollout, counts):
-            signal = self.signal(model, micro.batch)
             ref_signal, raw_ref, exact_kl = None, None, None
-            if (self.lean and reference is not None and isinstance(signal, HiddenStates)
-                    and not (exact and config.kl_direction == "forward")):
-                # one pass over the vocabulary: the policy's log-probs and entropy, the exact KL to the reference
-                # (the loss's, when kl_estimator=exact, and the logged one) and the reference's log-probs
+            one_pass = (self.lean and reference is not None and self.hidden
+                        and not (exact and config.kl_direction == "forward"))
+            if one_pass:  # the reference's hidden states first: its forward never overlaps the policy's graph
                 with torch.no_grad():
                     raw_ref = self.signal(reference, micro.batch)
+            signal = self.signal(model, micro.batch)
+            if one_pass:
+                # one pass over the vocabulary: the policy's log-probs and entropy, the exact KL to the reference
+                # (the loss's, when kl_estimator=exact, and the logged one) and the reference's log-probs
                 both = sampled_token_statistics(signal, raw_ref, micro.targets, temperature=config.temperature)
                 scored, exact_kl = TokenLogprobs(both.logprobs, both.entropy), both.kl
                 micro = self.lean_statistics(micro.replace(ref_logprobs=both.target_logprobs), scored, both.kl)
