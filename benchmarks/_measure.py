@@ -39,3 +39,24 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """The peak resident set size of this process so far, in bytes (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size to the current one (Linux: ``clear_refs`` 5), so
+    that :func:`peak_rss_since_reset_bytes` sees only what follows (e.g. a measured call after a
+    warm-up that compiled kernels). False when the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_bytes() -> int:
+    """The peak resident set size since the last :func:`reset_peak_rss` (``VmHWM``), in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return peak_rss_bytes()

@@ -1,6 +1,6 @@
-"""DSIR: the reference package (`data-selection`, HashedNgramDSIR, joblib over 2 processes) against
-`divreg select` in `compat` and `fast` modes (2 worker processes), each in its own subprocess, on a
-synthetic corpus generated here. Two corpora:
+"""DSIR: the reference package (`data-selection` 1.0, HashedNgramDSIR, ``num_proc`` processes) against
+`divreg select` in `compat` and `fast` modes (``workers`` processes), each in its own subprocess, at
+1 and 2 processes each (``--processes``), on a synthetic corpus generated here. Two corpora:
 
 - ``--corpus topics``: documents of 100-300 words from 5 topics of 400 words each (half the words
   from 10 common ones) over a 20,000-word vocabulary: about 2,000 distinct words in use, so nearly
@@ -14,8 +14,11 @@ tokens, deterministic top-k of 1%). Phases: fit (featurize and count target and 
 (every raw document), resample + write; peak memory (max RSS of the subprocess and of its largest
 child); whether the selection is the reference's; the KL reduction.
 
-    .venv/bin/python benchmarks/dsir.py --docs 200000                  # topics (about 6 minutes)
-    .venv/bin/python benchmarks/dsir.py --docs 20000 --corpus zipf     # zipf (about 2 minutes)
+    .venv/bin/python benchmarks/dsir.py --docs 200000 --processes 2            # topics (about 6 minutes)
+    .venv/bin/python benchmarks/dsir.py --docs 20000 --corpus zipf --repeats 3  # zipf (about 6 minutes)
+
+With ``--repeats R`` the variants run interleaved R times and the table shows medians (the machine
+is shared). The results also go to ``outputs/benchmarks/dsir-<corpus>.json``.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def _write_corpus(folder: str, docs: int, document, topic) -> None:
             handle.write(json.dumps({"text": document(0), "id": i}) + "\n")
 
 
-def run_variant(variant: str, folder: str, k: int) -> dict:
+def run_variant(variant: str, folder: str, k: int, processes: int) -> dict:
     """In this (sub)process: the variant's phases; returns seconds per phase and the selected ids."""
     raw, target = os.path.join(folder, "raw.jsonl"), os.path.join(folder, "target.jsonl")
     times = {}
@@ -83,7 +86,8 @@ def run_variant(variant: str, folder: str, k: int) -> dict:
         from data_selection import HashedNgramDSIR
 
         started = time.perf_counter()
-        dsir = HashedNgramDSIR([raw], [target], os.path.join(folder, "cache"), num_proc=2)
+        dsir = HashedNgramDSIR([raw], [target], tempfile.mkdtemp(dir=folder, prefix="cache-"),
+                               num_proc=processes)  # a fresh cache each run: nothing reused between repeats
         dsir.fit_importance_estimator(num_tokens_to_fit="all")
         times["fit"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -91,22 +95,25 @@ def run_variant(variant: str, folder: str, k: int) -> dict:
         times["weights"] = time.perf_counter() - started
         started = time.perf_counter()
         np.random.seed(0)
-        dsir.resample(os.path.join(folder, "out"), num_to_sample=k, cache_dir=os.path.join(folder, "out_cache"),
-                      top_k=True)
+        run = tempfile.mkdtemp(dir=folder, prefix="reference-")  # the reference moves its cache to out (not yet there)
+        out = os.path.join(run, "out")
+        dsir.resample(out, num_to_sample=k, cache_dir=os.path.join(run, "out_cache"), top_k=True)
         times["resample"] = time.perf_counter() - started
-        ids = sorted(json.loads(line)["id"] for name in os.listdir(os.path.join(folder, "out"))
-                     for line in open(os.path.join(folder, "out", name)))
+        ids = sorted(json.loads(line)["id"] for name in os.listdir(out) if os.path.isfile(os.path.join(out, name))
+                     for line in open(os.path.join(out, name)))
         kl = None
-    else:  # the whole command: featurize, fit, weights, resample, write (2 worker processes)
+    else:  # the whole command: featurize, fit, weights, resample, write
         from divreg.recipes.selection import SelectConfig, run
 
-        report = run(SelectConfig(raw=[raw], target=[target], num_to_sample=k, mode=variant, top_k=True, workers=2,
-                                  random_baselines=0, output_dir=os.path.join(folder, f"out-{variant}")))
+        report = run(SelectConfig(raw=[raw], target=[target], num_to_sample=k, mode=variant, top_k=True,
+                                  workers=processes, random_baselines=0,
+                                  output_dir=os.path.join(folder, f"out-{variant}-{processes}"), overwrite=True))
         times = dict(report["seconds"])
         times["resample"] += times.pop("write")
         kl = report["kl_reduction"]
-        ids = sorted(json.loads(line)["id"] for name in sorted(os.listdir(os.path.join(folder, f"out-{variant}")))
-                     if name.startswith("selected") for line in open(os.path.join(folder, f"out-{variant}", name)))
+        out = os.path.join(folder, f"out-{variant}-{processes}")
+        ids = sorted(json.loads(line)["id"] for name in sorted(os.listdir(out)) if name.startswith("selected")
+                     for line in open(os.path.join(out, name)))
     times["total"] = sum(times.values())
     return {"seconds": times, "ids": ids, "kl_reduction": kl if variant != "reference" else None, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
@@ -116,34 +123,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20000)
     parser.add_argument("--corpus", choices=("topics", "zipf"), default="topics")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variant")  # internal: run one variant in this process
     parser.add_argument("--folder")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.folder, args.docs // 100)))
+        print(json.dumps(run_variant(args.variant, args.folder, args.docs // 100, args.processes[0])))
         return
+    import numpy as np
+
     folder = tempfile.mkdtemp(prefix="dsir-bench-")
     (make_zipf_corpus if args.corpus == "zipf" else make_corpus)(folder, args.docs)
-    results = {}
-    for variant in ("reference", "compat", "fast"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--folder", folder, "--docs",
-                              str(args.docs)], capture_output=True, text=True, env={**os.environ,
-                                                                                     "OMP_NUM_THREADS": "2"})
-        if out.returncode:
-            raise SystemExit(out.stderr[-3000:])
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    base = results["reference"]["seconds"]["total"]
+    runs: dict = {}
+    for _ in range(args.repeats):
+        for processes in args.processes:
+            for variant in ("reference", "compat", "fast"):
+                out = subprocess.run([sys.executable, __file__, "--variant", variant, "--folder", folder, "--docs",
+                                      str(args.docs), "--processes", str(processes)], capture_output=True, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": "2"})
+                if out.returncode:
+                    raise SystemExit(out.stderr[-3000:])
+                runs.setdefault((processes, variant), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.corpus} corpus: {args.docs} raw documents, 2000 target documents, 1% selected (deterministic "
-          "top-k), 2 cores\n")
-    print("| variant | fit s | weights s | resample + write s | total s | vs reference | peak MB | same selection "
-          "| KL reduction |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for variant, r in results.items():
-        s = r["seconds"]
-        same = r["ids"] == results["reference"]["ids"]
-        print(f"| {variant} | {s['fit']:.1f} | {s['weights']:.1f} | {s['resample']:.2f} | {s['total']:.1f} | "
-              f"{base / s['total']:.2f}x | {r['max_rss_mb']:.0f} | {'yes' if same else 'no'} | "
-              f"{'-' if r['kl_reduction'] is None else format(r['kl_reduction'], '.3f')} |")
+          f"top-k), medians of {args.repeats} run(s)\n")
+    print("| processes | variant | fit s | weights s | resample + write s | total s | vs reference | peak MB "
+          "| same selection | KL reduction |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for (processes, variant), results in runs.items():
+        seconds = {key: float(np.median([r["seconds"][key] for r in results])) for key in results[0]["seconds"]}
+        reference = runs[(processes, "reference")]
+        base = float(np.median([r["seconds"]["total"] for r in reference]))
+        same = all(r["ids"] == reference[0]["ids"] for r in results + reference)
+        kl = results[0]["kl_reduction"]
+        peak = float(np.median([r["max_rss_mb"] for r in results]))
+        rows.append({"processes": processes, "variant": variant, "seconds": seconds, "speedup": base / seconds["total"],
+                     "peak_mb": peak, "same_selection": same, "kl_reduction": kl, "runs": len(results)})
+        print(f"| {processes} | {variant} | {seconds['fit']:.1f} | {seconds['weights']:.1f} | {seconds['resample']:.2f} "
+              f"| {seconds['total']:.1f} | {base / seconds['total']:.2f}x | {peak:.0f} | {'yes' if same else 'no'} | "
+              f"{'-' if kl is None else format(kl, '.3f')} |")
+    os.makedirs(os.path.join("outputs", "benchmarks"), exist_ok=True)
+    with open(os.path.join("outputs", "benchmarks", f"dsir-{args.corpus}.json"), "w") as f:
+        json.dump({"docs": args.docs, "corpus": args.corpus, "repeats": args.repeats, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

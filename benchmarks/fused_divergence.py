@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 
-from _measure import peak_rss_bytes, rss_bytes, run_worker
+from _measure import peak_rss_bytes, peak_rss_since_reset_bytes, reset_peak_rss, rss_bytes, run_worker
 
 TRL_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "generalized_jsd": 0.5}  # TRL's generalized-JSD beta of each
 
@@ -132,14 +132,32 @@ def worker(spec: dict) -> dict:
         loss.backward()
         return loss
 
+    variants = {"naive": naive, "fused": fused, "trl": trl_chunked}
     if spec["variant"] == "trl":
         from trl.trainer import distillation_trainer  # noqa: F401  (imported before the memory baseline)
-    run = {"naive": naive, "fused": fused, "trl": trl_chunked}[spec["variant"]]
+    if spec["variant"] == "liger":
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        # the distillation term alone (weight_hard_loss=0), as the other variants; every other option its default
+        liger_loss = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=TRL_BETA[name],
+                                             temperature=temperature)
+
+        def liger():  # Liger's chunked JSD (beta 0: forward KL, 1: reverse KL)
+            loss = liger_loss(hidden, weight, target_hidden, target_weight, labels)
+            loss.backward()
+            return loss
+
+        variants["liger"] = liger
+    run = variants[spec["variant"]]
+    if spec.get("warm"):  # one call first (Liger compiles its chunk function on the first), then the measured one
+        run()
+        hidden.grad = weight.grad = None
+        reset_peak_rss()
     rss_before = rss_bytes()
     start = time.perf_counter()
     loss = run()
     seconds = time.perf_counter() - start
-    peak = peak_rss_bytes() - rss_before
+    peak = (peak_rss_since_reset_bytes() if spec.get("warm") else peak_rss_bytes()) - rss_before
     flops = 2 * valid * vocab * (3 * hs + ht)  # student fwd + teacher fwd + dX + dW, useful tokens only
     return {"seconds": seconds, "peak_mb": peak / 2**20, "loss": float(loss.detach()), "gflops": flops / seconds / 1e9}
 
@@ -232,26 +250,41 @@ def main() -> None:
 
 
 def peers(args) -> None:
-    """TRL 1.16's ``_chunked_divergence_loss`` (what its DistillationTrainer calls; on a CPU, its
-    torch path, which projects every position, ignored ones included) against the fused path,
-    interleaved, medians of ``--repeats``."""
-    print("| V | divergence | TRL s | fused s | speed-up | TRL MB | fused MB | memory ratio | loss rel. diff |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    """The peers' own chunked distillation kernels against the fused path, each warm (one call
+    first, then the measured call and its peak memory; Liger compiles on its first call), variants
+    interleaved, medians of ``--repeats``:
+
+    - TRL 1.16's ``_chunked_divergence_loss`` (what its DistillationTrainer calls; on a CPU, its
+      torch path, which projects every position, ignored ones included);
+    - Liger-Kernel 0.8.5's ``LigerFusedLinearJSDLoss`` (pure torch, ``torch.compile``-d chunks by
+      default; ``pip install liger-kernel==0.8.5 --no-deps``), the soft loss alone.
+
+    The speed-up and memory ratio are the peer's over the fused path's."""
+    try:
+        import liger_kernel  # noqa: F401
+
+        variants = ("trl", "liger", "fused")
+    except ImportError:
+        print("Liger-Kernel is not installed (pip install liger-kernel==0.8.5 --no-deps): TRL only\n")
+        variants = ("trl", "fused")
+    print("| V | divergence | library | seconds | speed-up of fused | peak MB | fused uses less by | loss rel. diff |\n"
+          "|---|---|---|---|---|---|---|---|")
     for vocab in args.vocab:
         for name in [d for d in args.divergences if d in TRL_BETA]:
             spec = {"n": args.tokens, "vocab": vocab, "hs": args.hidden, "ht": args.hidden, "divergence": name,
-                    "temperature": 1.0, "ignored": 0.1}
-            runs = {"trl": [], "fused": []}
+                    "temperature": 1.0, "ignored": 0.1, "warm": True}
+            runs: dict = {variant: [] for variant in variants}
             for _ in range(args.repeats):
                 for variant in runs:
                     runs[variant].append(_measure({**spec, "variant": variant}))
             med = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "loss")}
                    for v, rs in runs.items()}
-            trl, fused = med["trl"], med["fused"]
-            print(f"| {vocab} | {name} | {trl['seconds']:.2f} | {fused['seconds']:.2f} | "
-                  f"{trl['seconds'] / fused['seconds']:.2f}x | {trl['peak_mb']:.0f} | {fused['peak_mb']:.0f} | "
-                  f"{trl['peak_mb'] / fused['peak_mb']:.1f}x | {abs(trl['loss'] - fused['loss']) / abs(fused['loss']):.1e} |",
-                  flush=True)
+            fused = med["fused"]
+            for variant in variants:
+                m = med[variant]
+                print(f"| {vocab} | {name} | {variant} | {m['seconds']:.2f} | {m['seconds'] / fused['seconds']:.2f}x | "
+                      f"{m['peak_mb']:.0f} | {m['peak_mb'] / fused['peak_mb']:.1f}x | "
+                      f"{abs(m['loss'] - fused['loss']) / abs(fused['loss']):.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,74 @@ def test_batched_hasher_equals_hashing_every_ngram_text(n, hash):
         assert NgramHasher(modulus, 2).bucket("big modulus") == expected
 
 
+def _engine_ids(text: str, n: int, buckets: int, pattern) -> tuple[list[int], int]:
+    """Bucket ids by the reference's definition, tokenized by the hasher's own engine's pattern."""
+    import hashlib
+
+    words = pattern.findall(text.lower())
+    grams = list(words) + [" ".join(words[j:j + k]) for k in range(2, n + 1) for j in range(len(words) - k + 1)]
+    return [int(hashlib.sha256(g.encode("utf-8")).hexdigest(), 16) % buckets for g in grams], len(words)
+
+
+def _adversarial_text(rng: random.Random) -> str:
+    pieces = ["a", "b", "Z", "_", "9", " ", "  ", "\n", "\t", "\x1c", "\x1f", "\x00", "\x7f", ".", ",", "!?",
+              "it's", "é", "ß", "İ", "Σ", "x" * 8, "y" * 9, "abcdefghijklmnop", "abcdefghijklmnopq", "q" * 40,
+              "ab" * 7, "\r\n", "\x0b", "\x0c", "--", "..."]
+    mode = rng.random()
+    if mode < 0.3:  # any ASCII character, control characters included
+        return "".join(chr(rng.randrange(128)) for _ in range(rng.randint(0, 60)))
+    if mode < 0.6:  # tokens at the 8- and 16-byte key boundaries, separators the engines may disagree on
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 20))) for _ in range(rng.randint(0, 30))]
+    return rng.choice([" ", "  ", ", ", "\n"]).join(words)
+
+
+@pytest.mark.parametrize("engine", ["regex", "re"])
+def test_numpy_tokenizer_equals_the_engines_pattern_on_adversarial_text(engine):
+    """The numpy tokenizer of ASCII batches (byte classes, exact 16-byte keys, the open-addressing
+    word table) gives the buckets of the engine's own ``findall`` on every text: control
+    characters, words of 8/9/16/17+ bytes, mixed ASCII and non-ASCII batches, cache resets."""
+    from divreg.data.selection._ngrams import WORDPUNCT, WORDPUNCT_RE
+
+    pattern = WORDPUNCT if engine == "regex" else WORDPUNCT_RE
+    rng = random.Random(0)
+    for n in (1, 2, 3):
+        hasher = NgramHasher(10007, n, "sha256", engine=engine, cache_size=5000)
+        for _ in range(40):
+            batch = [_adversarial_text(rng) for _ in range(rng.randint(1, 40))]
+            ids, ngrams, words = hasher.ids_batch(batch)
+            offsets = np.concatenate([[0], np.cumsum(ngrams)])
+            for i, text in enumerate(batch):
+                expected, count = _engine_ids(text, n, 10007, pattern)
+                assert ids[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)
+                assert words[i] == count, repr(text)
+
+
+def test_word_key_collisions_fall_back_to_exact_strings(monkeypatch):
+    """When two different short words share the 64-bit mix of their keys, the hasher notices (it
+    compares the keys) and takes the string path: the buckets stay exact."""
+    from divreg.data.selection import _ngrams
+
+    fallbacks = []
+    lookup_keys = _ngrams._Words.lookup_keys
+
+    def counted(self, *args, **kwargs):
+        found = lookup_keys(self, *args, **kwargs)
+        fallbacks.append(found is None)
+        return found
+
+    monkeypatch.setattr(_ngrams._Words, "lookup_keys", counted)
+    monkeypatch.setattr(_ngrams, "_mix", lambda first, last, length: length.astype(np.uint64) % np.uint64(3))
+    hasher = NgramHasher(10007, 2)
+    for batch in (["hello world foo bar hello", "foo, bar! baz", "x" * 20 + " y", "ab ba abc cab"],
+                  ["foo hello zzz", "bar baz qux"], ["hello"]):
+        ids, ngrams, _ = hasher.ids_batch(batch)
+        offsets = np.concatenate([[0], np.cumsum(ngrams)])
+        for i, text in enumerate(batch):
+            assert ids[offsets[i]:offsets[i + 1]].tolist() == _engine_ids(text, 2, 10007, _ngrams.WORDPUNCT)[0]
+    assert any(fallbacks)  # the collisions were seen
+
+
 def test_features_weights_counts_and_spill_round_trip(tmp_path):
     texts = [d["text"] for d in corpus(50, 10)]
     hasher = NgramHasher(1000, 2)

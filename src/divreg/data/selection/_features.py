@@ -37,9 +37,11 @@ class Features:
     def log_weights(self, log_diff: np.ndarray) -> np.ndarray:
         """(N,) or (N, T) ``np.dot(log_diff, dense counts)`` per example: the reference's arithmetic
         (same summation, so the same floats), not a sparse sum that would round differently."""
-        offsets, weights = self.offsets, []
+        offsets, weights = self.offsets.tolist(), []
+        ones = np.ones(int(self.ngrams.max()) if len(self) else 0)  # float64 counts: no int64 -> float64 copy in np.dot
         for start, end in zip(offsets[:-1], offsets[1:]):
-            weights.append(np.dot(log_diff, np.bincount(self.ids[start:end], minlength=self.buckets)))
+            weights.append(np.dot(log_diff, np.bincount(self.ids[start:end], weights=ones[:end - start],
+                                                        minlength=self.buckets)))
         shape = (len(self),) + np.shape(log_diff)[:-1]
         return np.asarray(weights, dtype=np.float64).reshape(shape)
 
@@ -52,7 +54,7 @@ class Features:
             return cls(stored["ids"], stored["ngrams"], stored["words"], int(stored["buckets"]))
 
 
-def featurize(texts: Iterable[str], hasher: NgramHasher, batch_size: int = 512) -> Features:
+def featurize(texts: Iterable[str], hasher: NgramHasher, batch_size: int = 2048) -> Features:
     """The features of every text (tokenized and hashed once, ``batch_size`` texts at a time)."""
     dtype = np.uint16 if hasher.buckets <= 1 << 16 else np.int32
     blocks, ngrams, words = [], [], []

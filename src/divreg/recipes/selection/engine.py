@@ -6,6 +6,7 @@ one piece, merged in piece order."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -57,7 +58,10 @@ class LocalBackend:
         if workers > 1:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            self._pool = ProcessPoolExecutor(workers, mp_context=context)
+            # gc.freeze in each (forked) worker: its garbage collector never walks the objects it
+            # inherited (torch, the parent's heap), which would copy their pages (copy-on-write)
+            self._pool = ProcessPoolExecutor(workers, mp_context=context,
+                                             initializer=gc.freeze)
 
     def _map(self, function, argument_lists, desc: str) -> list:
         if self._pool is None:
