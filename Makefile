@@ -10,7 +10,7 @@ EXTRAS ?= all
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.divreg-installed
 
-.PHONY: demo test test-fast docs install clean vllm
+.PHONY: demo test test-fast docs install clean vllm genlm
 
 # vLLM's CPU build in its own venv (it pins torch and an older transformers than divreg's):
 # `make vllm` builds it; `divreg serve` and the server tests find it as $(VLLM_VENV)/bin/python
@@ -60,5 +60,20 @@ $(VLLM_STAMP):
 
 vllm: $(VLLM_STAMP)
 
+# genlm-control 0.4.1 (the reference AWRS) in its own venv, for benchmarks/awrs_vs_genlm.py only
+GENLM_VENV    ?= .venv-genlm
+GENLM_PACKAGE ?= genlm-control==0.4.1
+GENLM_STAMP   := $(GENLM_VENV)/.divreg-genlm-installed
+
+$(GENLM_STAMP):
+	$(PYTHON) -m venv $(GENLM_VENV)
+	$(GENLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GENLM_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(GENLM_VENV)/bin/python -m pip install --quiet $(GENLM_PACKAGE)
+	$(GENLM_VENV)/bin/python -c "import genlm.control"
+	touch $(GENLM_STAMP)
+
+genlm: $(GENLM_STAMP)
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) outputs site .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(GENLM_VENV) outputs site .pytest_cache

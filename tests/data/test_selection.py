@@ -319,3 +319,35 @@ def test_reference_order_and_budget_split_over_several_files():
     assert mask.tolist() == [True, True, False, True, False, False, False]  # each shard stops after its first example
     assert fit_mask(np.array([2, 2, 2]), [3], 4, num_proc=1).tolist() == [True, True, True]  # 0, 2 <= 4; 4 <= 4
     assert fit_mask(np.array([2, 2, 2]), [3], None).all()
+
+
+def test_source_allocation_rules_and_lasso_against_the_closed_form():
+    """The L1 rule allocates in proportion to |nu|, the L2 rule to nu^2, with exact integer totals;
+    the Lasso estimate equals the closed form on orthonormal heads (soft thresholding) and the
+    L2 estimate is the minimum-norm solution."""
+    from divreg.data.selection import allocate_source_samples, task_relevance
+
+    nu = np.array([0.5, -1.5, 0.0, 1.0])
+    counts = allocate_source_samples(nu, 3000, "lasso")
+    assert counts.sum() == 3000 and counts.tolist() == [500, 1500, 0, 1000]
+    assert allocate_source_samples(nu, 3500, "l2").tolist() == [250, 2250, 0, 1000]
+    assert allocate_source_samples(nu, 10, "uniform", floor=1).sum() == 10
+    assert allocate_source_samples(nu, 13, "lasso", floor=2).min() == 2
+    # orthonormal heads (k = M = 4): the Lasso of 1/(2k)||W nu - w0||^2 + alpha ||nu||_1 is
+    # soft-thresholding of W^T w0 at k * alpha
+    rng = np.random.default_rng(0)
+    heads = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    target = heads @ np.array([2.0, -0.05, 0.0, 1.0])
+    alpha = 0.1 / 4
+    projected = heads.T @ target
+    expected = np.sign(projected) * np.maximum(np.abs(projected) - 4 * alpha, 0)
+    np.testing.assert_allclose(task_relevance(heads, target, "lasso", alpha=alpha), expected, atol=1e-8)
+    wide = rng.standard_normal((3, 6))
+    w0 = rng.standard_normal(3)
+    l2 = task_relevance(wide, w0, "l2")
+    np.testing.assert_allclose(wide @ l2, w0, atol=1e-10)
+    np.testing.assert_allclose(l2, wide.T @ np.linalg.solve(wide @ wide.T, w0), atol=1e-10)  # minimum norm
+    with pytest.raises(ValueError, match="rule must be one of"):
+        allocate_source_samples(nu, 10, "l3")
+    with pytest.raises(ValueError, match="floor"):
+        allocate_source_samples(nu, 10, "lasso", floor=3)
