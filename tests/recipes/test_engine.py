@@ -61,19 +61,28 @@ def test_bf16_follows_fp32_and_stays_finite(tmp_path, command):
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float)), record
 
 
-def _grads(model, ids, eval_mode):
+def _grads(model, ids, eval_mode, after_generation=lambda: None):
     model.zero_grad()
     if eval_mode:
         model.eval()
         model.checkpointing_in_eval()
+        if eval_mode == "after_generation":  # as an RL or HyPO step: sample, then score in the same mode
+            from divreg.models import generate_examples
+
+            generate_examples(model, [[1, 2, 3]], lm_fixtures.tokenizer(), max_new_tokens=3, seed=0)
+            after_generation()
     else:
         model.train()
     model(ids, torch.ones_like(ids)).float().logsumexp(-1).sum().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("eval_mode", [False, True])
+@pytest.mark.parametrize("eval_mode", [False, True, "after_generation"])
 def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(eval_mode):
+    """Checkpointing is active (the layer's forward runs again in the backward pass) in training
+    mode, in eval mode with the layers put back in training mode, and after a generation in that
+    mode (a generation once reset every module to one mode, turning checkpointing off for the
+    GRPO and HyPO losses that follow their sampling)."""
     from divreg.recipes._engine import trainable
 
     plain = lm_fixtures.model(seed=0, num_hidden_layers=2)
@@ -83,7 +92,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(eval_mod
     forward = mlp.forward
     mlp.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)  # (hooks do not see a recompute)
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
-    expected, got = _grads(plain, ids, eval_mode), _grads(checkpointed, ids, eval_mode)
+    expected, got = _grads(plain, ids, eval_mode), _grads(checkpointed, ids, eval_mode, calls.clear)
     assert len(calls) == 2  # the layer ran again in the backward pass: checkpointing was active
     for name in expected:
         assert torch.allclose(got[name], expected[name], rtol=1e-6, atol=1e-9), name

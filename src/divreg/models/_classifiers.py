@@ -10,6 +10,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._modes import evaluating
+
 
 class MLP(nn.Module):
     """Flatten, then Linear-ReLU blocks of the given widths, then a linear classifier."""
@@ -81,10 +83,7 @@ def build_classifier(kind: str, widths: Sequence[int], input_shape: Sequence[int
 def predict_probabilities(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """(N, C) class probabilities of ``model`` on ``x`` (N, ...) in fp32, computed in eval mode
     (the model's mode is restored after)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    probs = torch.cat([torch.softmax(model(x[i:i + batch_size].to(device)).float(), -1).cpu()
-                       for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return probs
+    with evaluating(model):
+        return torch.cat([torch.softmax(model(x[i:i + batch_size].to(device)).float(), -1).cpu()
+                          for i in range(0, len(x), batch_size)])

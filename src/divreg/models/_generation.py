@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data import TextExample
 from ._enumerate import _adapters_off
+from ._modes import evaluating
 
 
 @torch.no_grad()
@@ -80,16 +81,11 @@ def _generate_with(causal_lm, prompts: list[list[int]], tokenizer, max_new_token
         attention[row, width - len(prompt):] = 1
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, **sampling)
-    was_training = model.training
-    model.eval()
-    try:
-        with _without_model_defaults(model):
-            sequences = causal_lm.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                           generation_config=config, synced_gpus=_sharded(causal_lm),
-                                           logits_processor=LogitsProcessorList(
-                                               [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
-    finally:
-        model.train(was_training)
+    with evaluating(model), _without_model_defaults(model):
+        sequences = causal_lm.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       generation_config=config, synced_gpus=_sharded(causal_lm),
+                                       logits_processor=LogitsProcessorList(
+                                           [_TokenizerVocabulary(causal_lm.vocab_size)])).cpu()
     return [sequences[row, width:].tolist() for row in range(len(prompts))]
 
 
