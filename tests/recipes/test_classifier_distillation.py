@@ -193,3 +193,29 @@ def test_default_methods_reach_logistic_regression_on_a_small_table(tmp_path, ca
     assert reference >= 0.85
     for method, metrics in summary.items():
         assert metrics["accuracy"]["mean"] >= reference - 0.06, (method, metrics["accuracy"]["mean"], reference)
+
+
+def test_lelp_trains_a_subclass_student_and_reports_class_probabilities(tmp_path):
+    """lelp (LELP, arXiv 2409.20449): the student has S outputs per class, is trained toward the
+    teacher's pseudo-subclass target and is evaluated on its class probabilities (the sum of each
+    class's subclasses); its options are checked before any training."""
+    np.random.seed(0)
+    x = np.random.rand(200, 1, 8, 8).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)  # binary
+    np.savez(tmp_path / "binary.npz", x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:])
+    summary = run(_config(tmp_path / "run", f"data={tmp_path / 'binary.npz'}", "methods=[ce, lelp]",
+                          "teacher.widths=[8,16]"))
+    assert 0.0 <= summary["lelp"]["accuracy"]["mean"] <= 1.0 and summary["lelp"]["nll"]["mean"] > 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "lelp-seed0.pt", weights_only=False)["model"]
+    head = [value for name, value in state.items() if name.endswith("weight")][-1]
+    assert head.shape[0] == 2 * 10  # C * S outputs
+    for overrides, message in [(["methods=[{name: l, kind: lelp, options: {subclasses: 0}}]"], "subclasses must be"),
+                               (["methods=[{name: l, kind: lelp, options: {beta: 0}}]"], "beta must be"),
+                               (["methods=[{name: l, kind: lelp, options: {rotate: 1}}]"], "rotate must be true"),
+                               (["methods=[{name: l, kind: lelp, options: {k: 1}}]"], "takes")]:
+        with pytest.raises(ValueError, match=message):
+            _config(tmp_path, *overrides)
+    with pytest.raises(ValueError, match="exceeds the teacher's embedding width 16"):
+        run(_config(tmp_path / "wide", f"data={tmp_path / 'binary.npz'}", "teacher.widths=[8,16]",
+                    "methods=[{name: l, kind: lelp, options: {subclasses: 17}}]"))
+    assert not (tmp_path / "wide").exists()

@@ -38,10 +38,11 @@ def setup(config: DistillClassifierConfig, accelerator):
     data = load_classification_data(config.data, label_column=config.label_column,
                                     test_fraction=config.test_fraction, seed=config.data_seed)
     # everything the run will build is built once now, so a bad model or method stops it before any training
-    for spec in (config.teacher, config.student):
-        build_classifier(spec.kind, spec.widths, data.input_shape, data.num_classes)
+    shape = build_classifier(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
+    build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
+    shape._divreg_unfitted = True  # an architecture to check the methods against, not a teacher
     for method in config.methods:
-        make_method(method, data, config.epochs)
+        make_method(method, data, config.epochs, shape)
     checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)
@@ -77,10 +78,12 @@ def train_students(config, data, trainer: Trainer, teacher, checkpoints: str, se
     epochs, every = training_schedule(config.epochs, trainer.steps_per_epoch, config.min_steps)
     for method in tqdm(config.methods, desc="students", disable=not accelerator.is_local_main_process):
         set_seed(seed)
-        student = build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
+        objective = make_method(method, data, epochs, teacher, seed)
+        student = objective.student(build_classifier(config.student.kind, config.student.widths, data.input_shape,
+                                                     objective.outputs(data.num_classes)), data.num_classes)
         name = f"{method.name}-seed{seed}"
         run = ClassifierRun(name, method.name, seed, epochs, os.path.join(checkpoints, f"{name}.pt"), every)
-        results[method.name] = trainer.run(run, student, make_method(method, data, epochs), teacher)
+        results[method.name] = trainer.run(run, student, objective, teacher)
     return results
 
 

@@ -15,23 +15,26 @@ from ...config import require_positive
 from ...divergences import DIVERGENCES
 from .._methods import DIVERGENCE_ALIASES, check_divergence, divergence_name, parse_methods
 
-KINDS = ("ce", "label_smoothing", "kd", "sinkd", "pskd", "two_view")
+KINDS = ("ce", "label_smoothing", "kd", "sinkd", "pskd", "two_view", "lelp")
 OPTIONS = {"sinkd": ("sinkhorn_weight", "epsilon", "n_iters", "ot_temperature", "scaling"),
-           "two_view": ("augment_shift", "augment_noise")}
+           "two_view": ("augment_shift", "augment_noise"),
+           "lelp": ("subclasses", "beta", "null_space", "rotate")}
+LELP_DEFAULTS = {"subclasses": 10, "beta": 1.0, "null_space": True, "rotate": True}
 POSITIVE_OPTIONS = ("epsilon", "n_iters", "ot_temperature")
 
 
 @dataclass
 class ClassifierMethod:
     name: str = "ce"  # label in tables, plots and checkpoint names
-    kind: str = "ce"  # ce, label_smoothing, kd (any divergence), sinkd, pskd or two_view
+    kind: str = "ce"  # ce, label_smoothing, kd (any divergence), sinkd, pskd, two_view or lelp
     divergence: Optional[str] = None  # kd and two_view: a divreg.divergences name
     divergence_options: dict[str, Any] = field(default_factory=dict)  # e.g. {beta: 0.5} for generalized_jsd
     # kd: w of (1 - w) CE + w T^2 D; sinkd: alpha of its KD term; pskd: alpha_T; two_view: the weight of the
-    # two-view divergence; label_smoothing: the smoothing
+    # two-view divergence; label_smoothing: the smoothing; lelp: w of w CE + (1 - w) CE to the subclass target
     weight: float = 0.0
     temperature: float = 1.0  # kd and sinkd: T
-    # sinkd: sinkhorn_weight, epsilon, n_iters, ot_temperature, scaling; two_view: augment_shift, augment_noise
+    # sinkd: sinkhorn_weight, epsilon, n_iters, ot_temperature, scaling; two_view: augment_shift, augment_noise;
+    # lelp: subclasses (S per class, 10), beta (subclass temperature, 1), null_space (true), rotate (true)
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -44,7 +47,7 @@ class ClassifierMethod:
             check_divergence(where, self.divergence, self.divergence_options)
         elif self.divergence is not None:
             raise ValueError(f"{where}: kind {self.kind} takes no divergence, got {self.divergence!r}")
-        bounded = self.kind in ("kd", "sinkd", "pskd", "label_smoothing")
+        bounded = self.kind in ("kd", "sinkd", "pskd", "label_smoothing", "lelp")
         if not (0.0 <= self.weight <= 1.0 if bounded else self.weight >= 0.0):
             raise ValueError(f"{where}.weight must be in {'[0, 1]' if bounded else '[0, inf)'}, got {self.weight}")
         if not self.temperature > 0:
@@ -54,7 +57,16 @@ class ClassifierMethod:
             raise ValueError(f"{where}.options: kind {self.kind} takes {list(OPTIONS.get(self.kind, ()))}, "
                              f"got unknown {sorted(unknown)}")
         for key, value in self.options.items():
-            if key == "scaling":
+            if key in ("null_space", "rotate"):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}.options.{key} must be true or false, got {value!r}")
+            elif key == "subclasses":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{where}.options.subclasses must be a positive integer, got {value!r}")
+            elif key == "beta":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise ValueError(f"{where}.options.beta must be a number > 0, got {value!r}")
+            elif key == "scaling":
                 if value not in ("coupling", "released"):
                     raise ValueError(f"{where}.options.scaling must be 'coupling' or 'released', got {value!r}")
             elif not isinstance(value, (int, float)) or value < 0 or (key in POSITIVE_OPTIONS and value <= 0):
@@ -89,7 +101,7 @@ class DistillClassifierConfig:
     label_column: str = "label"  # label column of a datasets folder
     test_fraction: float = 0.3  # held-out share when the data has no test split
     output_dir: str = "outputs/distill_classifier"  # config, metrics, plots and checkpoints go here
-    # students to train: short names (ce, label_smoothing, sinkd, pskd, two_view, kd_<divergence>) or
+    # students to train: short names (ce, label_smoothing, sinkd, pskd, two_view, lelp, kd_<divergence>) or
     # mappings {name, kind, divergence, divergence_options, weight, temperature, options}
     methods: list[Any] = field(default_factory=lambda: [
         "ce", "kd_forward_kl", "kd_reverse_kl", "kd_jsd", "sinkd", "pskd", "label_smoothing"])
@@ -129,6 +141,8 @@ class DistillClassifierConfig:
             return {"name": name, "kind": name, "weight": self.label_smoothing}
         if name == "pskd":
             return {"name": name, "kind": name, "weight": self.pskd_alpha}
+        if name == "lelp":  # the paper's experiments: no label term, the teacher's class probabilities at T = 1
+            return {"name": name, "kind": name, "weight": 0.0, "temperature": 1.0, "options": dict(LELP_DEFAULTS)}
         if name == "two_view":
             return {"name": name, "kind": name, "divergence": "forward_kl", "weight": self.two_view_weight,
                     "options": {"augment_shift": self.augment_shift, "augment_noise": self.augment_noise}}

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from ...data import ClassificationData, augment
 from ...losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
 from ...schedules import LinearRamp
-from ...targets import DenseLogits, PastPredictions
-from .config import ClassifierMethod
+from ...targets import DenseLogits, PastPredictions, class_log_probs, fit_subclass_projection
+from .config import LELP_DEFAULTS, ClassifierMethod
 
 
 @dataclass
@@ -28,9 +28,18 @@ class Batch:
 
 class Method:
     """Cross-entropy; subclasses override :meth:`loss`. ``needs_teacher`` asks the loop for the
-    teacher's signal; the state (``state_dict``) is saved in checkpoints."""
+    teacher's signal; the state (``state_dict``) is saved in checkpoints; :meth:`student` shapes
+    the student's network (LELP's has S outputs per class)."""
 
     needs_teacher = False
+
+    def outputs(self, num_classes: int) -> int:
+        """How many outputs the student's network needs."""
+        return num_classes
+
+    def student(self, network: nn.Module, num_classes: int) -> nn.Module:
+        """The student to train and evaluate around ``network``: its forward gives class logits."""
+        return network
 
     def loss(self, model: nn.Module, batch: Batch, target: Optional[DenseLogits]) -> tuple[Tensor, Tensor]:
         """(loss, the model's logits on the clean inputs)."""
@@ -103,8 +112,92 @@ class TwoViews(Method):
         return ce + self.consistency(logits_1, logits_2), logits_1
 
 
-def make_method(spec: ClassifierMethod, data: ClassificationData, epochs: int) -> Method:
-    """The objective a method entry describes."""
+class SubclassStudent(nn.Module):
+    """A student with S outputs per class (class-major): ``forward(x)`` gives the class
+    log-probabilities :math:`\\log\\sum_s q_{c,s}` (a valid logit vector for the evaluation),
+    ``forward(x, subclasses=True)`` the C·S logits."""
+
+    def __init__(self, network: nn.Module, num_classes: int):
+        super().__init__()
+        self.network, self.num_classes = network, num_classes
+
+    def forward(self, x: Tensor, subclasses: bool = False) -> Tensor:
+        logits = self.network(x)
+        return logits if subclasses else class_log_probs(logits, self.num_classes)
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError("lelp needs a teacher whose output layer is an nn.Linear (its input is the embedding)")
+    return layers[-1]
+
+
+@torch.no_grad()
+def _embeddings_and_logits(teacher: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's penultimate embedding (the input of its last linear layer) and its logits."""
+    captured = []
+    handle = _last_linear(teacher).register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        logits = teacher(x)
+    finally:
+        handle.remove()
+    return captured[-1], logits
+
+
+class LELP(Method):
+    """Few-class distillation on pseudo-subclasses from linear projections of the teacher's
+    embeddings (:func:`divreg.targets.fit_subclass_projection`; Loo et al. 2024, arXiv
+    2409.20449): the projections are fitted once on the training set's teacher embeddings (the
+    random rotation drawn from the student's seed), the student has S outputs per class and is
+    trained by cross-entropy to :math:`p^T_c\\,\\mathrm{softmax}_s(z_{c,s}/\\beta)`, plus ``weight``
+    times the label cross-entropy of its class probabilities (the paper: 0)."""
+
+    def __init__(self, teacher: nn.Module, data: ClassificationData, *, subclasses: int, beta: float,
+                 temperature: float, weight: float, null_space: bool, rotate: bool, seed: int):
+        self.teacher, self.num_classes, self.subclasses = teacher.eval(), data.num_classes, subclasses
+        self.beta, self.temperature, self.weight = beta, temperature, weight
+        device = next(teacher.parameters()).device
+        embeddings = torch.cat([_embeddings_and_logits(teacher, data.x_train[i:i + 512].to(device))[0].cpu()
+                                for i in range(0, len(data.x_train), 512)])
+        self.projection = fit_subclass_projection(embeddings, data.y_train, _last_linear(teacher).weight.cpu(),
+                                                  subclasses, null_space=null_space, rotate=rotate, seed=seed)
+
+    def outputs(self, num_classes):
+        return num_classes * self.subclasses
+
+    def student(self, network, num_classes):
+        return SubclassStudent(network, num_classes)
+
+    def loss(self, model, batch, target):
+        self.teacher.to(batch.x.device)
+        embeddings, teacher_logits = _embeddings_and_logits(self.teacher, batch.x)
+        soft = self.projection.targets(embeddings.cpu(), teacher_logits.cpu(), beta=self.beta,
+                                       temperature=self.temperature).to(batch.x.device, torch.float32)
+        logits = model(batch.x, subclasses=True)  # (B, C*S)
+        distill = -(soft * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+        class_log_p = class_log_probs(logits.float(), self.num_classes)
+        loss = (1 - self.weight) * distill + self.weight * F.nll_loss(class_log_p, batch.labels) \
+            if self.weight else distill
+        return loss, class_log_p
+
+
+def make_method(spec: ClassifierMethod, data: ClassificationData, epochs: int, teacher: Optional[nn.Module] = None,
+                seed: int = 0) -> Method:
+    """The objective a method entry describes (``teacher`` and ``seed``: what LELP fits its
+    projections with; an untrained teacher network, as when a config is checked before training,
+    checks LELP's options against its embedding width and returns a cross-entropy stand-in)."""
+    if spec.kind == "lelp":
+        options = {**LELP_DEFAULTS, **spec.options}
+        width = _last_linear(teacher).in_features if teacher is not None else None
+        if width is not None and options["subclasses"] > width:
+            raise ValueError(f"methods.{spec.name}.options.subclasses={options['subclasses']} exceeds the teacher's "
+                             f"embedding width {width} (the input of its output layer): at most {width}")
+        if teacher is None or getattr(teacher, "_divreg_unfitted", False):
+            return Method()
+        return LELP(teacher, data, subclasses=options["subclasses"], beta=float(options["beta"]),
+                    temperature=spec.temperature, weight=spec.weight, null_space=options["null_space"],
+                    rotate=options["rotate"], seed=seed)
     if spec.kind == "ce":
         return Method()
     if spec.kind == "label_smoothing":
