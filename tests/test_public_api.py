@@ -30,7 +30,7 @@ EXPECTED = {
                        "tilted_policy", "win_rate"},
     divreg: {"__version__", "divergences", "estimators", "fused", "losses", "metrics", "reductions", "regularizers",
              "rl", "schedules", "targets"},
-    divreg.regularizers: {"BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty",
+    divreg.regularizers: {"HalfMask", "apply_half_fine_tuning", "half_fine_tuning_mask", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty",
                           "neighbour_proportions", "soft_cross_entropy", "svls_kernel", "svls_loss", "svls_targets",
                           "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy",
                           "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude",

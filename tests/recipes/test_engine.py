@@ -112,3 +112,30 @@ def test_gradient_checkpointing_leaves_an_rl_run_unchanged(tmp_path):
 def test_a_bad_precision_is_one_line():
     with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
         load_config(RLConfig, None, ["precision=fp16"])
+
+
+@pytest.mark.parametrize("command", ["distill-lm", "rl", "preference"])
+def test_half_fine_tuning_trains_only_the_drawn_half(tmp_path, command, monkeypatch):
+    """half_fine_tuning=true: the parameters HFT draws keep the values they had when frozen, every
+    other decoder-layer matrix moves; lora together with it is refused."""
+    import divreg.recipes._engine as engine
+
+    seen = []
+
+    def recording(model, seed):
+        mask = apply(model, seed)
+        seen.append(({n: p.detach().clone() for n, p in model.named_parameters()}, mask))
+        return mask
+
+    apply = engine.apply_half_fine_tuning
+    monkeypatch.setattr(engine, "apply_half_fine_tuning", recording)
+    _run(command, tmp_path / "hft", "half_fine_tuning=true")
+    name = {"distill-lm": "forward_kl.pt", "rl": "grpo-seed0.pt", "preference": "dpo-seed0.pt"}[command]
+    trained = torch.load(tmp_path / "hft" / "checkpoints" / name, weights_only=False)["model"]
+    start, mask = seen[-1]
+    assert 0.3 < mask.frozen_share < 0.7
+    moved = {n for n in start if ".layers." in n and not torch.equal(trained["model." + n], start[n])}
+    assert moved and not moved & set(mask.frozen)  # the frozen half never moved, the other half did
+    assert {n for n in start if ".layers." in n and n.endswith("proj.weight")} - set(mask.frozen) <= moved
+    with pytest.raises(ValueError, match="choose one"):
+        load_config(RLConfig, None, ["half_fine_tuning=true", "lora={r: 4}"])

@@ -111,10 +111,17 @@ class EngineBlock:
     # LoRA adapters on the trained model (e.g. lora={r: 16}); in rl and preference, a reference that is the starting
     # model is then that same model with its adapters disabled: no second copy of the weights. null: full fine-tuning
     lora: Optional[LoRABlock] = None
+    # Half Fine-Tuning (HFT, arXiv 2404.18466): freeze a random half of the trained model's decoder-layer parameters
+    # (per layer 2 of 4 attention projections, 1-2 of 3 MLP matrices, 1 of 2 norms; embeddings and head trainable),
+    # drawn from the run seed: the frozen half keeps the starting weights (less forgetting of what they knew)
+    half_fine_tuning: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.half_fine_tuning and self.lora is not None:
+            raise ValueError("half_fine_tuning=true and lora both restrict what is trained: choose one (HFT trains "
+                             "half of the full model's layers, LoRA trains adapters beside frozen weights)")
         _next_check(self, EngineBlock)
 
 

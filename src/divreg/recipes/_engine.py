@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..models import CausalLM, ModelSource, add_lora, build_causal_lm
+from ..regularizers import apply_half_fine_tuning
 from ..training import is_fsdp
 
 
@@ -14,7 +15,9 @@ def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> Caus
     """``model`` (about to be trained) with the engine options: non-reentrant gradient
     checkpointing of every decoder layer when ``config.gradient_checkpointing``; LoRA adapters
     when ``config.lora`` (and ``lora``: a supervised warm-up trains the full model), initialized
-    under ``seed``."""
+    under ``seed``; with ``config.half_fine_tuning`` (and ``lora``: the stage after a warm-up), a
+    random half of the decoder layers' parameters frozen, drawn from ``seed`` (the same mask on
+    resume)."""
     if config.gradient_checkpointing:
         if not getattr(model.model, "supports_gradient_checkpointing", False):
             raise ValueError(f"gradient_checkpointing=true: this {type(model.model).__name__} does not support "
@@ -23,6 +26,8 @@ def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> Caus
             model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora and getattr(config, "half_fine_tuning", False):
+        apply_half_fine_tuning(model.model, seed)  # its own stream (Python's random), not torch's
     if lora and config.lora is not None:
         model = add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules,
                          seed=seed)

@@ -5,7 +5,8 @@ a scalar), thin modules compose them with a weight (a number or a :mod:`divreg.s
 schedule).
 
 Families: calibration for dense prediction (SVLS, NACL); generalized category discovery
-(LegoGCD's local entropy regularization); sparsity (TopK and variational sparse autoencoders); representations (Distiller's MI-alpha, Core-tuning's focal contrast on mixed features, lambda-orthogonality, KaLM-Embedding's focal InfoNCE with mixed hard negatives); sharpness of a surrogate (IGNITE); priors (learned proximal networks); regularization weights learned by bilevel optimization (MAID).
+(LegoGCD's local entropy regularization); sparsity (TopK and variational sparse autoencoders); representations (Distiller's MI-alpha, Core-tuning's focal contrast on mixed features, lambda-orthogonality, KaLM-Embedding's focal InfoNCE with mixed hard negatives); sharpness of a surrogate (IGNITE); priors (learned proximal networks); regularization weights learned by bilevel optimization (MAID); the previous stage's weights,
+held for a random half of the parameters (Half Fine-Tuning).
 """
 
 from ._calibration import (BORDERS, DISTANCES, NACLLoss, SVLSLoss, nacl_loss, nacl_penalty, neighbour_proportions,
@@ -20,6 +21,7 @@ from ._mutual_information import MIAlphaDistill, ProjectedHiddenLoss, interpolat
 from ._core_tuning import (CoreTuningLoss, focal_supervised_contrastive, hard_pair_mix, random_pair_mix,
                           soft_label_classes)
 from ._bilevel import MAID, MAIDState
+from ._half_fine_tuning import HalfMask, apply_half_fine_tuning, half_fine_tuning_mask
 
-__all__ = ["MAID", "MAIDState", "CoreTuningLoss", "focal_supervised_contrastive", "hard_pair_mix", "random_pair_mix", "soft_label_classes", "MIAlphaDistill", "ProjectedHiddenLoss", "interpolated_mi_bound", "loo_log_mean_exp", "focal_info_nce", "mix_hard_negatives", "InputConvexNetwork", "proximal_matching_loss", "IgniteDual", "surrogate_gradient_norm_grads", "AffineAdapter", "lambda_orthogonality", "orthogonality_gap", "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude", "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
+__all__ = ["HalfMask", "apply_half_fine_tuning", "half_fine_tuning_mask", "MAID", "MAIDState", "CoreTuningLoss", "focal_supervised_contrastive", "hard_pair_mix", "random_pair_mix", "soft_label_classes", "MIAlphaDistill", "ProjectedHiddenLoss", "interpolated_mi_bound", "loo_log_mean_exp", "focal_info_nce", "mix_hard_negatives", "InputConvexNetwork", "proximal_matching_loss", "IgniteDual", "surrogate_gradient_norm_grads", "AffineAdapter", "lambda_orthogonality", "orthogonality_gap", "TopKSAE", "VariationalSAE", "auxk_loss", "sae_loss", "topk_by_magnitude", "LocalEntropyRegularizer", "PriorEMA", "known_confident_mask", "local_entropy", "BORDERS", "DISTANCES", "NACLLoss", "SVLSLoss", "nacl_loss", "nacl_penalty", "neighbour_proportions", "soft_cross_entropy",
            "svls_kernel", "svls_loss", "svls_targets"]
