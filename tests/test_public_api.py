@@ -77,7 +77,7 @@ EXPECTED = {
                   "train_bpe_tokenizer", "PreferencePair", "load_preference_records", "read_records", "tokenize_pairs",
                   "PromptExample", "load_prompt_records", "task_prompt_records", "tokenize_prompts",
                   "CURRICULA", "IRT_MODELS", "IRTFit", "curriculum_weights", "fit_irt", "irt_objective"},
-    divreg.models: {"CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
+    divreg.models: {"LogitEnsemble", "CausalLM", "MLP", "ModelSource", "SmallCNN", "build_causal_lm", "build_classifier",
                     "exact_sequence_kl", "generate_examples", "greedy_completions", "load_tokenizer", "model_tokenizer", "next_token_signal", "predict_probabilities",
                     "tiny_llama", "weights_fingerprint", "export_checkpoint", "own_tokenizer", "save_model_folder",
                     "AdaptersOff", "add_lora"},
