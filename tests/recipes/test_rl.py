@@ -276,3 +276,36 @@ def test_the_one_forward_step_logs_and_trains_as_the_separate_scoring_pass(tmp_p
             # (and so are the estimate and the KL term of the loss with kl_estimator=exact)
             tolerance = 2e-7 if key in ("kl_exact", "kl_term", "kl_estimate") and "fused=true" in options else 1e-9
             assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=tolerance), (mine["step"], key)
+
+
+def test_curriculum_draws_easy_prompts_first_and_refuses_missing_difficulties(tmp_path):
+    """curriculum=easy_to_hard: each step's prompts are a seeded draw weighted toward the easy
+    end early and the hard end late (the same draw again for the same seed and step: resume); a
+    prompt without a numeric difficulty stops the run before training, naming it."""
+    import types
+
+    import numpy as np
+
+    from divreg.recipes.rl.trainer import RLTrainer, prompt_difficulties
+
+    records = [{"prompt": f"{i}+1=", "answer": str(i + 1), "difficulty": i % 5} for i in range(100)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    config = load_config(RLConfig, None, [f"data={data}", "curriculum=easy_to_hard", "steps=10",
+                                          "prompts_per_step=8", "rewards={exact_match: 1.0}"])
+    train = [types.SimpleNamespace(columns=r, where=f"line {i + 1}", prompt=r["prompt"]) for i, r in enumerate(records)]
+    difficulty = prompt_difficulties(train, config)
+    trainer = types.SimpleNamespace(config=config, difficulty=difficulty, train=train)
+    first, last = RLTrainer.step_prompts(trainer, 0, 0), RLTrainer.step_prompts(trainer, 0, 9)
+    assert len(set(first.tolist())) == 8
+    assert difficulty[first.numpy()].mean() < 1.0 < 3.0 < difficulty[last.numpy()].mean()
+    assert torch.equal(RLTrainer.step_prompts(trainer, 0, 0), first)
+    uniform = types.SimpleNamespace(config=config, difficulty=None, train=train)
+    assert 1.0 < np.mean(difficulty[RLTrainer.step_prompts(uniform, 0, 0).numpy()]) < 3.5
+    records[50].pop("difficulty")  # a training prompt (the first tenth is held out)
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    with pytest.raises(ValueError, match="needs a number in the column 'difficulty'"):
+        run(load_config(RLConfig, None, [*TINY, "warmup_steps=0", f"data={data}", "curriculum=easy_to_hard", "tokenizer=builtin",
+                                         "rewards={exact_match: 1.0}", f"output_dir={tmp_path / 'out'}"]))
+    with pytest.raises(ValueError, match="curriculum must be one of"):
+        load_config(RLConfig, None, ["curriculum=hard"])

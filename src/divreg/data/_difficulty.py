@@ -113,7 +113,7 @@ def curriculum_weights(difficulty, progress: float, kind: str = "easy_to_hard", 
     r"""(I,) sampling probabilities over items at training ``progress`` in [0, 1].
 
     ``easy_to_hard``: :math:`w_j \propto \exp(-\kappa\,(r_j - \text{progress})^2 \cdot 4)` where
-    :math:`r_j \in [0, 1]` is item j's difficulty rank (0 easiest) and :math:`\kappa` the
+    :math:`r_j \in [0, 1]` is item j's difficulty rank (0 easiest; tied items share their mean rank) and :math:`\kappa` the
     ``sharpness``: early steps favour easy items, the window slides to the hardest by the end;
     ``hard_to_easy`` mirrors it; ``uniform`` is flat. (Easy2Hard-Bench gives the labels, not a
     schedule; this window is ours, an option with a documented default.)
@@ -127,7 +127,9 @@ def curriculum_weights(difficulty, progress: float, kind: str = "easy_to_hard", 
         raise ValueError(f"progress must be in [0, 1], got {progress!r}")
     if kind == "uniform":
         return np.full(len(scores), 1.0 / len(scores))
-    rank = np.argsort(np.argsort(scores, kind="stable"), kind="stable") / max(len(scores) - 1, 1)
+    from scipy.stats import rankdata
+
+    rank = (rankdata(scores, method="average") - 1) / max(len(scores) - 1, 1)  # ties share their mean rank
     if kind == "hard_to_easy":
         rank = 1.0 - rank
     weights = np.exp(-4.0 * sharpness * (rank - progress) ** 2)

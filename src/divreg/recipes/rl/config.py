@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ...config import require_positive
+from ...data import CURRICULA
 from ...losses import GRPOLoss
 from ...rl import ADVANTAGE_SCALES, BUILTIN_REWARDS, CTRL_TRANSFORMS
 from ...models import ModelSource, own_tokenizer, tiny_llama
@@ -35,6 +36,15 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
     # GRPO: each of `steps` steps generates prompts_per_step x group_size completions
     prompts_per_step: int = 16  # global, split over processes
     group_size: int = 8  # completions per prompt (G)
+    # which prompts each step draws: "uniform" (every prompt once per epoch, in a seeded order), or by difficulty
+    # (Easy2Hard-Bench, arXiv 2409.18433, gives the labels): "easy_to_hard" draws each step's prompts with weights
+    # exp(-4 sharpness (rank - progress)^2) over the prompts' difficulty ranks (progress = step / steps), a window
+    # that slides from the easiest to the hardest; "hard_to_easy" the reverse. The difficulty: your data's
+    # `difficulty_column` (numbers, e.g. an IRT fit of divreg.data.fit_irt), or on the built-in task the operands'
+    # number of digits
+    curriculum: str = "uniform"
+    curriculum_sharpness: float = 4.0
+    difficulty_column: str = "difficulty"
     num_iterations: int = 1  # optimizer updates per generated batch (old log-probs used when > 1)
     # completion length limit (EOS ends a completion earlier); null: 6 on the built-in task (at least digits + 2),
     # 256 on your prompts (TRL's default)
@@ -108,7 +118,9 @@ class RLConfig(EngineBlock, WarmupBlock, ArithmeticBlock, RunBlock):
         if self.max_new_tokens is None:  # resolved here, so the printed and saved config says which
             self.max_new_tokens = max(6, self.digits + 2) if self.data == "builtin" else 256
         require_positive(self, ("prompts_per_step", "group_size", "num_iterations", "max_new_tokens", "temperature",
-                                "top_p", "kl_horizon", "max_prompt_length"))
+                                "top_p", "kl_horizon", "max_prompt_length", "curriculum_sharpness"))
+        if self.curriculum not in CURRICULA:
+            raise ValueError(f"curriculum must be one of {list(CURRICULA)}, got {self.curriculum!r}")
         if self.data == "builtin" and self.held_out is not None:
             raise ValueError("held_out names held-out prompts for your own data=; the built-in task holds out its own "
                              "test_size problems")

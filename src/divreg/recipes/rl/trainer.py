@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 from typing import Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from ...data import PromptExample, TextExample, collate
+from ...data import PromptExample, TextExample, collate, curriculum_weights
 from ...estimators import k1
 from ...losses import LpReg, kl_per_token
 from ...models import CausalLM, generate_examples, greedy_completions, next_token_signal
@@ -74,6 +77,23 @@ def kl_stats(policy_signal, ref_signal, rollout: Rollout, config: RLConfig,
             "k1_negative_fraction": ((k1(rollout.logprobs, rollout.ref_logprobs) < 0).double(), mask)}
 
 
+def prompt_difficulties(train: list[PromptExample], config: RLConfig) -> np.ndarray:
+    """(N,) each training prompt's difficulty for a curriculum: the built-in task's largest operand's
+    number of digits, or the number in your data's ``difficulty_column`` (one line naming the record
+    when it is missing or not a number)."""
+    if config.data == "builtin":
+        return np.array([max(len(n) for n in re.findall(r"\d+", p.prompt)) for p in train], dtype=np.float64)
+    values = []
+    for example in train:
+        value = example.columns.get(config.difficulty_column)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"curriculum={config.curriculum} needs a number in the column {config.difficulty_column!r} "
+                             f"of every prompt; {example.where} has {value!r} (set difficulty_column, or "
+                             "curriculum=uniform)")
+        values.append(float(value))
+    return np.array(values)
+
+
 class RLTrainer:
     """Warm-up and GRPO on a prompt set: ``train`` and ``test`` are :class:`divreg.data.PromptExample`
     lists (the built-in task's problems carry their ``answer`` column), ``reward_functions`` maps
@@ -86,6 +106,7 @@ class RLTrainer:
         self.accelerator, self.config, self.tokenizer, self.log_path = accelerator, config, tokenizer, log_path
         self.train, self.test, self.warmup_examples = train, test, warmup_examples
         self.reward_functions, self.columns = reward_functions, columns
+        self.difficulty = None if config.curriculum == "uniform" else prompt_difficulties(train, config)
         self.chat = not isinstance(train[0].prompt, str)  # completions reach the rewards as TRL's message lists
         full_logits = config.rapo or config.lp_reg  # RAPO reweights the reference's, Lp-Reg's proxy reads the policy's
         if full_logits and config.fused == "true":
@@ -143,13 +164,27 @@ class RLTrainer:
                                  target=target, eval_every=config.warmup_eval_every, log_path=self.log_path,
                                  metric="test_accuracy" if "answer" in self.columns else "eval_reward")
 
+    def step_prompts(self, seed: int, step: int) -> torch.Tensor:
+        """The global indices (prompts_per_step,) of the training prompts of ``step``: the seeded epoch
+        order, or with a curriculum a draw without replacement weighted by
+        :func:`divreg.data.curriculum_weights` at ``step / (steps - 1)`` (a function of the seed and the
+        step: a resumed run draws the same)."""
+        config = self.config
+        if self.difficulty is None:
+            return step_batch(len(self.train), config.prompts_per_step, seed, step)
+        weights = curriculum_weights(self.difficulty, step / max(config.steps - 1, 1), config.curriculum,
+                                     config.curriculum_sharpness)
+        generator = torch.Generator().manual_seed(derive_seed(seed, step))
+        return torch.multinomial(torch.as_tensor(weights), config.prompts_per_step, replacement=False,
+                                 generator=generator)
+
     def generate(self, model, seed: int, step: int, copies: int,
                  stream: int = 0) -> tuple[list[TextExample], list[PromptExample]]:
         """``copies`` completions of each of this process's prompts at ``step`` (contiguous);
         ``stream`` 1 (CTRL's reference samples) draws as a virtual process past the real ones, so
         it never meets a policy stream of this run."""
         config, rank, processes = self.config, self.accelerator.process_index, self.accelerator.num_processes
-        indices = step_batch(len(self.train), config.prompts_per_step, seed, step)[rank::processes].tolist()
+        indices = self.step_prompts(seed, step)[rank::processes].tolist()
         prompts = [self.train[i] for i in indices for _ in range(copies)]
         if self.sampler is not None and stream == 0:  # the policy's samples come from the server (synced this step)
             sampled = self.sampler.sample([self.train[i].prompt_ids for i in indices], copies, config.max_new_tokens,
