@@ -6,8 +6,9 @@ then GRPO with ``curriculum=uniform`` against ``curriculum=easy_to_hard``. Two q
 - does the easy-to-hard curriculum reach a higher held-out accuracy, overall and per difficulty
   band? (the curriculum claim that difficulty labels are meant to enable);
 - do IRT difficulties fitted to observed correctness (``divreg.data.fit_irt``, Rasch, MAP) recover
-  the known ones? Solvers: every trained policy and every warm-up model; items: the held-out
-  problems; their rank correlation with the digits.
+  the known ones? Items: the held-out
+  problems, each trained policy's greedy answers and ``--samples`` sampled attempts (temperature 1)
+  a solver; their rank correlation with the digits.
 
     .venv/bin/python experiments/rl_curriculum.py      # about 15 minutes; outputs/experiments/rl_curriculum
 """
@@ -35,23 +36,30 @@ def write_problems(path: str, count: int, seed: int) -> None:
                                      "difficulty": digits}) + "\n")
 
 
-def evaluate(folder: str, problems: list[dict]) -> np.ndarray:
-    """(len(problems),) 1 where the model in ``folder`` answers right (greedy)."""
+def evaluate(folder: str, problems: list[dict], samples: int = 0) -> list[np.ndarray]:
+    """Rows of 1 where the model in ``folder`` answers right: its greedy answers, then ``samples``
+    rows of sampled answers (temperature 1, seeds 0..samples-1), each a solver of the IRT fit."""
     from transformers import AutoModelForCausalLM
 
-    from divreg.models import CausalLM, greedy_completions, load_tokenizer
+    from divreg.models import CausalLM, generate_examples, greedy_completions, load_tokenizer
 
     tokenizer = load_tokenizer(folder)
     model = CausalLM(AutoModelForCausalLM.from_pretrained(folder), len(tokenizer)).eval()
     prompts = [tokenizer(p["prompt"], add_special_tokens=False)["input_ids"] for p in problems]
-    answers = greedy_completions(model, prompts, tokenizer, max_new_tokens=6)
-    return np.array([a.strip() == p["answer"] for a, p in zip(answers, problems)], dtype=np.float64)
+    rows = [np.array([a.strip() == p["answer"] for a, p in zip(greedy_completions(model, prompts, tokenizer, 6),
+                                                               problems)], dtype=np.float64)]
+    for seed in range(samples):
+        drawn = generate_examples(model, prompts, tokenizer, 6, seed)
+        texts = [tokenizer.decode(e.input_ids[e.prompt_length:], skip_special_tokens=True) for e in drawn]
+        rows.append(np.array([t.strip() == p["answer"] for t, p in zip(texts, problems)], dtype=np.float64))
+    return rows
 
 
 def main() -> None:
     parser = experiment_parser(__doc__, output_dir="outputs/experiments/rl_curriculum")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--samples", type=int, default=8, help="sampled attempts per policy, for the IRT fit")
     args = parser.parse_args()
     from divreg.config import load_config
     from divreg.data import fit_irt
@@ -65,6 +73,7 @@ def main() -> None:
     problems = [json.loads(line) for line in open(held_out)]
     band = np.array([p["difficulty"] for p in problems])
     correct: dict = {}
+    solvers: list = []  # every policy's greedy and sampled attempts: the IRT fit's solvers
     for curriculum in CURRICULA:
         out = os.path.join(args.output_dir, curriculum)
         run(load_config(RLConfig, None, [
@@ -72,11 +81,10 @@ def main() -> None:
             f"curriculum={curriculum}", f"steps={args.steps}", "max_new_tokens=6", "warmup_steps=3000",
             "warmup_target=0.3", f"seeds={list(range(args.seeds))}", f"output_dir={out}", "overwrite=true",
             "eval_every=50"]))
-        correct[curriculum] = [evaluate(os.path.join(out, "models", f"grpo-seed{s}"), problems)
-                               for s in range(args.seeds)]
-        correct[f"warm-up ({curriculum} run)"] = [evaluate(os.path.join(out, "models", f"warmup-seed{s}"), problems)
-                                                  for s in range(args.seeds)
-                                                  if os.path.isdir(os.path.join(out, "models", f"warmup-seed{s}"))]
+        attempts = [evaluate(os.path.join(out, "models", f"grpo-seed{s}"), problems, args.samples)
+                    for s in range(args.seeds)]
+        correct[curriculum] = [rows[0] for rows in attempts]  # greedy: the accuracy
+        solvers.extend(row for rows in attempts for row in rows)
     print(f"{args.seeds} seeds, {args.steps} GRPO steps, {time.perf_counter() - started:.0f} s\n")
     print("| policy | overall | 1 digit | 2 digits | 3 digits |\n|---|---|---|---|---|")
     for name, runs in correct.items():
@@ -92,7 +100,7 @@ def main() -> None:
                      "our figure": f"{a.mean():.3f} vs {b.mean():.3f}",
                      "verdict": grade(float(a.mean()), float(b.mean()), seed_se(sample_std(a), args.seeds),
                                       seed_se(sample_std(b), args.seeds))})
-    matrix = np.stack([r for runs in correct.values() for r in runs])  # (solvers, items)
+    matrix = np.stack(solvers)  # (solvers, items)
     fit = fit_irt(matrix)
     from scipy.stats import spearmanr
 

@@ -219,3 +219,51 @@ def test_lelp_trains_a_subclass_student_and_reports_class_probabilities(tmp_path
         run(_config(tmp_path / "wide", f"data={tmp_path / 'binary.npz'}", "teacher.widths=[8,16]",
                     "methods=[{name: l, kind: lelp, options: {subclasses: 17}}]"))
     assert not (tmp_path / "wide").exists()
+
+
+def test_hard_learns_an_augmentor_that_raises_disagreement_and_resumes_its_state(tmp_path):
+    """hard (HARD, arXiv 2305.14890): one augmentor step raises the teacher-student disagreement
+    on the augmented batch; the random baseline draws the same transforms for the same seed; the
+    augmentor's weights and optimizer state round-trip through the method's state dict; non-image
+    inputs are refused before training."""
+    import torch.nn.functional as F
+
+    from divreg.recipes.classifier_distillation.config import ClassifierMethod
+    from divreg.recipes.classifier_distillation.methods import Batch, make_method
+    from divreg.models import build_classifier
+
+    data = load_classification_data("digits")
+    torch.manual_seed(0)
+    teacher, student = (build_classifier("cnn", widths, data.input_shape, data.num_classes) for widths in
+                        ([8, 16], [4, 8]))
+    spec = ClassifierMethod(name="hard", kind="hard", divergence="forward_kl", weight=0.9, temperature=4.0,
+                            options={"teacher_weight": 0.0})  # the disagreement term alone
+    method = make_method(spec, data, 1, teacher, seed=0)
+    batch = Batch(data.x_train[:64], data.y_train[:64], torch.arange(64), 0, list(range(64)))
+
+    def disagreement():
+        with torch.no_grad():
+            x = method.augmentor(batch.x)
+            return float(F.kl_div(torch.log_softmax(student(x), -1), torch.log_softmax(teacher(x), -1),
+                                  log_target=True, reduction="batchmean"))
+
+    before = disagreement()
+    for _ in range(10):
+        method._augment(student, batch)
+    assert disagreement() > before
+    state = method.state_dict()
+    fresh = make_method(spec, data, 1, teacher, seed=0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.augmentor(batch.x), method.augmentor(batch.x))
+    random_spec = ClassifierMethod(name="r", kind="hard", divergence="forward_kl", weight=0.9,
+                                   options={"augmentor": "random"})
+    a, b = (make_method(random_spec, data, 1, teacher, seed=0) for _ in range(2))
+    assert torch.equal(a._augment(student, batch), b._augment(student, batch))
+    assert not torch.equal(a._augment(student, batch), batch.x)
+    np.savez(tmp_path / "flat.npz", x_train=np.random.rand(80, 3), y_train=np.arange(80) % 2,
+             x_test=np.random.rand(20, 3), y_test=np.arange(20) % 2)
+    with pytest.raises(ValueError, match="needs image inputs"):
+        run(_config(tmp_path / "flat", f"data={tmp_path / 'flat.npz'}", "student.kind=mlp", "teacher.kind=mlp",
+                    "methods=[{name: h, kind: hard, divergence: forward_kl}]"))
+    with pytest.raises(ValueError, match="augmentor must be"):
+        _config(tmp_path, "methods=[{name: h, kind: hard, divergence: forward_kl, options: {augmentor: x}}]")

@@ -15,12 +15,16 @@ from ...config import require_positive
 from ...divergences import DIVERGENCES
 from .._methods import DIVERGENCE_ALIASES, check_divergence, divergence_name, parse_methods
 
-KINDS = ("ce", "label_smoothing", "kd", "sinkd", "pskd", "two_view", "lelp")
+KINDS = ("ce", "label_smoothing", "kd", "sinkd", "pskd", "two_view", "lelp", "hard")
 OPTIONS = {"sinkd": ("sinkhorn_weight", "epsilon", "n_iters", "ot_temperature", "scaling"),
            "two_view": ("augment_shift", "augment_noise"),
-           "lelp": ("subclasses", "beta", "null_space", "rotate")}
+           "lelp": ("subclasses", "beta", "null_space", "rotate"),
+           "hard": ("augmentor", "max_rotation", "max_shift", "max_scale", "teacher_weight", "augmentor_lr",
+                    "augmented_weight")}
+HARD_DEFAULTS = {"augmentor": "learned", "max_rotation": 0.5, "max_shift": 0.25, "max_scale": 0.2,
+                 "teacher_weight": 1.0, "augmentor_lr": 0.001, "augmented_weight": 1.0}
 LELP_DEFAULTS = {"subclasses": 10, "beta": 1.0, "null_space": True, "rotate": True}
-POSITIVE_OPTIONS = ("epsilon", "n_iters", "ot_temperature")
+POSITIVE_OPTIONS = ("epsilon", "n_iters", "ot_temperature", "augmentor_lr")
 
 
 @dataclass
@@ -34,20 +38,22 @@ class ClassifierMethod:
     weight: float = 0.0
     temperature: float = 1.0  # kd and sinkd: T
     # sinkd: sinkhorn_weight, epsilon, n_iters, ot_temperature, scaling; two_view: augment_shift, augment_noise;
-    # lelp: subclasses (S per class, 10), beta (subclass temperature, 1), null_space (true), rotate (true)
+    # lelp: subclasses (S per class, 10), beta (subclass temperature, 1), null_space (true), rotate (true);
+    # hard: augmentor (learned | random), max_rotation (radians), max_shift (of the image's half-width), max_scale,
+    # teacher_weight (the augmentor's teacher cross-entropy), augmentor_lr, augmented_weight
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         where = f"methods.{self.name}"
         if self.kind not in KINDS:
             raise ValueError(f"{where}.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind in ("kd", "two_view"):
+        if self.kind in ("kd", "two_view", "hard"):
             if self.divergence is None:
                 raise ValueError(f"{where}: kind {self.kind} needs a divergence")
             check_divergence(where, self.divergence, self.divergence_options)
         elif self.divergence is not None:
             raise ValueError(f"{where}: kind {self.kind} takes no divergence, got {self.divergence!r}")
-        bounded = self.kind in ("kd", "sinkd", "pskd", "label_smoothing", "lelp")
+        bounded = self.kind in ("kd", "sinkd", "pskd", "label_smoothing", "lelp", "hard")
         if not (0.0 <= self.weight <= 1.0 if bounded else self.weight >= 0.0):
             raise ValueError(f"{where}.weight must be in {'[0, 1]' if bounded else '[0, inf)'}, got {self.weight}")
         if not self.temperature > 0:
@@ -66,6 +72,9 @@ class ClassifierMethod:
             elif key == "beta":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                     raise ValueError(f"{where}.options.beta must be a number > 0, got {value!r}")
+            elif key == "augmentor":
+                if value not in ("learned", "random"):
+                    raise ValueError(f"{where}.options.augmentor must be 'learned' or 'random', got {value!r}")
             elif key == "scaling":
                 if value not in ("coupling", "released"):
                     raise ValueError(f"{where}.options.scaling must be 'coupling' or 'released', got {value!r}")

@@ -14,7 +14,7 @@ from ...data import ClassificationData, augment
 from ...losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
 from ...schedules import LinearRamp
 from ...targets import DenseLogits, PastPredictions, class_log_probs, fit_subclass_projection
-from .config import LELP_DEFAULTS, ClassifierMethod
+from .config import HARD_DEFAULTS, LELP_DEFAULTS, ClassifierMethod
 
 
 @dataclass
@@ -182,11 +182,128 @@ class LELP(Method):
         return loss, class_log_p
 
 
+class SpatialAugmentor(nn.Module):
+    """HARD's augmentor with spatial transformations: from each image, a small network predicts
+    a bounded affine transform (a rotation of at most ``max_rotation`` radians, a shift of at most
+    ``max_shift`` of the half-width, a log-scale of at most ``max_scale``), applied by
+    ``grid_sample``; it starts near the identity (the last layer's weights small, N(0, 0.01²), not
+    zero: at exactly the identity every sample falls on a pixel centre, where bilinear
+    interpolation has a kink and its one-sided gradient points nowhere useful)."""
+
+    def __init__(self, input_shape: tuple[int, ...], max_rotation: float, max_shift: float, max_scale: float):
+        super().__init__()
+        features = int(torch.tensor(input_shape).prod())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, 32), nn.ReLU(), nn.Linear(32, 4))
+        nn.init.normal_(self.net[-1].weight, std=0.01)
+        nn.init.zeros_(self.net[-1].bias)
+        self.bounds = torch.tensor([max_rotation, max_shift, max_shift, max_scale])
+
+    def transform(self, x: Tensor, raw: Tensor) -> Tensor:
+        """``x`` (B, C, H, W) under the affine transforms of ``raw`` (B, 4) in [-1, 1]."""
+        angle, dx, dy, log_scale = (raw * self.bounds.to(raw.device)).unbind(-1)
+        scale = log_scale.exp()
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack([torch.stack([cos, -sin, dx], -1), torch.stack([sin, cos, dy], -1)], -2)  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.transform(x, torch.tanh(self.net(x)))
+
+
+class HARD(Method):
+    """HARD: hard augmentations for robust distillation (Nix, Burg and Sinz, "HARD: Hard
+    Augmentations for Robust Distillation", 2023, arXiv 2305.14890; the official repository,
+    github.com/sinzlab/HARD, holds no code). An augmentor is trained to produce inputs on which
+    teacher and student disagree while the teacher stays right; the student is distilled on the
+    clean batch and on the augmented one. The paper's exact losses, weights and schedule were not
+    available to us; ours, each an option with its default:
+
+    - augmentor (one Adam step per student step, lr ``augmentor_lr``):
+      :math:`\\min_\\phi\\; -\\mathrm{KL}(p_T(\\tilde x) \\| p_S(\\tilde x)) + \\lambda_t\\,
+      \\mathrm{CE}(p_T(\\tilde x), y)`, :math:`\\tilde x = g_\\phi(x)` a bounded affine transform
+      (:class:`SpatialAugmentor`), :math:`\\lambda_t` = ``teacher_weight``;
+    - student: the KD loss (``divergence``, ``temperature``, ``weight`` as ``kd``) on x plus
+      ``augmented_weight`` times the same loss on :math:`\\tilde x` (detached, the teacher
+      re-scored on it);
+    - ``augmentor="random"``: uniformly random transforms within the same bounds, nothing learned
+      (the "KD with random augmentations" baseline).
+
+    The augmentor's weights and optimizer state are saved in the checkpoints; its random draws and
+    initialization are functions of the seed and the step."""
+
+    needs_teacher = True
+
+    def __init__(self, spec: ClassifierMethod, data: ClassificationData, seed: int, options: dict):
+        from ...losses import KDLoss
+
+        if len(data.input_shape) != 3:
+            raise ValueError(f"methods.{spec.name}: hard's spatial augmentor needs image inputs (C, H, W), got "
+                             f"inputs of shape {data.input_shape}")
+        self.kd = KDLoss(spec.divergence, temperature=spec.temperature, kd_weight=spec.weight, **spec.divergence_options)
+        self.mode, self.teacher_weight = options["augmentor"], float(options["teacher_weight"])
+        self.augmented_weight = float(options["augmented_weight"])
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.augmentor = SpatialAugmentor(data.input_shape, float(options["max_rotation"]), float(options["max_shift"]),
+                                          float(options["max_scale"]))
+        torch.random.set_rng_state(generator_state)
+        self.optimizer = torch.optim.Adam(self.augmentor.parameters(), lr=float(options["augmentor_lr"]))
+        self.teacher: Optional[nn.Module] = None
+
+    def bind_teacher(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+
+    def _augment(self, model, batch) -> Tensor:
+        self.augmentor.to(batch.x.device)
+        if self.mode == "random":
+            generator = torch.Generator().manual_seed(batch.seeds[0] if batch.seeds else 0)
+            raw = torch.rand(len(batch.x), 4, generator=generator).mul_(2).sub_(1).to(batch.x.device)
+            return self.augmentor.transform(batch.x, raw)
+        # one augmentor step: raise the teacher-student disagreement, keep the teacher right
+        augmented = self.augmentor(batch.x)
+        teacher_logits = self.teacher(augmented)
+        student_logits = model(augmented)
+        disagreement = F.kl_div(torch.log_softmax(student_logits, -1), torch.log_softmax(teacher_logits, -1),
+                                log_target=True, reduction="batchmean")
+        loss = -disagreement + self.teacher_weight * F.cross_entropy(teacher_logits, batch.labels)
+        self.optimizer.zero_grad()
+        grads = torch.autograd.grad(loss, list(self.augmentor.parameters()))
+        for parameter, grad in zip(self.augmentor.parameters(), grads):
+            parameter.grad = grad
+        self.optimizer.step()
+        with torch.no_grad():
+            return self.augmentor(batch.x)
+
+    def loss(self, model, batch, target):
+        if self.teacher is None:
+            raise RuntimeError("HARD needs the teacher bound (bind_teacher) before training")
+        augmented = self._augment(model, batch).detach()
+        logits = model(batch.x)
+        with torch.no_grad():
+            augmented_target = self.teacher(augmented)
+        loss = self.kd(logits, target, batch.labels) + self.augmented_weight * self.kd(model(augmented),
+                                                                                          augmented_target, batch.labels)
+        return loss, logits
+
+    def state_dict(self):
+        return {"augmentor": self.augmentor.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.augmentor.load_state_dict(state["augmentor"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def make_method(spec: ClassifierMethod, data: ClassificationData, epochs: int, teacher: Optional[nn.Module] = None,
                 seed: int = 0) -> Method:
     """The objective a method entry describes (``teacher`` and ``seed``: what LELP fits its
     projections with; an untrained teacher network, as when a config is checked before training,
     checks LELP's options against its embedding width and returns a cross-entropy stand-in)."""
+    if spec.kind == "hard":
+        method = HARD(spec, data, seed, {**HARD_DEFAULTS, **spec.options})
+        if teacher is not None and not getattr(teacher, "_divreg_unfitted", False):
+            method.bind_teacher(teacher.eval())
+        return method
     if spec.kind == "lelp":
         options = {**LELP_DEFAULTS, **spec.options}
         width = _last_linear(teacher).in_features if teacher is not None else None
