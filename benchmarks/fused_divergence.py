@@ -119,8 +119,9 @@ def worker(spec: dict) -> dict:
     from divreg.fused import fused_linear_divergence  # imported before the memory baseline
 
     def fused():
+        budget = {"memory_budget_mb": spec["budget_mb"]} if spec.get("budget_mb") else {}
         loss = fused_linear_divergence(hidden, weight, target_hidden, target_weight, labels=labels,
-                                       divergence=name, temperature=temperature, **options)
+                                       divergence=name, temperature=temperature, **options, **budget)
         loss.backward()
         return loss
 
@@ -198,6 +199,9 @@ def main() -> None:
                         help="skip the Hs=512, Ht=1024 rows")
     parser.add_argument("--mixed-hidden-only", action="store_true", help="only the Hs=512, Ht=1024 rows")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget-mb", type=float, nargs="*", default=[],
+                        help="only the fused path's share of matmul throughput at each of these memory_budget_mb "
+                             "(and the default), at each --vocab, forward KL and JSD, T=1")
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument("--peers", action="store_true",
                         help="only TRL 1.16's chunked distillation loss against the fused path (forward KL, reverse "
@@ -208,6 +212,9 @@ def main() -> None:
         return
     if args.peers:
         peers(args)
+        return
+    if args.budget_mb:
+        budgets(args)
         return
 
     raw = []
@@ -247,6 +254,25 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(raw, handle, indent=1)
+
+
+def budgets(args) -> None:
+    """The fused path's throughput against a plain fp32 matmul of the student's shape at larger
+    chunk budgets (``memory_budget_mb``: fewer, taller chunks; the weight gradient, read and
+    written once per chunk, costs less), with its peak memory, warm, medians of ``--repeats``."""
+    print("| V | divergence | memory_budget_mb | seconds | GFLOP/s | % of matmul | peak MB |\n|---|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        base = {"n": args.tokens, "vocab": vocab, "hs": args.hidden, "ht": args.hidden, "temperature": 1.0,
+                "ignored": 0.1, "divergence": "forward_kl"}
+        matmul = statistics.median(_measure({**base, "variant": "matmul"})["gflops"] for _ in range(args.repeats))
+        for name in [d for d in args.divergences if d in ("forward_kl", "generalized_jsd")]:
+            for budget in [None, *args.budget_mb]:
+                runs = [_measure({**base, "divergence": name, "variant": "fused", "warm": True, "budget_mb": budget})
+                        for _ in range(args.repeats)]
+                med = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "gflops", "peak_mb")}
+                print(f"| {vocab} | {name} | {budget or '128 (default)'} | {med['seconds']:.2f} | {med['gflops']:.0f} | "
+                      f"{100 * med['gflops'] / matmul:.0f}% | {med['peak_mb']:.0f} |", flush=True)
+        print(f"plain fp32 matmul at V={vocab}: {matmul:.0f} GFLOP/s")
 
 
 def peers(args) -> None:

@@ -10,7 +10,7 @@ then GRPO with ``curriculum=uniform`` against ``curriculum=easy_to_hard``. Two q
   problems, each trained policy's greedy answers and ``--samples`` sampled attempts (temperature 1)
   a solver; their rank correlation with the digits.
 
-    .venv/bin/python experiments/rl_curriculum.py      # about 15 minutes; outputs/experiments/rl_curriculum
+    .venv/bin/python experiments/rl_curriculum.py      # about 11 minutes; outputs/experiments/rl_curriculum
 """
 
 from __future__ import annotations
