@@ -229,8 +229,10 @@ class HARD(Method):
     - ``augmentor="random"``: uniformly random transforms within the same bounds, nothing learned
       (the "KD with random augmentations" baseline).
 
-    The augmentor's weights and optimizer state are saved in the checkpoints; its random draws and
-    initialization are functions of the seed and the step."""
+    The augmentor's weights and optimizer state are saved in the checkpoints; its initialization is a
+    function of the seed, the random baseline's transforms of each example's seed; under several
+    processes the augmentor's gradients are averaged over them, so every process holds the same
+    augmentor (each process's loss is its local batch's mean: the average is the global batch's)."""
 
     needs_teacher = True
 
@@ -256,10 +258,9 @@ class HARD(Method):
 
     def _augment(self, model, batch) -> Tensor:
         self.augmentor.to(batch.x.device)
-        if self.mode == "random":
-            generator = torch.Generator().manual_seed(batch.seeds[0] if batch.seeds else 0)
-            raw = torch.rand(len(batch.x), 4, generator=generator).mul_(2).sub_(1).to(batch.x.device)
-            return self.augmentor.transform(batch.x, raw)
+        if self.mode == "random":  # each example's transform from its own seed: the same in any process
+            raw = torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(seed)) for seed in batch.seeds])
+            return self.augmentor.transform(batch.x, raw.mul_(2).sub_(1).to(batch.x.device))
         # one augmentor step: raise the teacher-student disagreement, keep the teacher right
         augmented = self.augmentor(batch.x)
         teacher_logits = self.teacher(augmented)
@@ -269,6 +270,10 @@ class HARD(Method):
         loss = -disagreement + self.teacher_weight * F.cross_entropy(teacher_logits, batch.labels)
         self.optimizer.zero_grad()
         grads = torch.autograd.grad(loss, list(self.augmentor.parameters()))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one augmentor in every process
+            for grad in grads:
+                torch.distributed.all_reduce(grad)
+                grad /= torch.distributed.get_world_size()
         for parameter, grad in zip(self.augmentor.parameters(), grads):
             parameter.grad = grad
         self.optimizer.step()
