@@ -139,3 +139,13 @@ def test_half_fine_tuning_trains_only_the_drawn_half(tmp_path, command, monkeypa
     assert {n for n in start if ".layers." in n and n.endswith("proj.weight")} - set(mask.frozen) <= moved
     with pytest.raises(ValueError, match="choose one"):
         load_config(RLConfig, None, ["half_fine_tuning=true", "lora={r: 4}"])
+
+
+def test_half_fine_tuning_on_another_architecture_stops_before_anything_runs(tmp_path):
+    """A model whose layers are not Llama-named is refused at setup, before the warm-up trains or
+    the run folder is written (the check reads a skeleton on the meta device)."""
+    out = tmp_path / "gpt2"
+    with pytest.raises(ValueError, match="half_fine_tuning=true: half fine-tuning needs decoder layers named"):
+        rl(load_config(RLConfig, None, [*RL_TINY, "half_fine_tuning=true", f"output_dir={out}",
+                                        "policy.config={model_type: gpt2, n_embd: 16, n_layer: 1, n_head: 2}"]))
+    assert not out.exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..models import CausalLM, ModelSource, add_lora, build_causal_lm
-from ..regularizers import apply_half_fine_tuning
+from ..regularizers import apply_half_fine_tuning, half_fine_tuning_mask
 from ..training import is_fsdp
 
 
@@ -32,6 +32,23 @@ def trainable(model: CausalLM, config, lora: bool = True, seed: int = 0) -> Caus
         model = add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.target_modules,
                          seed=seed)
     return model
+
+
+def check_trainable(config, source: ModelSource, tokenizer) -> None:
+    """Before anything trains: the engine options that depend on the model's architecture hold for
+    the model ``source`` names (``half_fine_tuning``: Llama-style layer names), checked on a
+    skeleton built on the meta device (no weights read, no memory)."""
+    if not getattr(config, "half_fine_tuning", False):
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = (AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source.path)) if source.path
+                 else build_causal_lm(source, tokenizer, 0))
+    try:
+        half_fine_tuning_mask(model, 0)
+    except ValueError as error:
+        raise ValueError(f"half_fine_tuning=true: {error}") from None
 
 
 def build_policy(source: ModelSource, tokenizer, seed: int, config, state=None, lora: bool = True) -> CausalLM:

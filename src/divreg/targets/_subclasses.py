@@ -54,15 +54,21 @@ class SubclassProjection:
         centred = projected[:, None, :] - self.means[None]  # (N, C, D)
         return torch.einsum("ncd,cds->ncs", centred, self.directions) / self.scales[None]
 
-    def targets(self, embeddings: Tensor, teacher_logits: Tensor, *, beta: float = 1.0,
-                temperature: float = 1.0) -> Tensor:
-        """(N, C·S) LELP's target distribution: :math:`p_c\\,\\mathrm{softmax}_s(z_{c,\\cdot}/\\beta)`,
-        class-major (subclass s of class c at index c·S + s)."""
+    def log_targets(self, embeddings: Tensor, teacher_logits: Tensor, *, beta: float = 1.0,
+                    temperature: float = 1.0) -> Tensor:
+        """(N, C·S) the log of LELP's target distribution:
+        :math:`\\log p_c + \\log\\mathrm{softmax}_s(z_{c,\\cdot}/\\beta)`, class-major (subclass s of
+        class c at index c·S + s)."""
         if not beta > 0 or not temperature > 0:
             raise ValueError(f"beta and temperature must be > 0, got {beta!r}, {temperature!r}")
         class_log_p = torch.log_softmax(teacher_logits.to(self.null_space.dtype) / temperature, dim=-1)  # (N, C)
         within = torch.log_softmax(self.scores(embeddings) / beta, dim=-1)  # (N, C, S)
-        return (class_log_p[..., None] + within).exp().flatten(1)
+        return (class_log_p[..., None] + within).flatten(1)
+
+    def targets(self, embeddings: Tensor, teacher_logits: Tensor, *, beta: float = 1.0,
+                temperature: float = 1.0) -> Tensor:
+        """(N, C·S) LELP's target distribution (the exp of :meth:`log_targets`)."""
+        return self.log_targets(embeddings, teacher_logits, beta=beta, temperature=temperature).exp()
 
 
 def fit_subclass_projection(embeddings: Tensor, labels: Tensor, output_weight: Tensor, subclasses: int = 10, *,

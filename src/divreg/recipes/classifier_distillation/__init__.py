@@ -40,9 +40,8 @@ def setup(config: DistillClassifierConfig, accelerator):
     # everything the run will build is built once now, so a bad model or method stops it before any training
     shape = build_classifier(config.teacher.kind, config.teacher.widths, data.input_shape, data.num_classes)
     build_classifier(config.student.kind, config.student.widths, data.input_shape, data.num_classes)
-    shape._divreg_unfitted = True  # an architecture to check the methods against, not a teacher
-    for method in config.methods:
-        make_method(method, data, config.epochs, shape)
+    for method in config.methods:  # checked against the teacher's architecture (untrained)
+        make_method(method, data, config.epochs, shape, check_only=True)
     checkpoints, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     trainer = Trainer(accelerator, data, config.batch_size, config.lr, config.weight_decay, config.checkpoint_every,
                       config.ece_bins, log_path)

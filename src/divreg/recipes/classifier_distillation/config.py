@@ -58,6 +58,9 @@ class ClassifierMethod:
             raise ValueError(f"{where}.weight must be in {'[0, 1]' if bounded else '[0, inf)'}, got {self.weight}")
         if not self.temperature > 0:
             raise ValueError(f"{where}.temperature must be > 0, got {self.temperature}")
+        defaults = {"lelp": LELP_DEFAULTS, "hard": HARD_DEFAULTS}.get(self.kind)
+        if defaults is not None:  # resolved here, so the printed and saved config says what runs
+            self.options = {**defaults, **self.options}
         unknown = set(self.options) - set(OPTIONS.get(self.kind, ()))
         if unknown:
             raise ValueError(f"{where}.options: kind {self.kind} takes {list(OPTIONS.get(self.kind, ()))}, "

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data import ClassificationData, augment
+from ...divergences import cross_entropy, forward_kl
 from ...losses import KDLoss, PSKDLoss, SinKDLoss, TwoViewKL
 from ...schedules import LinearRamp
 from ...targets import DenseLogits, PastPredictions, class_log_probs, fit_subclass_projection
-from .config import HARD_DEFAULTS, LELP_DEFAULTS, ClassifierMethod
+from .config import ClassifierMethod
 
 
 @dataclass
@@ -172,10 +173,10 @@ class LELP(Method):
     def loss(self, model, batch, target):
         self.teacher.to(batch.x.device)
         embeddings, teacher_logits = _embeddings_and_logits(self.teacher, batch.x)
-        soft = self.projection.targets(embeddings.cpu(), teacher_logits.cpu(), beta=self.beta,
-                                       temperature=self.temperature).to(batch.x.device, torch.float32)
+        log_target = self.projection.log_targets(embeddings.cpu(), teacher_logits.cpu(), beta=self.beta,
+                                                 temperature=self.temperature).to(batch.x.device, torch.float32)
         logits = model(batch.x, subclasses=True)  # (B, C*S)
-        distill = -(soft * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+        distill = cross_entropy(logits.float(), log_target).mean()  # H(p, q) over the C*S subclasses
         class_log_p = class_log_probs(logits.float(), self.num_classes)
         loss = (1 - self.weight) * distill + self.weight * F.nll_loss(class_log_p, batch.labels) \
             if self.weight else distill
@@ -265,8 +266,7 @@ class HARD(Method):
         augmented = self.augmentor(batch.x)
         teacher_logits = self.teacher(augmented)
         student_logits = model(augmented)
-        disagreement = F.kl_div(torch.log_softmax(student_logits, -1), torch.log_softmax(teacher_logits, -1),
-                                log_target=True, reduction="batchmean")
+        disagreement = forward_kl(student_logits, teacher_logits).mean()  # KL(p_T || p_S) per example
         loss = -disagreement + self.teacher_weight * F.cross_entropy(teacher_logits, batch.labels)
         self.optimizer.zero_grad()
         grads = torch.autograd.grad(loss, list(self.augmentor.parameters()))
@@ -300,22 +300,23 @@ class HARD(Method):
 
 
 def make_method(spec: ClassifierMethod, data: ClassificationData, epochs: int, teacher: Optional[nn.Module] = None,
-                seed: int = 0) -> Method:
+                seed: int = 0, *, check_only: bool = False) -> Method:
     """The objective a method entry describes (``teacher`` and ``seed``: what LELP fits its
-    projections with; an untrained teacher network, as when a config is checked before training,
-    checks LELP's options against its embedding width and returns a cross-entropy stand-in)."""
+    projections with and HARD scores its augmentations with). ``check_only``: ``teacher`` is an
+    untrained network of the teacher's architecture, as when a config is checked before training;
+    LELP's options are checked against its embedding width and a cross-entropy stand-in returned."""
     if spec.kind == "hard":
-        method = HARD(spec, data, seed, {**HARD_DEFAULTS, **spec.options})
-        if teacher is not None and not getattr(teacher, "_divreg_unfitted", False):
+        method = HARD(spec, data, seed, spec.options)
+        if teacher is not None and not check_only:
             method.bind_teacher(teacher.eval())
         return method
     if spec.kind == "lelp":
-        options = {**LELP_DEFAULTS, **spec.options}
+        options = spec.options
         width = _last_linear(teacher).in_features if teacher is not None else None
         if width is not None and options["subclasses"] > width:
             raise ValueError(f"methods.{spec.name}.options.subclasses={options['subclasses']} exceeds the teacher's "
                              f"embedding width {width} (the input of its output layer): at most {width}")
-        if teacher is None or getattr(teacher, "_divreg_unfitted", False):
+        if teacher is None or check_only:
             return Method()
         return LELP(teacher, data, subclasses=options["subclasses"], beta=float(options["beta"]),
                     temperature=spec.temperature, weight=spec.weight, null_space=options["null_space"],

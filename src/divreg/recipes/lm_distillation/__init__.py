@@ -28,7 +28,7 @@ from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, m
                        weights_fingerprint)
 from ...targets import TeacherCache
 from ...training import is_fsdp, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
-from .._engine import autocast_bf16, trainable
+from .._engine import autocast_bf16, check_trainable, trainable
 from .._export import exported
 from .config import DistillLMConfig, LMMethod
 from .objectives import ce_loss, check_cache, make_student_loss
@@ -61,6 +61,7 @@ def setup(config: DistillLMConfig, accelerator):
     if config.teacher_cache:  # at start-up, not at the first batch
         check_cache(TeacherCache(config.teacher_cache), config, tokenizer, train)
     # the teacher (untrained if it is trained here) and the tokenizers' match, before the run folder is written
+    check_trainable(config, config.student, tokenizer)  # before any training (e.g. a warm-up)
     teacher = build_teacher(config, tokenizer)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     if accelerator.is_main_process:

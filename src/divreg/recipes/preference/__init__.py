@@ -28,7 +28,7 @@ from ...data import (arithmetic_problems, char_tokenizer, load_preference_record
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, load_tokenizer, model_tokenizer
 from ...training import load_weights, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
-from .._engine import build_policy, frozen
+from .._engine import build_policy, check_trainable, frozen
 from .._export import exported
 from .._warmup import supervised_warmup
 from .config import PreferenceConfig
@@ -119,6 +119,7 @@ def setup(config: PreferenceConfig, accelerator):
                          "examples; lower warmup_batch_size")
     if config.batch_size > size:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {size} training pairs")
+    check_trainable(config, config.policy, tokenizer)  # before any training (e.g. a warm-up)
     _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
     return tokenizer, data, PreferenceTrainer(accelerator, config, tokenizer, log_path)
 

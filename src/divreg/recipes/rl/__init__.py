@@ -24,10 +24,10 @@ from ...rl import check_reward_signature, reward_function
 from ...metrics import training_curves
 from ...models import AdaptersOff, CausalLM, build_causal_lm, load_tokenizer, model_tokenizer
 from ...training import load_weights, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
-from .._engine import build_policy, frozen
+from .._engine import build_policy, check_trainable, frozen
 from .._export import exported
 from .config import RLConfig
-from .trainer import RLTrainer
+from .trainer import RLTrainer, prompt_difficulties
 
 __all__ = ["RLConfig", "RLRecipe", "run"]
 
@@ -59,6 +59,9 @@ class RLRecipe:
         check_batches(config, accelerator.num_processes, len(train))
         columns = sorted({key for prompt in train + test for key in prompt.columns})
         functions = reward_functions(config, columns)
+        check_trainable(config, config.policy, tokenizer)  # before any training (e.g. a warm-up)
+        if config.curriculum != "uniform":  # every prompt's difficulty, before anything is written
+            prompt_difficulties(train, config)
         _, log_path = prepare_run_folder(accelerator, config.output_dir, config.resume, config, config.overwrite)
         self.tokenizer, self.train, self.test = tokenizer, train, test
         self.trainer = RLTrainer(accelerator, config, tokenizer, train, test, warmup_examples, log_path, functions,
