@@ -259,20 +259,27 @@ def main() -> None:
 def budgets(args) -> None:
     """The fused path's throughput against a plain fp32 matmul of the student's shape at larger
     chunk budgets (``memory_budget_mb``: fewer, taller chunks; the weight gradient, read and
-    written once per chunk, costs less), with its peak memory, warm, medians of ``--repeats``."""
+    written once per chunk, costs less), with its peak memory, warm. Each fused run is paired
+    with a matmul run right after it (this machine's load drifts over minutes), and the share is
+    the median over ``--repeats`` of the pairs' ratios."""
     print("| V | divergence | memory_budget_mb | seconds | GFLOP/s | % of matmul | peak MB |\n|---|---|---|---|---|---|---|")
     for vocab in args.vocab:
         base = {"n": args.tokens, "vocab": vocab, "hs": args.hidden, "ht": args.hidden, "temperature": 1.0,
                 "ignored": 0.1, "divergence": "forward_kl"}
-        matmul = statistics.median(_measure({**base, "variant": "matmul"})["gflops"] for _ in range(args.repeats))
+        matmuls = []
         for name in args.divergences:
             for budget in [None, *[b for b in args.budget_mb if b != 128]]:
-                runs = [_measure({**base, "divergence": name, "variant": "fused", "warm": True, "budget_mb": budget})
-                        for _ in range(args.repeats)]
+                runs, shares = [], []
+                for _ in range(args.repeats):
+                    runs.append(_measure({**base, "divergence": name, "variant": "fused", "warm": True,
+                                          "budget_mb": budget}))
+                    matmuls.append(_measure({**base, "variant": "matmul"})["gflops"])
+                    shares.append(runs[-1]["gflops"] / matmuls[-1])
                 med = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "gflops", "peak_mb")}
                 print(f"| {vocab} | {name} | {budget or '128 (default)'} | {med['seconds']:.2f} | {med['gflops']:.0f} | "
-                      f"{100 * med['gflops'] / matmul:.0f}% | {med['peak_mb']:.0f} |", flush=True)
-        print(f"plain fp32 matmul at V={vocab}: {matmul:.0f} GFLOP/s")
+                      f"{100 * statistics.median(shares):.0f}% | {med['peak_mb']:.0f} |", flush=True)
+        print(f"plain fp32 matmul at V={vocab}: {statistics.median(matmuls):.0f} GFLOP/s (median of {len(matmuls)}, "
+              f"range {min(matmuls):.0f}-{max(matmuls):.0f})")
 
 
 def peers(args) -> None:

@@ -311,3 +311,95 @@ def test_several_seeds_train_one_student_per_method_and_seed(tmp_path):
     assert {p.name for p in (tmp_path / "a" / "checkpoints").iterdir()} >= {"teacher.pt", "fkl-seed0.pt", "fkl-seed1.pt"}
     with pytest.raises(ValueError, match="'seed' was renamed: use seeds"):
         _config(tmp_path / "b", "seed=3")
+
+
+def test_an_ensemble_teacher_in_distill_lm_and_cache_teacher(tmp_path):
+    """Issue 32 item 2: ``teacher.members`` (K saved models sharing the run's tokenizer, logits
+    averaged) is the teacher of distill-lm (live, dense: nothing trained here, the KL column is to
+    the ensemble) and of cache-teacher (the cache records the members; a later run with the cache
+    alone reports the KL to the same ensemble, checked by its weights); real plus teacher-generated
+    text (``sequence_kd: 0.5``) runs on the ensemble's samples."""
+    from divreg.models import LogitEnsemble, load_ensemble
+    from divreg.recipes.lm_distillation import DistillLMConfig as Config
+    from divreg.recipes.lm_distillation.trainer import evaluate
+
+    tokenizer = fx.tokenizer(300)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    members = []
+    for seed in (1, 2):
+        fx.model(seed=seed).model.save_pretrained(tmp_path / f"member{seed}")
+        members.append(str(tmp_path / f"member{seed}"))
+    team = f"teacher.members=[{','.join(members)}]"
+    common = [f"tokenizer={tmp_path / 'tokenizer'}", team, "steps=12",
+              "methods=[{name: fkl, divergence: forward_kl}, {name: mixed, divergence: forward_kl, weight: 0.0, "
+              "ce_weight: 1.0, sequence_kd: 0.5}]"]
+    summary = run(_config(tmp_path / "live", *common))
+    assert not (tmp_path / "live" / "teacher").exists() and not (tmp_path / "live" / "checkpoints" / "teacher.pt").exists()
+    # the teacher row and the KL column are the ensemble's: recomputed here from the members
+    ensemble = load_ensemble(members, tokenizer)
+    assert isinstance(ensemble, LogitEnsemble) and len(ensemble.members) == 2
+    _, held_out = load_text_examples_for(tmp_path / "live")
+    expected = evaluate(ensemble.eval(), None, held_out, tokenizer.pad_token_id)
+    assert summary["teacher"]["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-5)
+    records = [json.loads(line) for line in (tmp_path / "live" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in records if r["run"] == "fkl" and "source" in r} == {"dataset"}
+    assert "teacher" in {r["source"] for r in records if r["run"] == "mixed" and "source" in r}
+    # cache-teacher from the ensemble, then distill-lm from the cache alone: the KL to the same ensemble
+    cache_teacher(load_config(CacheTeacherConfig, None, [
+        team, f"tokenizer={tmp_path / 'tokenizer'}", "seq_len=24", "prompt_len=6", "top_k=8",
+        f"output_dir={tmp_path / 'cache'}"]))
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["teacher_members"] == members and manifest["teacher_sha256"] == ensemble.fingerprint()
+    cached = run(_config(tmp_path / "cached", f"tokenizer={tmp_path / 'tokenizer'}", f"teacher_cache={tmp_path / 'cache'}",
+                         "methods=[{name: fkl, divergence: forward_kl}]"))
+    assert cached["fkl"]["kl_to_teacher"] > 0 and not (tmp_path / "cached" / "teacher").exists()
+    # the probability mixture is another teacher: refused against this cache
+    with pytest.raises(ValueError, match="is not the one that wrote teacher_cache"):
+        run(_config(tmp_path / "mixture", f"tokenizer={tmp_path / 'tokenizer'}", team, "teacher.combine=probabilities",
+                    f"teacher_cache={tmp_path / 'cache'}", "methods=[{name: fkl, divergence: forward_kl}]"))
+    # what an ensemble teacher cannot be given with, each one line before anything runs
+    for extra, message in ((["teacher.path=x"], "leave teacher.path"), (["fused=true"], "set fused=false"),
+                           (["vocab_policy=uld"], "vocab_policy=uld"), (["teacher.combine=max"], "teacher.combine")):
+        with pytest.raises(ValueError, match=message):
+            load_config(Config, None, [*fx.tiny_config_overrides(tmp_path / "bad"), *common, *extra])
+    assert not (tmp_path / "bad").exists()
+    # a member with its own, different tokenizer is refused as the ensemble loads
+    fx.model(seed=3, vocab_size=280).model.save_pretrained(tmp_path / "odd")
+    fx.tokenizer(280).save_pretrained(tmp_path / "odd")
+    with pytest.raises(ValueError, match="another tokenizer"):
+        load_ensemble([members[0], str(tmp_path / "odd")], tokenizer)
+
+
+def load_text_examples_for(output_dir):
+    """The (train, held-out) examples of a builtin distill-lm run in ``output_dir``, from its saved config."""
+    from omegaconf import OmegaConf
+
+    from divreg.data import load_text_examples
+    from divreg.models import load_tokenizer
+
+    config = OmegaConf.load(output_dir / "config.yaml")
+    tokenizer = load_tokenizer(str(output_dir / "tokenizer")) if (output_dir / "tokenizer").exists() else \
+        load_tokenizer(config.tokenizer)
+    return load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_sequence_kd_as_a_probability_mixes_real_and_teacher_text(fraction):
+    """``sequence_kd: p``: each step that would read the dataset reads the teacher's generations
+    instead with probability p (its own seeded draw: the same on every process and on resume);
+    ``true`` is 1, every such step (sequence-level KD as before)."""
+    from divreg.recipes.lm_distillation.config import LMMethod
+    from divreg.recipes.lm_distillation.sources import StepSource
+
+    config = _config("unused")
+    method = LMMethod(name="m", sequence_kd=fraction)
+    teacher = fx.model(seed=1)
+    source = StepSource(config, method, fx.examples(), fx.tokenizer(300), teacher=teacher, seed=4)
+    origins = [source.examples(step, None, 0, 1)[1] for step in range(200)]
+    share = origins.count("teacher") / len(origins)
+    assert set(origins) <= {"teacher", "dataset"}
+    assert abs(share - fraction) <= 3 * (fraction * (1 - fraction) / 200) ** 0.5 + 1e-12, share
+    assert [source.examples(step, None, 0, 1)[1] for step in range(20)] == origins[:20]  # seeded, repeatable
+    assert LMMethod(name="b", sequence_kd=True).sequence_kd == 1.0
+    with pytest.raises(ValueError, match="sequence_kd must be"):
+        LMMethod(name="c", sequence_kd=1.5)

@@ -306,6 +306,16 @@ def log_mixture(log_a: Tensor, log_b: Tensor, weight_b: float, scratch: Scratch 
     return torch.logaddexp(log_m, shifted_a, out=log_m)
 
 
+def mixture_in_probability_space(a: Tensor, b: Tensor, weight_b: float, scratch: Scratch = FRESH) -> Tensor:
+    """``m = (1 - weight_b) a + weight_b b`` from probabilities (one ``lerp`` pass; every term is
+    >= 0 and ``m >= min(w, 1 - w) max(a, b)``, so its relative error is a few ulps), clamped
+    below at the smallest normal float so that ``log m`` is finite and ``a b / m`` is 0, not
+    NaN, where both underflow; in scratch slot 0. For 0.05 <= weight_b <= 0.95 (see
+    ``LEAN_WEIGHT_RANGE``); an entry that underflows changes a value by at most ~1e-38."""
+    m = torch.lerp(a, b, weight_b, out=scratch.like(0, a))
+    return m.clamp_min_(torch.finfo(m.dtype).tiny)
+
+
 def project_to_logits(grad_log_q: Tensor, q: Tensor) -> Tensor:
     """Chain rule through ``log_softmax``: from ``g = dD/dlog q`` to ``dD/dz = g - q sum(g)``
     (for the tempered logits ``z = logits / T``; divide by T for the raw logits).

@@ -14,7 +14,7 @@ from ._common import (
     exp_into,
     check_unit_interval,
     kl_to_mixture,
-    log_mixture,
+    mixture_in_probability_space,
     log_ratio_to_mixture,
     prepare_log_probs,
     project_to_logits,
@@ -117,12 +117,13 @@ def skew_kl_with_grad(
     (``overwrite_inputs`` is accepted for the common interface; inputs are left intact.)"""
     check_unit_interval("alpha", alpha)
     if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
-        log_m = log_mixture(log_q, log_p, alpha, scratch)  # slot 0
-        p = exp_into(scratch, 1, log_p)
-        value = row_dot(p, torch.sub(log_p, log_m, out=scratch.like(2, log_p)))
-        grad_log_q = torch.sub(log_q, log_m, out=log_m).exp_().mul_(p).mul_(-(1.0 - alpha))  # -(1-a) p q / m
-        if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
-            return value, project_to_logits(grad_log_q, exp_into(scratch, 1, log_q))
+        # probability space: two exps, one lerp, one log (the log-space logaddexp form cost 2x)
+        p, q = exp_into(scratch, 1, log_p), exp_into(scratch, 2, log_q)
+        m = mixture_in_probability_space(q, p, alpha, scratch)  # alpha p + (1 - alpha) q, slot 0
+        grad_log_q = torch.mul(p, q, out=scratch.like(3, p)).div_(m).mul_(-(1.0 - alpha))  # -(1-a) p q / m
+        value = row_dot(p, torch.sub(log_p, m.log_(), out=m))  # sum p log(p / m)
+        if not bool(torch.isnan(value).any()):  # a banned token (p = 0, log p = -inf): the exact form
+            return value, project_to_logits(grad_log_q, q)
     p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - alpha)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, alpha)  # m / q = (1 - alpha) + alpha p / q
     grad_log_q = -(1.0 - alpha) * p * torch.where(log_q > -torch.inf, log_q_over_m.exp(), 0.0)
@@ -137,12 +138,13 @@ def skew_reverse_kl_with_grad(
     :math:`\partial\,\mathrm{SRKL} / \partial \log q_i = q_i(\log(q_i/m_i) + 1 - \alpha q_i / m_i)`."""
     check_unit_interval("alpha", alpha)
     if LEAN_WEIGHT_RANGE[0] <= alpha <= LEAN_WEIGHT_RANGE[1]:
-        log_m = log_mixture(log_p, log_q, alpha, scratch)  # slot 0
-        log_q_over_m = torch.sub(log_q, log_m, out=log_m)
-        q = exp_into(scratch, 1, log_q)
+        p, q = exp_into(scratch, 1, log_p), exp_into(scratch, 2, log_q)
+        m = mixture_in_probability_space(p, q, alpha, scratch)  # (1 - alpha) p + alpha q, slot 0
+        q_over_m = torch.div(q, m, out=p)
+        log_q_over_m = torch.sub(log_q, m.log_(), out=m)
         value = row_dot(q, log_q_over_m)
-        grad_log_q = exp_into(scratch, 2, log_q_over_m).mul_(-alpha).add_(log_q_over_m).add_(1.0).mul_(q)
-        if not bool(torch.isnan(value).any() or torch.isnan(grad_log_q).any()):
+        grad_log_q = q_over_m.mul_(-alpha).add_(log_q_over_m).add_(1.0).mul_(q)
+        if not bool(torch.isnan(value).any()):  # q = 0 (log q = -inf) somewhere: the exact form
             return value, project_to_logits(grad_log_q, q)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, 1.0 - alpha)
     grad_log_q = q * (log_q_over_m + 1.0 - alpha * log_q_over_m.exp())

@@ -48,6 +48,7 @@ def total_variation_with_grad(log_q: Tensor, log_p: Tensor, *, overwrite_inputs:
                               scratch: Scratch = FRESH) -> tuple[Tensor, Tensor]:
     """``(TV, dTV/dz)``: ``dTV/dlog q_i = q_i sign(q_i - p_i) / 2`` (0 at ties)."""
     q = exp_into(scratch, 0, log_q)
-    difference = exp_into(scratch, 1, log_p).neg_().add_(q)  # q - p
+    p = exp_into(scratch, 1, log_p)
+    difference = torch.sub(q, p, out=p)  # q - p
     value = 0.5 * torch.linalg.vector_norm(difference, ord=1, dim=-1)
     return value, project_to_logits(difference.sign_().mul_(q).mul_(0.5), q)

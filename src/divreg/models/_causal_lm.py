@@ -116,6 +116,15 @@ def build_causal_lm(source: ModelSource, tokenizer, seed: int):
         return AutoModelForCausalLM.from_config(config)
 
 
+def cache_keyword(model) -> str:
+    """The name of the KV-cache argument of ``model``'s forward: ``cache`` in transformers 5,
+    ``past_key_values`` in 4.x (a peft model forwards it to its base model)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 of a model's state dict (names, dtypes, shapes and values, in name order): which
     weights these are, whatever folder or path they were loaded from. Reads every weight once

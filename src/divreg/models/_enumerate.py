@@ -4,13 +4,12 @@ vocabularies and short completions only): no sampling noise."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import itertools
 
 import torch
 from torch import Tensor
 
-from ._causal_lm import AdaptersOff
+from ._causal_lm import AdaptersOff, cache_keyword
 
 
 @torch.no_grad()
@@ -102,9 +101,7 @@ def _next_token_logprobs(model, prompt: list[int], stems: Tensor, last: Tensor, 
     if last is None:
         return head
     width = last.shape[0]
-    # transformers 5 names the KV cache `cache` (4.x: `past_key_values`); a peft model forwards it to its base model
-    base = model.model.get_base_model() if hasattr(model.model, "get_base_model") else model.model
-    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    name = cache_keyword(model.model)
     cache = out[name]
     cache.batch_repeat_interleave(width)
     step = last.repeat(stems.shape[0])[:, None].to(device)

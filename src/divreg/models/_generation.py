@@ -70,8 +70,6 @@ def _generate(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: in
 def _generate_with(causal_lm, prompts: list[list[int]], tokenizer, max_new_tokens: int, **sampling) -> list[list[int]]:
     from transformers import GenerationConfig, LogitsProcessorList
 
-    model = causal_lm.model
-    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     # left-pad so that every prompt ends where generation starts
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -79,6 +77,14 @@ def _generate_with(causal_lm, prompts: list[list[int]], tokenizer, max_new_token
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt):] = torch.tensor(prompt)
         attention[row, width - len(prompt):] = 1
+    device = next(causal_lm.parameters()).device
+    if hasattr(causal_lm, "sample_tokens"):  # an ensemble: its own loop over the members' combined logits
+        with evaluating(causal_lm):
+            tokens = causal_lm.sample_tokens(input_ids.to(device), attention.to(device), max_new_tokens,
+                                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                             **{k: v for k, v in sampling.items() if k != "top_k"}).cpu()
+        return tokens.tolist()
+    model = causal_lm.model
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=tokenizer.eos_token_id, **sampling)
     with evaluating(model), _without_model_defaults(model):

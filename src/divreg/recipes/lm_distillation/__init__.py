@@ -24,8 +24,8 @@ from ..._table import format_table
 from ...data import (arithmetic_problems, builtin_corpus, char_tokenizer, load_text_examples, task_records,
                      tokenize_records, train_bpe_tokenizer)
 from ...metrics import training_curves
-from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, save_model_folder,
-                       weights_fingerprint)
+from ...models import (CausalLM, LogitEnsemble, ModelSource, build_causal_lm, load_ensemble, load_tokenizer,
+                       model_tokenizer, save_model_folder, teacher_fingerprint)
 from ...targets import TeacherCache
 from ...training import is_fsdp, mean_std, prepare_run_folder, refuse_under_fsdp, run_recipe
 from .._engine import autocast_bf16, check_trainable, trainable
@@ -95,12 +95,25 @@ def cached_teacher_source(config: DistillLMConfig) -> Optional[ModelSource]:
     return ModelSource(path=recorded, config={}, tokenizer=config.teacher.tokenizer)
 
 
+def cached_ensemble(config: DistillLMConfig) -> tuple[list[str], str]:
+    """With ``teacher_cache`` and ``kl_eval``: the ensemble to evaluate against, ``teacher.members``
+    when given, else the members the cache recorded when an ensemble wrote it (and no
+    ``teacher.path`` names another teacher); ``([], combine)`` otherwise."""
+    if not config.kl_eval or config.teacher.path is not None:
+        return [], config.teacher.combine
+    if config.teacher.members:
+        return config.teacher.members, config.teacher.combine
+    manifest = TeacherCache(config.teacher_cache).manifest
+    return manifest.get("teacher_members", []), manifest.get("teacher_combine", "logits")
+
+
 def cached_teacher(config: DistillLMConfig, model: CausalLM) -> CausalLM:
     """``model`` if its weights are those of the teacher that wrote ``teacher_cache``, else a
     ``ValueError`` (the reported KL would be to another teacher than the one trained toward)."""
     recorded = TeacherCache(config.teacher_cache).manifest.get("teacher_sha256")
-    if recorded is not None and weights_fingerprint(model.model) != recorded:
-        raise ValueError(f"the teacher {model.model.name_or_path!r} is not the one that wrote teacher_cache "
+    if recorded is not None and teacher_fingerprint(model) != recorded:
+        name = f"ensemble of {len(model.members)}" if isinstance(model, LogitEnsemble) else repr(model.model.name_or_path)
+        raise ValueError(f"the teacher {name} is not the one that wrote teacher_cache "
                          f"{config.teacher_cache!r} (its weights differ from the recorded ones): the held-out KL would "
                          "be to another teacher; pass the cache's teacher as teacher.path, or kl_eval=false")
     return model
@@ -111,12 +124,17 @@ def build_teacher(config: DistillLMConfig, tokenizer):
     teacher for the held-out KL, or None without ``kl_eval``) and the tokenizer it reads (see
     :func:`divreg.models.model_tokenizer`)."""
     if config.teacher_cache:
+        members, combine = cached_ensemble(config)
+        if members:
+            return cached_teacher(config, load_ensemble(members, tokenizer, combine)), tokenizer
         source = cached_teacher_source(config)
         if source is None:
             return None, model_tokenizer(config.teacher, tokenizer)
         teacher_tokenizer = model_tokenizer(source, tokenizer)
         model = CausalLM(build_causal_lm(source, teacher_tokenizer, config.data_seed), len(teacher_tokenizer))
         return cached_teacher(config, model), teacher_tokenizer
+    if config.teacher.members:  # an ensemble of trained models over the run's tokenizer, never trained here
+        return load_ensemble(config.teacher.members, tokenizer, config.teacher.combine), tokenizer
     if config.teacher.server:  # served: the run's tokenizer (the server's is checked against it); a local copy by
         # teacher.path only for the held-out KL (kl_eval), never trained here
         model = None if config.teacher.path is None else CausalLM(
@@ -134,7 +152,8 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
     ``teacher_dtype``, in place (the student losses built before hold this same module)."""
     if model is None:
         return None
-    if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache:
+    if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache \
+            and not config.teacher.members:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
                     os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed)
         if is_fsdp(accelerator):  # FSDP would shard the module the losses hold: train a copy, keep its weights

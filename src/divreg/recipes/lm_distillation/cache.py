@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 from ...config import require_positive
 from ...data import collate, examples_fingerprint, load_text_examples
-from ...models import (CausalLM, ModelSource, build_causal_lm, load_tokenizer, model_tokenizer, own_tokenizer,
-                       weights_fingerprint)
+from ...models import (ENSEMBLE_COMBINE, CausalLM, ModelSource, build_causal_lm, load_ensemble, load_tokenizer,
+                       model_tokenizer, own_tokenizer, teacher_fingerprint)
 from ...targets import TeacherCacheWriter, tokenizer_fingerprint
 
 
@@ -30,6 +30,10 @@ class TrainedTeacher:
     # a vLLM server serving the teacher (divreg serve MODEL prints its URL): its top-k log-probs and exact tail
     # mass are cached instead of an in-process forward (temperature 1 only; path then only names its tokenizer)
     server: Optional[str] = None
+    # an ensemble teacher: the folders (or hub ids) of K trained models sharing one tokenizer, logits averaged (as
+    # distill-lm's teacher.members); replaces path
+    members: list[str] = field(default_factory=list)
+    combine: str = "logits"  # the ensemble's members: "logits" averaged (the paper) or "probabilities" mixed
 
     def source(self) -> ModelSource:
         return ModelSource(path=self.path, tokenizer=self.tokenizer)
@@ -53,7 +57,17 @@ class CacheTeacherConfig:
 
     def __post_init__(self):
         require_positive(self, ("seq_len", "prompt_len", "top_k", "temperature", "batch_size"))
-        if not self.teacher.path and not self.teacher.server:
+        if self.teacher.members:
+            if self.teacher.server or self.teacher.path not in (None, TrainedTeacher.path):
+                raise ValueError("teacher.members is the teacher (an ensemble of those models): leave teacher.path and "
+                                 "teacher.server unset")
+            if self.teacher.combine not in ENSEMBLE_COMBINE:
+                raise ValueError(f"teacher.combine must be one of {list(ENSEMBLE_COMBINE)}, got "
+                                 f"{self.teacher.combine!r}")
+            self.teacher.path = None  # the default folder is not a member
+            if self.tokenizer is None:
+                self.tokenizer = own_tokenizer(ModelSource(path=self.teacher.members[0]))
+        if not self.teacher.path and not self.teacher.server and not self.teacher.members:
             raise ValueError("cache-teacher caches a trained teacher: give teacher.path (a local folder or hub id) or "
                              "teacher.server (a vLLM server's URL)")
         if self.teacher.server and self.teacher.path == TrainedTeacher.path and not os.path.isdir(self.teacher.path):
@@ -70,27 +84,35 @@ class CacheTeacherConfig:
 def run(config: CacheTeacherConfig) -> str:
     started = time.perf_counter()
     if config.tokenizer is None:
-        raise ValueError(f"teacher.path {config.teacher.path!r} ships no tokenizer: give tokenizer= (the one the "
+        raise ValueError(f"teacher.members[0] {config.teacher.members[0]!r} ships no tokenizer: give tokenizer= (the "
+                         "one the members and the students read)" if config.teacher.members else
+                         f"teacher.path {config.teacher.path!r} ships no tokenizer: give tokenizer= (the one the "
                          "students will use)" if config.teacher.path else "teacher.server: give tokenizer= (the one "
                          "the served teacher and the students read; it is checked against the server's)")
     tokenizer = load_tokenizer(config.tokenizer)
     train, _ = load_text_examples(config.data, config.held_out, tokenizer, config.seq_len, config.prompt_len)
     if config.teacher.server:
         return _cache_from_server(config, tokenizer, train, started)
-    source = config.teacher.source()
-    if model_tokenizer(source, tokenizer) is not tokenizer:  # its own tokenizer, another than the students'
-        raise ValueError(f"teacher.path {source.path!r} ships its own tokenizer, which differs from tokenizer="
-                         f"{config.tokenizer!r}; a cache holds token-level log-probs, so teacher and students must "
-                         "share one tokenizer: leave tokenizer unset (the teacher's own)")
-    teacher = CausalLM(build_causal_lm(source, tokenizer, 0), len(tokenizer)).eval()
-    if config.top_k > teacher.output_weight.shape[0]:
-        raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.output_weight.shape[0]})")
     manifest = {"tokenizer": tokenizer_fingerprint(tokenizer), "examples_sha256": examples_fingerprint(train),
                 "data": config.data, "seq_len": config.seq_len,
-                "prompt_len": config.prompt_len, "examples": len(train),
-                # which teacher wrote it: distill-lm loads it (by path, checked by its weights) to report the KL
-                "teacher": os.path.abspath(source.path) if os.path.isdir(source.path) else source.path,
-                "teacher_sha256": weights_fingerprint(teacher.model)}
+                "prompt_len": config.prompt_len, "examples": len(train)}
+    if config.teacher.members:  # each member's tokenizer is checked against the students' as it loads
+        teacher = load_ensemble(config.teacher.members, tokenizer, config.teacher.combine).eval()
+        # which teacher wrote it: distill-lm loads the members (checked by their weights) to report the KL
+        manifest |= {"teacher_members": [_where(path) for path in config.teacher.members],
+                     "teacher_combine": config.teacher.combine}
+    else:
+        source = config.teacher.source()
+        if model_tokenizer(source, tokenizer) is not tokenizer:  # its own tokenizer, another than the students'
+            raise ValueError(f"teacher.path {source.path!r} ships its own tokenizer, which differs from tokenizer="
+                             f"{config.tokenizer!r}; a cache holds token-level log-probs, so teacher and students must "
+                             "share one tokenizer: leave tokenizer unset (the teacher's own)")
+        teacher = CausalLM(build_causal_lm(source, tokenizer, 0), len(tokenizer)).eval()
+        # which teacher wrote it: distill-lm loads it (by path, checked by its weights) to report the KL
+        manifest["teacher"] = _where(source.path)
+    if config.top_k > teacher.vocab_size:
+        raise ValueError(f"top_k={config.top_k} exceeds the teacher's vocabulary ({teacher.vocab_size})")
+    manifest["teacher_sha256"] = teacher_fingerprint(teacher)
     writer = TeacherCacheWriter(config.output_dir, config.top_k, config.temperature, manifest=manifest)
     sample: list[torch.Tensor] = []  # the first positions' full teacher logits, for the truncation report
     for start in tqdm(range(0, len(train), config.batch_size), desc="cache-teacher"):
@@ -106,6 +128,11 @@ def run(config: CacheTeacherConfig) -> str:
     print(f"cached top-{config.top_k} of {len(train)} examples in {config.output_dir} "
           f"({time.perf_counter() - started:.0f} s); {truncation}")
     return config.output_dir
+
+
+def _where(path: str) -> str:
+    """A local folder's absolute path (another run may start elsewhere), else the hub id as given."""
+    return os.path.abspath(path) if os.path.isdir(path) else path
 
 
 TRUNCATION_POSITIONS = 2048  # positions the truncation report of cache-teacher measures

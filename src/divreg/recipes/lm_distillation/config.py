@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 
 from ...config import require_positive
 from ...divergences import check_tail_policy
-from ...models import ModelSource, own_tokenizer
+from ...models import ENSEMBLE_COMBINE, ModelSource, own_tokenizer
 from ...targets import VOCAB_POLICIES, gives_hidden_states
 from .._blocks import ArithmeticBlock, EngineBlock, GenerationBlock, RunBlock
 from .._methods import check_divergence, divergence_name, parse_methods
@@ -32,7 +32,9 @@ class LMMethod:
     weight: float = 1.0  # weight of the divergence (0 with ce_weight 1: a student trained on labels only)
     ce_weight: Optional[float] = None  # weight of the CE on the labels; None: the run's ce_weight
     lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
-    sequence_kd: bool = False  # train on the teacher's generations from the prompts (sequence-level KD)
+    # the teacher's generations from the prompts instead of the dataset's text (sequence-level KD): true (every such
+    # step), false, or a probability per step (real plus teacher-generated text, as the infinite-compute paper's student)
+    sequence_kd: float = 0.0
     adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
 
     def __post_init__(self):
@@ -41,12 +43,18 @@ class LMMethod:
         check_divergence(where, self.divergence, self.divergence_options)
         if not 0.0 <= self.lmbda <= 1.0:
             raise ValueError(f"{where}.lmbda must be in [0, 1], got {self.lmbda}")
+        if isinstance(self.sequence_kd, bool):
+            self.sequence_kd = float(self.sequence_kd)
+        if not isinstance(self.sequence_kd, (int, float)) or not 0.0 <= self.sequence_kd <= 1.0:
+            raise ValueError(f"{where}.sequence_kd must be true, false or a probability in [0, 1], got "
+                             f"{self.sequence_kd!r}")
+        self.sequence_kd = float(self.sequence_kd)
         if self.weight < 0 or (self.ce_weight is not None and self.ce_weight < 0):
             raise ValueError(f"{where}: weights must be >= 0")
 
     @property
     def on_generated_text(self) -> bool:
-        return self.lmbda > 0 or self.adaptive_off_policy or self.sequence_kd
+        return self.lmbda > 0 or self.adaptive_off_policy or self.sequence_kd > 0
 
 
 def _shorthand(name: str) -> dict[str, Any]:
@@ -69,6 +77,10 @@ class TeacherSource(ModelSource):
     # mass per position are the target (a sparse signal, as a teacher cache's), on the dataset and on generated text
     server: Optional[str] = None
     top_k: int = 32  # with server: log-probs per position (at most the server's --max-logprobs)
+    # an ensemble teacher: the folders (or hub ids) of K trained models that share the run's tokenizer, whose logits
+    # are averaged ("Pre-training under infinite compute", 2025); replaces path/config (nothing is trained here)
+    members: list[str] = field(default_factory=list)
+    combine: str = "logits"  # the ensemble's members: "logits" averaged (the paper) or "probabilities" mixed
 
 
 @dataclass
@@ -135,7 +147,9 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     def __post_init__(self):
         super().__post_init__()  # the shared blocks' checks
         if self.tokenizer is None:  # resolved here, so the printed and saved config says which
-            self.tokenizer = own_tokenizer(self.student) or own_tokenizer(self.teacher) or "builtin"
+            self.tokenizer = (own_tokenizer(self.student) or own_tokenizer(self.teacher)
+                              or (own_tokenizer(ModelSource(path=self.teacher.members[0])) if self.teacher.members
+                                  else None) or "builtin")
         self.methods = parse_methods(self.methods, LMMethod, _shorthand)
         require_positive(self, ("vocab_size", "seq_len", "prompt_len", "max_new_tokens", "batch_size", "temperature",
                                 "eval_examples", "replay_capacity", "sampling_temperature", "top_p"))
@@ -167,9 +181,25 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
                              "text (lmbda > 0, adaptive_off_policy, sequence_kd) need a live teacher")
         if self.teacher.server:
             self._check_served_teacher()
+        if self.teacher.members:
+            self._check_ensemble_teacher()
         if self.vocab_policy == "uld" and (self.teacher_cache or on_generated_text):
             raise ValueError("vocab_policy=uld works on dataset text with a live teacher (the teacher re-tokenizes "
                              "the text); it supports neither teacher_cache nor on-policy methods")
+
+    def _check_ensemble_teacher(self) -> None:
+        """What an ensemble teacher (``teacher.members``) cannot be combined with, each in one line."""
+        if self.teacher.path or self.teacher.server:
+            raise ValueError("teacher.members is the teacher (an ensemble of those models): leave teacher.path and "
+                             "teacher.server unset")
+        if self.teacher.combine not in ENSEMBLE_COMBINE:
+            raise ValueError(f"teacher.combine must be one of {list(ENSEMBLE_COMBINE)}, got {self.teacher.combine!r}")
+        if self.fused == "true" and not self.teacher_cache:
+            raise ValueError("an ensemble teacher has no single hidden state for the fused kernel (its members' logits "
+                             "are averaged): set fused=false or auto (auto uses dense logits with an ensemble)")
+        if self.vocab_policy == "uld":
+            raise ValueError("teacher.members must share the run's tokenizer: vocab_policy=uld is not available "
+                             "for an ensemble teacher")
 
     def _check_served_teacher(self) -> None:
         """What a served teacher cannot do, each in one line."""
@@ -184,7 +214,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
         if self.vocab_policy == "uld":
             raise ValueError("vocab_policy=uld re-tokenizes the text for a live teacher; a served teacher is scored on "
                              "the run's tokens: use vocab_policy=strict")
-        if any(method.sequence_kd for method in self.methods):
+        if any(method.sequence_kd > 0 for method in self.methods):
             raise ValueError("sequence_kd trains on the teacher's own generations, which the served teacher does not "
                              "produce here; drop sequence_kd or use the teacher in-process (teacher.path)")
         if self.kl_eval and self.teacher.path is None:

@@ -52,7 +52,9 @@ def make_student_loss(config: DistillLMConfig, method: LMMethod, teacher, teache
         cross = CrossTokenizerTeacher(teacher, tokenizer, teacher_tokenizer, config.temperature,
                                       per_sequence=config.uld_reduction == "sequence")
         return uld_loss_fn(cross, method.weight, 1.0 if method.ce_weight is None else method.ce_weight), None
-    hidden = gives_hidden_states(config.fused, shared)  # the one fused rule: hidden states from 4096 entries on
+    # the one fused rule: hidden states from 4096 entries on (a live ensemble teacher has none: dense logits)
+    live_ensemble = bool(config.teacher.members) and not config.teacher_cache
+    hidden = gives_hidden_states(config.fused, shared) and not live_ensemble
     if config.teacher_cache:
         target = TeacherCache(config.teacher_cache)  # checked against the run's examples at setup
     elif config.teacher.server:  # the server's tokenizer is checked against the run's here, before training

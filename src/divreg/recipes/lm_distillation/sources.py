@@ -99,7 +99,10 @@ class StepSource:
         source = self.replay.choose(r, step) if self.replay is not None else (
             "generate" if r < method.lmbda else "dataset")
         seed = derive_seed(self.seed, step, process_index)
-        if source == "dataset" and method.sequence_kd:
+        # sequence_kd: a step that would read the dataset reads the teacher's generations instead, with probability
+        # sequence_kd (its own draw, the same on every process; 1: every such step)
+        if source == "dataset" and method.sequence_kd > 0 and (
+                method.sequence_kd >= 1.0 or uniform_draw(self.seed, step, 1) < method.sequence_kd):
             return self._generate(self.teacher, examples, seed), "teacher"
         if source == "generate":
             examples = self._generate(student, examples, seed, served=self.sampler is not None)
