@@ -150,3 +150,23 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
     final = checkpoint(**finish(model))
     accelerator.free_memory()
     return final
+
+
+def adamw(lr: float, weight_decay: float = 0.0) -> Callable:
+    """``make_optimizer`` for :func:`train_run`: ``torch.optim.AdamW`` at ``lr`` with decoupled
+    weight decay (``p <- p - lr * weight_decay * p`` each step) on the matrices (parameters with
+    two or more dimensions: attention, MLP, embeddings) and none on vectors (norm gains, biases),
+    the usual GPT split (levanter, which "Pre-training under infinite compute" trains with, also
+    leaves the embeddings undecayed; here they are decayed). ``weight_decay=0``: one group."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+    def make(parameters) -> torch.optim.Optimizer:
+        parameters = list(parameters)
+        if not weight_decay:
+            return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+        groups = [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+    return make

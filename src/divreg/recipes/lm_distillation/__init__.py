@@ -155,7 +155,8 @@ def prepare_teacher(config: DistillLMConfig, model: Optional[CausalLM], trainer:
     if config.teacher.path is None and config.teacher_train_steps and not config.teacher_cache \
             and not config.teacher.members:
         run = LMRun("teacher", None, config.teacher_train_steps, config.teacher_lr,
-                    os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed)
+                    os.path.join(config.output_dir, "checkpoints", "teacher.pt"), config.data_seed,
+                    config.teacher_weight_decay)
         if is_fsdp(accelerator):  # FSDP would shard the module the losses hold: train a copy, keep its weights
             model.load_state_dict(trainer.run(run, copy.deepcopy(model), ce_loss, None)["model"])
         else:
@@ -237,7 +238,7 @@ class DistillLMRecipe:
             loss_fn, shared = self.losses[method.name]
             name = method.name if len(config.seeds) == 1 else f"{method.name}-seed{seed}"
             run_spec = LMRun(name, method, config.steps, config.lr,
-                             os.path.join(config.output_dir, "checkpoints", f"{name}.pt"), seed)
+                             os.path.join(config.output_dir, "checkpoints", f"{name}.pt"), seed, config.weight_decay)
             eval_teacher = self.teacher if shared is not None and config.kl_eval else None
             student = self.new_student(seed)
             with exported(self.accelerator, student, self.tokenizer, config.output_dir, name):

@@ -93,6 +93,9 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     seeds: list[int] = field(default_factory=lambda: [0])
     output_dir: str = "outputs/distill_lm"  # config, metrics, plots, checkpoints, the teacher
     lr: float = 0.003  # AdamW learning rate of the students
+    # AdamW's decoupled weight decay of the students on their matrices (norm gains and biases: none); the
+    # infinite-compute paper's regularized recipe uses 0.8-3.2 for its teachers, 0.01-0.1 for distilled students
+    weight_decay: float = 0.0
     max_grad_norm: Optional[float] = None  # the students' gradients clipped to this global norm (null: never)
     data_seed: int = 0  # the data split (data=arithmetic) and the teacher's initialization and data order
     RENAMED: ClassVar[dict[str, str]] = {
@@ -111,6 +114,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
     teacher: TeacherSource = field(default_factory=lambda: TeacherSource(config=_llama(96, 2, 4, 256)))
     teacher_train_steps: int = 400  # a teacher built from a config is first trained with CE for this many steps
     teacher_lr: float = 0.003  # its learning rate
+    teacher_weight_decay: float = 0.0  # its AdamW weight decay (as weight_decay)
     # the live teacher's weights during distillation: float32, bfloat16 or float16; null: float32 weights run as the
     # student does (under bf16 autocast with precision=bf16)
     teacher_dtype: Optional[str] = None
@@ -173,8 +177,10 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
             raise ValueError(f"cache_tail: {error}") from None
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        if self.ce_weight < 0 or self.teacher_train_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("ce_weight, teacher_train_steps and checkpoint_every must be >= 0")
+        if min(self.ce_weight, self.teacher_train_steps, self.checkpoint_every, self.weight_decay,
+               self.teacher_weight_decay) < 0:
+            raise ValueError("ce_weight, teacher_train_steps, checkpoint_every, weight_decay and teacher_weight_decay "
+                             "must be >= 0")
         on_generated_text = any(m.on_generated_text for m in self.methods)
         if self.teacher_cache and on_generated_text:
             raise ValueError("teacher_cache holds the teacher's signal on the dataset only; methods on generated "

@@ -18,7 +18,7 @@ from ...data import IGNORE_INDEX, TaskProblem, TextExample, collate, exact_match
 from ...divergences import forward_kl
 from ...targets import TeacherCache, truncation_report
 from ...models import CausalLM, greedy_completions
-from ...training import RunSpec, backward_micro_batches, check_batch_size, train_run
+from ...training import RunSpec, adamw, backward_micro_batches, check_batch_size, train_run
 from .config import DistillLMConfig, LMMethod
 from .sources import AdaptiveOffPolicy, StepSource
 
@@ -31,6 +31,7 @@ class LMRun:
     lr: float
     checkpoint_path: str
     seed: int  # the run's data order and samples (and, for a student, its initialization: seed + 1)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the matrices (divreg.training.adamw)
 
 
 @torch.no_grad()
@@ -137,7 +138,7 @@ class LMTrainer:
 
         spec = RunSpec(run.name, run.steps, run.checkpoint_path, evaluate_every=config.eval_every,
                        checkpoint_every=config.checkpoint_every, progress_keys=("perplexity",))
-        optimizer = functools.partial(torch.optim.AdamW, lr=run.lr, weight_decay=0.0)
+        optimizer = adamw(run.lr, run.weight_decay)
         return train_run(accelerator, spec, model, optimizer, step_fn, evaluate_fn,
                          lambda model: {"metrics": self.evaluate(model, teacher, examples=self.held_out)},
                          components={"replay": replay} if replay is not None else {}, log_path=self.log_path,
