@@ -55,3 +55,21 @@ def test_every_command_has_a_guide_with_its_options_table():
     guides = "\n".join(page.read_text() for page in (ROOT / "docs" / "commands").glob("*.md"))
     missing = [name for name in COMMANDS if name != "demo" and f"<!-- divreg-options: {name} -->" not in guides]
     assert not missing, f"commands without an options table in docs/commands: {missing}"
+
+
+def test_the_seed_coverage_page_lists_every_cited_paper():
+    """Every arXiv id that a module of divreg or an experiment cites is a row of
+    docs/results/coverage.md (the seed-coverage table)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cited = {}
+    for path in [*(root / "src" / "divreg").rglob("*.py"), *(root / "experiments").glob("*.py")]:
+        for arxiv in re.findall(r"arXiv:? ?(\d{4}\.\d{4,5})", path.read_text()):
+            cited.setdefault(arxiv, path.relative_to(root).as_posix())
+    page = (root / "docs" / "results" / "coverage.md").read_text()
+    rows = set(re.findall(r"^\|[^|]*\| (\d{4}\.\d{4,5}) \|", page, flags=re.MULTILINE))
+    missing = {arxiv: where for arxiv, where in cited.items() if arxiv not in rows}
+    assert not missing, f"cited but not on the seed-coverage page: {missing}"
+    assert len(rows) >= 50

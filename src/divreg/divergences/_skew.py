@@ -120,9 +120,10 @@ def skew_kl_with_grad(
         # probability space: two exps, one lerp, one log (the log-space logaddexp form cost 2x)
         p, q = exp_into(scratch, 1, log_p), exp_into(scratch, 2, log_q)
         m = mixture_in_probability_space(q, p, alpha, scratch)  # alpha p + (1 - alpha) q, slot 0
-        grad_log_q = torch.mul(p, q, out=scratch.like(3, p)).div_(m).mul_(-(1.0 - alpha))  # -(1-a) p q / m
-        value = row_dot(p, torch.sub(log_p, m.log_(), out=m))  # sum p log(p / m)
+        log_p_over_m = torch.sub(log_p, m.log_(), out=m)  # three [.., V] buffers in all
+        value = row_dot(p, log_p_over_m)  # sum p log(p / m)
         if not bool(torch.isnan(value).any()):  # a banned token (p = 0, log p = -inf): the exact form
+            grad_log_q = log_p_over_m.exp_().mul_(q).mul_(-(1.0 - alpha))  # -(1-a) q p / m
             return value, project_to_logits(grad_log_q, q)
     p, log_p_over_m = log_ratio_to_mixture(log_p, log_q, 1.0 - alpha)
     q, log_q_over_m = log_ratio_to_mixture(log_q, log_p, alpha)  # m / q = (1 - alpha) + alpha p / q
