@@ -267,3 +267,32 @@ def test_hard_learns_an_augmentor_that_raises_disagreement_and_resumes_its_state
                     "methods=[{name: h, kind: hard, divergence: forward_kl}]"))
     with pytest.raises(ValueError, match="augmentor must be"):
         _config(tmp_path, "methods=[{name: h, kind: hard, divergence: forward_kl, options: {augmentor: x}}]")
+
+
+def test_a_bit_flipped_checkpoint_is_detected_on_resume_and_the_run_still_ends_bitwise_equal(tmp_path):
+    """Issue 33 item 2, the reported case: a classifier run killed mid-training, 64 bytes flipped
+    in the middle of its newest student checkpoint, then resume=true. The damage is detected, the
+    run resumes from the previous checkpoint (one line on stderr) and ends with the weights of an
+    uninterrupted run, bitwise."""
+    from ..training.test_corrupt_checkpoints import flip_bytes
+
+    arguments = ["methods=[pskd]", "seeds=[0]", "teacher_epochs=2", "epochs=6", "checkpoint_every=5",
+                 "teacher.widths=[8,8]", "student.widths=[4,4]", "min_steps=0"]
+    reference = _launch([f"output_dir={tmp_path / 'reference'}", *arguments])
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+    killed_dir = tmp_path / "killed"
+    latest = killed_dir / "checkpoints" / "pskd-seed0.pt"
+    victim = _launch([f"output_dir={killed_dir}", *arguments])
+    kill_at_checkpoint(victim, latest, lambda c: not c["state"]["done"] and c["state"]["step"] >= 30)
+    assert (killed_dir / "checkpoints" / "pskd-seed0.pt.prev").exists()
+    flip_bytes(latest)
+    resumed = _launch([f"output_dir={killed_dir}", *arguments, "resume=true"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    notices = [line for line in err.splitlines() if "resuming from the previous checkpoint" in line]
+    assert len(notices) == 1 and "differ from the checksum" in notices[0], err[-2000:]
+    expected, got = _final_weights(tmp_path / "reference" / "checkpoints"), _final_weights(killed_dir / "checkpoints")
+    for name in expected:
+        for key, tensor in expected[name].items():
+            assert torch.equal(tensor, got[name][key]), (name, key)

@@ -123,7 +123,7 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "sub" / "state.pt"
     save_atomic({"a": torch.arange(3)}, str(path))
     save_atomic({"a": torch.arange(4)}, str(path))
-    assert os.listdir(tmp_path / "sub") == ["state.pt"]
+    assert sorted(os.listdir(tmp_path / "sub")) == ["state.pt", "state.pt.prev"]  # the replaced one kept
     assert torch.equal(load_if_exists(str(path))["a"], torch.arange(4))
     assert load_if_exists(str(tmp_path / "missing.pt")) is None
 
