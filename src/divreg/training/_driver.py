@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ._fsdp import check_launcher_precision, use_fsdp_if_asked
+from ._run_folder import release_run_locks
 
 
 class Recipe(Protocol):
@@ -61,16 +62,19 @@ def run_recipe(recipe_type: Any, config: Any) -> Optional[dict]:
     started = time.perf_counter()
     accelerator = make_accelerator(config.cpu, getattr(config, "precision", "fp32"))
     recipe = recipe_type(config, accelerator)
-    recipe.setup()
-    seeds = getattr(recipe, "seeds", None) or config.seeds
-    results = {seed: recipe.run_seed(seed)
-               for seed in tqdm(seeds, desc="seeds", disable=not accelerator.is_local_main_process)}
-    summary = None
-    if accelerator.is_main_process:
-        summary = recipe.report(results)
-        print(f"{recipe.describe()}, {accelerator.num_processes} process(es), in {time.perf_counter() - started:.0f} s; "
-              f"outputs in {config.output_dir}")
-    accelerator.wait_for_everyone()
+    try:
+        recipe.setup()
+        seeds = getattr(recipe, "seeds", None) or config.seeds
+        results = {seed: recipe.run_seed(seed)
+                   for seed in tqdm(seeds, desc="seeds", disable=not accelerator.is_local_main_process)}
+        summary = None
+        if accelerator.is_main_process:
+            summary = recipe.report(results)
+            print(f"{recipe.describe()}, {accelerator.num_processes} process(es), in "
+                  f"{time.perf_counter() - started:.0f} s; outputs in {config.output_dir}")
+        accelerator.wait_for_everyone()
+    finally:
+        release_run_locks()  # the output folder's lock (prepare_run_folder), also when the run stops on an error
     accelerator.end_training()
     return summary
 

@@ -4,8 +4,12 @@ holds one (resume with a changed config, a fresh run over another run's checkpoi
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import json
 import os
+import socket
+import sys
 import tempfile
 from typing import Any, Iterable, Optional
 
@@ -91,12 +95,114 @@ def check_run_folder(output_dir: str, resume: bool, overwrite: bool, config) -> 
     return ""
 
 
+LOCK_NAME = ".divreg.lock"
+_HELD: set[str] = set()  # the lock files this process holds
+
+
+def _start_ticks(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), or None:
+    with the pid, it names one process (a pid is reused after its process ends)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock on this host still runs."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    recorded, now = holder.get("start_ticks"), _start_ticks(pid)
+    return recorded is None or now is None or recorded == now
+
+
+def acquire_run_lock(output_dir: str) -> str:
+    """Take ``output_dir/.divreg.lock`` for this process (its pid, host, start time and command),
+    so that a second run, or a resume, started in the same folder while this one writes it is
+    refused with one line naming the holder. A lock whose process has ended (this host) is stale:
+    it is taken over and the returned notice says so. Released by :func:`release_run_locks` (at
+    the end of the run, and at exit)."""
+    path = os.path.join(output_dir, LOCK_NAME)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "start_ticks": _start_ticks(os.getpid()),
+          "started": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)[:500]}
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as handle:
+        json.dump(me, handle)
+    notice = ""
+    try:
+        try:
+            os.link(temporary, path)  # atomic, and fails when a lock exists
+        except FileExistsError:
+            try:
+                with open(path) as handle:
+                    holder = json.load(handle)
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
+                pass  # this process already holds it (a second run of the same process, one after the other)
+            elif holder.get("host") not in (None, me["host"]):
+                raise ValueError(f"output_dir {output_dir!r} is in use by a divreg run on host {holder['host']} (pid "
+                                 f"{holder.get('pid')}, since {holder.get('started')}); wait for it to end, use another "
+                                 f"output_dir, or remove {path} if that run is gone")
+            elif _alive(holder):
+                raise ValueError(f"output_dir {output_dir!r} is in use by another divreg run (pid {holder['pid']}, since "
+                                 f"{holder.get('started')}: {holder.get('command', '')[:80]}); wait for it to end or use "
+                                 "another output_dir")
+            else:
+                notice = (f"notice: took over the lock of output_dir {output_dir!r} from pid {holder.get('pid')}, which "
+                          "is no longer running")
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    if not _HELD:
+        atexit.register(release_run_locks)
+    _HELD.add(path)
+    return notice
+
+
+def release_run_locks() -> None:
+    """Remove the lock files this process holds (those still naming this process)."""
+    for path in list(_HELD):
+        _HELD.discard(path)
+        try:
+            with open(path) as handle:
+                if json.load(handle).get("pid") == os.getpid():
+                    os.remove(path)
+        except (OSError, ValueError):
+            pass
+
+
 def prepare_run_folder(accelerator: Accelerator, output_dir: str, resume: bool, config,
                        overwrite: bool = False) -> tuple[str, str]:
-    """Check the folder (:func:`check_run_folder`, on every process), create
-    ``output_dir/checkpoints``, write ``config.yaml``, and on a fresh start (``overwrite``) forget
-    the previous run's checkpoints and ``metrics.jsonl``. Returns (checkpoint folder, log path)."""
+    """Check the folder (:func:`check_run_folder`, on every process), take its lock (the main
+    process, :func:`acquire_run_lock`: a run already writing there stops this one, on every
+    process), create ``output_dir/checkpoints``, write ``config.yaml``, and on a fresh start
+    (``overwrite``) forget the previous run's checkpoints and ``metrics.jsonl``. Returns
+    (checkpoint folder, log path)."""
     notice = check_run_folder(output_dir, resume, overwrite, config)
+    refused = None
+    if accelerator.is_main_process:
+        try:
+            lock_notice = acquire_run_lock(output_dir)
+        except ValueError as error:
+            refused = str(error)
+        else:
+            notice = "\n".join(line for line in (lock_notice, notice) if line)
+    if accelerator.num_processes > 1:  # every process stops when the folder is in use, not the main one alone
+        from accelerate.utils import broadcast_object_list
+
+        refused = broadcast_object_list([refused])[0]
+    if refused:
+        raise ValueError(refused)
     accelerator.wait_for_everyone()  # every process has read the folder before the main one changes it
     checkpoints = os.path.join(output_dir, "checkpoints")
     log_path = os.path.join(output_dir, "metrics.jsonl")
