@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import inspect
 import json
@@ -182,7 +183,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         parser.exit(2, f"divreg {parsed.command}: error: {message} (add --debug for the traceback)\n")
+    except OSError as error:
+        if debug or error.errno not in WRITE_FAILURES:
+            raise
+        where = getattr(config, "output_dir", None)
+        hint = (f"; the checkpoints written before are intact in {os.path.join(where, 'checkpoints')}: free space (or "
+                "make the folder writable), then run the same command with resume=true") \
+            if where and hasattr(config, "resume") else "; free space (or make the folder writable) and run it again"
+        parser.exit(1, f"divreg {parsed.command}: error: writing {error.filename or 'a file'} failed "
+                       f"({error.strerror or errno.errorcode.get(error.errno, error.errno)}){hint}\n")
     return 0
+
+
+# A write that fails for lack of room or rights: the run stops in one line that says how to resume.
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 # the commands whose trained model FSDP shards (configs/accelerate/fsdp.yaml)

@@ -82,15 +82,28 @@ def save_atomic(state: Any, path: str) -> None:
             if os.path.exists(path):  # a kill between these two renames leaves the previous one to resume from
                 os.replace(path, path + PREVIOUS)
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             if os.path.exists(temporary):
                 os.remove(temporary)
+            cause = _os_error(error)  # torch.save turns a failed write into a RuntimeError as its zip closes
+            if cause is not None:  # named by the checkpoint, not the temporary file
+                raise type(cause)(cause.errno, cause.strerror or str(cause), path) from None
             raise
         descriptor = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(descriptor)  # make the rename itself durable
         finally:
             os.close(descriptor)
+
+
+def _os_error(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error`` (itself, or one it was raised while handling), or None."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 @contextlib.contextmanager

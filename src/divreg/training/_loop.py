@@ -114,8 +114,18 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
         model_state, optimizer_state = full_state(accelerator, model, optimizer)  # under FSDP: gathered
         checkpoint = {"name": spec.name, "model": model_state, "optimizer": optimizer_state, "components": states,
                       "state": dataclasses.asdict(state), **results}
+        failed = None
         if accelerator.is_main_process:
-            save_atomic(checkpoint, spec.checkpoint_path)
+            try:
+                save_atomic(checkpoint, spec.checkpoint_path)
+            except OSError as error:  # a full disk, a quota, a read-only folder: the previous checkpoint is intact
+                failed = (error.errno, error.strerror, error.filename)
+        if accelerator.num_processes > 1:  # every process stops, not the main one alone (the others would wait)
+            from accelerate.utils import broadcast_object_list
+
+            failed = broadcast_object_list([failed])[0]
+        if failed is not None:
+            raise OSError(*failed)
         accelerator.wait_for_everyone()
         return checkpoint
 
