@@ -68,8 +68,8 @@ def test_two_runs_in_one_folder(tmp_path):
     live = _launch(arguments)
     try:
         deadline = time.time() + 120
-        while not (tmp_path / "run" / LOCK_NAME).exists() and time.time() < deadline:
-            time.sleep(0.05)
+        while not (tmp_path / "run" / "checkpoints" / "teacher.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)  # training, its folder written
         assert (tmp_path / "run" / LOCK_NAME).exists()
         config_before = (tmp_path / "run" / "config.yaml").read_text()
         second = subprocess.run([sys.executable, "-m", "divreg.cli", "distill-classifier", *arguments,

@@ -23,6 +23,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ._faults import fault_point
+
 CHECKSUM_KEY = "divreg_sha256"  # the checkpoint's own entry: the digest of every other entry
 PREVIOUS = ".prev"  # suffix of the checkpoint the newest one replaced
 
@@ -73,15 +75,19 @@ def save_atomic(state: Any, path: str) -> None:
     if isinstance(state, dict):
         state = {**{k: v for k, v in state.items() if k != CHECKSUM_KEY}}
         state[CHECKSUM_KEY] = contents_sha256(state)
+    fault_point("checkpoint.start")
     with _interrupt_held():
         try:
             with open(temporary, "wb") as handle:
                 torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            fault_point("checkpoint.written")
             if os.path.exists(path):  # a kill between these two renames leaves the previous one to resume from
                 os.replace(path, path + PREVIOUS)
+                fault_point("checkpoint.previous")
             os.replace(temporary, path)
+            fault_point("checkpoint.renamed")
         except BaseException as error:
             if os.path.exists(temporary):
                 os.remove(temporary)

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._checkpoint import load_if_exists, save_atomic
+from ._faults import fault_point
 from ._fsdp import full_state, load_full_state, prepare_sharded
 from ._run_folder import append_record, drop_records_after
 
@@ -133,9 +134,11 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
     progress = tqdm(range(state.step, spec.total_steps), desc=spec.name, leave=False,
                     disable=not accelerator.is_local_main_process)
     for step in progress:
+        fault_point("step.start")
         metrics = step_fn(model, optimizer, step)
         state.add_step(metrics)
         state.step = done = step + 1
+        fault_point("step.end")
         if spec.log_every_step:
             record = {"run": spec.name, "step": done, "record": "step",
                       **{key: float(value) for key, value in metrics.items()
@@ -150,6 +153,7 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
             state.history.append(record)
             if log_path is not None:
                 append_record(accelerator, log_path, record)
+            fault_point("evaluation")
             progress.set_postfix({key: f"{record[key]:.3f}" for key in spec.progress_keys if key in record})
             if spec.stop_when is not None and spec.stop_when(record):
                 break  # finished early: the final checkpoint below records where

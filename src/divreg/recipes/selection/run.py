@@ -19,6 +19,7 @@ from ...data.selection import (NgramHasher, fit_mask, kl_reduction, log_ratio, r
                                resample_targets, split_counts)
 from .config import SelectConfig
 from ...data.selection import check_has_examples, check_readable, plan_pieces, read_piece
+from ...training import fault_point
 from .engine import LocalBackend, RayBackend
 
 
@@ -99,7 +100,9 @@ def run(config: SelectConfig) -> dict:
                          engine=config.tokenizer_engine)
     parent = os.path.dirname(os.path.abspath(config.output_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".select-", dir=parent)
+    prefix = f".select-{os.path.basename(os.path.abspath(config.output_dir))}-"
+    _remove_stale_staging(parent, prefix)
+    staging = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     backend = None
     try:
         backend = (RayBackend(workers, config.ray_address) if config.backend == "ray"
@@ -108,6 +111,7 @@ def run(config: SelectConfig) -> dict:
         started = time.perf_counter()
         target_pieces, raw_pieces = plan_pieces(config.target, piece_bytes), plan_pieces(config.raw, piece_bytes)
         handles, summaries = backend.featurize(target_pieces + raw_pieces, config.text_field, hasher, "featurize")
+        fault_point("select.featurized")
         split = len(target_pieces)
         target = (handles[:split], summaries[:split], target_pieces)
         raw = (handles[split:], summaries[split:], raw_pieces)
@@ -126,8 +130,10 @@ def run(config: SelectConfig) -> dict:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private; the selection is not
+        fault_point("select.written")
         if os.path.exists(config.output_dir):
             shutil.rmtree(config.output_dir)
+            fault_point("select.replaced")  # a kill here leaves no output_dir; the run again writes it
         os.rename(staging, config.output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -137,6 +143,24 @@ def run(config: SelectConfig) -> dict:
             backend.close()
     _print(report, config.output_dir)
     return report
+
+
+def _remove_stale_staging(parent: str, prefix: str) -> None:
+    """Remove the staging folders that killed runs into the same ``output_dir`` left behind
+    (named ``<prefix><pid>-...``, their process no longer running)."""
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: another select into this folder, whose staging is its own
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def _choose(config, weights, eligible, per_file, target_counts) -> tuple[list[int], list[np.ndarray]]:
