@@ -83,7 +83,7 @@ EXPECTED = {
                     "AdaptersOff", "add_lora"},
     divreg.serving: {"ServedSampler", "ServedTeacher", "ServerClient", "ServerError", "VLLMServer", "check_server_tokenizer",
                      "find_vllm_python", "serve"},
-    divreg.training: {"adamw", "fault_point", "is_fsdp", "load_weights", "refuse_under_fsdp", "global_mean", "global_means", "to_device", "Recipe", "make_accelerator", "mean_std", "run_recipe", "ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
+    divreg.training: {"ResumableError", "adamw", "fault_point", "is_fsdp", "load_weights", "refuse_under_fsdp", "global_mean", "global_means", "to_device", "Recipe", "make_accelerator", "mean_std", "run_recipe", "ItemCounts", "RunSpec", "RunState", "append_record", "backward_micro_batches", "check_batch_size",
                       "derive_seed", "epoch_batches", "global_item_counts", "load_if_exists", "load_model_state", "prepare_run_folder",
                       "remove_run_checkpoints", "save_atomic", "step_batch", "train_run", "uniform_draw"},
     divreg.divergences.kernels: {"Scratch", "check_sparse_target", "check_temperature", "log_softmax_checked", "math_dtype", "sparse_kl_with_grad"},

@@ -166,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if int(os.environ.get("RANK", "0")) == 0:  # one copy under torchrun / accelerate launch
         print(f"# divreg {parsed.command} config\n{to_yaml(config)}", end="")
+    from .training import ResumableError  # (the run imports torch anyway)
+
     try:
         result = run(config)
         if type(result) is int:  # a command with an exit code of its own (serve)
@@ -183,6 +185,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         parser.exit(2, f"divreg {parsed.command}: error: {message} (add --debug for the traceback)\n")
+    except ResumableError as error:
+        if debug:
+            raise
+        where = getattr(config, "output_dir", None)
+        hint = (f"; the steps done so far are checkpointed in {os.path.join(where, 'checkpoints')}: run the same "
+                "command with resume=true once it is back") if where and hasattr(config, "resume") else ""
+        parser.exit(1, f"divreg {parsed.command}: error: {' '.join(str(error).split())}{hint}\n")
     except OSError as error:
         if debug or error.errno not in WRITE_FAILURES:
             raise

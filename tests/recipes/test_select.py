@@ -87,10 +87,14 @@ def test_zstd_and_fast_mode(tmp_path):
 
 
 @pytest.mark.alone  # two processes or a Ray cluster: make test runs it after the parallel tier
-def test_ray_backend_selects_the_same_examples(reference_budget_run, tmp_path):
+def test_ray_backend_selects_the_same_examples(reference_budget_run, tmp_path, monkeypatch):
     """A local Ray with 2 CPUs (started here, so the backend uses it as it is): the same selection
-    and report as local processes; a bad line in a task is its own one-line error."""
+    and report as local processes, although the worker of the first featurizing task is killed
+    (SIGKILL; issue 33 item 5: Ray runs the task again); a bad line in a task is its own one-line
+    error."""
     ray = pytest.importorskip("ray")
+    killed = tmp_path / "a-worker-was-killed"
+    monkeypatch.setenv("DIVREG_FAULT_ONCE", f"select.ray_task:{killed}")  # Ray's workers inherit it
     folder = reference_budget_run["folder"]
     common = [f"raw=[{folder / 'raw.jsonl'}]", f"target=[{folder / 'target0.jsonl'}]", "num_to_sample=40",
               "seed=2", "workers=2", "piece_mb=0.02"]
@@ -104,6 +108,7 @@ def test_ray_backend_selects_the_same_examples(reference_budget_run, tmp_path):
                             + ["backend=ray", f"output_dir={tmp_path / 'ray-broken'}"]))
     finally:
         ray.shutdown()
+    assert killed.exists()  # a worker died in the middle of the Ray run
     assert _selected(tmp_path / "ray") == _selected(tmp_path / "local") and len(_selected(tmp_path / "ray")) == 40
     assert reports["ray"]["kl_reduction"] == reports["local"]["kl_reduction"]
     assert not (tmp_path / "ray-broken").exists()

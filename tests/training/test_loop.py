@@ -165,3 +165,36 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         save_atomic({"a": 1}, str(tmp_path / "state.pt"))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_resumable_error_in_a_step_checkpoints_the_steps_done_and_resume_ends_equal(tmp_path):
+    """Issue 33 item 5 (the loop's part): a step that raises ResumableError (a server that stopped
+    answering after its retries) leaves a checkpoint of the steps before it; resuming from it
+    ends with the weights of an uninterrupted run."""
+    from divreg.training import ResumableError
+
+    def run(path, fail_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        data = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+
+        def step_fn(model, optimizer, step):
+            if step == fail_at:
+                raise ResumableError("the server at http://127.0.0.1:1 does not answer /v1/completions")
+            loss = model(data[step % 12]).pow(2).sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            return {"loss": float(loss.detach())}
+
+        spec = RunSpec("r", 10, str(path), evaluate_every=5, checkpoint_every=0)
+        return train_run(Accelerator(cpu=True), spec, model, lambda p: torch.optim.SGD(p, lr=0.1), step_fn,
+                         lambda model, step, means: {}, lambda model: {})
+
+    reference = run(tmp_path / "reference.pt")
+    with pytest.raises(ResumableError):
+        run(tmp_path / "failed.pt", fail_at=7)
+    assert load_if_exists(str(tmp_path / "failed.pt"))["state"]["step"] == 7  # no periodic checkpoint was due
+    resumed = run(tmp_path / "failed.pt")
+    for key, tensor in reference["model"].items():
+        assert torch.equal(tensor, resumed["model"][key])

@@ -12,10 +12,12 @@ import torch
 from torch import Tensor
 
 from ..targets import SparseTopK
+from ..training import ResumableError
 
 
-class ServerError(RuntimeError):
-    """A server that does not answer, or answers with an error, after the retries."""
+class ServerError(ResumableError):
+    """A server that does not answer, or answers with an error, after the retries: a run stops on
+    it with a checkpoint of its steps done and resumes once the server is back."""
 
 
 class ServerClient:

@@ -135,7 +135,11 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
                     disable=not accelerator.is_local_main_process)
     for step in progress:
         fault_point("step.start")
-        metrics = step_fn(model, optimizer, step)
+        try:
+            metrics = step_fn(model, optimizer, step)
+        except ResumableError:  # e.g. a server that stopped answering: nothing of this step is applied yet
+            checkpoint()  # the steps done so far, so that resume=true starts at this step
+            raise
         state.add_step(metrics)
         state.step = done = step + 1
         fault_point("step.end")
@@ -164,6 +168,13 @@ def train_run(accelerator: Accelerator, spec: RunSpec, model: nn.Module,
     final = checkpoint(**finish(model))
     accelerator.free_memory()
     return final
+
+
+class ResumableError(RuntimeError):
+    """A failure outside the run that a later ``resume=true`` gets past (a server that stopped
+    answering after its retries). Raised from a step before it changes the model or the
+    optimizer, it makes :func:`train_run` write a checkpoint of the steps done so far before it
+    propagates; the command line reports it in one line with how to resume."""
 
 
 def adamw(lr: float, weight_decay: float = 0.0) -> Callable:

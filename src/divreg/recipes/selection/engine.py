@@ -16,8 +16,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...data.selection import Features, NgramHasher, Piece, featurize, read_piece
+from ...training import fault_point
 
 
+RETRIES = 3  # Ray's retries of a task whose worker process died
 _HASHERS: dict[tuple, NgramHasher] = {}  # one per worker process and setting: its cache outlives a piece
 
 
@@ -117,9 +119,10 @@ class RayBackend:
                 raise ValueError(f"backend=ray: cannot reach a Ray cluster at ray_address={address!r} ({error}); "
                                  "start one (ray start --head) or leave ray_address unset for a local Ray") from None
             self._started = True
-        self._featurize = ray.remote(num_returns=2)(_ray_featurize)
-        self._weights = ray.remote(_ray_weights)
-        self._counts = ray.remote(_ray_counts)
+        # a task whose worker dies (killed, out of memory) runs again elsewhere, up to RETRIES times
+        self._featurize = ray.remote(num_returns=2, max_retries=RETRIES)(_ray_featurize)
+        self._weights = ray.remote(max_retries=RETRIES)(_ray_weights)
+        self._counts = ray.remote(max_retries=RETRIES)(_ray_counts)
 
     def _get(self, refs: list, desc: str) -> list:
         ray, pending = self.ray, list(refs)
@@ -153,6 +156,7 @@ class RayBackend:
 
 
 def _ray_featurize(piece: Piece, text_field: str, hasher: NgramHasher):
+    fault_point("select.ray_task")
     features = featurize_piece(piece, text_field, hasher)
     return _summary(features), features
 
