@@ -39,13 +39,27 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                 raise ValueError(f"config file {config_path!r} does not exist")
             try:
                 loaded = OmegaConf.load(config_path)
+            except OSError as error:  # OmegaConf's answer to a document that is a scalar ("Invalid loaded object type")
+                raise ValueError(f"config file {config_path!r}: holds no mapping of keys "
+                                 f"({' '.join(str(error).split())[:80]}); write it as `key: value` lines") from None
+            except UnicodeDecodeError as error:
+                raise ValueError(f"config file {config_path!r}: not UTF-8 text (byte at offset {error.start}); save it "
+                                 "as a UTF-8 YAML file") from None
             except yaml.YAMLError as error:
                 where = getattr(error, "problem_mark", None)
                 line = f", line {where.line + 1}" if where is not None else ""
-                raise ValueError(f"config file {config_path!r}{line}: not valid YAML "
-                                 f"({getattr(error, 'problem', None) or error})") from None
-            _refuse_renamed(schema, list(loaded.keys()) if isinstance(loaded, DictConfig) else [], config_path)
-            merged = merge_replacing(merged, loaded)
+                problem = " ".join(str(getattr(error, "problem", None) or error).split())  # one line
+                raise ValueError(f"config file {config_path!r}{line}: not valid YAML ({problem})") from None
+            if not isinstance(loaded, DictConfig):
+                raise ValueError(f"config file {config_path!r}: holds a {type(loaded).__name__.replace('Config', '').lower()}"
+                                 ", not a mapping of keys; write it as `key: value` lines")
+            _refuse_renamed(schema, list(loaded.keys()), config_path)
+            try:
+                merged = merge_replacing(merged, loaded)
+            except OmegaConfBaseException as error:  # an unknown key or a wrong type in the file: name the file
+                key = getattr(error, "full_key", None) or getattr(error, "key", None)
+                message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
+                raise ValueError(f"config file {config_path!r}: invalid config key {key!r}: {message}") from None
         _refuse_renamed(schema, [item.split("=", 1)[0].split(".")[0] for item in overrides], None)
         for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
             given = OmegaConf.from_dotlist([item])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -139,16 +140,27 @@ def read_records(source) -> list[dict]:
             raise ValueError(f"data file {source!r} does not exist")
         records, places = [], []
         opener = gzip.open if source.endswith(".gz") else open
-        with opener(source, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{source}, line {number}: not valid JSON ({error.msg}, column {error.colno}); "
-                                     "each line must be one JSON object") from None
-                places.append(f"{source}, line {number}")
+        try:
+            with opener(source, "rb") as handle:
+                for number, raw in enumerate(handle, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        raise ValueError(f"{source}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at "
+                                         f"column {error.start + 1}); save the file as UTF-8 JSON lines") from None
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{source}, line {number}: not valid JSON ({error.msg}, column {error.colno}); "
+                                         "each line must be one JSON object") from None
+                    except RecursionError:
+                        raise ValueError(f"{source}, line {number}: JSON nested too deeply to read") from None
+                    places.append(f"{source}, line {number}")
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise ValueError(f"{source}: not a complete gzip file ({type(error).__name__}: {str(error)[:80]}); "
+                             "give a .jsonl file or a whole .jsonl.gz") from None
         if not records:
             raise ValueError(f"data file {source!r} is empty: it holds no records (one JSON object per line)")
     elif isinstance(source, str):
