@@ -4,10 +4,12 @@ checkpoint intact, and the run stops with one line that says what failed and how
 resumed run then ends with the weights of an uninterrupted one, bitwise. Nothing fills the disk."""
 
 import json
+import os
 import resource
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ARGUMENTS = ["methods=[pskd]", "seeds=[0]", "teacher_epochs=2", "epochs=4", "checkpoint_every=5",
@@ -50,3 +52,34 @@ def test_a_failed_checkpoint_write_stops_in_one_line_and_resumes_exactly(tmp_pat
             assert torch.equal(tensor, got[name][key]), (name, key)
     assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
         (tmp_path / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_full_disk_a_quota_or_a_read_only_folder_mid_run_is_one_line(tmp_path, monkeypatch, capsys, code):
+    """The writer patched to fail as a full disk, an exceeded quota or a folder turned read-only
+    would, at the third checkpoint of a run: exit 1, one line naming the checkpoint and how to
+    resume, the checkpoints before it intact."""
+    import errno
+
+    import divreg.training._checkpoint as checkpoint_module
+    from divreg.cli import main
+
+    real_save, calls = checkpoint_module.torch.save, []
+
+    def failing_save(obj, handle):
+        calls.append(1)
+        if len(calls) == 3:
+            handle.write(b"partial")
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        real_save(obj, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
+    with pytest.raises(SystemExit) as stopped:
+        main(["distill-classifier", f"output_dir={tmp_path / 'run'}", *ARGUMENTS])
+    assert stopped.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert len(err) == 1 and os.strerror(getattr(errno, code)) in err[0] and "resume=true" in err[0], err
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert not [n for n in names if ".tmp-" in n]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "teacher.pt", weights_only=False)  # the last good one
+    assert "model" in state
