@@ -81,6 +81,7 @@ def kill_and_resume(command: str, arguments: list[str], tmp_path) -> dict:
     total = len(_points(log))
     # each resumed run gets this far (plus a jitter) past its checkpoint: the kills cover about half the run
     gap = max(10, total // (2 * KILLS))
+    assert total >= (KILLS + 3) * gap, f"{total} fault points: too short a run for {KILLS} kills (raise its steps)"
     lineage, phases, resumes = tmp_path / "lineage", collections.Counter(), 0
     for kill in range(KILLS):
         log = tmp_path / f"kill{kill}.points"
@@ -106,17 +107,17 @@ def kill_and_resume(command: str, arguments: list[str], tmp_path) -> dict:
 
 CLASSIFIER = ["methods=[pskd]", "seeds=[0]", "teacher_epochs=1", "epochs=2", "checkpoint_every=1",
               "teacher.widths=[8,8]", "student.widths=[4,4]", "min_steps=0"]
-RL = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16", "steps=10",
-      "prompts_per_step=4", "group_size=4", "max_new_tokens=3", "eval_every=5", "checkpoint_every=1", "seeds=[0]", "num_iterations=2",
+RL = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16", "steps=30",
+      "prompts_per_step=4", "group_size=4", "max_new_tokens=3", "eval_every=10", "checkpoint_every=1", "seeds=[0]", "num_iterations=2",
       "policy.config.hidden_size=16", "policy.config.intermediate_size=32", "policy.config.num_hidden_layers=1"]
 PREFERENCE = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16",
-              "warmup_target=null", "steps=10", "batch_size=8", "max_new_tokens=3", "eval_every=5", "checkpoint_every=1",
+              "warmup_target=null", "steps=30", "batch_size=8", "max_new_tokens=3", "eval_every=10", "checkpoint_every=1",
               "seeds=[0]", "kl_prompts=4", "policy.config.hidden_size=16", "policy.config.intermediate_size=32",
               "policy.config.num_hidden_layers=1", "methods=[hypo]"]
 
 
 def _lm_arguments() -> list[str]:
-    overrides = fx.tiny_config_overrides("OUT", steps=16, checkpoint_every=1, eval_every=8, teacher_train_steps=12)
+    overrides = fx.tiny_config_overrides("OUT", steps=24, checkpoint_every=1, eval_every=8, teacher_train_steps=16)
     return [a for a in overrides if not a.startswith("output_dir=")] + [
         "methods=[{name: gkd, divergence: generalized_jsd, lmbda: 0.5}]"]
 
