@@ -107,11 +107,11 @@ def kill_and_resume(command: str, arguments: list[str], tmp_path) -> dict:
 
 CLASSIFIER = ["methods=[pskd]", "seeds=[0]", "teacher_epochs=1", "epochs=2", "checkpoint_every=1",
               "teacher.widths=[8,8]", "student.widths=[4,4]", "min_steps=0"]
-RL = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16", "steps=30",
+RL = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16", "steps=40",
       "prompts_per_step=4", "group_size=4", "max_new_tokens=3", "eval_every=10", "checkpoint_every=1", "seeds=[0]", "num_iterations=2",
       "policy.config.hidden_size=16", "policy.config.intermediate_size=32", "policy.config.num_hidden_layers=1"]
 PREFERENCE = ["digits=1", "train_size=60", "test_size=20", "warmup_steps=6", "warmup_batch_size=16",
-              "warmup_target=null", "steps=30", "batch_size=8", "max_new_tokens=3", "eval_every=10", "checkpoint_every=1",
+              "warmup_target=null", "steps=40", "batch_size=8", "max_new_tokens=3", "eval_every=10", "checkpoint_every=1",
               "seeds=[0]", "kl_prompts=4", "policy.config.hidden_size=16", "policy.config.intermediate_size=32",
               "policy.config.num_hidden_layers=1", "methods=[hypo]"]
 
