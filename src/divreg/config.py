@@ -57,9 +57,7 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
             try:
                 merged = merge_replacing(merged, loaded)
             except OmegaConfBaseException as error:  # an unknown key or a wrong type in the file: name the file
-                key = getattr(error, "full_key", None) or getattr(error, "key", None)
-                message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
-                raise ValueError(f"config file {config_path!r}: invalid config key {key!r}: {message}") from None
+                raise ValueError(f"config file {config_path!r}: {_invalid_key(error)}") from None
         _refuse_renamed(schema, [item.split("=", 1)[0].split(".")[0] for item in overrides], None)
         for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
             given = OmegaConf.from_dotlist([item])
@@ -76,12 +74,17 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                     OmegaConf.update(merged, key, value, merge=False)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or getattr(error, "key", None)
-        message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
-        raise ValueError(f"invalid config key {key!r}: {message}") from error
+        raise ValueError(_invalid_key(error)) from error
     except TypeError as error:  # OmegaConf merging a mapping into a list (`methods.0.weight=1`, a top-level list)
         raise ValueError(f"the config cannot be merged ({str(error).splitlines()[0]}): give a list as a whole "
                          "(`methods=[...]`), not one entry by index, and a config file as a mapping of keys") from None
+
+
+def _invalid_key(error: OmegaConfBaseException) -> str:
+    """``invalid config key 'KEY': WHAT`` from OmegaConf's error (its first line)."""
+    key = getattr(error, "full_key", None) or getattr(error, "key", None)
+    message = (getattr(error, "msg", None) or str(error)).splitlines()[0]
+    return f"invalid config key {key!r}: {message}"
 
 
 def _refuse_renamed(schema: type, keys: list, path: Optional[str]) -> None:
