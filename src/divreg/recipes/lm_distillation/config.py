@@ -34,7 +34,7 @@ class LMMethod:
     lmbda: float = 0.0  # GKD's lambda: probability per step of training on the student's own generations
     # the teacher's generations from the prompts instead of the dataset's text (sequence-level KD): true (every such
     # step), false, or a probability per step (real plus teacher-generated text, as the infinite-compute paper's student)
-    sequence_kd: float = 0.0
+    sequence_kd: Any = 0.0
     adaptive_off_policy: bool = False  # DistiLLM's adaptive replay of student generations (replaces lmbda)
 
     def __post_init__(self):
