@@ -19,7 +19,7 @@ alone (the paper: the distilled student keeps 83% of the ensemble's benefit). Al
 share of the ensemble's gain over a single member that each student recovers over the real-only
 student, (real-only - student) / (single member - ensemble), as the paper's "retains".
 
-    .venv/bin/python experiments/ensemble_distill.py      # about 15 minutes (3 seeds)
+    .venv/bin/python experiments/ensemble_distill.py      # 47 minutes here (3 seeds; the machine busy with other jobs)
 """
 
 from __future__ import annotations

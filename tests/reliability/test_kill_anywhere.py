@@ -22,6 +22,8 @@ import sys
 import pytest
 import torch
 
+from divreg.training._checkpoint import CHECKSUM_KEY, contents_sha256
+
 from ..recipes import lm_fixtures as fx
 
 pytestmark = pytest.mark.slow
@@ -51,8 +53,14 @@ def _write_figures(command: str, figures: dict) -> None:
 
 
 def _checkpoint_models(folder) -> dict:
-    return {path.name: torch.load(path, weights_only=False)["model"]
-            for path in sorted((folder / "checkpoints").glob("*.pt"))}
+    """Each final checkpoint's model weights (a file without a model, e.g. preference's cached
+    reference log-probs: its whole contents)."""
+    models = {}
+    for path in sorted((folder / "checkpoints").glob("*.pt")):
+        saved = torch.load(path, weights_only=False)
+        saved.pop(CHECKSUM_KEY, None)
+        models[path.name] = saved["model"] if "model" in saved else {"contents": contents_sha256(saved)}
+    return models
 
 
 def _mismatches(reference, lineage) -> list[str]:
@@ -63,8 +71,9 @@ def _mismatches(reference, lineage) -> list[str]:
     if expected.keys() != got.keys():
         found.append(f"checkpoints {sorted(expected)} vs {sorted(got)}")
     for name in expected.keys() & got.keys():
-        found += [f"{name}:{key}" for key, tensor in expected[name].items()
-                  if key not in got[name] or not torch.equal(tensor, got[name][key])]
+        found += [f"{name}:{key}" for key, value in expected[name].items()
+                  if key not in got[name] or not (torch.equal(value, got[name][key]) if isinstance(value, torch.Tensor)
+                                                  else value == got[name][key])]
     for name in ("metrics.json", "metrics.jsonl"):
         if (reference / name).read_text() != (lineage / name).read_text():
             found.append(name)
