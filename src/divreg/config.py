@@ -58,6 +58,9 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                 merged = merge_replacing(merged, loaded)
             except OmegaConfBaseException as error:  # an unknown key or a wrong type in the file: name the file
                 raise ValueError(f"config file {config_path!r}: {_invalid_key(error)}") from None
+            except TypeError as error:  # a mapping where the schema has a list, or the reverse
+                raise ValueError(f"config file {config_path!r}: a value does not fit its key ({str(error).splitlines()[0]}):"
+                                 " give lists as lists (`seeds: [0, 1]`) and blocks as mappings") from None
         _refuse_renamed(schema, [item.split("=", 1)[0].split(".")[0] for item in overrides], None)
         for item in overrides:  # one at a time: a later one wins, and each replaces only what it names
             given = OmegaConf.from_dotlist([item])

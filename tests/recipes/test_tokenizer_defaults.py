@@ -39,7 +39,7 @@ def test_the_trained_model_brings_its_tokenizer(folders):
 
 
 def test_a_model_block_given_a_value_names_its_keys():
-    with pytest.raises(ValueError, match=r"teacher is a block of keys \(path, tokenizer, server\), not a value: set one of "
+    with pytest.raises(ValueError, match=r"teacher is a block of keys \(path, tokenizer, server, members, combine\), not a value: set one of "
                                          r"them, e.g. teacher.path=./my-teacher"):
         load_config(CacheTeacherConfig, None, ["teacher=./my-teacher"])
     with pytest.raises(ValueError, match=r"policy is a block of keys \(path, config, tokenizer\)"):
