@@ -77,6 +77,10 @@ def load_config(schema: type[ConfigT], config_path: Optional[str] = None, overri
                     OmegaConf.update(merged, key, value, merge=False)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
+        if (getattr(error, "full_key", None) or getattr(error, "key", None)) is None:  # e.g. a check of the dataclass
+            where = f" (config file {config_path!r} and the overrides)" if config_path is not None else ""
+            message = " ".join((getattr(error, "msg", None) or str(error)).split())
+            raise ValueError(f"invalid config{where}: {message}") from error
         raise ValueError(_invalid_key(error)) from error
     except TypeError as error:  # OmegaConf merging a mapping into a list (`methods.0.weight=1`, a top-level list)
         raise ValueError(f"the config cannot be merged ({str(error).splitlines()[0]}): give a list as a whole "

@@ -26,7 +26,9 @@ def test_standard_pairs_from_jsonl_share_the_prompt(tmp_path):
 
 
 def _chat_tokenizer():
-    tokenizer = bpe_tokenizer()
+    import copy
+
+    tokenizer = copy.deepcopy(bpe_tokenizer())  # the shared (cached) tokenizer stays without a chat template
     tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
                                "{% if add_generation_prompt %}<assistant>{% endif %}")
     return tokenizer

@@ -165,7 +165,9 @@ def test_a_bad_student_stops_the_run_before_the_teacher_trains(tmp_path, bad):
 
 
 def test_jsonl_and_datasets_records_and_chat_templates(tmp_path):
-    tokenizer = fx.tokenizer()
+    import copy
+
+    tokenizer = copy.deepcopy(fx.tokenizer())  # given a chat template below: the shared one stays without
     records = [{"prompt": "def f(x):", "completion": " return x"}, {"text": "assert statements are debugging aids"}]
     examples = tokenize_records(records, tokenizer, max_length=64, prompt_len=3)
     prompt_ids = tokenizer("def f(x):")["input_ids"]

@@ -44,6 +44,8 @@ class RunBlock:
             raise ValueError(f"max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
+            raise ValueError(f"seeds must be a list of integers, got {self.seeds}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list without repeats, got {self.seeds}")
         _next_check(self, RunBlock)

@@ -191,6 +191,8 @@ class DistillClassifierConfig:
             raise ValueError(f"sinkd.sinkhorn_weight must be >= 0, got {self.sinkd.sinkhorn_weight}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in self.seeds):
+            raise ValueError(f"seeds must be a list of integers, got {self.seeds}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
         self.methods = parse_methods(self.methods, ClassifierMethod, self.shorthand)
