@@ -335,6 +335,7 @@ def test_an_ensemble_teacher_in_distill_lm_and_cache_teacher(tmp_path):
     common = [f"tokenizer={tmp_path / 'tokenizer'}", team, "steps=12",
               "methods=[{name: fkl, divergence: forward_kl}, {name: mixed, divergence: forward_kl, weight: 0.0, "
               "ce_weight: 1.0, sequence_kd: 0.5}]"]
+    assert load_config(Config, None, [*fx.tiny_config_overrides(tmp_path / "x"), *common]).teacher.config == {}
     summary = run(_config(tmp_path / "live", *common))
     assert not (tmp_path / "live" / "teacher").exists() and not (tmp_path / "live" / "checkpoints" / "teacher.pt").exists()
     # the teacher row and the KL column are the ensemble's: recomputed here from the members

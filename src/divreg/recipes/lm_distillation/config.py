@@ -198,6 +198,7 @@ class DistillLMConfig(EngineBlock, ArithmeticBlock, RunBlock):
         if self.teacher.path or self.teacher.server:
             raise ValueError("teacher.members is the teacher (an ensemble of those models): leave teacher.path and "
                              "teacher.server unset")
+        self.teacher.config = {}  # members replace the model to build and train here: the printed config says so
         if self.teacher.combine not in ENSEMBLE_COMBINE:
             raise ValueError(f"teacher.combine must be one of {list(ENSEMBLE_COMBINE)}, got {self.teacher.combine!r}")
         if self.fused == "true" and not self.teacher_cache:
